@@ -1,0 +1,56 @@
+"""tbkit: check and train notebook-built transformer models without breaking the notebook.
+
+``import tbkit`` is deliberately light: it loads the compiled probe and takes the integrity
+baseline (well under a millisecond), and nothing else. torch, pandas and matplotlib are
+imported only when a function that needs them is called.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from tbkit import integrity  # noqa: E402  (the baseline must be taken as early as possible)
+
+integrity.take_baseline()
+
+# Public names resolved on first use, so that `import tbkit` imports no heavy library.
+_LAZY = {
+    "load": ("tbkit.sources", "load"),
+    "LoadedModel": ("tbkit.sources.loaded", "LoadedModel"),
+    "run": ("tbkit.runner", "run"),
+    "Report": ("tbkit.report", "Report"),
+    "ensure": ("tbkit.install", "ensure"),
+    "install": ("tbkit.install", "install"),
+    "train": ("tbkit.training", "train"),
+    "search": ("tbkit.hpo", "search"),
+    "TbkitError": ("tbkit.errors", "TbkitError"),
+    "SourceError": ("tbkit.errors", "SourceError"),
+    "InstallRefused": ("tbkit.errors", "InstallRefused"),
+    "InstallFailed": ("tbkit.errors", "InstallFailed"),
+}
+
+__all__ = ["__version__", "integrity", *_LAZY]
+
+
+def __getattr__(name: str):
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'tbkit' has no attribute {name!r}") from None
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext tbkit`."""
+    from tbkit.ipython import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from tbkit.ipython import unload_ipython_extension as _unload
+
+    _unload(ipython)

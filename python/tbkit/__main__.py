@@ -1,0 +1,5 @@
+import sys
+
+from tbkit.cli import main
+
+sys.exit(main())

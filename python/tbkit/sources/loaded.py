@@ -1,0 +1,138 @@
+"""What every source produces: a model, the facts taken from its real modules, and where it came from."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+KINDS = ("decoder", "encoder", "seq2seq")
+
+
+@dataclass
+class SourceFile:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class Provenance:
+    """Where the model code came from. Shown on load and carried into every report."""
+
+    source: str  # "gist" | "folder" | "file" | "module" | "example"
+    location: str  # gist id / path / "module:Class" / example name
+    owner: Optional[str] = None
+    gist_id: Optional[str] = None
+    revision: Optional[str] = None  # always set for gists: the resolved, pinned revision
+    fetched_at: Optional[str] = None  # ISO 8601 UTC
+    from_cache: bool = False
+    files: list = field(default_factory=list)  # SourceFile entries
+    content_sha256: Optional[str] = None  # over all files, sorted by name (name, NUL, bytes, NUL)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = self.location
+        if self.source == "gist":
+            where = f"gist {self.gist_id} by {self.owner or 'unknown owner'} at revision {self.revision}"
+            if self.from_cache:
+                where += " (from cache)"
+        lines = [f"model code from {where}"]
+        if self.content_sha256:
+            lines.append(f"content sha256 {self.content_sha256}")
+        lines += [f"  {f.name}: {f.size} bytes, sha256 {f.sha256}" for f in self.files]
+        return "\n".join(lines)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for checks.
+
+    ``vocab_size`` and ``max_len`` come from the real modules (input embedding rows, positional
+    table / declared limit), never from the config alone; disagreements go to ``notes``.
+    ``max_len`` is None when the model has no hard limit that could be found.
+    """
+
+    module: Any  # torch.nn.Module
+    config: dict
+    kind: str  # one of KINDS
+    kind_reason: str  # "declared", "from config 'kind'", or "inferred: <why>"
+    vocab_size: int
+    max_len: Optional[int]
+    provenance: Provenance
+    notes: list = field(default_factory=list)  # human-readable findings made while loading
+    pad_token_id: int = 0
+
+    # ---- the forward contract -------------------------------------------------------------
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
+        """Call the model and return one tensor: (B, T, V) logits or (B, T, H) hidden states.
+
+        ``attention_mask`` is 1 for real tokens, 0 for padding (the HF convention). It is passed
+        only when the model's forward accepts it (see ``accepts_attention_mask``). For seq2seq,
+        ``decoder_input_ids`` defaults to ``input_ids`` and T is the decoder length.
+        """
+        kwargs = {}
+        params = self._forward_params()
+        if attention_mask is not None and "attention_mask" in params:
+            kwargs["attention_mask"] = attention_mask
+        if self.kind == "seq2seq":
+            dec = input_ids if decoder_input_ids is None else decoder_input_ids
+            name = "decoder_input_ids" if "decoder_input_ids" in params else _second_positional(params)
+            kwargs[name] = dec
+            if decoder_attention_mask is not None and "decoder_attention_mask" in params:
+                kwargs["decoder_attention_mask"] = decoder_attention_mask
+        return unwrap_output(self.module(input_ids, **kwargs))
+
+    __call__ = forward
+
+    @property
+    def accepts_attention_mask(self) -> bool:
+        return "attention_mask" in self._forward_params()
+
+    def _forward_params(self) -> dict:
+        cached = self.__dict__.get("_params_cache")
+        if cached is None:
+            cached = dict(inspect.signature(self.module.forward).parameters)
+            self.__dict__["_params_cache"] = cached
+        return cached
+
+    def summary(self) -> str:
+        return (
+            f"{type(self.module).__name__}: {self.kind} ({self.kind_reason}), vocab {self.vocab_size}, "
+            f"max length {self.max_len if self.max_len is not None else 'unbounded'}\n{self.provenance}"
+        )
+
+
+def _second_positional(params: dict) -> str:
+    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(names) < 2:
+        raise TypeError("seq2seq model's forward takes no decoder input argument")
+    return names[1]
+
+
+def unwrap_output(out):
+    """A tensor from a tensor, tuple/list (first element), dict or object with ``logits`` /
+    ``last_hidden_state`` (HF-style outputs)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state"):
+        if isinstance(out, dict) and key in out:
+            return out[key]
+        value = getattr(out, key, None) if not isinstance(out, dict) else None
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+    raise TypeError(
+        f"the model returned {type(out).__name__}, which holds no logits tensor; return a tensor, "
+        "a tuple whose first item is the logits, or an object with .logits / .last_hidden_state"
+    )

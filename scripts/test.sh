@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): installs what the tests need, builds the extension
+# from source, and runs the whole suite — Rust (cargo test) and Python (pytest).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k probe`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+
+# PostgreSQL (Debian's) for the distributed hyperparameter-search tests; the tests start and stop
+# their own server. Installed only when missing, and only where we may (root with apt).
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing postgresql (Debian) for the HPO tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "== postgresql not available: its tests will skip with the reason"
+  fi
+fi
+
+# Python dependencies and an editable build of the extension (maturin, from source). pip leaves
+# already-installed packages alone, so torch is downloaded once per machine, not per run.
+echo "== pip install -e .[test,all]  (builds tbkit._probe from source)"
+"$PY" -m pip install -q --disable-pip-version-check "maturin>=1.9.4,<2" -e ".[test,all]"
+
+# The release wheel, for the tests that install tbkit into fresh venvs the way users get it.
+echo "== maturin build --release"
+rm -rf target/wheels
+"$PY" -m maturin build --release --quiet --out target/wheels >/dev/null
+export TBKIT_WHEEL="$(ls target/wheels/tbkit-*.whl | head -n 1)"
+
+echo "== cargo test"
+cargo test --workspace --quiet
+
+echo "== pytest"
+"$PY" -m pytest -q -ra "$@"
