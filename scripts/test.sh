@@ -28,6 +28,9 @@ rm -rf target/wheels
 "$PY" -m maturin build --release --quiet --out target/wheels >/dev/null
 export TBKIT_WHEEL="$(ls target/wheels/tbkit-*.whl | head -n 1)"
 
+echo "== fetching test wheels once per machine (tests install only from this local wheelhouse)"
+"$PY" tests/wheelhouse.py
+
 echo "== cargo test"
 cargo test --workspace --quiet
 
