@@ -1,0 +1,177 @@
+"""Input builders shared by every tier: token ids, padding, lengths and forward modes.
+
+Everything here draws from the *real* model facts on the ``LoadedModel`` (``vocab_size`` from the
+input embedding, ``max_len`` from the positional table) and from a seeded generator, so a check
+sees the same inputs on every run. torch is imported inside functions: ``tbkit.tiers`` must stay
+importable without it.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+    from tbkit.sources.loaded import LoadedModel
+
+# A model with no positional table we could find has no hard limit; checks then use this length
+# and say so in their rows (``length_note``), rather than trying ever longer inputs.
+DEFAULT_MAX_LEN = 128
+
+MODES = ("grad", "no_grad", "inference_mode")
+
+
+def usable_max_len(model: "LoadedModel", cap: int = DEFAULT_MAX_LEN) -> int:
+    """The longest input a check should build: the model's max_len, or ``cap`` when unknown."""
+    return int(model.max_len) if model.max_len else int(cap)
+
+
+def length_note(model: "LoadedModel", cap: int = DEFAULT_MAX_LEN) -> str:
+    """Text for a row's detail when the length was not the model's own (empty when it was)."""
+    if model.max_len:
+        return ""
+    return f"no maximum length found on the model; used {cap} tokens as the longest input"
+
+
+def clamp_len(model: "LoadedModel", length: int) -> int:
+    """``length`` limited to [1, usable max length]."""
+    return max(1, min(int(length), usable_max_len(model)))
+
+
+def token_ids(
+    model: "LoadedModel",
+    batch: int,
+    length: int,
+    generator: "torch.Generator",
+    device=None,
+    *,
+    avoid_pad: bool = True,
+) -> "torch.Tensor":
+    """Random token ids of shape (batch, length) in [0, vocab), drawn on CPU from ``generator``
+    (so the draw does not depend on the device), then moved to ``device``.
+
+    ``avoid_pad`` keeps the pad token out of real positions, so a model that treats the pad id
+    specially is not tripped by random data (vocabularies of size 1 keep it)."""
+    import torch
+
+    vocab = int(model.vocab_size)
+    ids = torch.randint(0, vocab, (int(batch), int(length)), generator=generator, dtype=torch.long)
+    if avoid_pad and vocab > 1:
+        pad = int(model.pad_token_id) % vocab
+        ids = torch.where(ids == pad, (ids + 1) % vocab, ids)
+    return ids.to(device) if device is not None else ids
+
+
+def different_tokens(model: "LoadedModel", ids: "torch.Tensor", generator: "torch.Generator") -> "torch.Tensor":
+    """Ids of the same shape where every entry differs from ``ids`` (and from the pad token when
+    the vocabulary allows it): the perturbation used by causal and padding checks."""
+    import torch
+
+    vocab = int(model.vocab_size)
+    if vocab < 2:
+        raise ValueError("a vocabulary of one token cannot be perturbed")
+    shift = torch.randint(1, vocab, ids.shape, generator=generator, dtype=torch.long).to(ids.device)
+    out = (ids + shift) % vocab
+    if vocab > 2:
+        pad = int(model.pad_token_id) % vocab
+        bad = out == pad
+        out = torch.where(bad, (out + 1) % vocab, out)
+        out = torch.where(out == ids, (out + 1) % vocab, out)
+    return out
+
+
+def attention_mask(lengths: Sequence[int], total: int, device=None) -> "torch.Tensor":
+    """(B, total) mask, 1 for real tokens then 0 for right padding (the HF convention)."""
+    import torch
+
+    positions = torch.arange(int(total)).unsqueeze(0)
+    mask = (positions < torch.tensor([int(n) for n in lengths]).unsqueeze(1)).long()
+    return mask.to(device) if device is not None else mask
+
+
+def right_pad(
+    model: "LoadedModel", ids: "torch.Tensor", lengths: Sequence[int], fill: Optional["torch.Tensor"] = None
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Right-pad each row of ``ids`` after ``lengths[i]`` real tokens.
+
+    The padded positions get the pad token, or the entries of ``fill`` (same shape) when given:
+    changing what sits under the padding must not change the real positions.
+    Returns (padded ids, attention mask)."""
+    import torch
+
+    mask = attention_mask(lengths, ids.shape[1], device=ids.device)
+    if fill is None:
+        fill = torch.full_like(ids, int(model.pad_token_id))
+    return torch.where(mask.bool(), ids, fill), mask
+
+
+@contextlib.contextmanager
+def grad_mode(mode: str) -> Iterator[None]:
+    """``"grad"`` (autograd on), ``"no_grad"`` or ``"inference_mode"``: fused fast paths (e.g. the
+    native TransformerEncoderLayer path) run only in the last two, so masking bugs can hide there."""
+    import torch
+
+    if mode == "grad":
+        ctx = torch.enable_grad()
+    elif mode == "no_grad":
+        ctx = torch.no_grad()
+    elif mode == "inference_mode":
+        ctx = torch.inference_mode()
+    else:
+        raise ValueError(f"unknown grad mode {mode!r}; use one of {MODES}")
+    with ctx:
+        yield
+
+
+@contextlib.contextmanager
+def eval_mode(module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards (a user's
+    model may deliberately keep some submodules in another mode)."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def forward(
+    model: "LoadedModel",
+    ids: "torch.Tensor",
+    mask: Optional["torch.Tensor"] = None,
+    decoder_ids: Optional["torch.Tensor"] = None,
+    mode: str = "no_grad",
+) -> "torch.Tensor":
+    """One forward through the model's contract (``LoadedModel.forward``) in the given grad mode.
+
+    The result is detached and cloned out of inference mode so callers can compare tensors freely."""
+    with grad_mode(mode):
+        out = model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    out = out.detach()
+    if mode == "inference_mode":
+        out = out.clone()  # inference tensors cannot be used in ordinary autograd-tracked code later
+    return out
+
+
+def output_is_logits(model: "LoadedModel", out: "torch.Tensor") -> bool:
+    """True when the last dim is the vocabulary (an LM head), False for hidden states."""
+    return int(out.shape[-1]) == int(model.vocab_size)
+
+
+def lm_loss(model: "LoadedModel", ids: "torch.Tensor", out: "torch.Tensor") -> "tuple[torch.Tensor, str]":
+    """A loss for one backward and the name of what it is.
+
+    decoders and seq2seq (decoder side = ``ids``): next-token cross-entropy. Encoders with a
+    vocabulary-sized output: cross-entropy against the input token at the same position (what a
+    masked-LM head predicts). Hidden-state outputs have no token loss: the mean square of the
+    output stands in, and the name says so."""
+    import torch.nn.functional as F
+
+    if output_is_logits(model, out):
+        if model.kind in ("decoder", "seq2seq") and out.shape[1] > 1:
+            logits = out[:, :-1].reshape(-1, out.shape[-1]).float()
+            return F.cross_entropy(logits, ids[:, 1:].reshape(-1)), "next-token cross-entropy"
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), ids.reshape(-1)), "same-position cross-entropy"
+    return out.float().pow(2).mean(), "mean square of the hidden-state output (the model has no LM head)"
