@@ -1,0 +1,256 @@
+"""Facts taken from the real modules: vocabulary size, maximum length, kind, and whether the
+forward honours tbkit's contract (checked by reading the signature and by one tiny forward).
+
+The model is the truth; the config is only compared against it (disagreements become notes).
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Optional
+
+from tbkit.errors import SourceError
+from tbkit.sources.loaded import KINDS, LoadedModel, Provenance
+
+_POSITION_NAME = re.compile(r"(^|[._])(pe|wpe|pos\w*|position\w*)$", re.IGNORECASE)
+_DECODER_INPUTS = ("decoder_input_ids", "tgt", "tgt_ids", "target_ids", "decoder_ids", "decoder_inputs", "tgt_input_ids")
+_INTERMEDIATE = re.compile(r"_(output|out|outputs|hidden|hidden_states|residual)$")
+_CAUSAL_CODE = re.compile(
+    r"is_causal\s*=\s*True|\btriu\b|\btril\b|generate_square_subsequent_mask|causal", re.IGNORECASE
+)
+_DECLARED_LIMITS = ("max_len", "max_seq_len", "block_size", "max_position_embeddings", "context_length", "n_positions", "n_ctx")
+
+
+# ---- vocabulary ----------------------------------------------------------------------------
+def embeddings(model) -> list:
+    import torch.nn as nn
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+
+
+def guess_input_embedding(model) -> Optional[tuple]:
+    """The first nn.Embedding not named like a position table."""
+    for name, emb in embeddings(model):
+        if not _POSITION_NAME.search(name):
+            return name, emb
+    return None
+
+
+# ---- maximum length ------------------------------------------------------------------------
+def find_max_len(model, flat: dict, token_embedding: Optional[str], notes: list) -> tuple:
+    """(max_len or None, how). Position table > declared attribute > config."""
+    d_model = None
+    for name, emb in embeddings(model):
+        if name == token_embedding:
+            d_model = emb.embedding_dim
+    found = None
+    for name, emb in embeddings(model):
+        if name != token_embedding and _POSITION_NAME.search(name):
+            found = (emb.num_embeddings, f"learned position table {name} ({emb.num_embeddings} rows)")
+            break
+    if found is None:
+        for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
+            if _POSITION_NAME.search(name) and buf.dim() >= 2:
+                sizes = [s for s in buf.shape if s not in (1, d_model)]
+                if len(sizes) == 1:
+                    found = (int(sizes[0]), f"positional table {name} of shape {tuple(buf.shape)}")
+                    break
+    if found is None:
+        for attr in _DECLARED_LIMITS:
+            value = model.__dict__.get(attr)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                found = (value, f"declared by the model ({attr}={value})")
+                break
+    config_value = next((flat[k] for k in _DECLARED_LIMITS if isinstance(flat.get(k), int)), None)
+    if found is None:
+        if config_value is not None:
+            return config_value, "from config (no positional table or declared limit in the model)"
+        return None, "no limit found (no positional table, declared limit or config value)"
+    if config_value is not None and config_value != found[0]:
+        notes.append(f"config max length {config_value} disagrees with the model's {found[1]}; the model's value is used")
+    return found
+
+
+# ---- forward contract ----------------------------------------------------------------------
+def forward_params(model) -> dict:
+    try:
+        return dict(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def check_forward_signature(model, params: dict) -> bool:
+    """Raise for a forward tbkit cannot call; return True if it takes a decoder input (seq2seq)."""
+    P = inspect.Parameter
+    cls = type(model).__name__
+    positional = [p for p in params.values() if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD, P.VAR_POSITIONAL)]
+    if params and not positional:
+        raise SourceError(
+            f"{cls}.forward takes no positional input, so it cannot be called as forward(input_ids)",
+            "Define forward(self, input_ids, attention_mask=None) returning logits (B, S, V).",
+        )
+    required = [n for n, p in params.items() if p.default is P.empty and p.kind not in (P.VAR_KEYWORD, P.VAR_POSITIONAL)]
+    intermediate = [n for n in required[1:] if _INTERMEDIATE.search(n)]
+    if intermediate:
+        raise SourceError(
+            f"broken export: {cls}.forward requires intermediate tensors as arguments ({', '.join(required)}); "
+            f"{', '.join(intermediate)} are outputs of the model's own layers, which a caller cannot supply",
+            "Export the model again with a current Transformer Builder (its forward must be forward(self, input_ids, "
+            "attention_mask=None)), or fix forward to compute those tensors itself.",
+        )
+    decoder_input = next((n for n in params if n in _DECODER_INPUTS), None)
+    extra = [n for n in required[1:] if n != decoder_input]
+    if extra:
+        raise SourceError(
+            f"{cls}.forward requires {', '.join(extra)} besides the token ids, but tbkit calls "
+            "forward(input_ids, attention_mask=None) (and decoder_input_ids for seq2seq)",
+            "Give those arguments defaults (attention_mask=None), or name a seq2seq target input decoder_input_ids.",
+        )
+    return decoder_input is not None
+
+
+def _causal_evidence(model) -> Optional[str]:
+    """Why the code looks causal, from the source of the model's own classes (if readable)."""
+    seen = set()
+    for mod in model.modules():
+        cls = type(mod)
+        if cls in seen or cls.__module__.startswith("torch."):
+            continue
+        seen.add(cls)
+        try:
+            src = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        m = _CAUSAL_CODE.search(src)
+        if m:
+            return f"causal masking in {cls.__name__} ({m.group(0)!r})"
+    return None
+
+
+def _has_encoder_and_decoder(model) -> bool:
+    import torch.nn as nn
+
+    kinds = {type(m) for m in model.modules()}
+    return nn.Transformer in kinds or (nn.TransformerEncoder in kinds and nn.TransformerDecoder in kinds)
+
+
+# ---- the whole inspection ------------------------------------------------------------------
+def inspect_and_wrap(model, config: dict, flat: dict, provenance: Provenance, notes: list, kind: Optional[str] = None) -> LoadedModel:
+    """Check the forward contract, find vocab/max_len/kind from the real modules, run one tiny
+    forward (B=1, T=2), and return the LoadedModel."""
+    import torch
+
+    cls = type(model).__name__
+    params = forward_params(model)
+    takes_decoder_input = check_forward_signature(model, params)
+
+    declared = kind if kind is not None else config.get("kind")
+    if declared is not None and declared not in KINDS:
+        where = "kind=" if kind is not None else "config.json 'kind'"
+        raise SourceError(f"{where} {declared!r} is not a model kind", f"Use one of {', '.join(KINDS)}, or leave it out to infer it.")
+    if declared == "seq2seq" and not takes_decoder_input and len([p for p in params if p not in ("attention_mask",)]) < 2:
+        raise SourceError(
+            f"the model is declared seq2seq but {cls}.forward takes no decoder input",
+            "Add a decoder_input_ids argument to forward, or declare the right kind (decoder or encoder).",
+        )
+    seq2seq = declared == "seq2seq" or (declared is None and takes_decoder_input)
+
+    guess = guess_input_embedding(model)
+    config_vocab = flat.get("vocab_size") if isinstance(flat.get("vocab_size"), int) else None
+    probe_vocab = guess[1].num_embeddings if guess else config_vocab
+    if probe_vocab is None:
+        raise SourceError(
+            f"{cls} has no nn.Embedding and the config gives no vocab_size, so tbkit cannot tell which token ids are valid",
+            "Add vocab_size to config.json (or config={'vocab_size': ...}).",
+        )
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    ids = torch.tensor([[1 % probe_vocab, 2 % probe_vocab]], device=device)
+
+    provisional = LoadedModel(model, config, "seq2seq" if seq2seq else (declared or "decoder"), "", probe_vocab, None, provenance, notes)
+    out, fed = _tiny_forward(provisional, ids)
+
+    # The embedding that actually received the ids is the input embedding (beats name guessing).
+    hit = next((n for n, _ in embeddings(model) if n in fed), None)
+    token_name, token_emb = (hit, dict(embeddings(model))[hit]) if hit else (guess if guess else (None, None))
+    if token_emb is not None:
+        vocab = token_emb.num_embeddings
+        if config_vocab is not None and config_vocab != vocab:
+            notes.append(
+                f"config vocab_size {config_vocab} disagrees with the input embedding {token_name} ({vocab} rows); "
+                f"the embedding is used: token ids are drawn from [0, {vocab})"
+            )
+    else:
+        vocab = config_vocab
+        notes.append(f"no input nn.Embedding found; vocabulary size {vocab} taken from the config")
+
+    width = out.shape[-1]
+    if seq2seq and declared is None:
+        decoder_input = next(n for n in params if n in _DECODER_INPUTS)
+        final_kind, reason = "seq2seq", f"inferred: forward takes a decoder input ({decoder_input})"
+    elif declared is not None:
+        final_kind, reason = declared, "declared" if kind is not None else "from config 'kind'"
+    else:
+        evidence = _causal_evidence(model)
+        if evidence:
+            final_kind, reason = "decoder", f"inferred: {evidence}"
+        elif width == vocab:
+            final_kind, reason = "decoder", (f"inferred: output size {width} equals the vocabulary (a language-model head); "
+                                              "pass kind='encoder' if this is a masked LM")
+        else:
+            final_kind, reason = "encoder", f"inferred: no causal masking in the code and the output is hidden states of size {width}"
+            if _has_encoder_and_decoder(model):
+                reason += " (it has encoder and decoder stacks, but forward takes no decoder input)"
+    if final_kind == "decoder" and width != vocab:
+        notes.append(f"a decoder whose output width {width} is not the vocabulary size {vocab}: checks treat it as hidden states")
+
+    if not bool(torch.isfinite(out).all()):
+        notes.append("the load-time forward (B=1, T=2) produced NaN/Inf; the stability checks will show where")
+
+    max_len, how = find_max_len(model, flat, token_name, notes)
+    notes.append(f"maximum length: {how}")
+    return LoadedModel(model, config, final_kind, reason, vocab, max_len, provenance, notes)
+
+
+def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
+    """Run forward(B=1, T=2) in eval/no_grad; return (output, names of embeddings fed the ids)."""
+    import torch
+
+    model = loaded.module
+    fed = set()
+    hooks = []
+    for name, emb in embeddings(model):
+        def hook(mod, args, _name=name):
+            if args and isinstance(args[0], torch.Tensor) and args[0].shape == ids.shape and torch.equal(args[0], ids):
+                fed.add(_name)
+        hooks.append(emb.register_forward_pre_hook(hook))
+    was_training = model.training
+    cls = type(model).__name__
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = loaded.forward(ids)
+    except TypeError as err:
+        if "holds no logits tensor" in str(err):
+            raise SourceError(f"{cls}.forward {err}", "Return the logits tensor (B, S, V) from forward.") from None
+        raise SourceError(
+            f"calling {cls}.forward on token ids of shape (1, 2) raised TypeError: {' '.join(str(err).split())}",
+            "Make forward(input_ids, attention_mask=None) accept a (batch, seq) LongTensor.",
+        ) from None
+    except Exception as err:
+        raise SourceError(
+            f"the load-time forward of {cls} on token ids of shape (1, 2) raised {type(err).__name__}: "
+            f"{' '.join(str(err).split())[:300]}",
+            "Fix the model's forward (it must accept a (batch, seq) LongTensor of token ids); "
+            "run it yourself once to see the full traceback.",
+        ) from None
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    if out.dim() != 3 or tuple(out.shape[:2]) != (1, 2):
+        raise SourceError(
+            f"{cls}.forward returned shape {tuple(out.shape)} for token ids of shape (1, 2); tbkit expects "
+            "(batch, seq, vocab) logits or (batch, seq, hidden) states",
+            "Return one vector per input position (do not pool or flatten the sequence).",
+        )
+    return out, fed
