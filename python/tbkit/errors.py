@@ -20,6 +20,15 @@ class TbkitError(Exception):
             text = f"{text.rstrip('.')}. {self.fix}"
         return " ".join(text.split())  # one paragraph, no stray newlines
 
+    def _render_traceback_(self) -> list:
+        """IPython/Jupyter show this instead of a traceback (the paragraph alone; TBKIT_DEBUG=1 keeps it)."""
+        import os
+        import traceback
+
+        if os.environ.get("TBKIT_DEBUG") == "1":
+            return "".join(traceback.format_exception(type(self), self, self.__traceback__)).splitlines()
+        return [f"{type(self).__name__}: {self}"]
+
 
 class SourceError(TbkitError):
     """A model source could not be fetched, trusted or built."""
