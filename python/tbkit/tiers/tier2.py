@@ -68,7 +68,14 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
         return model.forward(ids, decoder_input_ids=decoder_ids)
 
     with inputs.eval_mode(model.module):
-        result = attention_capture.capture(run, model.module, batch, lengths)
+        try:
+            result = attention_capture.capture(run, model.module, batch, lengths)
+        except RuntimeError as err:
+            broken = _grad_mode_failure(ctx, err, "its attention weights")
+            if broken is None:
+                raise
+            yield broken
+            return
     if not result.maps:
         yield ctx.row(Status.SKIP, "attention_weights", None, "", attention_capture.describe_nothing_found(model.module))
         return
@@ -141,6 +148,31 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
                       f"no two heads of a layer attend the same way{extra}")
 
     _attention_heatmaps(ctx, result.maps)
+
+
+def _grad_mode_failure(ctx: CheckContext, err: Exception, what: str):
+    """A FAIL row when the forward works under no_grad but raises in grad mode, else None.
+
+    The classic case (CHECKS.md, known traps): ``is_causal=True`` without a mask raises in grad mode,
+    while under eval + no_grad the fused fast path runs and silently ignores causality."""
+    import torch
+
+    model = ctx.model
+    ids = inputs.token_ids(model, 1, inputs.clamp_len(model, 8), ctx.generator(299), ctx.device)
+    try:
+        with torch.no_grad():
+            model.forward(ids, decoder_input_ids=ids if model.kind == "seq2seq" else None)
+    except Exception:
+        return None  # the model is broken in every mode: let the runner report the crash as it is
+    text = " ".join(str(err).split())
+    hint = ""
+    if "is_causal" in text:
+        hint = (" The model passes is_causal=True without an attention mask: torch refuses that in grad mode, "
+                "and under eval + no_grad the fused fast path silently ignores causality. Pass an explicit "
+                "causal mask (nn.Transformer.generate_square_subsequent_mask(T)) as mask= / attn_mask=")
+    return ctx.row(Status.FAIL, "forward_in_grad_mode", None, "runs with autograd on",
+                   f"the model runs under no_grad but raises in grad mode (as in training), so {what} "
+                   f"could not be computed: {text[:400]}.{hint}")
 
 
 def _map_stats(m) -> dict:
@@ -245,6 +277,15 @@ def check_attribution(ctx: CheckContext) -> Iterator[Row]:
     with inputs.eval_mode(model.module):
         with torch.no_grad():
             out = model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+        try:  # integrated gradients need autograd: a model that cannot run in grad mode is the finding
+            with torch.enable_grad():
+                model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+        except RuntimeError as err:
+            broken = _grad_mode_failure(ctx, err, "integrated gradients")
+            if broken is None:
+                raise
+            yield broken
+            return
         # The scalar explained: the output unit the model itself ranks first at the target position
         # (the predicted next token for an LM head, the largest feature for hidden states).
         target_unit = out[:, target_pos].argmax(dim=-1)
@@ -282,8 +323,10 @@ def check_attribution(ctx: CheckContext) -> Iterator[Row]:
 
     share_self = float((per_token[:, target_pos].abs() / total).mean())
     top = per_token[0].abs().argsort(descending=True)[:5].tolist()
+    own = ("source token at the target's index (seq2seq: the decoder input is held fixed)"
+           if model.kind == "seq2seq" else "target position's own token")
     yield ctx.row(Status.PASS, "target_token_share", round(share_self, 4), "info",
-                  f"share of |attribution| on the target position's own token (mean over {batch} sequences); "
+                  f"share of |attribution| on the {own} (mean over {batch} sequences); "
                   f"most attributed positions in sequence 0: {top}")
 
     if model.kind == "decoder" and target_pos < length - 1:
@@ -362,7 +405,7 @@ def check_robustness(ctx: CheckContext) -> Iterator[Row]:
                  else "all decoder positions (source substituted)" if model.kind == "seq2seq"
                  else "positions not substituted")
         detail = (f"{k} of {length} positions per sequence substituted with a different token (seeded); "
-                  f"{what}; compared at {n} {where}" + (f"; {note}" if note else ""))
+                  f"{what}; compared at {n} positions: {where}" + (f"; {note}" if note else ""))
         if warn:
             detail += ("; a 1 % substitution changes most predictions elsewhere: the model is very sensitive to "
                        "single tokens (or its outputs are close to ties)")
