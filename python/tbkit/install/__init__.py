@@ -1,0 +1,215 @@
+"""The install gate: no pip run may break the process it runs in.
+
+    validate → already satisfied? (no pip at all) → integrity.check() → plan (pip dry run, loaded
+    versions pinned) → refuse, or install exactly the plan with --no-deps → verify (integrity.check()
+    again, import the new modules in a fresh subprocess)
+
+Public: ``ensure(*requirements, ...)`` (what Tier 2/3 call), ``install(...)`` (the same gate, for
+explicit use, chatty when nothing is needed), ``plan(...)`` (the dry run alone). Refusals raise
+``tbkit.errors.InstallRefused``; pip failures ``tbkit.errors.InstallFailed``; both read as one
+paragraph with the fix.
+
+This module is itself callable — ``tbkit.install("six")`` and ``tbkit.install.install("six")`` are
+the same call — because ``tbkit.install`` is both a submodule and a public function name.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tbkit.errors import InstallFailed, InstallRefused
+from tbkit.install import pip as pipmod
+from tbkit.install.installed import satisfied, top_level_modules
+from tbkit.install.plan import Plan, make_plan, refused
+from tbkit.install.requirements import Req, validate_all
+from tbkit.install.runtime import in_colab, restart_hint
+
+__all__ = ["ensure", "install", "plan", "InstallResult", "Plan", "Req", "InstallRefused", "InstallFailed"]
+
+
+@dataclass
+class InstallResult:
+    """What the gate did. ``installed`` is empty when everything was already satisfied."""
+
+    requirements: list
+    plan: Optional[Plan] = None
+    installed: list = field(default_factory=list)  # "name==version" strings
+    verified_modules: list = field(default_factory=list)
+    integrity: object = None  # the IntegrityReport taken after the install
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.installed)
+
+    def __str__(self) -> str:
+        reqs = " ".join(map(str, self.requirements))
+        if not self.installed:
+            return f"tbkit: {reqs}: already satisfied, nothing installed"
+        mods = f"; imported {', '.join(self.verified_modules)} in a fresh process" if self.verified_modules else ""
+        return f"tbkit: installed {', '.join(self.installed)}{mods}; the running process is intact"
+
+
+def _integrity():
+    from tbkit import integrity
+
+    return integrity
+
+
+def _restart_refusal(report, what: str) -> InstallRefused:
+    """The process already mixes old and new files: nothing may be installed until it restarts."""
+    findings = [f for f in getattr(report, "findings", ()) if getattr(f, "severity", "") == "restart_required"]
+    names = [f.distribution for f in findings]
+    detail = "; ".join(
+        f"{f.distribution} {f.loaded_version} is loaded but {f.disk_version or 'nothing'} is on disk ({f.change})"
+        for f in findings
+    ) or str(report)
+    where = "Colab session" if in_colab() else "process"
+    return InstallRefused(
+        f"tbkit refused to install {what}: this {where} must restart first, because files of loaded "
+        f"distributions changed on disk — {detail}. Until it restarts, every install is refused, since "
+        "each one would build on a broken state",
+        restart_hint(), distributions=names,
+    )
+
+
+def check_process(what: str):
+    """Refuse when the probe says (now, or at any earlier point) that a restart is required."""
+    integrity = _integrity()
+    sticky = integrity.first_restart_report()
+    if sticky is not None:
+        raise _restart_refusal(sticky, what)
+    report = integrity.check()
+    if report.restart_required:
+        raise _restart_refusal(report, what)
+    return report
+
+
+def _options(index_url, find_links, no_index, extra_index_url, pre) -> pipmod.IndexOptions:
+    return pipmod.IndexOptions.resolve(index_url=index_url, find_links=find_links, no_index=no_index,
+                                       extra_index_url=extra_index_url, pre=pre)
+
+
+def plan(*requirements, allow_urls=False, allow_paths=False, index_url=None, find_links=None, no_index=False,
+         extra_index_url=None, pre=False, upgrade=False, no_deps=False) -> Plan:
+    """The plan the gate would carry out (a pip dry run), with ``.refusal`` set if it would refuse.
+
+    Raises InstallRefused for bad requirements or a process that must restart, InstallFailed when
+    pip cannot plan at all."""
+    reqs = validate_all(requirements, allow_urls=allow_urls, allow_paths=allow_paths)
+    index = _options(index_url, find_links, no_index, extra_index_url, pre)
+    check_process(" ".join(map(str, reqs)))
+    return make_plan(reqs, index, _integrity().loaded_distributions(), upgrade=upgrade, no_deps=no_deps)
+
+
+def ensure(*requirements, allow_urls=False, allow_paths=False, index_url=None, find_links=None, no_index=False,
+           quiet=False, extra_index_url=None, pre=False, upgrade=False, no_deps=False) -> InstallResult:
+    """Make ``requirements`` importable without breaking this process, or raise saying why not."""
+    say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    reqs = validate_all(requirements, allow_urls=allow_urls, allow_paths=allow_paths)
+    index = _options(index_url, find_links, no_index, extra_index_url, pre)
+    # Refuse in a broken process even when nothing needs installing: the caller is about to import.
+    check_process(" ".join(map(str, reqs)))
+    if not upgrade and all(r.kind == "name" and satisfied(r) for r in reqs):
+        return InstallResult(reqs)
+
+    the_plan = make_plan(reqs, index, _integrity().loaded_distributions(), upgrade=upgrade, no_deps=no_deps)
+    say(str(the_plan))
+    if not the_plan.safe:
+        raise refused(the_plan)
+    if not the_plan.items:
+        return InstallResult(reqs, the_plan)
+    return _execute(reqs, the_plan, say, quiet)
+
+
+def install(*requirements, dry_run=False, **options):
+    """The same gate as ``ensure``, for explicit use: prints what it decided even when nothing was needed.
+    With ``dry_run=True`` returns the Plan and changes nothing."""
+    if dry_run:
+        options.pop("quiet", None)
+        return plan(*requirements, **options)
+    result = ensure(*requirements, **options)
+    if not options.get("quiet"):
+        print(result, flush=True)
+    return result
+
+
+def _execute(reqs, the_plan: Plan, say, quiet: bool) -> InstallResult:
+    pins = [item.pin() for item in the_plan.items]
+    argv = pipmod.base_argv() + ["--no-deps", *the_plan.index.args(), *(["--quiet"] if quiet else []), *pins]
+    say(f"tbkit: installing exactly the plan ({len(pins)} distribution{'s' * (len(pins) != 1)}, --no-deps)")
+    run = pipmod.run_streamed(argv, echo=None if quiet else (lambda line: print(f"  pip: {line}", flush=True)))
+    importlib.invalidate_caches()
+    integrity = _integrity()
+    report = integrity.check()
+    if not run.ok:
+        state = ("the running process is still intact" if not report.restart_required
+                 else f"and the running process is now damaged ({report})")
+        raise InstallFailed(
+            f"pip failed while installing {', '.join(pins)} (exit status {run.returncode}): "
+            f"{_summary(run)}; {state}",
+            "Read pip's message above; the plan itself was checked against the loaded packages, so this is "
+            "usually a download or build problem. " + (restart_hint() if report.restart_required else ""))
+    if report.restart_required:
+        raise InstallFailed(
+            f"the install of {', '.join(pins)} changed distributions loaded in this process although the plan "
+            f"did not include them: {report}", restart_hint())
+    modules = sorted({m for item in the_plan.items for m in top_level_modules(item.name)})
+    _import_in_fresh_process(modules, pins)
+    installed = [f"{i.name}=={i.version}" for i in the_plan.items]
+    return InstallResult(reqs, the_plan, installed, modules, report)
+
+
+def _summary(run) -> str:
+    from tbkit.install.plan import pip_error_summary
+
+    return pip_error_summary(run)
+
+
+_IMPORT_CHECK = """
+import importlib, json, sys, traceback
+failed = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except BaseException as err:
+        failed[name] = traceback.format_exception_only(type(err), err)[-1].strip()
+print(json.dumps(failed))
+"""
+
+
+def _import_in_fresh_process(modules: list, pins: list) -> None:
+    """Import the new top-level modules in a child interpreter before anything imports them here."""
+    if not modules:
+        return
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, *modules], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    try:
+        failed = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        failed = {"(interpreter)": f"exit status {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+    if failed:
+        detail = "; ".join(f"import {name} -> {err}" for name, err in failed.items())
+        raise InstallFailed(
+            f"{', '.join(pins)} installed, but a fresh Python process could not import it: {detail}. "
+            "Nothing has imported it in this process, which is still intact",
+            "The installed package is broken or needs something missing; fix or uninstall it "
+            "(python -m pip uninstall NAME) before importing it here.")
+
+
+class _CallableModule(types.ModuleType):
+    """``tbkit.install(...)`` calls the gate: the submodule and the public function share a name."""
+
+    def __call__(self, *requirements, **options):
+        return _install_function(*requirements, **options)
+
+
+_install_function = install
+sys.modules[__name__].__class__ = _CallableModule
+# `tbkit.__getattr__("install")` fetches this attribute and caches it on the package; making it the
+# module itself keeps `tbkit.install.ensure` working whichever way the name was reached first.
+install = sys.modules[__name__]  # type: ignore[assignment]  # noqa: F811

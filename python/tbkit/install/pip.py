@@ -1,0 +1,137 @@
+"""Running pip: always ``sys.executable -m pip`` with an argument list, never a shell.
+
+Index settings come from keyword arguments first, then from TBKIT_PIP_INDEX_URL,
+TBKIT_PIP_FIND_LINKS (``os.pathsep``-separated) and TBKIT_PIP_NO_INDEX=1, so a test or a mirror
+can point tbkit at a local wheelhouse without touching pip's own configuration.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from tbkit.install.requirements import check_option_value
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Where pip looks for packages. Same options for the plan and for the install."""
+
+    index_url: Optional[str] = None
+    extra_index_urls: tuple = ()
+    find_links: tuple = ()
+    no_index: bool = False
+    pre: bool = False
+
+    @classmethod
+    def resolve(cls, index_url=None, find_links=None, no_index=False, extra_index_url=None, pre=False):
+        env = os.environ
+        if index_url is None and env.get("TBKIT_PIP_INDEX_URL"):
+            index_url = env["TBKIT_PIP_INDEX_URL"]
+        if find_links is None and env.get("TBKIT_PIP_FIND_LINKS"):
+            find_links = [p for p in env["TBKIT_PIP_FIND_LINKS"].split(os.pathsep) if p]
+        if not no_index and env.get("TBKIT_PIP_NO_INDEX", "").strip().lower() in _TRUE:
+            no_index = True
+        if isinstance(find_links, (str, os.PathLike)):
+            find_links = [find_links]
+        if isinstance(extra_index_url, (str, os.PathLike)):
+            extra_index_url = [extra_index_url]
+        return cls(
+            index_url=check_option_value("index_url", index_url) if index_url is not None else None,
+            extra_index_urls=tuple(check_option_value("extra_index_url", u) for u in (extra_index_url or ())),
+            find_links=tuple(check_option_value("find_links", str(p)) for p in (find_links or ())),
+            no_index=bool(no_index),
+            pre=bool(pre),
+        )
+
+    def args(self) -> list:
+        out = []
+        if self.no_index:
+            out.append("--no-index")
+        if self.index_url:
+            out += ["--index-url", self.index_url]
+        for url in self.extra_index_urls:
+            out += ["--extra-index-url", url]
+        for link in self.find_links:
+            out += ["--find-links", link]
+        if self.pre:
+            out.append("--pre")
+        return out
+
+    def describe(self) -> str:
+        parts = []
+        if self.no_index:
+            parts.append("no index")
+        if self.index_url:
+            parts.append(f"index {self.index_url}")
+        parts += [f"extra index {u}" for u in self.extra_index_urls]
+        parts += [f"find-links {p}" for p in self.find_links]
+        return ", ".join(parts) or "pip's configured index"
+
+
+def base_argv() -> list:
+    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+
+
+def pip_env() -> dict:
+    env = dict(os.environ)
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env.setdefault("PYTHONIOENCODING", "utf-8")
+    return env
+
+
+@dataclass
+class PipRun:
+    argv: list
+    returncode: int
+    output: str = ""
+    tail: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def run_captured(argv: list, timeout: float = 900) -> PipRun:
+    """Run pip quietly, keeping its output for the error report."""
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=pip_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+    return PipRun(argv, proc.returncode, proc.stdout, proc.stdout.splitlines()[-40:])
+
+
+def run_streamed(argv: list, echo: Optional[Callable[[str], None]]) -> PipRun:
+    """Run pip, passing each output line to ``echo`` as it arrives (progress in the notebook)."""
+    tail: deque = deque(maxlen=40)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=pip_env(), stdin=subprocess.DEVNULL, bufsize=1)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if echo is not None:
+                echo(line)
+        proc.wait()
+    except BaseException:  # Ctrl-C: let pip finish its own cleanup rather than leaving a half install
+        proc.wait()
+        raise
+    return PipRun(argv, proc.returncode, "\n".join(tail), list(tail))
+
+
+def pip_version() -> Optional[tuple]:
+    """pip's version in this interpreter, read from its dist-info (pip is never imported here)."""
+    from tbkit.install.installed import installed_version
+
+    v = installed_version("pip")
+    if v is None:
+        return None
+    parts = []
+    for piece in v.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)

