@@ -15,8 +15,10 @@ from tbkit.sources.loaded import KINDS, LoadedModel, Provenance
 _POSITION_NAME = re.compile(r"(^|[._])(pe|wpe|pos\w*|position\w*)$", re.IGNORECASE)
 _DECODER_INPUTS = ("decoder_input_ids", "tgt", "tgt_ids", "target_ids", "decoder_ids", "decoder_inputs", "tgt_input_ids")
 _INTERMEDIATE = re.compile(r"_(output|out|outputs|hidden|hidden_states|residual)$")
+# Code that builds or requests a causal mask. Deliberately specific: a comment saying "not causal"
+# or an ``is_causal=False`` must not count as evidence.
 _CAUSAL_CODE = re.compile(
-    r"is_causal\s*=\s*True|\btriu\b|\btril\b|generate_square_subsequent_mask|causal", re.IGNORECASE
+    r"is_causal\s*=\s*True|\btriu_?\(|\btril_?\(|generate_square_subsequent_mask|causal_mask"
 )
 _DECLARED_LIMITS = ("max_len", "max_seq_len", "block_size", "max_position_embeddings", "context_length", "n_positions", "n_ctx")
 
