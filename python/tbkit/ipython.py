@@ -33,7 +33,7 @@ _BANG_INSTALL = re.compile(
     r"^\s*(?:(?:\S*/)?python[\d.]*\s+-m\s+pip|\{sys\.executable\}\s+-m\s+pip|(?:\S*/)?pip[\d.]*|uv\s+pip)\s"
     r".*\binstall\b", re.S)
 _MAGIC_INSTALL = re.compile(r"^\s*pip\s.*\binstall\b", re.S)
-_SHELL_SYNTAX = re.compile(r"[|&;<>`$(){}]")
+_EXPANSIONS = re.compile(r"[`${}]")  # expanded by IPython or the shell, even inside quotes
 _PYTHON_CELL_MAGICS = ("%%capture", "%%time")  # cell magics whose body is still Python
 
 USAGE = """%tbkit doctor                  is what this kernel has loaded still what is on disk?
@@ -114,11 +114,17 @@ def parse_cell_command(escape: str, cmd: str) -> Optional[CellInstall]:
     """``!``/``%`` command text → CellInstall; None when it is not an install after all
     (``!pip list | grep install``); CannotPlan when it is one the gate cannot read."""
     text = re.sub(r"^\s*\{sys\.executable\}", "python", cmd)
-    head = _SHELL_SYNTAX.split(text, 1)[0]
     try:
-        tokens = shlex.split(head)
+        lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
     except ValueError as err:
         raise CannotPlan(f"its quoting cannot be read ({err})") from None
+    # An unquoted |, &, ;, <, >, ( or ) comes back as a token of its own: the command ends there.
+    ops = [i for i, tok in enumerate(tokens) if tok and all(c in "();<>|&" for c in tok)]
+    expands = bool(_EXPANSIONS.search(text))
+    if ops:
+        tokens = tokens[:ops[0]]
     if escape == "%":
         rest = tokens[1:] if tokens[:1] == ["pip"] else None
     elif tokens and re.fullmatch(r"pip[\d.]*", os.path.basename(tokens[0])):
@@ -133,9 +139,10 @@ def parse_cell_command(escape: str, cmd: str) -> Optional[CellInstall]:
         rest = rest[1:]
     if not rest or rest[0] != "install":
         return None
-    if head != text:
-        raise CannotPlan("it contains shell syntax (pipes, redirections, `;`, `&&`, `$VAR` or {python} "
-                         "expansions), so what it would install cannot be known in advance")
+    if ops or expands:
+        raise CannotPlan("it contains shell syntax (a pipe, redirection, `;`, `&&`, `$VAR`, backticks or a "
+                         "{python} expansion; note that an unquoted `>` in `six>=1` is a redirection), so what "
+                         "it would install cannot be known in advance")
     return parse_install_args(rest[1:])
 
 

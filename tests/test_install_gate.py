@@ -1,0 +1,212 @@
+"""The install gate end to end, in throwaway venvs with NumPy 2.0.2 *imported*, against real pip and
+local wheels only (--no-index). Each scenario runs in the venv's interpreter and reports back as JSON:
+what the gate raised, the plan it showed, how many processes it started (audit hook), whether
+NumPy's files on disk kept their identity, and what the probe says afterwards."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def make_wheel(directory: Path, name: str, version: str, requires=(), files=None) -> Path:
+    """A minimal pure-Python wheel written by hand: package files, METADATA, WHEEL, RECORD."""
+    dist = f"{name}-{version}"
+    entries = dict(files or {f"{name}/__init__.py": f"VERSION = {version!r}\n"})
+    entries[f"{dist}.dist-info/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    entries[f"{dist}.dist-info/WHEEL"] = "Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = []
+    for path, text in entries.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}.dist-info/RECORD,,")
+    entries[f"{dist}.dist-info/RECORD"] = "\n".join(record) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in entries.items():
+            zf.writestr(path, text)
+    return wheel
+
+
+def make_venv(path: Path, wheelhouse: Path, *packages: str) -> Path:
+    """uv venv + packages from the local wheelhouse; tbkit comes from this checkout (a .pth file)."""
+    subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(path)], check=True)
+    python = path / "bin" / "python"
+    subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(python), "--no-index",
+                    "--find-links", str(wheelhouse), *packages], check=True)
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "tbkit_checkout.pth").write_text(str(ROOT / "python") + "\n")
+    return python
+
+
+PRELUDE = textwrap.dedent("""
+    import json, os, sys
+    import numpy  # loaded before tbkit: the gate must never replace it under us
+    import tbkit
+    from tbkit import integrity
+    from tbkit.errors import InstallFailed, InstallRefused
+
+    SPAWNED = []
+    sys.addaudithook(lambda ev, args: SPAWNED.append(ev) if ev in ("subprocess.Popen", "os.posix_spawn") else None)
+    WHEELS = json.loads(sys.argv[1])
+
+    def numpy_identity():
+        core = sys.modules["numpy._core._multiarray_umath"].__dict__["__file__"]
+        st = os.stat(core)
+        dist = [d for d in os.listdir(os.path.dirname(os.path.dirname(numpy.__file__)))
+                if d.startswith("numpy-") and d.endswith(".dist-info")]
+        return [st.st_dev, st.st_ino, sorted(dist)]
+
+    def attempt(*reqs, **kw):
+        kw.setdefault("no_index", True)
+        kw.setdefault("find_links", WHEELS)
+        kw.setdefault("quiet", True)
+        before, n = numpy_identity(), len(SPAWNED)
+        out = {}
+        try:
+            result = tbkit.ensure(*reqs, **kw)
+            out.update(ok=True, installed=result.installed, modules=result.verified_modules)
+        except (InstallRefused, InstallFailed) as err:
+            plan = getattr(err, "plan", None)
+            out.update(ok=False, error=type(err).__name__, message=str(err), plan=str(plan) if plan else None,
+                       distributions=list(getattr(err, "distributions", ())))
+        out["spawned"] = len(SPAWNED) - n
+        out["numpy_unchanged"] = numpy_identity() == before
+        report = integrity.check()
+        out["integrity_ok"] = report.ok
+        out["restart_required"] = report.restart_required
+        out["imported_here"] = sorted(m for m in ("six", "tinypkg", "brokenpkg", "needsoldnumpy") if m in sys.modules)
+        return out
+""")
+
+
+def run_scenario(python: Path, wheel_dirs, body: str, env=None) -> dict:
+    code = PRELUDE + textwrap.dedent(body) + "\nprint('RESULT ' + json.dumps(out))\n"
+    proc = subprocess.run([str(python), "-c", code, json.dumps([str(d) for d in wheel_dirs])],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"scenario crashed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def local_wheels(tmp_path_factory) -> Path:
+    extra = tmp_path_factory.mktemp("extra-wheels")
+    make_wheel(extra, "needsoldnumpy", "1.0", requires=["numpy<2"])
+    make_wheel(extra, "brokenpkg", "1.0", files={"brokenpkg/__init__.py": "raise ImportError('broken on purpose')\n"})
+    make_wheel(extra, "tinypkg", "1.0")
+    return extra
+
+
+@pytest.fixture(scope="module")
+def gate_venv(tmp_path_factory, wheelhouse) -> Path:
+    return make_venv(tmp_path_factory.mktemp("gate") / "venv", wheelhouse, "numpy==2.0.2", "pip==25.3", "packaging==25.0")
+
+
+def test_replacing_loaded_numpy_is_refused_and_the_plan_is_shown(gate_venv, wheelhouse, local_wheels):
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("numpy==2.2.6")')
+    assert out["error"] == "InstallRefused", out
+    assert "numpy 2.0.2 -> 2.2.6" in out["plan"] and "LOADED in this process" in out["plan"]
+    assert "numpy" in out["distributions"] and "Nothing was installed" in out["message"]
+    assert out["spawned"] >= 1  # pip's dry run did run ...
+    assert out["numpy_unchanged"] and out["integrity_ok"]  # ... and nothing changed
+
+
+def test_a_dependency_that_needs_numpy_below_2_is_refused_as_unsatisfiable(gate_venv, wheelhouse, local_wheels):
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("needsoldnumpy")')
+    assert out["error"] == "InstallRefused", out
+    assert "cannot be installed while keeping the loaded versions" in out["message"]
+    assert "numpy 2.0.2 -> 1.26.4" in out["message"]
+    assert "+ needsoldnumpy 1.0 (new)" in out["plan"] and "numpy 2.0.2 -> 1.26.4 (downgrade)" in out["plan"]
+    assert out["numpy_unchanged"] and out["integrity_ok"] and out["imported_here"] == []
+
+
+def test_unknown_package_is_a_clear_failure_and_nothing_changes(gate_venv, wheelhouse, local_wheels):
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("no-such-package-tbkit")')
+    assert out["error"] == "InstallFailed", out
+    assert "No matching distribution found for no-such-package-tbkit" in out["message"]
+    assert "environment is unchanged" in out["message"]
+    assert out["numpy_unchanged"] and out["integrity_ok"]
+
+
+def test_unreachable_index_is_a_clear_failure_and_nothing_changes(gate_venv, wheelhouse, local_wheels):
+    with socket.socket() as s:  # a port nothing listens on: connection refused, like an offline index
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    body = f'out = attempt("tinypkg", no_index=False, find_links=[], index_url="http://127.0.0.1:{port}/simple")'
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], body, env={"PIP_RETRIES": "0", "PIP_TIMEOUT": "5"})
+    assert out["error"] == "InstallFailed", out
+    assert f"127.0.0.1:{port}" in out["message"] and "index is reachable" in out["message"]
+    assert out["numpy_unchanged"] and out["integrity_ok"] and out["imported_here"] == []
+
+
+def test_a_package_that_cannot_be_imported_is_caught_in_a_fresh_process(gate_venv, wheelhouse, local_wheels):
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("brokenpkg")')
+    assert out["error"] == "InstallFailed", out
+    assert "import brokenpkg -> ImportError: broken on purpose" in out["message"]
+    assert out["imported_here"] == []  # the broken module was never imported into this process
+    assert out["numpy_unchanged"] and out["integrity_ok"]
+
+
+def test_safe_install_runs_the_exact_plan_then_already_satisfied_runs_no_pip(gate_venv, wheelhouse, local_wheels):
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], """
+        first = attempt("six")
+        again = attempt("six>=1.16")
+        out = {"first": first, "again": again}
+    """)
+    first, again = out["first"], out["again"]
+    assert first["ok"] and first["installed"] == ["six==1.17.0"] and first["modules"] == ["six"], first
+    assert first["numpy_unchanged"] and first["integrity_ok"] and first["imported_here"] == []
+    # dry run(s) + the install + the fresh-process import check
+    assert first["spawned"] >= 3
+    assert again == {**again, "ok": True, "installed": [], "spawned": 0}, again
+
+
+def test_local_wheel_path_installs_only_when_allowed(gate_venv, wheelhouse, local_wheels):
+    wheel = str(local_wheels / "tinypkg-1.0-py3-none-any.whl")
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], f"""
+        refused = attempt({wheel!r})
+        allowed = attempt({wheel!r}, allow_paths=True)
+        out = {{"refused": refused, "allowed": allowed}}
+    """)
+    assert out["refused"]["error"] == "InstallRefused" and out["refused"]["spawned"] == 0
+    allowed = out["allowed"]
+    assert allowed["ok"] and allowed["installed"] == ["tinypkg==1.0"] and allowed["modules"] == ["tinypkg"], allowed
+    assert allowed["numpy_unchanged"] and allowed["integrity_ok"]
+
+
+def test_after_numpy_is_replaced_from_outside_every_install_is_refused(tmp_path, wheelhouse, local_wheels):
+    python = make_venv(tmp_path / "venv", wheelhouse, "numpy==2.0.2", "pip==25.3", "packaging==25.0")
+    out = run_scenario(python, [wheelhouse, local_wheels], f"""
+        import subprocess
+        # another process (a `!pip` in a terminal, a subprocess install) replaces NumPy under us
+        subprocess.run(["uv", "pip", "install", "--quiet", "--python", sys.executable, "--no-index",
+                        "--find-links", {str(wheelhouse)!r}, "numpy==2.2.6"], check=True)
+        first = attempt("tinypkg")
+        satisfied = attempt("pip")
+        out = {{"first": first, "satisfied": satisfied, "sticky": integrity.first_restart_report() is not None}}
+    """)
+    first = out["first"]
+    assert first["error"] == "InstallRefused", first
+    assert "numpy" in first["distributions"] and "must restart" in first["message"]
+    assert "Restart" in first["message"]
+    assert first["spawned"] == 0  # refused before pip was even asked
+    assert out["satisfied"]["error"] == "InstallRefused"  # even a satisfied requirement: the caller would import
+    assert out["sticky"] and first["restart_required"]
