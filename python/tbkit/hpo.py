@@ -1,0 +1,305 @@
+"""`tbkit.search`: hyperparameter search with Optuna, trials trained by the shared Lightning engine.
+
+- Sampler: TPE. Pruner: MedianPruner, fed once per epoch by
+  ``optuna_integration.PyTorchLightningPruningCallback`` on ``val_loss``.
+- Storage: in memory (default), a SQLite file (``sqlite:///study.db``), or any Optuna RDB URL such
+  as ``postgresql://user@host/db``: then several processes on several machines work ONE study;
+  ``worker=True`` joins a study that must already exist.
+- ``n_trials`` is the study's total over all workers. Each worker asks for a trial only while the
+  study holds fewer than ``n_trials``; trial numbers are handed out by the storage under a row
+  lock, so a worker that loses the race for the last slot gets a number >= n_trials, does not run
+  it, and records it as FAIL with user attribute ``tbkit_surplus`` (visible, never silent).
+- Searched: ``lr`` (log), ``weight_decay`` (log), ``warmup_frac`` (share of the steps that the
+  scheduler really warms up over), and ``dropout`` only when the model has dropout to set (a
+  factory taking ``dropout=``, or ``nn.Dropout`` modules).
+
+optuna, optuna-integration and lightning come through the install gate when missing.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from tbkit.errors import TbkitError, UsageError
+
+DEFAULT_SPACE = {
+    "lr": (1e-4, 1e-2, "log"),
+    "weight_decay": (1e-5, 0.3, "log"),
+    "warmup_frac": (0.0, 0.3, "linear"),
+    "dropout": (0.0, 0.3, "linear"),
+}
+
+
+@dataclass
+class SearchResult:
+    study: Any  # optuna.Study
+    trials_df: Any  # pandas DataFrame (study.trials_dataframe())
+    best_params: dict
+    figures: dict  # name -> matplotlib Figure (history, importance)
+    best_value: float = float("nan")
+    n_complete: int = 0
+    n_pruned: int = 0
+    n_failed: int = 0
+    synthetic: bool = False
+    storage_display: str = "in memory"
+    notes: list = field(default_factory=list)
+    failures: list = field(default_factory=list)  # messages of trials that crashed (this worker)
+    trials_run_here: int = 0
+
+    def summary(self) -> str:
+        lines = [f"study {self.study.study_name!r} ({self.storage_display}): {self.n_complete} completed, "
+                 f"{self.n_pruned} pruned, {self.n_failed} failed; this process ran {self.trials_run_here}"]
+        if self.n_complete:
+            lines.append(f"best val loss {self.best_value:.4f} with {self.best_params}")
+        if self.synthetic:
+            lines.append("SYNTHETIC data (asked for)")
+        lines += self.notes + [f"failure: {f}" for f in self.failures[:3]]
+        return "\n".join(lines)
+
+
+def display_url(url: Optional[str]) -> str:
+    """A storage URL safe to print: the password, if any, is hidden."""
+    if url is None:
+        return "in memory"
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: show only the scheme
+        return url.split(":", 1)[0] + "://…"
+
+
+def _open_study(optuna, storage: Optional[str], study_name: str, worker: bool, seed: int, n_startup: int):
+    sampler = optuna.samplers.TPESampler(seed=None if worker else seed, n_startup_trials=n_startup)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    shown = display_url(storage)
+    if storage is not None and storage.startswith("postgresql"):
+        from tbkit.training import require
+
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            require("psycopg2-binary")
+    try:
+        if worker:
+            if storage is None:
+                raise UsageError("worker=True joins a study kept in a shared storage, but no storage was given",
+                                 "Pass storage='postgresql://…' (CLI: --storage URL) naming the study's database.")
+            try:
+                return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+            except KeyError:
+                raise UsageError(f"there is no study named {study_name!r} in {shown} to join",
+                                 "Start it first without --worker (or worker=False), or check --study.") from None
+        return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                   direction="minimize", load_if_exists=True)
+    except TbkitError:
+        raise
+    except Exception as err:  # SQLAlchemy / driver errors: one paragraph, password hidden
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TbkitError(f"could not open the Optuna storage {shown}: {type(err).__name__}: {first}",
+                         "Check the URL, that the database server runs and accepts this user, and that the "
+                         "database exists.") from None
+
+
+def _model_maker(model_factory_or_source, kind: Optional[str]):
+    """(make(params) -> LoadedModel, takes_dropout: bool, base LoadedModel or None)."""
+    import torch.nn as nn
+
+    from tbkit.sources.loaded import LoadedModel
+    from tbkit.training import as_loaded, copy_loaded
+
+    obj = model_factory_or_source
+    if callable(obj) and not isinstance(obj, (nn.Module, LoadedModel)) and not isinstance(obj, type):
+        try:
+            sig = inspect.signature(obj)
+            takes = "dropout" in sig.parameters or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+        except (TypeError, ValueError):
+            takes = False
+
+        def make(params):
+            kwargs = {"dropout": params["dropout"]} if takes and "dropout" in params else {}
+            return as_loaded(obj(**kwargs), kind)
+
+        return make, takes, None
+    base = as_loaded(obj, kind)
+    has_dropout = any(isinstance(m, nn.Dropout) for m in base.module.modules())
+
+    def make(params):
+        lm = copy_loaded(base)
+        if "dropout" in params:
+            for m in lm.module.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = float(params["dropout"])
+        return lm
+
+    return make, has_dropout, base
+
+
+def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: Optional[str] = None,
+           study_name: Optional[str] = None, worker: bool = False, timeout: Optional[float] = None,
+           epochs: int = 3, batch_size: int = 16, max_len: Optional[int] = None, val_fraction: float = 0.1,
+           synthetic: bool = False, seed: int = 0, device=None, search_space: Optional[dict] = None,
+           kind: Optional[str] = None, n_startup_trials: int = 3, tokenizer_level: str = "char") -> SearchResult:
+    """Search lr / weight decay / warmup (/ dropout) for a causal LM; minimises validation loss.
+
+    ``model_factory_or_source``: a callable returning a fresh model (called once per trial, with
+    ``dropout=`` when it takes it), or a model / LoadedModel / source (each trial trains a copy).
+    ``search_space`` overrides ranges: ``{"lr": (1e-4, 3e-3, "log"), "dropout": None, …}`` (None
+    drops a parameter).
+    """
+    from tbkit import data as tdata
+    from tbkit import training
+
+    if int(n_trials) < 1:
+        raise UsageError(f"n_trials={n_trials} must be 1 or more", "Pass n_trials=1 or more.")
+    if int(epochs) < 1:
+        raise UsageError(f"epochs={epochs} must be 1 or more", "Pass epochs=1 or more (pruning acts per epoch).")
+    training.require("optuna", "optuna-integration", "lightning")
+    import optuna
+    from optuna.trial import TrialState
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    make, dropout_ok, base = _model_maker(model_factory_or_source, kind)
+    probe = base if base is not None else make({})
+    if probe.kind != "decoder":
+        raise UsageError(f"tbkit.search trains causal language models; this model is a {probe.kind}",
+                         "Pass a decoder, or declare kind='decoder' if it is one.")
+    block = training.block_length(probe, max_len)
+    td = tdata.prepare(data, vocab_size=probe.vocab_size, block_len=block, pad_id=probe.pad_token_id,
+                       synthetic=synthetic, seed=seed, level=tokenizer_level)
+    train_data, val_data = tdata.split(td, val_fraction, seed)
+    space = dict(DEFAULT_SPACE)
+    space.update(search_space or {})
+    notes = list(td.notes)
+    if not dropout_ok and space.get("dropout") is not None:
+        space["dropout"] = None
+        notes.append("dropout not searched: the model has no nn.Dropout and its factory takes no dropout=")
+    space = {k: v for k, v in space.items() if v is not None}
+    steps_per_epoch = math.ceil(len(train_data) / batch_size)
+    total_steps = steps_per_epoch * epochs
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = study_name or "tbkit-search"
+    study = _open_study(optuna, storage, name, worker, seed, n_startup_trials)
+    failures: list = []
+
+    def objective(trial) -> float:
+        params = {}
+        for key, (low, high, scale) in space.items():
+            params[key] = trial.suggest_float(key, low, high, log=(scale == "log"))
+        warmup = int(round(params.get("warmup_frac", 0.0) * total_steps))
+        trial.set_user_attr("warmup_steps", warmup)  # what the scheduler was given
+        lm = make(params)
+        out = training.fit(lm, train_data, val_data, epochs=epochs, batch_size=batch_size, lr=params.get("lr", 1e-3),
+                           weight_decay=params.get("weight_decay", 0.0), warmup_steps=warmup, device=device,
+                           seed=seed + trial.number, save_checkpoints=False,
+                           callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_loss")])
+        vals = [r["val_loss"] for r in out.history.epochs if "val_loss" in r]
+        if not vals or not all(math.isfinite(v) for v in vals):
+            raise FloatingPointError(f"validation loss not finite: {vals}")
+        return min(vals)
+
+    started = time.monotonic()
+    ran = 0
+    while True:
+        if timeout is not None and time.monotonic() - started > timeout:
+            notes.append(f"stopped by the timeout of {timeout} s")
+            break
+        if len(study.get_trials(deepcopy=False)) >= n_trials:
+            break
+        trial = study.ask()
+        if trial.number >= n_trials:  # another worker took the last slot between count and ask
+            trial.set_user_attr("tbkit_surplus", "another worker took the last slot; not run")
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        ran += 1
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # one bad trial (NaN, OOM) must not end the study; recorded per trial
+            msg = f"trial {trial.number}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            trial.set_user_attr("tbkit_error", msg)
+            study.tell(trial, state=TrialState.FAIL)
+            failures.append(msg)
+            continue
+        study.tell(trial, value)
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    figures = {}
+    if trials:
+        figures["history"] = history_figure(study, synthetic=td.synthetic)
+    imp_fig, imp_note = importance_figure(study)
+    if imp_fig is not None:
+        figures["importance"] = imp_fig
+    if imp_note:
+        notes.append(imp_note)
+    return SearchResult(
+        study=study, trials_df=study.trials_dataframe(), best_params=dict(best.params) if best else {},
+        figures=figures, best_value=float(best.value) if best else float("nan"), n_complete=len(complete),
+        n_pruned=len(pruned), n_failed=len(failed), synthetic=td.synthetic, storage_display=display_url(storage),
+        notes=notes, failures=failures, trials_run_here=ran,
+    )
+
+
+# ---- plots (matplotlib Figure, never pyplot or plotly) ---------------------------------------------
+def history_figure(study, synthetic: bool = False):
+    from matplotlib.figure import Figure
+    from optuna.trial import TrialState
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if done:
+        ax.plot([t.number for t in done], [t.value for t in done], "o", label="completed")
+        best, xs, ys = math.inf, [], []
+        for t in done:
+            best = min(best, t.value)
+            xs.append(t.number)
+            ys.append(best)
+        ax.step(xs, ys, where="post", label="best so far")
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    if pruned:
+        ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                "x", label="pruned (last reported)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation loss")
+    ax.set_title("optimization history" + (" [SYNTHETIC DATA]" if synthetic else ""))
+    if done or pruned:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(study):
+    """(Figure or None, note): fANOVA parameter importances over the completed trials."""
+    import optuna
+    from matplotlib.figure import Figure
+
+    n_done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if n_done < 2:
+        return None, f"no importance plot: it needs 2 or more completed trials, the study has {n_done}"
+    try:
+        imp = optuna.importance.get_param_importances(study)
+    except Exception as err:  # e.g. all completed trials share one value
+        return None, f"no importance plot: {type(err).__name__}: {err}"
+    fig = Figure(figsize=(5, 3))
+    ax = fig.add_subplot(1, 1, 1)
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[n] for n in names])
+    ax.set_xlabel("importance (fANOVA)")
+    ax.set_title("hyperparameter importance")
+    fig.tight_layout()
+    return fig, ""
