@@ -143,12 +143,25 @@ def forward(
     mask: Optional["torch.Tensor"] = None,
     decoder_ids: Optional["torch.Tensor"] = None,
     mode: str = "no_grad",
+    seed: Optional[int] = None,
 ) -> "torch.Tensor":
     """One forward through the model's contract (``LoadedModel.forward``) in the given grad mode.
 
+    With ``seed``, torch's random state is forked and reseeded for this forward only: checks that
+    compare two forwards (causal, padding) then see the same random draws in both, so a model that
+    is random in eval is judged by ``determinism`` alone, and the caller's RNG state is untouched.
     The result is detached and cloned out of inference mode so callers can compare tensors freely."""
-    with grad_mode(mode):
-        out = model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    import torch
+
+    if seed is None:
+        with grad_mode(mode):
+            out = model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    else:
+        devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            with grad_mode(mode):
+                out = model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
     out = out.detach()
     if mode == "inference_mode":
         out = out.clone()  # inference tensors cannot be used in ordinary autograd-tracked code later
@@ -160,13 +173,18 @@ def output_is_logits(model: "LoadedModel", out: "torch.Tensor") -> bool:
     return int(out.shape[-1]) == int(model.vocab_size)
 
 
-def lm_loss(model: "LoadedModel", ids: "torch.Tensor", out: "torch.Tensor") -> "tuple[torch.Tensor, str]":
+def lm_loss(
+    model: "LoadedModel", ids: "torch.Tensor", out: "torch.Tensor", generator: Optional["torch.Generator"] = None
+) -> "tuple[torch.Tensor, str]":
     """A loss for one backward and the name of what it is.
 
     decoders and seq2seq (decoder side = ``ids``): next-token cross-entropy. Encoders with a
     vocabulary-sized output: cross-entropy against the input token at the same position (what a
-    masked-LM head predicts). Hidden-state outputs have no token loss: the mean square of the
-    output stands in, and the name says so."""
+    masked-LM head predicts). Hidden-state outputs have no LM head: a fixed random projection
+    to the vocabulary (drawn from ``generator``) stands in for one, and the name says so. (The
+    mean square of the output would not do: after a final LayerNorm it is ~1 whatever the input,
+    so almost no gradient reaches the embeddings.)"""
+    import torch
     import torch.nn.functional as F
 
     if output_is_logits(model, out):
@@ -174,4 +192,7 @@ def lm_loss(model: "LoadedModel", ids: "torch.Tensor", out: "torch.Tensor") -> "
             logits = out[:, :-1].reshape(-1, out.shape[-1]).float()
             return F.cross_entropy(logits, ids[:, 1:].reshape(-1)), "next-token cross-entropy"
         return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), ids.reshape(-1)), "same-position cross-entropy"
-    return out.float().pow(2).mean(), "mean square of the hidden-state output (the model has no LM head)"
+    width = int(out.shape[-1])
+    proj = torch.randn(width, int(model.vocab_size), generator=generator).to(out.device) / width**0.5
+    logits = out.float().reshape(-1, width) @ proj
+    return F.cross_entropy(logits, ids.reshape(-1)), "same-position cross-entropy through a fixed random projection (no LM head)"

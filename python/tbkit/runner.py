@@ -1,0 +1,281 @@
+"""``tbkit.run``: load (or take) a model, run the chosen checks one by one, stream the rows into
+a Report, and never lose a finished row.
+
+What the runner guarantees, whatever a check does:
+- a check that raises becomes an ERROR row with the traceback; the next check still runs;
+- a check that yields nothing becomes an ERROR row too (silence must not read as success);
+- report.json is rewritten atomically after every row; Ctrl-C writes the partial report
+  (marked interrupted) and re-raises;
+- checks with ``needs`` go through the install gate first (``tbkit.install.ensure``); a refusal
+  is one SKIP row carrying the gate's reason;
+- the model's train/eval flags and device are restored afterwards, and torch's global random
+  state is forked, so the caller's process is left as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from tbkit.errors import TbkitError, UsageError
+from tbkit.tiers.base import REGISTRY, CheckContext, Row, Status
+
+DEFAULT_OUT_DIR = "tbkit-report"
+
+
+# ------------------------------------------------------------------------------------------
+# choosing what to run
+# ------------------------------------------------------------------------------------------
+def parse_tiers(tiers) -> tuple:
+    """(1,), "1,2", [1, 3] → a sorted tuple of valid tier numbers; UsageError otherwise."""
+    from tbkit.tiers import TIER_MODULES
+
+    if isinstance(tiers, (int, str)):
+        tiers = str(tiers).split(",")
+    out = set()
+    for t in tiers:
+        text = str(t).strip()
+        if not text.isdigit() or int(text) not in TIER_MODULES:
+            raise UsageError(f"unknown tier {text!r}", f"Use tiers from {sorted(TIER_MODULES)}, e.g. --tier 1,2.")
+        out.add(int(text))
+    if not out:
+        raise UsageError("no tier given", "Use e.g. --tier 1 or tiers=(1, 2).")
+    return tuple(sorted(out))
+
+
+def _import_tier(tier: int) -> None:
+    import importlib
+
+    from tbkit.tiers import TIER_MODULES
+
+    name = TIER_MODULES[tier]
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        raise UsageError(f"Tier {tier} is not part of this tbkit installation", "Run the other tiers, or upgrade tbkit.") from None
+
+
+def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) -> list:
+    """The CheckSpecs to run, in registry order. ``checks`` picks ids from any tier (``tiers`` is
+    then not used); unknown ids → UsageError listing the valid ones."""
+    from tbkit.tiers import TIER_MODULES
+
+    if checks is None:
+        wanted = parse_tiers(tiers)
+        for t in wanted:
+            _import_tier(t)
+        return [s for s in REGISTRY.values() if s.tier in wanted]
+    ids = [c.strip() for c in (checks.split(",") if isinstance(checks, str) else checks) if str(c).strip()]
+    if not ids:
+        raise UsageError("no check id given", "Name checks like --checks causal,padding, or leave the option out.")
+    for t in TIER_MODULES:
+        try:
+            _import_tier(t)
+        except UsageError:
+            pass  # a tier that is not installed simply offers no ids
+    unknown = [c for c in ids if c not in REGISTRY]
+    if unknown:
+        by_tier = {}
+        for s in REGISTRY.values():
+            by_tier.setdefault(s.tier, []).append(s.id)
+        valid = "; ".join(f"tier {t}: {', '.join(v)}" for t, v in sorted(by_tier.items()))
+        raise UsageError(f"unknown check id{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+                         f"Valid ids are {valid}.")
+    return [s for s in REGISTRY.values() if s.id in ids]
+
+
+def resolve_device(device=None, module=None):
+    """The device to run on: as asked, else where the model already lives, else CUDA, then
+    Apple MPS, then CPU. Asking for a device that is not there is a UsageError."""
+    import torch
+
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise UsageError(f"{device!r} is not a device ({err})", "Use cpu, cuda, cuda:1 or mps.") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("device 'cuda' was asked for but this torch sees no CUDA GPU",
+                             "Use --device cpu, or a runtime with a GPU (Colab: Runtime → Change runtime type).")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError("device 'mps' was asked for but is not available here", "Use --device cpu.")
+        return dev
+    if module is not None:
+        devices = {p.device for p in module.parameters()}
+        if len(devices) == 1 and next(iter(devices)).type != "cpu":
+            return next(iter(devices))
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _as_loaded(source_or_model, kind, say, load_options=None):
+    from tbkit.sources.loaded import KINDS, LoadedModel
+
+    if kind is not None and kind not in KINDS:
+        raise UsageError(f"unknown model kind {kind!r}", f"Use one of {', '.join(KINDS)}.")
+    if isinstance(source_or_model, LoadedModel):
+        lm = source_or_model
+        if kind is not None and kind != lm.kind:
+            lm = dataclasses.replace(lm, kind=kind, kind_reason="declared")
+        say(f"tbkit: {lm.summary()}")
+        return lm
+    from tbkit.sources import load
+
+    lm = load(source_or_model, kind=kind, log=say, **(load_options or {}))  # provenance shown before the code runs
+    say(f"tbkit: {type(lm.module).__name__}: {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size}, "
+        f"max length {lm.max_len if lm.max_len else 'not found'}")
+    return lm
+
+
+# ------------------------------------------------------------------------------------------
+# running
+# ------------------------------------------------------------------------------------------
+def run(
+    source_or_model=None,
+    tiers=(1,),
+    checks=None,
+    kind: Optional[str] = None,
+    device=None,
+    out_dir=None,
+    seed: int = 0,
+    options: Optional[dict] = None,
+    progress: bool = True,
+    stream=None,
+    load_options: Optional[dict] = None,
+):
+    """Run the checks of ``tiers`` (or the ``checks`` named, from any tier) and return a Report.
+
+    ``source_or_model``: anything ``tbkit.load`` accepts (None = the bundled example), or a
+    LoadedModel. ``out_dir`` (default ./tbkit-report) receives report.json, report.html and
+    plots/. ``options`` reach the checks (e.g. ``{"memory_budget_mb": 512}``). ``stream``
+    receives the provenance and messages (default stdout); the progress bar goes to stderr.
+    ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given."""
+    import torch
+
+    from tbkit.report import Report, environment
+    from tbkit.sources.loaded import LoadedModel
+
+    stream = stream if stream is not None else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=stream, flush=True)
+
+    specs = select_checks(tiers, checks)  # usage errors before any model code runs
+    if load_options and isinstance(source_or_model, LoadedModel):
+        raise UsageError("load_options apply only when tbkit.run loads the source itself",
+                         "Pass them to tbkit.load instead, or pass the source to tbkit.run.")
+    lm = _as_loaded(source_or_model, kind, say, load_options)
+    dev = resolve_device(device, lm.module)
+    out = Path(out_dir if out_dir is not None else DEFAULT_OUT_DIR)
+    params = list(lm.module.parameters())
+    home = {p.device for p in params}
+    dtype = params[0].dtype if params else None
+    flags = [(m, m.training) for m in lm.module.modules()]
+    moved = home != {dev}
+    if moved:
+        lm.module.to(dev)
+    report = Report(lm, out, environment(dev, dtype), run={
+        "tiers": sorted({s.tier for s in specs}),
+        "checks": [s.id for s in specs],
+        "seed": seed,
+        "options": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                    for k, v in (options or {}).items()},
+        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("tbkit") else None,
+    })
+    ctx = CheckContext(model=lm, device=dev, out_dir=out, seed=seed, options=dict(options or {}),
+                       figures=report.figures)
+    report.write_json()
+    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(seed)
+            _run_specs(specs, ctx, report, flags, progress, stream)
+    except KeyboardInterrupt:
+        report.finish(interrupted=True)
+        say(f"tbkit: interrupted; {len(report.rows)} finished rows kept in {report.json_path}")
+        raise
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        if moved and len(home) == 1:
+            lm.module.to(next(iter(home)))
+    report.finish()
+    return report
+
+
+def _run_specs(specs, ctx: CheckContext, report, flags, progress: bool, stream) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(specs), disable=not progress, desc="tbkit", unit="check", leave=True)
+    try:
+        for spec in specs:
+            bar.set_postfix_str(spec.id)
+            ctx.check_id, ctx.tier = spec.id, spec.tier
+            for row in _run_one(spec, ctx, stream):
+                report.add(row)
+            report.write_json()
+            for m, flag in flags:  # a check that forgot to restore modes must not affect the next
+                m.training = flag
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _run_one(spec, ctx: CheckContext, stream):
+    """Yield the rows of one check with their timings; exceptions become rows."""
+    start = last = time.perf_counter()
+
+    def stamp(row: Row) -> Row:
+        nonlocal last
+        now = time.perf_counter()
+        row.seconds = round(now - last, 4)
+        last = now
+        return row
+
+    if spec.needs:
+        try:
+            from tbkit.install import ensure
+
+            with contextlib.redirect_stdout(stream):
+                ensure(*spec.needs)
+        except KeyboardInterrupt:
+            raise
+        except TbkitError as err:
+            from tbkit.errors import InstallRefused
+
+            status = Status.SKIP if isinstance(err, InstallRefused) else Status.ERROR
+            yield stamp(ctx.row(status, "requirements", " ".join(spec.needs), "", str(err)))
+            return
+        except Exception:
+            yield stamp(ctx.row(Status.ERROR, "requirements", " ".join(spec.needs), "",
+                                "getting the requirements failed:\n" + traceback.format_exc()))
+            return
+    produced = None
+    try:
+        for row in spec.func(ctx):
+            produced = stamp(row)
+            yield produced
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        yield stamp(ctx.row(Status.ERROR, "crashed", None, "", traceback.format_exc()))
+        return
+    if produced is not None:
+        # work after the last row (saving a plot) belongs to the check: add it to its last row,
+        # which the caller has already stored (it rewrites report.json after the check)
+        produced.seconds = round(produced.seconds + time.perf_counter() - last, 4)
+    else:
+        yield stamp(ctx.row(Status.ERROR, "no result", None, "",
+                            f"check {spec.id!r} finished without producing a row ({time.perf_counter() - start:.2f} s)"))
+
+
+__all__ = ["run", "select_checks", "parse_tiers", "resolve_device", "DEFAULT_OUT_DIR"]
