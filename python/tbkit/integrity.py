@@ -1,6 +1,194 @@
-"""Python face of the compiled probe (being written: see issue 2)."""
+"""Is what this process has loaded still what is on disk?
+
+The Python face of the compiled probe ``tbkit._probe`` (Rust; see docs/probe.md). ``import tbkit``
+calls :func:`take_baseline`; :func:`check` compares memory with disk and returns an
+:class:`IntegrityReport`. Nothing here imports a module or calls ``getattr`` on one: the probe
+reads ``sys.modules`` entries' ``__dict__`` from Rust, ``/proc/self/maps``, ``stat`` results and
+``*.dist-info`` files. Every failure to look becomes a ``probe_degraded`` finding, never an
+exception.
+"""
 from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from tbkit import _probe
+
+SEVERITIES = ("restart_required", "changed_pure_python", "benign", "probe_degraded")
+
+# Test hook (and a escape hatch for odd systems): read this file instead of /proc/self/maps.
+MAPS_ENV = "TBKIT_PROBE_MAPS"
+
+RESTART_ADVICE = (
+    "Restart the Python process (in Colab: Runtime > Restart session; in Jupyter/VS Code: restart "
+    "the kernel) before importing anything else, then run your cells again."
+)
+
+
+@dataclass
+class Finding:
+    distribution: str  # canonical name, e.g. "numpy"; "(probe)" for the probe's own limits
+    loaded_version: Optional[str]
+    disk_version: Optional[str]
+    change: str  # human sentence
+    paths: list = field(default_factory=list)
+    severity: str = "restart_required"  # one of SEVERITIES
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        versions = self.loaded_version or "?"
+        if self.disk_version != self.loaded_version:
+            versions += f" (on disk: {self.disk_version or 'none'})"
+        return f"{self.distribution} {versions}: {self.change} [{self.severity}]"
+
+
+@dataclass
+class IntegrityReport:
+    findings: list = field(default_factory=list)  # Finding entries
+    notes: list = field(default_factory=list)  # what the probe skipped or could not see
+
+    @property
+    def ok(self) -> bool:
+        """No findings of any severity."""
+        return not self.findings
+
+    @property
+    def restart_required(self) -> bool:
+        return any(f.severity == "restart_required" for f in self.findings)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "restart_required": self.restart_required,
+            "findings": [f.to_dict() for f in self.findings],
+            "notes": list(self.notes),
+        }
+
+    def headline(self) -> str:
+        if self.restart_required:
+            return "RESTART REQUIRED: this process runs code that is no longer what is installed on disk."
+        if self.ok:
+            return "OK: everything loaded in this process matches what is installed on disk."
+        if all(f.severity == "benign" for f in self.findings):
+            return "OK (benign changes): reinstalled at the same version with identical builds."
+        return "CHANGED: installed files changed under this process; no restart needed for what is listed."
+
+    def __str__(self) -> str:
+        lines = [f"tbkit integrity: {self.headline()}"]
+        for f in self.findings:
+            lines.append(f"  {f}")
+            lines.extend(f"      {p}" for p in f.paths[:5])
+            if len(f.paths) > 5:
+                lines.append(f"      ... and {len(f.paths) - 5} more")
+        if not self.ok:  # notes explain what was skipped; they matter when something was found
+            lines.extend(f"  note: {n}" for n in self.notes)
+        if self.restart_required:
+            lines.append(RESTART_ADVICE)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        colour = "#b00020" if self.restart_required else ("#1b5e20" if self.ok else "#8a6d00")
+        parts = [f'<div><b style="color:{colour}">tbkit integrity: {escape(self.headline())}</b>']
+        if self.findings:
+            parts.append(
+                "<table><tr><th>distribution</th><th>loaded</th><th>on disk</th><th>change</th>"
+                "<th>severity</th></tr>"
+            )
+            for f in self.findings:
+                parts.append(
+                    "<tr>"
+                    + "".join(
+                        f"<td>{escape(str(x) if x is not None else '')}</td>"
+                        for x in (f.distribution, f.loaded_version, f.disk_version, f.change, f.severity)
+                    )
+                    + "</tr>"
+                )
+            parts.append("</table>")
+        for n in self.notes:
+            parts.append(f"<div><i>note: {escape(n)}</i></div>")
+        if self.restart_required:
+            parts.append(f"<div>{escape(RESTART_ADVICE)}</div>")
+        parts.append("</div>")
+        return "".join(parts)
+
+
+_PROBE = None  # the process-wide probe (a tbkit._probe.Probe), created by take_baseline()
+_FIRST_RESTART: Optional[IntegrityReport] = None
+
+
+def _stdlib_dirs() -> list:
+    """The standard library's directories: their modules belong to no distribution."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    dirs = set()
+    for prefix in {sys.base_prefix, sys.base_exec_prefix}:
+        for lib in {getattr(sys, "platlibdir", "lib"), "lib"}:  # sys attribute: no import involved
+            dirs.add(os.path.join(prefix, lib, version))
+        dirs.add(os.path.join(prefix, "Lib"))  # Windows
+        dirs.add(os.path.join(prefix, "DLLs"))
+    return sorted(d for d in dirs if os.path.isdir(d))
+
+
+def new_probe(maps_path: Optional[str] = None):
+    """A fresh probe with its own baseline (the process-wide one is made by take_baseline)."""
+    if maps_path is None:
+        maps_path = os.environ.get(MAPS_ENV) or None
+    return _probe.Probe(maps_path, _stdlib_dirs())
 
 
 def take_baseline() -> None:
-    """Record the identity of every loaded module file. Cheap; called by `import tbkit`."""
+    """Record the identity of every loaded module file, mapped library and dist-info directory.
+    Cheap; called by ``import tbkit``. Later checks extend it with modules imported since."""
+    global _PROBE
+    try:
+        if _PROBE is None:
+            _PROBE = new_probe()
+        _PROBE.observe()
+    except Exception:  # noqa: BLE001 - the probe must never break `import tbkit`; check() reports it
+        pass
+
+
+def report_of(probe) -> IntegrityReport:
+    """Run one probe's check and wrap the result; never raises."""
+    try:
+        raw = probe.check()
+    except Exception as err:  # noqa: BLE001 - degrade, never raise
+        return IntegrityReport(
+            findings=[Finding("(probe)", None, None, f"the integrity probe failed: {err!r}", [], "probe_degraded")]
+        )
+    findings = [Finding(**d) for d in raw["findings"]]
+    return IntegrityReport(findings=findings, notes=list(raw["notes"]))
+
+
+def check() -> IntegrityReport:
+    """Compare what is loaded with what is on disk now (see docs/probe.md for the signals)."""
+    global _FIRST_RESTART
+    if _PROBE is None:
+        take_baseline()
+    if _PROBE is None:
+        report = IntegrityReport(
+            findings=[Finding("(probe)", None, None, "the integrity probe could not start", [], "probe_degraded")]
+        )
+    else:
+        report = report_of(_PROBE)
+    if report.restart_required and _FIRST_RESTART is None:
+        _FIRST_RESTART = report
+    return report
+
+
+def first_restart_report() -> Optional[IntegrityReport]:
+    """The first report in this process that required a restart (sticky), or None."""
+    return _FIRST_RESTART
+
+
+def loaded_distributions() -> dict:
+    """Canonical distribution name -> version, for every installed distribution with at least one
+    module in ``sys.modules``. Reads dist-info files only; imports nothing."""
+    if _PROBE is None:
+        take_baseline()
+    return dict(_PROBE.loaded_distributions())

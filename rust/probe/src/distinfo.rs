@@ -1,0 +1,310 @@
+//! Reading installed distributions with plain file I/O: `*.dist-info` directory names, the
+//! `Version:` header of METADATA, RECORD lines and top_level.txt. No Python is involved (Python's
+//! importlib.metadata would import email, csv, zipfile, ...).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufRead};
+use std::path::{Path, PathBuf};
+
+/// PEP 503 normalised name: lower case, runs of `-`, `_`, `.` collapsed to `-`.
+pub fn canonicalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if c == '-' || c == '_' || c == '.' {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// `numpy-2.0.2.dist-info` -> ("numpy", "2.0.2"). The name part is escaped (`-` -> `_`) by the
+/// wheel spec, so the first `-` separates name and version.
+pub fn parse_dist_info_name(dir_name: &str) -> Option<(&str, &str)> {
+    let stem = dir_name.strip_suffix(".dist-info")?;
+    let (name, version) = stem.split_once('-')?;
+    if name.is_empty() || version.is_empty() {
+        return None;
+    }
+    Some((name, version))
+}
+
+/// A header field of METADATA (RFC 822 style): scans up to the first blank line only.
+pub fn metadata_field<R: BufRead>(reader: R, field: &str) -> io::Result<Option<String>> {
+    for line in reader.split(b'\n') {
+        let line = line?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.is_empty() {
+            break; // end of headers: the body (long description) follows
+        }
+        let text = String::from_utf8_lossy(line);
+        if let Some((key, value)) = text.split_once(':') {
+            if key.eq_ignore_ascii_case(field) {
+                return Ok(Some(value.trim().to_string()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+pub fn read_metadata_version(dist_info: &Path) -> io::Result<Option<String>> {
+    let file = fs::File::open(dist_info.join("METADATA"))?;
+    metadata_field(io::BufReader::with_capacity(8192, file), "Version")
+}
+
+/// The path column of one RECORD line (CSV: the path may be quoted, `""` escapes a quote).
+pub fn record_path(line: &str) -> Option<String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.is_empty() {
+        return None;
+    }
+    if let Some(rest) = line.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    out.push('"');
+                    chars.next();
+                } else {
+                    return Some(out);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None // unterminated quote: malformed line
+    } else {
+        Some(line.split(',').next().unwrap_or("").to_string()).filter(|p| !p.is_empty())
+    }
+}
+
+/// The first path component of every RECORD entry that lies inside the site directory
+/// (`../../bin/f2py` style entries are outside it and skipped).
+pub fn record_top_components(record: &str) -> Vec<String> {
+    let mut tops: Vec<String> = Vec::new();
+    for line in record.lines() {
+        if let Some(path) = record_path(line) {
+            let first = path.split('/').next().unwrap_or("");
+            if first.is_empty() || first == ".." || first == "." || first.ends_with(".dist-info") {
+                continue;
+            }
+            if !tops.iter().any(|t| t == first) {
+                tops.push(first.to_string());
+            }
+        }
+    }
+    tops
+}
+
+pub fn parse_top_level(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| l.split('/').next().unwrap_or(l).to_string()).collect()
+}
+
+/// One `*.dist-info` directory found in a site directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistInfoDir {
+    pub canonical: String,
+    pub dir_name: String,
+    pub version_in_name: String,
+}
+
+/// What a site directory holds, as far as the probe cares.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub dist_infos: HashMap<String, DistInfoDir>,
+    /// Entries starting with `~`: pip's stash of a package being replaced (`~umpy` for `numpy`).
+    pub stash: Vec<String>,
+}
+
+pub fn list_site_dir(dir: &Path) -> io::Result<Listing> {
+    let mut listing = Listing::default();
+    for entry in fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((dist, version)) = parse_dist_info_name(name) {
+            let canonical = canonicalize(dist);
+            listing.dist_infos.insert(
+                canonical.clone(),
+                DistInfoDir { canonical, dir_name: name.to_string(), version_in_name: version.to_string() },
+            );
+        } else if name.starts_with('~') {
+            listing.stash.push(name.to_string());
+        }
+    }
+    Ok(listing)
+}
+
+/// Which top-level names a distribution provides: top_level.txt when present, else RECORD.
+pub fn provided_tops(dist_info: &Path) -> io::Result<Vec<String>> {
+    let mut tops = match fs::read_to_string(dist_info.join("RECORD")) {
+        Ok(text) => record_top_components(&text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    if let Ok(text) = fs::read_to_string(dist_info.join("top_level.txt")) {
+        for t in parse_top_level(&text) {
+            if !tops.contains(&t) {
+                tops.push(t);
+            }
+        }
+    }
+    Ok(tops)
+}
+
+/// Every RECORD path of a distribution (for resolving namespace packages shared by several
+/// distributions, e.g. `nvidia/`).
+pub fn record_paths(dist_info: &Path) -> io::Result<Vec<PathBuf>> {
+    let text = fs::read_to_string(dist_info.join("RECORD"))?;
+    Ok(text.lines().filter_map(record_path).map(PathBuf::from).collect())
+}
+
+/// Compare versions loosely enough that `2026.05.20` equals `2026.5.20` and `2.15.0+cu132`
+/// (a module's `__version__`) equals `2.15.0` (METADATA without the local label), and strictly
+/// enough that any real upgrade or downgrade differs.
+pub fn versions_match(a: &str, b: &str) -> bool {
+    let (pa, la) = split_local(a);
+    let (pb, lb) = split_local(b);
+    if let (Some(la), Some(lb)) = (la, lb) {
+        if !la.eq_ignore_ascii_case(lb) {
+            return false;
+        }
+    }
+    normalise_public(pa) == normalise_public(pb)
+}
+
+fn split_local(v: &str) -> (&str, Option<&str>) {
+    let v = v.trim();
+    match v.split_once('+') {
+        Some((p, l)) => (p, Some(l)),
+        None => (v, None),
+    }
+}
+
+/// Tokens of digits (as numbers) and letters, with trailing zero release parts removed.
+fn normalise_public(v: &str) -> Vec<String> {
+    let v = v.trim().trim_start_matches(['v', 'V']).to_ascii_lowercase();
+    let mut tokens: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut digits = false;
+    let flush = |cur: &mut String, digits: bool, tokens: &mut Vec<String>| {
+        if !cur.is_empty() {
+            if digits {
+                let t = cur.trim_start_matches('0');
+                tokens.push(if t.is_empty() { "0".into() } else { t.into() });
+            } else {
+                tokens.push(cur.clone());
+            }
+            cur.clear();
+        }
+    };
+    for c in v.chars() {
+        if c.is_ascii_digit() {
+            if !digits {
+                flush(&mut cur, digits, &mut tokens);
+            }
+            digits = true;
+            cur.push(c);
+        } else if c.is_alphanumeric() {
+            if digits {
+                flush(&mut cur, digits, &mut tokens);
+            }
+            digits = false;
+            cur.push(c);
+        } else {
+            flush(&mut cur, digits, &mut tokens);
+        }
+    }
+    flush(&mut cur, digits, &mut tokens);
+    // 1.0 == 1.0.0: drop trailing "0" release parts (only when everything is numeric)
+    if tokens.iter().all(|t| t.chars().all(|c| c.is_ascii_digit())) {
+        while tokens.len() > 1 && tokens.last().map(|t| t == "0").unwrap_or(false) {
+            tokens.pop();
+        }
+    }
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonicalize("Typing_Extensions"), "typing-extensions");
+        assert_eq!(canonicalize("zope.interface"), "zope-interface");
+        assert_eq!(canonicalize("a__-.b"), "a-b");
+        assert_eq!(canonicalize("numpy"), "numpy");
+    }
+
+    #[test]
+    fn dist_info_dir_names() {
+        assert_eq!(parse_dist_info_name("numpy-2.0.2.dist-info"), Some(("numpy", "2.0.2")));
+        assert_eq!(parse_dist_info_name("nvidia_cublas_cu12-12.4.5.8.dist-info"), Some(("nvidia_cublas_cu12", "12.4.5.8")));
+        assert_eq!(parse_dist_info_name("numpy.libs"), None);
+        assert_eq!(parse_dist_info_name("-1.dist-info"), None);
+    }
+
+    #[test]
+    fn metadata_version_header_only() {
+        let text = "Metadata-Version: 2.1\r\nName: numpy\r\nVersion: 2.0.2\r\nSummary: x\r\n\r\nVersion: 9.9 in the body\n";
+        assert_eq!(metadata_field(text.as_bytes(), "Version").unwrap().as_deref(), Some("2.0.2"));
+        assert_eq!(metadata_field(text.as_bytes(), "name").unwrap().as_deref(), Some("numpy"));
+        let body_only = "Name: x\n\nVersion: 1\n";
+        assert_eq!(metadata_field(body_only.as_bytes(), "Version").unwrap(), None);
+    }
+
+    #[test]
+    fn record_lines() {
+        assert_eq!(record_path("numpy/__init__.py,sha256=abc,123").as_deref(), Some("numpy/__init__.py"));
+        assert_eq!(record_path("numpy-2.0.2.dist-info/RECORD,,").as_deref(), Some("numpy-2.0.2.dist-info/RECORD"));
+        assert_eq!(record_path("\"odd, \"\"name\"\".py\",sha256=x,1").as_deref(), Some("odd, \"name\".py"));
+        assert_eq!(record_path("\"unterminated,sha256=x,1"), None);
+        assert_eq!(record_path(""), None);
+        let record = "numpy/__init__.py,sha256=a,1\nnumpy.libs/libx.so,sha256=b,2\n../../bin/f2py,sha256=c,3\nnumpy-2.0.2.dist-info/METADATA,,\nnumpy/_core/x.so,,\n";
+        assert_eq!(record_top_components(record), vec!["numpy".to_string(), "numpy.libs".to_string()]);
+    }
+
+    #[test]
+    fn top_level_file() {
+        assert_eq!(parse_top_level("_yaml\nyaml\n\n"), vec!["_yaml", "yaml"]);
+    }
+
+    #[test]
+    fn version_comparison() {
+        assert!(versions_match("2026.05.20", "2026.5.20"));
+        assert!(versions_match("2.15.0+cu132", "2.15.0"));
+        assert!(versions_match("1.0", "1.0.0"));
+        assert!(versions_match("v1.2", "1.2"));
+        assert!(!versions_match("2.0.2", "2.2.6"));
+        assert!(!versions_match("1.26.4", "2.0.2"));
+        assert!(!versions_match("2.0.0rc1", "2.0.0"));
+        assert!(!versions_match("2.15.0+cu132", "2.15.0+cpu"));
+    }
+
+    #[test]
+    fn listing_a_site_dir() {
+        let dir = std::env::temp_dir().join(format!("tbkit-probe-site-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("numpy-2.0.2.dist-info")).unwrap();
+        fs::create_dir_all(dir.join("~umpy")).unwrap();
+        fs::create_dir_all(dir.join("numpy")).unwrap();
+        fs::write(dir.join("numpy-2.0.2.dist-info/METADATA"), "Name: numpy\nVersion: 2.0.2\n\nbody").unwrap();
+        fs::write(dir.join("numpy-2.0.2.dist-info/RECORD"), "numpy/__init__.py,,\nnumpy.libs/a.so,,\n").unwrap();
+        let listing = list_site_dir(&dir).unwrap();
+        assert_eq!(listing.dist_infos["numpy"].version_in_name, "2.0.2");
+        assert_eq!(listing.stash, vec!["~umpy".to_string()]);
+        let di = dir.join("numpy-2.0.2.dist-info");
+        assert_eq!(read_metadata_version(&di).unwrap().as_deref(), Some("2.0.2"));
+        assert_eq!(provided_tops(&di).unwrap(), vec!["numpy".to_string(), "numpy.libs".to_string()]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,105 @@
+//! File identity: `(device, inode)` from `stat`, decoded the same way `/proc/self/maps` prints it,
+//! so the two can be compared. Installers never rewrite a file in place (they unlink, then write a
+//! new file), so a changed identity means "replaced". mtime is deliberately not used: uv keeps the
+//! wheel's mtimes.
+
+use std::io;
+use std::path::Path;
+
+/// A device number split into major and minor, as `/proc/self/maps` shows it (`MM:mm` in hex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevId {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// Linux/glibc encoding of `dev_t` (see `gnu_dev_major` / `gnu_dev_minor`).
+pub fn decode_dev(dev: u64) -> DevId {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & 0xffff_f000);
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
+    DevId { major: major as u32, minor: minor as u32 }
+}
+
+/// What identifies one file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: DevId,
+    pub ino: u64,
+}
+
+/// A directory's identity plus its change times: any entry created, removed or renamed inside it
+/// moves mtime/ctime, so an unchanged stamp means an unchanged listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirStamp {
+    pub id: FileId,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+#[cfg(unix)]
+pub fn file_id(path: &Path) -> io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok(FileId { dev: decode_dev(m.dev()), ino: m.ino() })
+}
+
+#[cfg(unix)]
+pub fn dir_stamp(path: &Path) -> io::Result<DirStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok(DirStamp {
+        id: FileId { dev: decode_dev(m.dev()), ino: m.ino() },
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+    })
+}
+
+// Other platforms: no stable inode in std. We use (size, modification time) as a weaker stand-in
+// identity; this path compiles but is not verified by tests (docs/probe.md says so).
+#[cfg(not(unix))]
+pub fn file_id(path: &Path) -> io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    Ok(FileId { dev: DevId { major: 0, minor: 0 }, ino: t ^ m.len().rotate_left(32) })
+}
+
+#[cfg(not(unix))]
+pub fn dir_stamp(path: &Path) -> io::Result<DirStamp> {
+    let id = file_id(path)?;
+    Ok(DirStamp { id, mtime_ns: id.ino as i128, ctime_ns: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_small_and_large_device_numbers() {
+        // makedev(8, 1) = 0x801
+        assert_eq!(decode_dev(0x801), DevId { major: 8, minor: 1 });
+        // makedev(259, 2): major above 255 goes into bits 8..20
+        assert_eq!(decode_dev((259 << 8) | 2), DevId { major: 259, minor: 2 });
+        // a minor above 255 (e.g. overlay/anonymous devices 0:300)
+        let dev: u64 = ((300u64 & 0xffff_ff00) << 12) | (300 & 0xff);
+        assert_eq!(decode_dev(dev), DevId { major: 0, minor: 300 });
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn identity_changes_when_a_file_is_replaced_not_when_rewritten_in_place() {
+        let dir = std::env::temp_dir().join(format!("tbkit-probe-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a file.so");
+        std::fs::write(&f, b"one").unwrap();
+        let first = file_id(&f).unwrap();
+        std::fs::write(&f, b"two").unwrap(); // in place: same inode
+        assert_eq!(file_id(&f).unwrap(), first);
+        let g = dir.join("new");
+        std::fs::write(&g, b"three").unwrap();
+        std::fs::rename(&g, &f).unwrap(); // replaced: new inode
+        assert_ne!(file_id(&f).unwrap(), first);
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(file_id(&f).unwrap_err().kind(), io::ErrorKind::NotFound);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

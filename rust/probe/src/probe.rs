@@ -1,0 +1,814 @@
+//! The probe itself: remembers what it saw first (module files, mapped libraries, dist-info
+//! directories) and compares with what is on disk now. Python-free: the bindings hand it the
+//! modules found in `sys.modules`, and it hands back findings.
+//!
+//! Vocabulary: a *root* is a `sys.path` directory; a *top* is a first path component below a root
+//! (`numpy`, `six.py`, `numpy.libs`); a *dist* is an installed distribution (a `*.dist-info`).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::distinfo::{self, canonicalize, DistInfoDir, Listing};
+use crate::elf;
+use crate::identity::{dir_stamp, file_id, DevId, DirStamp, FileId};
+use crate::maps;
+use crate::verdict::{Facts, Finding, Severity, Signal};
+
+/// One module from `sys.modules`, read from its `__dict__` only.
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    pub name: String,
+    pub file: Option<PathBuf>,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Memory-map listing to read; `None`: `/proc/self/maps` on Linux, nothing elsewhere.
+    pub maps_path: Option<PathBuf>,
+    /// Directories whose modules belong to no distribution (the standard library).
+    pub exclude: Vec<PathBuf>,
+}
+
+/// What a check returns.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub notes: Vec<String>,
+}
+
+struct Root {
+    path: PathBuf,
+    excluded: bool,
+    stamp: Option<DirStamp>,
+    first_listing: Option<Listing>,
+    listing: Option<Listing>,
+    listing_error: Option<String>,
+    owner_index: Option<HashMap<String, Vec<String>>>,
+    records: HashMap<String, HashSet<PathBuf>>,
+}
+
+impl Root {
+    fn is_site(&self) -> bool {
+        self.first_listing.as_ref().map(|l| !l.dist_infos.is_empty()).unwrap_or(false)
+            || self.listing.as_ref().map(|l| !l.dist_infos.is_empty()).unwrap_or(false)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Owner {
+    Unresolved,
+    Dist(String),
+    Ambiguous(Vec<String>),
+    Nobody,
+}
+
+struct Top {
+    root: usize,
+    comp: String,
+    module_name: String,
+    version: Option<String>,
+    owner: Owner,
+}
+
+struct Tracked {
+    path: PathBuf,
+    top: usize,
+    rel: PathBuf,
+    first: Result<FileId, io::ErrorKind>,
+    native: bool,
+}
+
+struct Mapped {
+    first_path: PathBuf,
+    top: usize,
+    rel: PathBuf,
+    maps_id: FileId,
+    first_stat: Option<FileId>,
+    signal: Option<Signal>,
+}
+
+#[derive(Default)]
+struct DistState {
+    first_ids: HashMap<String, Option<FileId>>,
+    cached: Option<(String, Option<FileId>)>,
+    current_version: Option<String>,
+    degraded: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DevMode {
+    /// maps and stat agree on this device: maps alone is decisive.
+    Direct,
+    /// overlayfs-style: maps shows another device for the same inode; compare inodes only.
+    InodeOnly,
+    /// maps and stat disagree on device and inode: compare stat against the first stat.
+    StatOnly,
+}
+
+#[derive(Default)]
+pub struct Probe {
+    config: Config,
+    sys_path: Vec<(PathBuf, Option<usize>)>,
+    roots: Vec<Root>,
+    tops: Vec<Top>,
+    top_index: HashMap<(usize, String), usize>,
+    tracked: Vec<Tracked>,
+    tracked_paths: HashSet<PathBuf>,
+    mapped: HashMap<(DevId, u64), Mapped>,
+    unrelated_maps: HashSet<(DevId, u64)>,
+    dev_modes: HashMap<DevId, DevMode>,
+    dists: HashMap<String, DistState>,
+    file_owner: HashMap<(usize, PathBuf), Option<String>>,
+    maps_error: Option<String>,
+}
+
+const NATIVE_SUFFIXES: [&str; 4] = [".so", ".pyd", ".dylib", ".sl"];
+
+fn is_native(path: &Path) -> bool {
+    let s = path.to_string_lossy();
+    NATIVE_SUFFIXES.iter().any(|suf| s.ends_with(suf)) || s.contains(".so.")
+}
+
+/// `six.py` -> `six`; `_cffi_backend.cpython-311-x86_64-linux-gnu.so` -> `_cffi_backend`;
+/// `numpy` -> `numpy`.
+fn module_name_of(comp: &str, is_dir: bool) -> String {
+    if is_dir {
+        return comp.to_string();
+    }
+    comp.split('.').next().unwrap_or(comp).to_string()
+}
+
+/// Strip pip's AdjacentTempDirectory prefix: `~umpy` matches `numpy`, `~-mpy` matches `numpy`.
+fn stash_matches(stash: &str, name: &str) -> bool {
+    if !stash.starts_with('~') || stash.chars().count() != name.chars().count() || name.starts_with('~') {
+        return false;
+    }
+    let rest = stash.trim_start_matches(|c: char| "~-.=%0123456789".contains(c));
+    !rest.is_empty() && name.ends_with(rest)
+}
+
+impl Probe {
+    pub fn new(config: Config) -> Self {
+        Probe { config, ..Default::default() }
+    }
+
+    /// Record what is loaded now and what it looks like on disk (cheap: stat and readdir only).
+    /// `sys_path` is Python's `sys.path`; `modules` are the modules not handed in before.
+    pub fn observe(&mut self, sys_path: &[PathBuf], modules: &[ModuleInfo]) {
+        self.update_sys_path(sys_path);
+        for m in modules {
+            self.ingest(m);
+        }
+        self.scan_maps();
+    }
+
+    fn update_sys_path(&mut self, sys_path: &[PathBuf]) {
+        if self.sys_path.len() == sys_path.len() && self.sys_path.iter().zip(sys_path).all(|(a, b)| &a.0 == b) {
+            return;
+        }
+        let mut entries = Vec::with_capacity(sys_path.len());
+        for raw in sys_path {
+            let raw = if raw.as_os_str().is_empty() { PathBuf::from(".") } else { raw.clone() };
+            let root = std::fs::canonicalize(&raw).ok().filter(|c| c.is_dir()).map(|canon| self.root_for(canon));
+            entries.push((raw, root));
+        }
+        self.sys_path = entries;
+    }
+
+    fn root_for(&mut self, canon: PathBuf) -> usize {
+        if let Some(i) = self.roots.iter().position(|r| r.path == canon) {
+            return i;
+        }
+        let excluded = self.config.exclude.iter().any(|e| canon.starts_with(e));
+        let mut root = Root {
+            path: canon,
+            excluded,
+            stamp: None,
+            first_listing: None,
+            listing: None,
+            listing_error: None,
+            owner_index: None,
+            records: HashMap::new(),
+        };
+        refresh_listing(&mut root);
+        root.first_listing = root.listing.clone();
+        self.roots.push(root);
+        self.roots.len() - 1
+    }
+
+    fn ingest(&mut self, m: &ModuleInfo) {
+        let Some(file) = &m.file else { return };
+        // The longest sys.path entry that holds the file decides the root (site-packages lies
+        // inside the standard library directory).
+        let mut best: Option<(usize, &Path, usize)> = None;
+        for (raw, root) in &self.sys_path {
+            let Some(root) = root else { continue };
+            if let Ok(rel) = file.strip_prefix(raw) {
+                let depth = raw.components().count();
+                if best.map(|b| depth > b.2).unwrap_or(true) {
+                    best = Some((*root, rel, depth));
+                }
+            }
+        }
+        let Some((root, rel, _)) = best else { return };
+        if self.roots[root].excluded && !self.roots[root].is_site() {
+            return;
+        }
+        let mut comps = rel.components();
+        let Some(first) = comps.next().and_then(|c| c.as_os_str().to_str()) else { return };
+        let is_dir = comps.next().is_some();
+        let top = self.top_for(root, first, is_dir);
+        let is_top_module = !m.name.contains('.');
+        if is_top_module && m.version.is_some() {
+            self.tops[top].version = m.version.clone();
+        }
+        let native = is_native(file);
+        // Track the top-level module file and every extension module; PROBE.md: ~150 paths.
+        if (is_top_module || native) && self.tracked_paths.insert(file.clone()) {
+            let first = file_id(file).map_err(|e| e.kind());
+            self.tracked.push(Tracked { path: file.clone(), top, rel: rel.to_path_buf(), first, native });
+        }
+    }
+
+    fn top_for(&mut self, root: usize, comp: &str, is_dir: bool) -> usize {
+        if let Some(&t) = self.top_index.get(&(root, comp.to_string())) {
+            return t;
+        }
+        self.tops.push(Top {
+            root,
+            comp: comp.to_string(),
+            module_name: module_name_of(comp, is_dir),
+            version: None,
+            owner: Owner::Unresolved,
+        });
+        let t = self.tops.len() - 1;
+        self.top_index.insert((root, comp.to_string()), t);
+        t
+    }
+
+    fn maps_text(&mut self) -> Option<Vec<u8>> {
+        let path = match &self.config.maps_path {
+            Some(p) => p.clone(),
+            None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/maps"),
+            None => return None,
+        };
+        match std::fs::read(&path) {
+            Ok(text) => {
+                self.maps_error = None;
+                Some(text)
+            }
+            Err(e) => {
+                self.maps_error = Some(format!(
+                    "cannot read {} ({e}): deleted or moved mapped libraries cannot be seen; file identity and version checks still ran",
+                    path.display()
+                ));
+                None
+            }
+        }
+    }
+
+    /// Which root (longest prefix) a canonical path lies under, with its first component.
+    fn locate(&self, path: &Path) -> Option<(usize, String, PathBuf)> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, r) in self.roots.iter().enumerate() {
+            if r.excluded && !r.is_site() {
+                continue;
+            }
+            if path.starts_with(&r.path) {
+                let depth = r.path.as_os_str().len();
+                if best.map(|b| depth > b.1).unwrap_or(true) {
+                    best = Some((i, depth));
+                }
+            }
+        }
+        let (root, _) = best?;
+        let rel = path.strip_prefix(&self.roots[root].path).ok()?;
+        let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+        Some((root, first, rel.to_path_buf()))
+    }
+
+    fn scan_maps(&mut self) {
+        let Some(text) = self.maps_text() else { return };
+        let mut seen_now: HashSet<(DevId, u64)> = HashSet::new();
+        for line in text.split(|&b| b == b'\n') {
+            let Some(entry) = maps::parse_line(line) else { continue };
+            let key = (entry.dev, entry.inode);
+            if !seen_now.insert(key) || self.unrelated_maps.contains(&key) {
+                continue;
+            }
+            if !self.mapped.contains_key(&key) {
+                let Some((root, comp, rel)) = self.locate(&entry.path) else {
+                    self.unrelated_maps.insert(key);
+                    continue;
+                };
+                let top = self.top_for(root, &comp, rel.components().count() > 1);
+                let first_stat = if entry.deleted { None } else { file_id(&entry.path).ok() };
+                let maps_id = FileId { dev: entry.dev, ino: entry.inode };
+                if let Some(st) = first_stat {
+                    let mode = if st == maps_id {
+                        DevMode::Direct
+                    } else if st.ino == maps_id.ino {
+                        DevMode::InodeOnly
+                    } else if st.dev == maps_id.dev {
+                        DevMode::Direct // same device, other inode: a real replacement, judged below
+                    } else {
+                        DevMode::StatOnly
+                    };
+                    self.dev_modes.entry(entry.dev).or_insert(mode);
+                }
+                self.mapped.insert(key, Mapped { first_path: entry.path.clone(), top, rel, maps_id, first_stat, signal: None });
+            }
+            let mode = self.dev_modes.get(&entry.dev).copied();
+            let m = self.mapped.get_mut(&key).expect("inserted above");
+            let stashed = entry
+                .path
+                .strip_prefix(&self.roots[self.tops[m.top].root].path)
+                .ok()
+                .and_then(|rel| rel.components().next())
+                .and_then(|c| c.as_os_str().to_str())
+                .map(|c| c.starts_with('~'))
+                .unwrap_or(false);
+            let signal = if entry.deleted {
+                Some(Signal::MappedDeleted(m.first_path.clone()))
+            } else if stashed {
+                Some(Signal::MappedStashed(entry.path.clone()))
+            } else {
+                match mode {
+                    Some(DevMode::Direct) if m.first_stat.map(|s| s.dev == m.maps_id.dev).unwrap_or(true) => {
+                        // maps is decisive here; one stat at first sight catches a replacement
+                        // that happened before the probe existed.
+                        if m.first_stat.map(|s| s != m.maps_id).unwrap_or(false) {
+                            Some(Signal::MappedReplaced(entry.path.clone()))
+                        } else {
+                            None
+                        }
+                    }
+                    _ => match file_id(&entry.path) {
+                        Err(_) => Some(Signal::MappedReplaced(entry.path.clone())),
+                        Ok(now) => {
+                            let same = match mode {
+                                Some(DevMode::InodeOnly) => now.ino == m.maps_id.ino,
+                                _ => Some(now) == m.first_stat,
+                            };
+                            (!same).then(|| Signal::MappedReplaced(entry.path.clone()))
+                        }
+                    },
+                }
+            };
+            // A mapping signal, once seen, stays: the old code is still what runs.
+            if m.signal.is_none() {
+                m.signal = signal;
+            }
+        }
+    }
+
+    /// Compare everything with disk now.
+    pub fn check(&mut self, sys_path: &[PathBuf], modules: &[ModuleInfo]) -> Report {
+        self.observe(sys_path, modules);
+        let mut report = Report::default();
+        if let Some(e) = &self.maps_error {
+            report.findings.push(Finding {
+                distribution: "(probe)".into(),
+                loaded_version: None,
+                disk_version: None,
+                change: e.clone(),
+                paths: self.config.maps_path.iter().cloned().collect(),
+                severity: Severity::ProbeDegraded,
+            });
+        } else if self.config.maps_path.is_none() && !cfg!(target_os = "linux") {
+            report.notes.push("no /proc/self/maps on this platform: only file identity and version checks ran".into());
+        }
+        for i in 0..self.roots.len() {
+            self.refresh_root(i);
+            if let Some(e) = &self.roots[i].listing_error {
+                report.notes.push(e.clone());
+            }
+        }
+        for t in 0..self.tops.len() {
+            if self.tops[t].owner == Owner::Unresolved {
+                let owner = self.resolve(t);
+                self.tops[t].owner = owner;
+            }
+        }
+
+        // Gather facts per distribution.
+        let mut facts: HashMap<String, Facts> = HashMap::new();
+        let mut native_paths: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        for i in 0..self.tracked.len() {
+            let (top, rel) = (self.tracked[i].top, self.tracked[i].rel.clone());
+            let Some(dist) = self.owner_of(top, &rel) else { continue };
+            let t = &self.tracked[i];
+            let f = facts.entry(dist.clone()).or_default();
+            f.native |= t.native;
+            let now = file_id(&t.path).map_err(|e| e.kind());
+            match (&t.first, &now) {
+                (_, Err(io::ErrorKind::NotFound)) => f.signals.push(Signal::FileMissing(t.path.clone())),
+                (Ok(a), Ok(b)) if a != b => f.signals.push(Signal::FileReplaced(t.path.clone())),
+                (Err(io::ErrorKind::NotFound), Ok(_)) => {}
+                (_, Err(e)) => f.signals.push(Signal::Degraded(format!("cannot stat {} ({e:?})", t.path.display()))),
+                _ => {}
+            }
+            if now.is_ok() {
+                f.files_remain = true;
+            }
+        }
+        let keys: Vec<(DevId, u64)> = self.mapped.keys().copied().collect();
+        for key in keys {
+            let (top, rel) = {
+                let m = &self.mapped[&key];
+                (m.top, m.rel.clone())
+            };
+            let Some(dist) = self.owner_of(top, &rel) else { continue };
+            let m = &self.mapped[&key];
+            let f = facts.entry(dist.clone()).or_default();
+            f.native = true;
+            native_paths.entry(dist).or_default().push(m.first_path.clone());
+            if let Some(s) = &m.signal {
+                f.signals.push(s.clone());
+            }
+        }
+        // pip's stash directories left in a site directory
+        for t in 0..self.tops.len() {
+            let root = &self.roots[self.tops[t].root];
+            let Some(listing) = &root.listing else { continue };
+            for s in &listing.stash {
+                if stash_matches(s, &self.tops[t].comp) {
+                    let path = root.path.join(s);
+                    if let Owner::Dist(d) = &self.tops[t].owner {
+                        facts.entry(d.clone()).or_default().signals.push(Signal::StashPresent(path));
+                    }
+                }
+            }
+        }
+        // versions and dist-info per distribution
+        let dist_names: Vec<String> = facts.keys().cloned().collect();
+        for d in &dist_names {
+            self.fill_dist_facts(d, facts.get_mut(d).unwrap());
+        }
+        let loaded_ids = if facts.values().any(|f| f.needs_build_ids()) { elf::loaded_build_ids() } else { Vec::new() };
+        let loaded_ids: HashMap<PathBuf, Vec<u8>> =
+            loaded_ids.into_iter().map(|(p, id)| (canonical_lenient(&p), id)).collect();
+        for (dist, f) in facts.iter_mut() {
+            if f.needs_build_ids() {
+                let (equal, note) = compare_build_ids(native_paths.get(dist).map(Vec::as_slice).unwrap_or(&[]), &loaded_ids);
+                f.build_ids_equal = Some(equal);
+                f.build_id_note = note;
+            }
+        }
+        let mut names: Vec<&String> = facts.keys().collect();
+        names.sort();
+        for d in names {
+            let f = &facts[d];
+            if let Some(severity) = f.severity() {
+                report.findings.push(Finding {
+                    distribution: d.clone(),
+                    loaded_version: f.loaded_version.clone(),
+                    disk_version: f.disk_version.clone(),
+                    change: f.describe(),
+                    paths: f.paths().into_iter().take(20).collect(),
+                    severity,
+                });
+            }
+        }
+        report
+    }
+
+    fn refresh_root(&mut self, i: usize) {
+        let root = &mut self.roots[i];
+        let stamp = dir_stamp(&root.path).ok();
+        if stamp.is_some() && stamp == root.stamp {
+            return;
+        }
+        refresh_listing(root);
+        root.owner_index = None;
+    }
+
+    /// Which distribution provides a top: a dist-info of the same name, else top_level.txt /
+    /// RECORD of the site directory; `X.libs` belongs to `X`; `~umpy` is pip's stash of `numpy`.
+    fn resolve(&mut self, t: usize) -> Owner {
+        let (root, comp, name) = (self.tops[t].root, self.tops[t].comp.clone(), self.tops[t].module_name.clone());
+        if comp.starts_with('~') {
+            if let Some(other) = (0..self.tops.len()).find(|&o| self.tops[o].root == root && stash_matches(&comp, &self.tops[o].comp)) {
+                return self.resolve(other);
+            }
+            return Owner::Nobody;
+        }
+        let canon = canonicalize(&name);
+        let by_name = |r: &Root| {
+            r.first_listing.as_ref().map(|l| l.dist_infos.contains_key(&canon)).unwrap_or(false)
+                || r.listing.as_ref().map(|l| l.dist_infos.contains_key(&canon)).unwrap_or(false)
+        };
+        if by_name(&self.roots[root]) || (!self.roots[root].is_site() && self.roots.iter().any(by_name)) {
+            return Owner::Dist(canon);
+        }
+        if self.roots[root].is_site() {
+            let index = self.owner_index(root);
+            let claimants = index.get(&comp).or_else(|| index.get(&name)).cloned().unwrap_or_default();
+            match claimants.len() {
+                0 => {}
+                1 => return Owner::Dist(claimants[0].clone()),
+                _ => return Owner::Ambiguous(claimants),
+            }
+        }
+        if let Some(base) = comp.strip_suffix(".libs") {
+            let base_canon = canonicalize(base);
+            if self.roots[root].is_site() && by_name(&self.roots[root]) || self.roots.iter().any(|r| {
+                r.listing.as_ref().map(|l| l.dist_infos.contains_key(&base_canon)).unwrap_or(false)
+            }) {
+                return Owner::Dist(base_canon);
+            }
+        }
+        if self.roots[root].is_site() {
+            // No dist-info claims it (e.g. uninstalled before the probe existed): report it under
+            // its own name rather than lose it.
+            Owner::Dist(canon)
+        } else {
+            Owner::Nobody
+        }
+    }
+
+    fn owner_index(&mut self, root: usize) -> &HashMap<String, Vec<String>> {
+        let r = &mut self.roots[root];
+        if r.owner_index.is_none() {
+            let mut index: HashMap<String, Vec<String>> = HashMap::new();
+            if let Some(listing) = &r.listing {
+                for di in listing.dist_infos.values() {
+                    if let Ok(tops) = distinfo::provided_tops(&r.path.join(&di.dir_name)) {
+                        for t in tops {
+                            let claim = index.entry(t).or_default();
+                            if !claim.contains(&di.canonical) {
+                                claim.push(di.canonical.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            r.owner_index = Some(index);
+        }
+        r.owner_index.as_ref().unwrap()
+    }
+
+    /// The distribution owning one file under a top (per-file only for shared namespaces).
+    fn owner_of(&mut self, top: usize, rel: &Path) -> Option<String> {
+        match self.tops[top].owner.clone() {
+            Owner::Dist(d) => Some(d),
+            Owner::Nobody | Owner::Unresolved => None,
+            Owner::Ambiguous(claimants) => {
+                let root = self.tops[top].root;
+                let key = (root, rel.to_path_buf());
+                if let Some(o) = self.file_owner.get(&key) {
+                    return o.clone();
+                }
+                let mut found = None;
+                for c in &claimants {
+                    let r = &mut self.roots[root];
+                    if !r.records.contains_key(c) {
+                        let dir = r.listing.as_ref().and_then(|l| l.dist_infos.get(c)).map(|d| r.path.join(&d.dir_name));
+                        let paths = dir.and_then(|d| distinfo::record_paths(&d).ok()).unwrap_or_default();
+                        r.records.insert(c.clone(), paths.into_iter().collect());
+                    }
+                    if r.records[c].contains(rel) {
+                        found = Some(c.clone());
+                        break;
+                    }
+                }
+                self.file_owner.insert(key, found.clone());
+                found
+            }
+        }
+    }
+
+    fn fill_dist_facts(&mut self, dist: &str, f: &mut Facts) {
+        // loaded version: `__version__` of a top-level module named like the distribution
+        for t in &self.tops {
+            if t.owner == Owner::Dist(dist.to_string()) && canonicalize(&t.module_name) == dist {
+                if let Some(v) = &t.version {
+                    f.loaded_version = Some(v.clone());
+                }
+            }
+        }
+        let root = self.tops.iter().filter(|t| t.owner == Owner::Dist(dist.to_string())).map(|t| t.root).find(|&r| {
+            self.roots[r].first_listing.as_ref().map(|l| l.dist_infos.contains_key(dist)).unwrap_or(false)
+                || self.roots[r].listing.as_ref().map(|l| l.dist_infos.contains_key(dist)).unwrap_or(false)
+        });
+        // editable installs: the dist-info lives in another root
+        let root = root.or_else(|| {
+            (0..self.roots.len()).find(|&r| {
+                self.roots[r].first_listing.as_ref().map(|l| l.dist_infos.contains_key(dist)).unwrap_or(false)
+            })
+        });
+        let Some(root) = root else { return };
+        let r = &self.roots[root];
+        let first: Option<DistInfoDir> = r.first_listing.as_ref().and_then(|l| l.dist_infos.get(dist).cloned());
+        let now: Option<DistInfoDir> = r.listing.as_ref().and_then(|l| l.dist_infos.get(dist).cloned());
+        f.dist_info_at_first_sight = first.is_some();
+        f.dist_info_present = now.is_some();
+        if f.loaded_version.is_none() {
+            f.loaded_version = first.as_ref().map(|d| d.version_in_name.clone());
+        }
+        let state = self.dists.entry(dist.to_string()).or_default();
+        match &now {
+            None => {
+                if let Some(first) = &first {
+                    f.signals.push(Signal::DistInfoGone(r.path.join(&first.dir_name)));
+                }
+                state.cached = None;
+                state.current_version = None;
+            }
+            Some(di) => {
+                let dir = r.path.join(&di.dir_name);
+                let id = file_id(&dir).ok();
+                // the identity of each dist-info directory name when first seen
+                let first_id = *state.first_ids.entry(di.dir_name.clone()).or_insert(id);
+                if state.cached.as_ref() != Some(&(di.dir_name.clone(), id)) {
+                    state.cached = Some((di.dir_name.clone(), id));
+                    state.degraded = None;
+                    state.current_version = match distinfo::read_metadata_version(&dir) {
+                        Ok(Some(v)) => Some(v),
+                        Ok(None) => Some(di.version_in_name.clone()),
+                        Err(e) => {
+                            state.degraded = Some(format!(
+                                "cannot read {} ({e}); version taken from the directory name",
+                                dir.join("METADATA").display()
+                            ));
+                            Some(di.version_in_name.clone())
+                        }
+                    };
+                }
+                match &first {
+                    Some(first) if first.dir_name != di.dir_name => {
+                        f.signals.push(Signal::DistInfoReplaced(r.path.join(&first.dir_name)))
+                    }
+                    _ if first_id != id => f.signals.push(Signal::DistInfoReplaced(dir.clone())),
+                    _ => {}
+                }
+                if let Some(d) = &state.degraded {
+                    f.signals.push(Signal::Degraded(d.clone()));
+                }
+                f.disk_version = state.current_version.clone();
+            }
+        }
+        f.signals.dedup();
+    }
+
+    /// Every distribution with a module loaded, and its version (the loaded one where known).
+    pub fn loaded_distributions(&mut self, sys_path: &[PathBuf], modules: &[ModuleInfo]) -> Vec<(String, String)> {
+        let report = self.check(sys_path, modules);
+        drop(report);
+        let mut out: HashMap<String, String> = HashMap::new();
+        let mut owners: Vec<String> = Vec::new();
+        for i in 0..self.tracked.len() {
+            let (top, rel) = (self.tracked[i].top, self.tracked[i].rel.clone());
+            if let Some(d) = self.owner_of(top, &rel) {
+                owners.push(d);
+            }
+        }
+        for t in &self.tops {
+            if let Owner::Dist(d) = &t.owner {
+                owners.push(d.clone());
+            }
+        }
+        for d in owners {
+            if out.contains_key(&d) {
+                continue;
+            }
+            let mut f = Facts::default();
+            self.fill_dist_facts(&d, &mut f);
+            if !f.dist_info_at_first_sight && !f.dist_info_present {
+                continue; // not an installed distribution
+            }
+            if let Some(v) = f.loaded_version.or(f.disk_version) {
+                out.insert(d, v);
+            }
+        }
+        let mut v: Vec<(String, String)> = out.into_iter().collect();
+        v.sort();
+        v
+    }
+}
+
+fn refresh_listing(root: &mut Root) {
+    root.stamp = dir_stamp(&root.path).ok();
+    match distinfo::list_site_dir(&root.path) {
+        Ok(l) => {
+            root.listing = Some(l);
+            root.listing_error = None;
+        }
+        Err(e) => {
+            root.listing_error = Some(format!("cannot list {} ({e}): its distributions were not checked", root.path.display()));
+        }
+    }
+}
+
+/// The canonical form of a path whose file may be gone: canonicalize the directory.
+fn canonical_lenient(p: &Path) -> PathBuf {
+    if let (Some(parent), Some(name)) = (p.parent(), p.file_name()) {
+        if let Ok(c) = std::fs::canonicalize(parent) {
+            return c.join(name);
+        }
+    }
+    p.to_path_buf()
+}
+
+/// Build-ids of the mapped libraries in memory against the files now at the same paths.
+fn compare_build_ids(paths: &[PathBuf], loaded: &HashMap<PathBuf, Vec<u8>>) -> (bool, Option<String>) {
+    let mut compared = 0;
+    for p in paths {
+        let Some(mem) = loaded.get(p) else { continue }; // data files mapped with mmap: no ELF
+        match elf::build_id_of_file(p) {
+            Ok(Some(disk)) if &disk == mem => compared += 1,
+            Ok(Some(_)) => return (false, Some(format!("build-id of {} differs from the loaded copy", p.display()))),
+            Ok(None) => return (false, Some(format!("{} on disk has no build-id to compare", p.display()))),
+            Err(e) => return (false, Some(format!("cannot read {} to compare build-ids ({e})", p.display()))),
+        }
+    }
+    if compared == 0 {
+        return (false, Some("no build-id could be compared".into()));
+    }
+    (true, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stash_names() {
+        assert!(stash_matches("~umpy", "numpy"));
+        assert!(stash_matches("~umpy.libs", "numpy.libs"));
+        assert!(stash_matches("~-mpy", "numpy"));
+        assert!(!stash_matches("~umpy", "scipy"));
+        assert!(!stash_matches("numpy", "numpy"));
+    }
+
+    #[test]
+    fn module_names() {
+        assert_eq!(module_name_of("six.py", false), "six");
+        assert_eq!(module_name_of("_cffi_backend.cpython-311-x86_64-linux-gnu.so", false), "_cffi_backend");
+        assert_eq!(module_name_of("numpy.libs", true), "numpy.libs");
+    }
+
+    /// A fake site directory with one native "distribution", a fake maps file, and the whole
+    /// pipeline: clean, then the library deleted, then the dist-info replaced by a new version.
+    #[cfg(unix)]
+    #[test]
+    fn end_to_end_on_a_fake_site_dir() {
+        let base = std::env::temp_dir().join(format!("tbkit-probe-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let site = base.join("site packages");
+        std::fs::create_dir_all(site.join("pkg")).unwrap();
+        std::fs::create_dir_all(site.join("pkg-1.0.dist-info")).unwrap();
+        std::fs::write(site.join("pkg-1.0.dist-info/METADATA"), "Name: pkg\nVersion: 1.0\n\n").unwrap();
+        std::fs::write(site.join("pkg/__init__.py"), "").unwrap();
+        let so = site.join("pkg/_ext.so");
+        std::fs::write(&so, b"\x7fELF").unwrap();
+        let site = std::fs::canonicalize(&site).unwrap();
+        let so = site.join("pkg/_ext.so");
+        let id = file_id(&so).unwrap();
+        let maps_path = base.join("maps");
+        let line = |deleted: bool| {
+            format!(
+                "7f00-7f01 r-xp 00000000 {:02x}:{:02x} {} {}{}\n",
+                id.dev.major, id.dev.minor, id.ino, so.display(), if deleted { " (deleted)" } else { "" }
+            )
+        };
+        std::fs::write(&maps_path, line(false)).unwrap();
+        let mut probe = Probe::new(Config { maps_path: Some(maps_path.clone()), exclude: vec![] });
+        let sys_path = vec![site.clone()];
+        let modules = vec![
+            ModuleInfo { name: "pkg".into(), file: Some(site.join("pkg/__init__.py")), version: Some("1.0".into()) },
+            ModuleInfo { name: "pkg._ext".into(), file: Some(so.clone()), version: None },
+        ];
+        probe.observe(&sys_path, &modules);
+        let r = probe.check(&sys_path, &[]);
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
+
+        // upgrade: the library unlinked, a new dist-info
+        std::fs::write(&maps_path, line(true)).unwrap();
+        std::fs::remove_file(&so).unwrap();
+        std::fs::rename(site.join("pkg-1.0.dist-info"), site.join("pkg-2.0.dist-info")).unwrap();
+        std::fs::write(site.join("pkg-2.0.dist-info/METADATA"), "Name: pkg\nVersion: 2.0\n\n").unwrap();
+        let r = probe.check(&sys_path, &[]);
+        assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+        let f = &r.findings[0];
+        assert_eq!(f.distribution, "pkg");
+        assert_eq!(f.severity, Severity::RestartRequired);
+        assert_eq!(f.loaded_version.as_deref(), Some("1.0"));
+        assert_eq!(f.disk_version.as_deref(), Some("2.0"));
+        assert!(f.change.contains("mapped files deleted (replaced on disk)"), "{}", f.change);
+
+        // a fresh probe after the damage still sees it (maps + in-memory version)
+        let mut late = Probe::new(Config { maps_path: Some(maps_path.clone()), exclude: vec![] });
+        let r = late.check(&sys_path, &modules);
+        assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+        assert_eq!(r.findings[0].severity, Severity::RestartRequired);
+
+        // no maps at all: a degraded finding, not a panic
+        let mut blind = Probe::new(Config { maps_path: Some(base.join("no such maps")), exclude: vec![] });
+        let r = blind.check(&sys_path, &modules);
+        assert!(r.findings.iter().any(|f| f.severity == Severity::ProbeDegraded && f.distribution == "(probe)"));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
