@@ -165,7 +165,7 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
     make, dropout_ok, base = _model_maker(model_factory_or_source, kind)
     probe = base if base is not None else make({})
     if probe.kind != "decoder":
-        raise UsageError(f"tbkit.search trains causal language models; this model is a {probe.kind}",
+        raise UsageError(f"tbkit.search trains causal language models; this model's kind is {probe.kind}",
                          "Pass a decoder, or declare kind='decoder' if it is one.")
     block = training.block_length(probe, max_len)
     td = tdata.prepare(data, vocab_size=probe.vocab_size, block_len=block, pad_id=probe.pad_token_id,

@@ -356,7 +356,7 @@ def train(model_or_source, data=None, *, epochs: int = 3, batch_size: int = 16, 
         raise UsageError(f"lr={lr} must be positive", "Pass e.g. lr=1e-3.")
     loaded = as_loaded(model_or_source, kind)
     if loaded.kind != "decoder":
-        raise UsageError(f"tbkit.train trains causal language models; this model is a {loaded.kind} "
+        raise UsageError(f"tbkit.train trains causal language models; this model's kind is {loaded.kind} "
                          f"({loaded.kind_reason})", "Pass a decoder, or declare kind='decoder' if it is one.")
     block = block_length(loaded, max_len)
     td = tdata.prepare(data, vocab_size=loaded.vocab_size, block_len=block, pad_id=loaded.pad_token_id,
