@@ -202,11 +202,11 @@ def test_after_numpy_is_replaced_from_outside_every_install_is_refused(tmp_path,
         first = attempt("tinypkg")
         satisfied = attempt("pip")
         out = {{"first": first, "satisfied": satisfied, "sticky": integrity.first_restart_report() is not None}}
-    """)
+    """, env={"COLAB_RELEASE_TAG": "release-colab-test"})  # Colab is recognised by its variable: its wording
     first = out["first"]
     assert first["error"] == "InstallRefused", first
-    assert "numpy" in first["distributions"] and "must restart" in first["message"]
-    assert "Restart" in first["message"]
+    assert "numpy" in first["distributions"] and "this Colab session must restart" in first["message"]
+    assert "Runtime → Restart session" in first["message"]
     assert first["spawned"] == 0  # refused before pip was even asked
     assert out["satisfied"]["error"] == "InstallRefused"  # even a satisfied requirement: the caller would import
     assert out["sticky"] and first["restart_required"]

@@ -58,8 +58,9 @@ _GLOBAL_FLAGS = {"-q", "-qq", "-qqq", "--quiet", "-v", "-vv", "--verbose", "--no
                  "--disable-pip-version-check", "--isolated"}
 _IGNORED_FLAGS = {"-v", "-vv", "--verbose", "--no-cache-dir", "--no-cache", "--no-warn-script-location",
                   "--disable-pip-version-check", "--no-input", "--no-color", "--system", "--break-system-packages",
-                  "--no-warn-conflicts", "--progress-bar=off"}
-_IGNORED_WITH_VALUE = {"--progress-bar", "--root-user-action", "--timeout", "--retries", "--python"}
+                  "--no-warn-conflicts"}
+# (`uv pip install --system` is Colab's usual recipe: there the system interpreter is the kernel's own.)
+_IGNORED_WITH_VALUE = {"--progress-bar", "--root-user-action", "--timeout", "--retries"}
 _VALUE_OPTIONS = {"-i": "index_url", "--index-url": "index_url", "--extra-index-url": "extra_index_url",
                   "-f": "find_links", "--find-links": "find_links"}
 
@@ -262,7 +263,10 @@ class Extension:
         report = integrity.check()
         from IPython.display import display
 
-        display(report)
+        bundle = {"text/plain": str(report)}
+        if hasattr(report, "_repr_html_"):
+            bundle["text/html"] = report._repr_html_()
+        display(bundle, raw=True)
         pip = pip_version()
         print(f"tbkit: python {sys.version.split()[0]} at {sys.executable}; pip "
               f"{'.'.join(map(str, pip)) if pip else 'not installed'}; gate mode {self.mode}; "
