@@ -38,6 +38,7 @@ class FakeGitHub:
         self._lock = threading.Lock()
         self._server = None
         self._thread = None
+        self._port = 0
 
     # ---- content -----------------------------------------------------------------------------
     def add_gist(self, gist_id: str, files: dict, owner: Optional[str] = "alice", sha: Optional[str] = None) -> str:
@@ -69,10 +70,10 @@ class FakeGitHub:
     # ---- server ------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._port}"
 
     def raw_base(self) -> str:
-        return f"http://{self.raw_host}:{self._server.server_address[1]}" if self.raw_host else self.url
+        return f"http://{self.raw_host}:{self._port}" if self.raw_host else self.url
 
     def start(self) -> "FakeGitHub":
         fake = self
@@ -86,6 +87,7 @@ class FakeGitHub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self._port = self._server.server_address[1]  # kept after stop(): late (slow) handlers still answer
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -35,7 +35,7 @@ def server():
 
 
 def kw(server, tmp_path, **extra):
-    return dict(api_url=server.url, cache_dir=tmp_path / "cache", retries=2, backoff=0.01, timeout=5, **extra)
+    return {**dict(api_url=server.url, cache_dir=tmp_path / "cache", retries=2, backoff=0.01, timeout=5), **extra}
 
 
 def test_fetch_pins_revision_caches_and_reports_provenance(server, tmp_path):

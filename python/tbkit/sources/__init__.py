@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -213,11 +214,16 @@ def _from_files(files: dict, main: str, source: str, location: str, base: Option
         log(str(provenance))
     filename = str(base / main) if base is not None else f"<{where}/{main}>"
     module = build.exec_model_code(files[main], filename, f"{main} of {where}")
-    flat = build.flatten_config(config, notes)
-    builder, name, how = build.pick_builder(module, config, f"{main} of {where}")
-    notes.append(f"model built from {name} ({how})")
-    model = build.construct(builder, name, flat, notes)
-    return inspect_model.inspect_and_wrap(model, config, flat, provenance, notes, kind=kind)
+    try:
+        flat = build.flatten_config(config, notes)
+        builder, name, how = build.pick_builder(module, config, f"{main} of {where}")
+        notes.append(f"model built from {name} ({how})")
+        model = build.construct(builder, name, flat, notes)
+        return inspect_model.inspect_and_wrap(model, config, flat, provenance, notes, kind=kind)
+    except BaseException:
+        if sys.modules.get(module.__name__) is module:  # a failed load leaves no module behind
+            del sys.modules[module.__name__]
+        raise
 
 
 def _from_gist(text: str, *, revision, cache_dir, api_url, token, timeout, max_file_bytes, retries, backoff,

@@ -233,7 +233,7 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
             out = loaded.forward(ids)
     except TypeError as err:
         if "holds no logits tensor" in str(err):
-            raise SourceError(f"{cls}.forward {err}", "Return the logits tensor (B, S, V) from forward.") from None
+            raise SourceError(f"the output of {cls}.forward cannot be used: {err}", "Return the logits tensor (B, S, V) from forward.") from None
         raise SourceError(
             f"calling {cls}.forward on token ids of shape (1, 2) raised TypeError: {' '.join(str(err).split())}",
             "Make forward(input_ids, attention_mask=None) accept a (batch, seq) LongTensor.",
@@ -241,7 +241,7 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
     except Exception as err:
         raise SourceError(
             f"the load-time forward of {cls} on token ids of shape (1, 2) raised {type(err).__name__}: "
-            f"{' '.join(str(err).split())[:300]}",
+            f"{' '.join(str(err).split())[:300]}{_line_in_model_code(err, model)}",
             "Fix the model's forward (it must accept a (batch, seq) LongTensor of token ids); "
             "run it yourself once to see the full traceback.",
         ) from None
@@ -256,3 +256,15 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
             "Return one vector per input position (do not pool or flatten the sequence).",
         )
     return out, fed
+
+
+def _line_in_model_code(err: BaseException, model) -> str:
+    """' (model.py line N)' for the deepest frame in the model's own file, if there is one."""
+    import sys
+    import traceback
+
+    filename = getattr(sys.modules.get(type(model).__module__), "__file__", None)
+    if not filename:
+        return ""
+    lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == filename]
+    return f" (at line {lines[-1]} of {filename.rsplit('/', 1)[-1].rstrip('>')})" if lines else ""
