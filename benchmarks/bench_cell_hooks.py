@@ -37,7 +37,7 @@ def main() -> int:
     from tbkit import integrity
 
     ip = InteractiveShell.instance()
-    cells = ["x = 1", "y = [i * i for i in range(10)]\nz = sum(y)", "def f(a):\n    return a + 1\nf(2)",
+    cells = ["x = 1", "y = [i * i for i in range(10)]\nz = sum(y)", "def f(a):\n    return a + 1\n_ = f(2)",
              "s = 'pip install is only mentioned in a string'"]
     base, hooked = [], []
     time_cells(ip, cells, 50)  # warm up both paths

@@ -112,6 +112,7 @@ def local_wheels(tmp_path_factory) -> Path:
     make_wheel(extra, "needsoldnumpy", "1.0", requires=["numpy<2"])
     make_wheel(extra, "brokenpkg", "1.0", files={"brokenpkg/__init__.py": "raise ImportError('broken on purpose')\n"})
     make_wheel(extra, "tinypkg", "1.0")
+    make_wheel(extra, "clipkg", "2.0")
     return extra
 
 
@@ -210,3 +211,31 @@ def test_after_numpy_is_replaced_from_outside_every_install_is_refused(tmp_path,
     assert first["spawned"] == 0  # refused before pip was even asked
     assert out["satisfied"]["error"] == "InstallRefused"  # even a satisfied requirement: the caller would import
     assert out["sticky"] and first["restart_required"]
+
+
+CLI = ("import argparse, sys\n"
+       "from tbkit.commands import install as command\n"
+       "parser = argparse.ArgumentParser(prog='tbkit install')\n"
+       "command.configure(parser)\n"
+       "sys.exit(command.main(parser.parse_args(sys.argv[1:])))\n")
+
+
+def test_tbkit_install_command(gate_venv, wheelhouse, local_wheels):
+    def tbkit_install(*args):
+        return subprocess.run([str(gate_venv), "-c", CLI, *args], capture_output=True, text=True, timeout=300)
+
+    local = ["--no-index", "--find-links", str(wheelhouse), "--find-links", str(local_wheels)]
+    dry = tbkit_install("--dry-run", *local, "clipkg")
+    assert dry.returncode == 0 and "+ clipkg 2.0 (new)" in dry.stdout, dry
+    bad = tbkit_install("clipkg; echo owned")
+    assert bad.returncode == 2 and "tbkit refused the requirement" in bad.stderr and "owned" not in bad.stdout
+    # this process has not imported NumPy, so replacing it would be safe here; the plan says what it does
+    numpy_plan = tbkit_install("--dry-run", *local, "numpy==2.2.6")
+    assert numpy_plan.returncode == 0 and "~ numpy 2.0.2 -> 2.2.6 (upgrade)" in numpy_plan.stdout, numpy_plan
+    missing = tbkit_install(*local, "no-such-package-tbkit")
+    assert missing.returncode == 1 and "No matching distribution" in missing.stderr
+    done = tbkit_install("-q", *local, "clipkg")
+    assert done.returncode == 0 and "installed clipkg==2.0" in done.stdout, done
+    check = subprocess.run([str(gate_venv), "-c", "import clipkg, numpy; print(numpy.__version__)"],
+                           capture_output=True, text=True)
+    assert check.stdout.strip() == "2.0.2"  # the dry runs changed nothing

@@ -1,7 +1,7 @@
 """`tbkit install PKG... [--dry-run]`: the install gate from a shell.
 
 It protects the interpreter it runs in (``sys.executable``); exit status 0 installed or already
-satisfied (or, with --dry-run, the plan is safe), 1 refused or pip failed, 2 bad input.
+satisfied (or, with --dry-run, the plan is safe), 1 refused or pip failed, 2 a bad requirement.
 """
 from __future__ import annotations
 
@@ -26,7 +26,15 @@ def configure(parser) -> None:
 def main(args) -> int:
     from tbkit.errors import InstallFailed, InstallRefused
     from tbkit.install import ensure, plan
+    from tbkit.install.requirements import validate_all
 
+    try:  # a bad requirement is a usage error (exit 2), not a refusal of a plan (exit 1)
+        validate_all(args.requirements, allow_urls=args.allow_urls, allow_paths=args.allow_paths)
+    except InstallRefused as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"tbkit: {err}", file=sys.stderr)
+        return 2
     options = dict(allow_urls=args.allow_urls, allow_paths=args.allow_paths, index_url=args.index_url,
                    find_links=args.find_links, no_index=args.no_index, extra_index_url=args.extra_index_url,
                    pre=args.pre, upgrade=args.upgrade)
