@@ -122,12 +122,17 @@ def gate_venv(tmp_path_factory, wheelhouse) -> Path:
 
 
 def test_replacing_loaded_numpy_is_refused_and_the_plan_is_shown(gate_venv, wheelhouse, local_wheels):
-    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("numpy==2.2.6")')
+    both = run_scenario(gate_venv, [wheelhouse, local_wheels],
+                        'out = {"pinned": attempt("numpy==2.2.6"), "upgrade": attempt("numpy", upgrade=True)}')
+    out = both["pinned"]
     assert out["error"] == "InstallRefused", out
     assert "numpy 2.0.2 -> 2.2.6" in out["plan"] and "LOADED in this process" in out["plan"]
     assert "numpy" in out["distributions"] and "Nothing was installed" in out["message"]
     assert out["spawned"] >= 1  # pip's dry run did run ...
     assert out["numpy_unchanged"] and out["integrity_ok"]  # ... and nothing changed
+    up = both["upgrade"]  # `pip install -U numpy`: the pin would hide the upgrade, so it is refused, not skipped
+    assert up["error"] == "InstallRefused" and "upgrading numpy 2.0.2 -> 2.2.6" in up["message"], up
+    assert up["numpy_unchanged"] and up["integrity_ok"]
 
 
 def test_a_dependency_that_needs_numpy_below_2_is_refused_as_unsatisfiable(gate_venv, wheelhouse, local_wheels):

@@ -135,6 +135,9 @@ def test_notebook_install_gate_in_a_real_kernel(kernel_venv, wheelhouse, tmp_pat
         assert "numpy" in banner["text/html"] and "Kernel" in banner["text/html"]  # Jupyter wording, not Colab's
         assert "RESTART REQUIRED" in banner["text/plain"] and "numpy" in banner["text/plain"]
         assert not banners(kernel.run("y = 2"))  # one banner, not one per cell
+        seen = kernel.run("%tbkit doctor")
+        assert any("numpy" in d.get("text/html", "") and "RESTART" in d.get("text/plain", "")
+                   for d in seen["displays"]), seen
 
         # 4. from now on every install is refused, before pip is asked
         seen = kernel.run(f"!pip install tinypkg --no-index --find-links {wheelhouse}")

@@ -89,6 +89,18 @@ def check_process(what: str):
     return report
 
 
+def loaded_distributions() -> dict:
+    """What must not change under us; without it there is no safe plan, so the gate refuses."""
+    try:
+        return _integrity().loaded_distributions()
+    except Exception as err:  # the probe could not start: installing blind is what the gate exists to prevent
+        raise InstallRefused(
+            f"tbkit cannot tell which distributions this process has loaded (the integrity probe failed: "
+            f"{type(err).__name__}: {err}), so it cannot plan an install that keeps them; nothing was installed",
+            "Run `tbkit doctor` (or `%tbkit doctor`) and report its output; meanwhile install what you need "
+            "before importing anything, in a fresh process.") from None
+
+
 def _options(index_url, find_links, no_index, extra_index_url, pre) -> pipmod.IndexOptions:
     return pipmod.IndexOptions.resolve(index_url=index_url, find_links=find_links, no_index=no_index,
                                        extra_index_url=extra_index_url, pre=pre)
@@ -103,7 +115,7 @@ def plan(*requirements, allow_urls=False, allow_paths=False, index_url=None, fin
     reqs = validate_all(requirements, allow_urls=allow_urls, allow_paths=allow_paths)
     index = _options(index_url, find_links, no_index, extra_index_url, pre)
     check_process(" ".join(map(str, reqs)))
-    return make_plan(reqs, index, _integrity().loaded_distributions(), upgrade=upgrade, no_deps=no_deps)
+    return make_plan(reqs, index, loaded_distributions(), upgrade=upgrade, no_deps=no_deps)
 
 
 def ensure(*requirements, allow_urls=False, allow_paths=False, index_url=None, find_links=None, no_index=False,
@@ -117,7 +129,7 @@ def ensure(*requirements, allow_urls=False, allow_paths=False, index_url=None, f
     if not upgrade and all(r.kind == "name" and satisfied(r) for r in reqs):
         return InstallResult(reqs)
 
-    the_plan = make_plan(reqs, index, _integrity().loaded_distributions(), upgrade=upgrade, no_deps=no_deps)
+    the_plan = make_plan(reqs, index, loaded_distributions(), upgrade=upgrade, no_deps=no_deps)
     say(str(the_plan))
     if not the_plan.safe:
         raise refused(the_plan)

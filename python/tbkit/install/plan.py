@@ -190,6 +190,16 @@ def make_plan(requirements, index, loaded: dict, *, upgrade: bool = False, no_de
                 names = ", ".join(f"{i.name} {i.loaded_version}" for i in plan.loaded_conflicts)
                 plan.refusal = (f"the plan replaces {names}, loaded in this process; the running code would "
                                 "mix old and new files")
+            held = [r for r in requirements if upgrade and r.name in pinned]
+            if not plan.refusal and held:
+                # `-U numpy` with NumPy loaded: the pin kept it, so say whether an upgrade was held back.
+                free_run, free_data = _dry_run(requirements, index, None, flags, tmp, "free")
+                blocked = [i for i in _items(free_data or {}, loaded) if i.touches_loaded] if free_run.ok else []
+                if blocked:
+                    plan.items, plan.constrained = _items(free_data, loaded), False
+                    plan.refusal = ("upgrading " + ", ".join(f"{i.name} {i.loaded_version} -> {i.version}"
+                                                             for i in blocked)
+                                    + " would replace a distribution loaded in this process")
             return plan
         # Pinned resolution failed: is it the pins, or is the requirement impossible anyway?
         free_run, free_data = _dry_run(requirements, index, None, flags, tmp, "free")
