@@ -189,3 +189,19 @@ def test_expected_sha256_accepts_matching_content(server, tmp_path):
 ])
 def test_parse_ref_forms(ref, expected):
     assert parse_ref(ref) == expected
+
+
+def test_rate_limit_resetting_within_seconds_is_waited_once(server, tmp_path):
+    server.add_folder(GIST_ID, EXPORTS / "gpt_rotary")
+    server.queue(f"/gists/{GIST_ID}", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 1)})
+    tbkit.load(GIST_ID, **kw(server, tmp_path))
+    assert server.hits(f"/gists/{GIST_ID}") == 2
+
+
+def test_final_api_error_points_at_a_cached_revision(server, tmp_path):
+    sha = server.add_folder(GIST_ID, EXPORTS / "gpt_rotary")
+    tbkit.load(GIST_ID, **kw(server, tmp_path))
+    server.queue(f"/gists/{GIST_ID}", 429, {"retry-after": "3600"})
+    with pytest.raises(SourceError) as info:
+        tbkit.load(GIST_ID, **kw(server, tmp_path))
+    assert "rate limit" in str(info.value) and f"revision='{sha}'" in str(info.value)

@@ -244,33 +244,10 @@ def _from_gist(text: str, *, revision, cache_dir, api_url, token, timeout, max_f
     revision = revision or ref_revision
     root = cache.resolve_root(cache_dir)
     notes: list = []
-    cached = cache.read_revision(root, gist_id, revision) if revision else None
+    cached = cache.read_revision(root, gist_id, revision) if revision else None  # pinned: no network
     snapshot = None
     if cached is None:
-        if offline:
-            newest = None if revision else cache.newest_cached(root, gist_id)
-            if newest is None:
-                raise SourceError(
-                    f"offline mode is on and gist {gist_id}" + (f" at revision {revision}" if revision else "")
-                    + f" is not in the cache ({root})",
-                    "Load it once while online (it is then cached per revision), or turn offline mode off (TBKIT_OFFLINE).",
-                )
-            cached = cache.read_revision(root, gist_id, newest)
-            notes.append(f"offline mode: used the newest cached revision {newest}")
-        else:
-            try:
-                snapshot = client.fetch(gist_id, revision)
-            except gist.GistUnreachable as err:
-                newest = None if revision else cache.newest_cached(root, gist_id)
-                if newest is None:
-                    raise SourceError(
-                        f"{err.cause}, and no cached copy of gist {gist_id}"
-                        + (f" at revision {revision}" if revision else "") + f" exists in {root}",
-                        err.fix,
-                    ) from None
-                cached = cache.read_revision(root, gist_id, newest)
-                notes.append(f"GitHub could not be reached ({err.cause}); used the newest cached revision {newest}, "
-                             "which may be older than the gist's latest")
+        snapshot, cached = _fetch_or_cached(client, root, gist_id, revision, offline, notes)
     if snapshot is not None:
         files = snapshot.files
         provenance = Provenance(source="gist", location=f"{gist_id}@{snapshot.revision}", owner=snapshot.owner,
@@ -299,3 +276,35 @@ def _from_gist(text: str, *, revision, cache_dir, api_url, token, timeout, max_f
         base = cached[2]
     return _from_files(files, "model.py", "gist", provenance.location, base, require_config=True,
                        provenance=provenance, notes=notes, **opts)
+
+
+def _fetch_or_cached(client, root: Path, gist_id: str, revision: Optional[str], offline: bool, notes: list) -> tuple:
+    """(snapshot, None) when fetched now; (None, cached revision) when offline or GitHub cannot be
+    reached and a revision is cached (said in ``notes``). Other API errors are final; they only
+    gain a pointer to a cached revision when one exists."""
+    from tbkit.sources import cache, gist
+
+    what = f"gist {gist_id}" + (f" at revision {revision}" if revision else "")
+    if offline:
+        newest = None if revision else cache.newest_cached(root, gist_id)
+        if newest is None:
+            raise SourceError(
+                f"offline mode is on and {what} is not in the cache ({root})",
+                "Load it once while online (it is then cached per revision), or turn offline mode off (TBKIT_OFFLINE).",
+            )
+        notes.append(f"offline mode: used the newest cached revision {newest}")
+        return None, cache.read_revision(root, gist_id, newest)
+    try:
+        return client.fetch(gist_id, revision), None
+    except gist.GistUnreachable as err:
+        newest = None if revision else cache.newest_cached(root, gist_id)
+        if newest is None:
+            raise SourceError(f"{err.cause}, and no cached copy of {what} exists in {root}", err.fix) from None
+        notes.append(f"GitHub could not be reached ({err.cause}); used the newest cached revision {newest}, "
+                     "which may be older than the gist's latest")
+        return None, cache.read_revision(root, gist_id, newest)
+    except SourceError as err:  # rate limit, 404, …
+        newest = cache.newest_cached(root, gist_id)
+        if newest is None:
+            raise
+        raise SourceError(err.cause, f"{err.fix} A cached revision of this gist exists: revision={newest!r}.") from None

@@ -6,9 +6,9 @@ What it does and why:
   ``truncated`` files from their ``raw_url`` and enforces a per-file size limit.
 - Timeouts, connection errors and 5xx are retried a bounded number of times with exponential
   backoff. 404 is final ("not found, or private"). A rate limit (403/429) is final too, with the
-  reset time and the token hint, except that one short ``retry-after`` (≤ ``max_rate_wait``) is
-  waited once: GitHub's secondary limits ask for exactly that, and a blind loop would only burn
-  the remaining quota.
+  reset time and the token hint, except that one short wait (a ``retry-after`` or a reset at most
+  ``max_rate_wait`` seconds away) is honoured once: GitHub's secondary limits ask for exactly
+  that, and a blind loop would only burn the remaining quota.
 - The token goes only to the API host, is never printed and is redacted from every message.
 """
 from __future__ import annotations
@@ -252,6 +252,9 @@ class GistClient:
                     ) from None
                 if status in (403, 429) and _is_rate_limited(status, hdrs):
                     wait = _retry_after_seconds(hdrs)
+                    reset = _reset_time(hdrs)
+                    if wait is None and reset is not None:  # the primary limit resets within seconds
+                        wait = max(0.0, (reset - _dt.datetime.now(_dt.timezone.utc)).total_seconds()) + 1.0
                     if not waited_for_rate_limit and wait is not None and wait <= self.max_rate_wait:
                         waited_for_rate_limit = True  # a short, explicit retry-after: honour it once
                         self._sleep(wait)
