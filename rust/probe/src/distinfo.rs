@@ -143,21 +143,19 @@ pub fn list_site_dir(dir: &Path) -> io::Result<Listing> {
     Ok(listing)
 }
 
-/// Which top-level names a distribution provides: top_level.txt when present, else RECORD.
+/// Which top-level names a distribution provides: top_level.txt when present (small), else the
+/// first components of RECORD (which also names vendored `X.libs` directories).
 pub fn provided_tops(dist_info: &Path) -> io::Result<Vec<String>> {
-    let mut tops = match fs::read_to_string(dist_info.join("RECORD")) {
-        Ok(text) => record_top_components(&text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+    match fs::read_to_string(dist_info.join("top_level.txt")) {
+        Ok(text) => return Ok(parse_top_level(&text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
-    };
-    if let Ok(text) = fs::read_to_string(dist_info.join("top_level.txt")) {
-        for t in parse_top_level(&text) {
-            if !tops.contains(&t) {
-                tops.push(t);
-            }
-        }
     }
-    Ok(tops)
+    match fs::read_to_string(dist_info.join("RECORD")) {
+        Ok(text) => Ok(record_top_components(&text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every RECORD path of a distribution (for resolving namespace packages shared by several
@@ -305,6 +303,8 @@ mod tests {
         let di = dir.join("numpy-2.0.2.dist-info");
         assert_eq!(read_metadata_version(&di).unwrap().as_deref(), Some("2.0.2"));
         assert_eq!(provided_tops(&di).unwrap(), vec!["numpy".to_string(), "numpy.libs".to_string()]);
+        fs::write(di.join("top_level.txt"), "numpy\n").unwrap();
+        assert_eq!(provided_tops(&di).unwrap(), vec!["numpy".to_string()]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

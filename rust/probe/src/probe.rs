@@ -496,12 +496,16 @@ impl Probe {
             return Owner::Nobody;
         }
         let canon = canonicalize(&name);
-        let by_name = |r: &Root| {
-            r.first_listing.as_ref().map(|l| l.dist_infos.contains_key(&canon)).unwrap_or(false)
-                || r.listing.as_ref().map(|l| l.dist_infos.contains_key(&canon)).unwrap_or(false)
-        };
+        let by_name = |r: &Root| has_dist_info(r, &canon);
         if by_name(&self.roots[root]) || (!self.roots[root].is_site() && self.roots.iter().any(by_name)) {
             return Owner::Dist(canon);
+        }
+        // `numpy.libs` (auditwheel's vendored libraries) belongs to `numpy`
+        if let Some(base) = comp.strip_suffix(".libs") {
+            let base_canon = canonicalize(base);
+            if self.roots.iter().any(|r| has_dist_info(r, &base_canon)) || self.roots[root].is_site() {
+                return Owner::Dist(base_canon);
+            }
         }
         if self.roots[root].is_site() {
             let index = self.owner_index(root);
@@ -510,14 +514,6 @@ impl Probe {
                 0 => {}
                 1 => return Owner::Dist(claimants[0].clone()),
                 _ => return Owner::Ambiguous(claimants),
-            }
-        }
-        if let Some(base) = comp.strip_suffix(".libs") {
-            let base_canon = canonicalize(base);
-            if self.roots[root].is_site() && by_name(&self.roots[root]) || self.roots.iter().any(|r| {
-                r.listing.as_ref().map(|l| l.dist_infos.contains_key(&base_canon)).unwrap_or(false)
-            }) {
-                return Owner::Dist(base_canon);
             }
         }
         if self.roots[root].is_site() {
@@ -687,6 +683,12 @@ impl Probe {
         v.sort();
         v
     }
+}
+
+/// A dist-info of that canonical name in the root, now or when first listed.
+fn has_dist_info(r: &Root, canon: &str) -> bool {
+    r.first_listing.as_ref().map(|l| l.dist_infos.contains_key(canon)).unwrap_or(false)
+        || r.listing.as_ref().map(|l| l.dist_infos.contains_key(canon)).unwrap_or(false)
 }
 
 fn refresh_listing(root: &mut Root) {

@@ -76,7 +76,7 @@ pub struct Facts {
 
 impl Facts {
     pub fn has_change(&self) -> bool {
-        self.signals.iter().any(|s| !matches!(s, Signal::Degraded(_)))
+        self.signals.iter().any(|s| !matches!(s, Signal::Degraded(_))) || self.version_changed()
     }
 
     pub fn version_changed(&self) -> bool {
