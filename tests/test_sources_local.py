@@ -204,3 +204,18 @@ def test_importing_sources_stays_light():
     code = "import sys, tbkit, tbkit.sources, tbkit.sources.gist; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_hugging_face_models_kind_from_the_model_not_library_source():
+    # Library source mentions causal masks for options a model may not use (BERT's source has
+    # 'causal_mask'), so it is not evidence; a transformers model says whether it generates.
+    transformers = pytest.importorskip("transformers")
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=64))
+    m = tbkit.load(bert)
+    assert (m.kind, m.vocab_size, m.max_len) == ("encoder", 99, 64)
+    assert m(torch.zeros(2, 3, dtype=torch.long)).shape == (2, 3, 32)  # last_hidden_state unwrapped
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    g = tbkit.load(gpt2)
+    assert (g.kind, g.vocab_size, g.max_len) == ("decoder", 99, 64) and "can generate" in g.kind_reason

@@ -111,12 +111,37 @@ def check_forward_signature(model, params: dict) -> bool:
     return decoder_input is not None
 
 
+def _is_library_class(cls) -> bool:
+    """Classes from installed libraries (torch, transformers, anything in site-packages): their
+    source mentions causal masks for options the model may not use, so it is no evidence."""
+    import sys
+
+    if cls.__module__.split(".")[0] in ("torch", "transformers"):
+        return True
+    filename = getattr(sys.modules.get(cls.__module__), "__file__", None) or ""
+    return "site-packages" in filename or "dist-packages" in filename
+
+
+def _hugging_face_kind(model) -> Optional[tuple]:
+    """A transformers model says whether it generates text; trust that over its source code."""
+    is_transformers_model = any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
+    if not is_transformers_model or not callable(getattr(model, "can_generate", None)):
+        return None
+    try:
+        generates = bool(model.can_generate())
+    except Exception:
+        return None
+    if generates:
+        return "decoder", f"inferred: {type(model).__name__} is a Hugging Face model that can generate text"
+    return "encoder", f"inferred: {type(model).__name__} is a Hugging Face model that does not generate text"
+
+
 def _causal_evidence(model) -> Optional[str]:
     """Why the code looks causal, from the source of the model's own classes (if readable)."""
     seen = set()
     for mod in model.modules():
         cls = type(mod)
-        if cls in seen or cls.__module__.startswith("torch."):
+        if cls in seen or _is_library_class(cls):
             continue
         seen.add(cls)
         try:
@@ -191,6 +216,8 @@ def inspect_and_wrap(model, config: dict, flat: dict, provenance: Provenance, no
         final_kind, reason = "seq2seq", f"inferred: forward takes a decoder input ({decoder_input})"
     elif declared is not None:
         final_kind, reason = declared, "declared" if kind is not None else "from config 'kind'"
+    elif _hugging_face_kind(model) is not None:
+        final_kind, reason = _hugging_face_kind(model)
     else:
         evidence = _causal_evidence(model)
         if evidence:
