@@ -375,3 +375,20 @@ def test_attribution_without_embedding_is_skipped():
     rows, _ = run_check(zoo.loaded(zoo.build(zoo.HealthyDecoder), vocab_size=1000), "attribution")
     (row,) = rows
     assert row.status is Status.SKIP and "get_input_embeddings" in row.detail
+
+
+# ------------------------------------------------------------------------------------------
+# through the runner
+# ------------------------------------------------------------------------------------------
+@needs_captum
+def test_runner_flags_the_leaky_decoder_in_tier1_and_tier2(tmp_path):
+    import tbkit
+
+    report = tbkit.run(zoo.loaded(zoo.build(zoo.LeakyMaskDecoder)), checks=["causal", "attention", "attribution"],
+                       out_dir=tmp_path, progress=False)
+    failed = {r.check for r in report.rows if r.status is Status.FAIL}
+    assert failed == {"causal", "attention", "attribution"}, report.rows
+    assert str(report.verdict) == "FAIL"
+    healthy = tbkit.run(zoo.loaded(zoo.build(zoo.HealthyDecoder)), tiers=(2,), out_dir=tmp_path / "h", progress=False)
+    assert {r.check for r in healthy.rows} == set(CHECKS)
+    assert not [r for r in healthy.rows if r.status in (Status.FAIL, Status.ERROR)], healthy.rows
