@@ -275,6 +275,11 @@ def _(env):
     return str(env.folder("exp", {"model.py": "import tbkit_no_such_module.layers\n", "config.json": TINY})), {}
 
 
+@case("import_of_a_sibling_file", "imports 'layers', which is a file of the same source", "Paste the code of layers.py")
+def _(env):
+    return str(env.folder("exp", {"model.py": "from layers import Block\n", "layers.py": "Block = 1\n", "config.json": TINY})), {}
+
+
 @case("code_raises_while_defining", "raised RuntimeError: exporter bug", "(line 2)")
 def _(env):
     return str(env.folder("exp", {"model.py": "import torch\nraise RuntimeError('exporter bug')\n", "config.json": TINY})), {}

@@ -213,7 +213,8 @@ def _from_files(files: dict, main: str, source: str, location: str, base: Option
     if log:
         log(str(provenance))
     filename = str(base / main) if base is not None else f"<{where}/{main}>"
-    module = build.exec_model_code(files[main], filename, f"{main} of {where}")
+    siblings = set(files) | ({p.name for p in base.iterdir()} if base is not None and base.is_dir() else set())
+    module = build.exec_model_code(files[main], filename, f"{main} of {where}", siblings - {main})
     try:
         flat = build.flatten_config(config, notes)
         builder, name, how = build.pick_builder(module, config, f"{main} of {where}")

@@ -108,9 +108,10 @@ def flatten_config(config: dict, notes: list) -> dict:
 
 
 # ---- model code ----------------------------------------------------------------------------
-def exec_model_code(raw: bytes, filename: str, label: str) -> types.ModuleType:
+def exec_model_code(raw: bytes, filename: str, label: str, siblings=()) -> types.ModuleType:
     """Run model.py in a fresh module; SourceError for non-UTF-8, syntax errors, missing imports,
-    or anything the code raises while being defined."""
+    or anything the code raises while being defined. ``siblings``: the other file names of the
+    source, to tell "imports a file next to it" apart from "needs a package installed"."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -137,6 +138,14 @@ def exec_model_code(raw: bytes, filename: str, label: str) -> types.ModuleType:
     except ModuleNotFoundError as err:
         sys.modules.pop(name, None)
         missing = err.name or str(err)
+        top = missing.split(".")[0]
+        if f"{top}.py" in siblings or top in siblings:
+            raise SourceError(
+                f"{label} imports {top!r}, which is a file of the same source, not an installed package; tbkit runs "
+                "model.py as one self-contained module and does not put its folder on sys.path (a second model "
+                f"with its own {top}.py would silently get the first one's)",
+                f"Paste the code of {top}.py into model.py (Transformer Builder exports are a single file).",
+            ) from None
         raise SourceError(
             f"{label} imports {missing!r}, which is not installed in this Python",
             f"Install it through the gate with tbkit.install({missing.split('.')[0]!r}) (it refuses installs that would break "
