@@ -18,6 +18,8 @@ optuna, optuna-integration and lightning come through the install gate when miss
 from __future__ import annotations
 
 import inspect
+import os
+import socket
 import math
 import time
 from dataclasses import dataclass, field
@@ -72,17 +74,30 @@ def display_url(url: Optional[str]) -> str:
         return url.split(":", 1)[0] + "://…"
 
 
+def _with_driver(url: Optional[str]) -> Optional[str]:
+    """``postgresql://`` names no driver and SQLAlchemy 2.1 then picks psycopg 3; use whichever
+    PostgreSQL driver is installed (psycopg2 first: the one tbkit's extras list), installing
+    psycopg2-binary through the gate when there is none."""
+    if url is None or not (url.startswith("postgresql://") or url.startswith("postgres://")):
+        return url
+    import importlib.util
+
+    rest = url.split("://", 1)[1]
+    if importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + rest
+    if importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + rest
+    from tbkit.training import require
+
+    require("psycopg2-binary")
+    return "postgresql+psycopg2://" + rest
+
+
 def _open_study(optuna, storage: Optional[str], study_name: str, worker: bool, seed: int, n_startup: int):
     sampler = optuna.samplers.TPESampler(seed=None if worker else seed, n_startup_trials=n_startup)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     shown = display_url(storage)
-    if storage is not None and storage.startswith("postgresql"):
-        from tbkit.training import require
-
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            require("psycopg2-binary")
+    storage = _with_driver(storage)
     try:
         if worker:
             if storage is None:
@@ -185,6 +200,7 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
     name = study_name or "tbkit-search"
     study = _open_study(optuna, storage, name, worker, seed, n_startup_trials)
     failures: list = []
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial) -> float:
         params = {}
@@ -192,6 +208,7 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
             params[key] = trial.suggest_float(key, low, high, log=(scale == "log"))
         warmup = int(round(params.get("warmup_frac", 0.0) * total_steps))
         trial.set_user_attr("warmup_steps", warmup)  # what the scheduler was given
+        trial.set_user_attr("worker", worker_id)  # which process ran it (several may share a study)
         lm = make(params)
         out = training.fit(lm, train_data, val_data, epochs=epochs, batch_size=batch_size, lr=params.get("lr", 1e-3),
                            weight_decay=params.get("weight_decay", 0.0), warmup_steps=warmup, device=device,

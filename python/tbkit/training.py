@@ -29,7 +29,8 @@ def require(*requirements: str) -> None:
     Raises ``InstallRefused`` (from the gate) when installing would break this process."""
     import importlib
 
-    modules = {"lightning": "lightning.pytorch", "optuna": "optuna", "optuna-integration": "optuna_integration"}
+    modules = {"lightning": "lightning.pytorch", "optuna": "optuna", "optuna-integration": "optuna_integration",
+               "psycopg2-binary": "psycopg2"}
     missing = []
     for req in requirements:
         try:

@@ -1,0 +1,115 @@
+"""tbkit.search in one process: SQLite file storage, exact trial count, pruning, plots, errors;
+and the `tbkit search` subcommand writing its results."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+pytest.importorskip("optuna", reason="optuna is a tier3 extra (scripts/test.sh installs .[all])")
+pytest.importorskip("optuna_integration", reason="optuna-integration is a tier3 extra")
+pytest.importorskip("lightning", reason="lightning is a tier3 extra")
+
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+import tbkit  # noqa: E402
+from models import HealthyDecoder, build, loaded  # noqa: E402
+from tbkit.errors import TbkitError, UsageError  # noqa: E402
+
+SMALL = dict(epochs=3, batch_size=16, max_len=16, synthetic=True)
+
+
+def factory(dropout: float = 0.1):
+    """A fresh healthy decoder per trial; takes dropout, so dropout is searched."""
+    model = build(HealthyDecoder)
+    for m in model.modules():
+        if isinstance(m, __import__("torch").nn.Dropout):
+            m.p = dropout
+    return loaded(model)
+
+
+@pytest.mark.slow
+def test_sqlite_study_runs_exactly_n_trials_with_pruning(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    # A wide lr range, sampled at random (TPE's startup phase covers all 8 trials), makes trials
+    # worse than the median that the pruner stops early. (Once TPE steers, each trial tends to beat
+    # the median and pruning gets rare: fine for users, useless for showing that it is wired.)
+    res = tbkit.search(factory, n_trials=8, storage=url, study_name="one", seed=1, n_startup_trials=8,
+                       search_space={"lr": (1e-5, 3e-2, "log")}, **SMALL)
+    study = optuna.load_study(study_name="one", storage=url)  # it is really in the file
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(8))  # no duplicate, none lost, none extra
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, "the median pruner never pruned: pruning is not wired"
+    assert all(len(t.intermediate_values) < 3 for t in pruned)  # stopped before the last epoch
+    assert res.n_complete + res.n_pruned == 8 and res.n_pruned == len(pruned)
+    assert set(res.best_params) == {"lr", "weight_decay", "warmup_frac", "dropout"}
+    assert res.best_value == pytest.approx(study.best_value)
+    # warmup is really given to the scheduler: every trial records the steps it used
+    assert all("warmup_steps" in t.user_attrs for t in trials)
+    assert {"history", "importance"} <= set(res.figures)
+    assert res.trials_df.shape[0] == 8 and res.synthetic
+
+    # the same call again finds the study full and runs nothing more
+    again = tbkit.search(factory, n_trials=8, storage=url, study_name="one", **SMALL)
+    assert again.trials_run_here == 0 and len(again.study.trials) == 8
+
+
+def test_in_memory_default_and_dropout_only_when_the_model_has_it():
+    import torch.nn as nn
+
+    class NoDropout(HealthyDecoder):
+        def __init__(self):
+            super().__init__()
+            for b in self.blocks:
+                b.attn.dropout = 0.0
+                b.ffn[3] = nn.Identity()
+
+    res = tbkit.search(loaded(build(NoDropout)), n_trials=2, epochs=1, batch_size=16, max_len=16, synthetic=True)
+    assert res.storage_display == "in memory" and res.n_complete == 2
+    assert "dropout" not in res.best_params
+    assert any("dropout not searched" in n for n in res.notes)
+
+
+def test_storage_and_worker_errors_are_clear(tmp_path):
+    with pytest.raises(UsageError, match="no storage was given"):
+        tbkit.search(factory, n_trials=1, worker=True, **SMALL)
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(UsageError, match="no study named 'ghost'"):
+        tbkit.search(factory, n_trials=1, worker=True, storage=url, study_name="ghost", **SMALL)
+    with pytest.raises(TbkitError) as e:
+        tbkit.search(factory, n_trials=1, storage="postgresql://bob:s3cret@127.0.0.1:1/db", **SMALL)
+    assert "s3cret" not in str(e.value) and "could not open the Optuna storage" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def _command_args(argv):
+    from tbkit.commands import search as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.configure(parser)
+    return cmd, parser.parse_args(argv)
+
+
+@pytest.mark.slow
+def test_search_command_writes_results(tmp_path, capsys):
+    cmd, args = _command_args(["tiny_gpt", "--synthetic", "--trials", "3", "--epochs", "2", "--max-len", "16",
+                               "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "cli",
+                               "--out", str(tmp_path / "out")])
+    assert cmd.main(args) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "best_params.json").read_text())
+    assert summary["completed"] + summary["pruned"] == 3 and summary["synthetic"] is True
+    assert (out / "trials.csv").read_text().count("\n") == 4  # header + 3 trials
+    assert (out / "history.png").stat().st_size > 0
+    assert "study 'cli'" in capsys.readouterr().out
+
+
+def test_search_command_requires_data():
+    cmd, args = _command_args(["tiny_gpt", "--trials", "1"])
+    with pytest.raises(UsageError, match="no training data given"):
+        cmd.main(args)
