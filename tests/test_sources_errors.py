@@ -74,6 +74,11 @@ def _(env):
     return "abc123", {}
 
 
+@case("overlong_source_string", "is not an existing path", "…'")
+def _(env):
+    return "a" * 5000, {}  # too long for a path; the message quotes only its start
+
+
 @case("malformed_url_foreign_host", "not a gist URL", "example.com")
 def _(env):
     return f"https://example.com/alice/{GID}", {}
@@ -397,6 +402,7 @@ def test_bad_input_gives_one_paragraph_and_writes_nothing(case_id, tmp_path, mon
     err = info.value
     msg = str(err)
     assert "\n" not in msg and "Traceback" not in msg, msg
+    assert len(msg) < 1200, f"not a paragraph: {len(msg)} characters"
     for fragment in fragments:
         assert fragment in msg, f"{fragment!r} not in: {msg}"
     assert err.cause and err.fix, "the message must name both the cause and the fix"

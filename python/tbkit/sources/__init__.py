@@ -90,12 +90,12 @@ def load(
         )
     text = source.strip()
     path = Path(text).expanduser()
-    if text and path.exists():
+    if text and _exists(path):
         _no_revision(revision, "a local path")
         return _from_path(path, **opts)
     if text in examples.names():
         _no_revision(revision, "a bundled example")
-        return _from_files(_read_folder(examples.path(text), require_config=True), "model.py", "example", text,
+        return _from_files(_read_folder(examples.path(text)), "model.py", "example", text,
                            examples.path(text), require_config=True, **opts)
 
     from tbkit.sources import gist
@@ -105,12 +105,23 @@ def load(
                           timeout=timeout, max_file_bytes=max_file_bytes, retries=retries, backoff=backoff,
                           max_rate_wait=max_rate_wait, offline=offline, **opts)
     if text.endswith(".py") or os.sep in text or text.startswith((".", "~")):
-        raise SourceError(f"no such file or folder: {text!r}", "Check the path (relative paths start at the current directory).")
+        raise SourceError(f"no such file or folder: {_short(text)}", "Check the path (relative paths start at the current directory).")
     raise SourceError(
-        f"{text!r} is not an existing path, a bundled example ({', '.join(examples.names())}), "
+        f"{_short(text)} is not an existing path, a bundled example ({', '.join(examples.names())}), "
         "a gist id (20 to 32 hexadecimal characters) or a gist URL",
         "Pass the gist id or URL from Transformer Builder, a folder with model.py and config.json, or a .py file.",
     )
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for a path, or a NUL byte: not a path then
+        return False
 
 
 def _no_revision(revision, what):
@@ -126,7 +137,7 @@ def _read_file(path: Path) -> bytes:
         raise SourceError(f"cannot read {path}: {err.strerror or err}", "Check the file exists and is readable.") from None
 
 
-def _read_folder(folder: Path, require_config: bool) -> dict:
+def _read_folder(folder: Path) -> dict:
     files = {}
     model = folder / "model.py"
     if not model.is_file():
@@ -145,7 +156,7 @@ def _read_folder(folder: Path, require_config: bool) -> dict:
 def _from_path(path: Path, **opts) -> LoadedModel:
     path = path.resolve()
     if path.is_dir():
-        return _from_files(_read_folder(path, True), "model.py", "folder", str(path), path, require_config=True, **opts)
+        return _from_files(_read_folder(path), "model.py", "folder", str(path), path, require_config=True, **opts)
     if path.suffix != ".py":
         raise SourceError(
             f"{path} is neither a folder nor a .py file",
