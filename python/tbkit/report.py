@@ -36,7 +36,8 @@ def environment(device=None, dtype=None) -> dict:
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
+        # not platform.platform(): on Linux it runs `uname -p` in a subprocess, and Tier 1 starts none
+        "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}",
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "device": str(device) if device is not None else None,
