@@ -392,3 +392,49 @@ def test_runner_flags_the_leaky_decoder_in_tier1_and_tier2(tmp_path):
     healthy = tbkit.run(zoo.loaded(zoo.build(zoo.HealthyDecoder)), tiers=(2,), out_dir=tmp_path / "h", progress=False)
     assert {r.check for r in healthy.rows} == set(CHECKS)
     assert not [r for r in healthy.rows if r.status in (Status.FAIL, Status.ERROR)], healthy.rows
+
+
+# ------------------------------------------------------------------------------------------
+# real third-party architectures (tiny configs, no downloads)
+# ------------------------------------------------------------------------------------------
+def _tiny_gpt2(impl):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=zoo.VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                  bos_token_id=0, eos_token_id=0, attn_implementation=impl)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def test_gpt2_sdpa_weights_are_recomputed_exactly():
+    """HF GPT-2 with SDPA (weights never materialised) vs the same weights in eager mode (softmax
+    materialised): the recomputed per-head weights must equal the eager ones."""
+    sdpa, eager = _tiny_gpt2("sdpa").eval(), _tiny_gpt2("eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    ids = torch.randint(0, zoo.VOCAB, (2, 9), generator=torch.Generator().manual_seed(3))
+    got = {}
+    for name, model in (("sdpa", sdpa), ("eager", eager)):
+        lm = zoo.loaded(model, kind="decoder")
+        got[name] = capture(lambda: lm(ids), model, 2, {9}).maps
+    assert [m.source for m in got["sdpa"]] == ["scaled_dot_product_attention"] * 2
+    assert [m.source for m in got["eager"]] == ["softmax"] * 2
+    for a, b in zip(got["sdpa"], got["eager"]):
+        assert a.layer == b.layer
+        torch.testing.assert_close(a.weights, b.weights, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2-sdpa", "gpt2-eager", "bert"])
+def test_transformers_models_pass_tier2(arch):
+    transformers = pytest.importorskip("transformers")
+    if arch == "bert":
+        torch.manual_seed(0)
+        model = transformers.BertModel(transformers.BertConfig(
+            vocab_size=zoo.VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=32))
+        lm = zoo.loaded(model, kind="encoder")
+    else:
+        lm = zoo.loaded(_tiny_gpt2(arch.split("-")[1]), kind="decoder")
+    for check_id in CHECKS:
+        if check_id == "attribution" and not have_captum():
+            continue
+        rows, _ = run_check(lm, check_id)
+        assert not [r for r in rows if r.status in (Status.FAIL, Status.ERROR, Status.SKIP)], (check_id, rows)
