@@ -128,3 +128,29 @@ def test_the_module_is_callable_and_errors_are_tbkit_errors():
         tbkit.install.install("-e .")
     with pytest.raises(TbkitError):
         tbkit.install.ensure("-e .")
+
+
+def test_public_names_resolve_the_same_gate_in_a_fresh_interpreter():
+    """`tbkit.install` is a submodule *and* a public function name: every spelling must reach the gate,
+    whichever is touched first, and `import tbkit` must not import the gate at all."""
+    import subprocess
+
+    code = (
+        "import sys, tbkit\n"
+        "assert 'tbkit.install' not in sys.modules\n"
+        "f = tbkit.install\n"
+        "assert callable(f) and f.ensure is tbkit.ensure and f.install is f and f.plan\n"
+        "import tbkit.install as m\n"
+        "assert m is f\n"
+        "from tbkit.errors import InstallRefused\n"
+        "for call in (tbkit.install, tbkit.install.install, tbkit.ensure):\n"
+        "    try:\n"
+        "        call('-e .')\n"
+        "    except InstallRefused:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit('not refused')\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

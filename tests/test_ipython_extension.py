@@ -108,6 +108,9 @@ def test_warn_mode_runs_the_command_after_the_warning(ip, tmp_path, wheelhouse, 
     assert result.error_in_exec is None
     assert "tbkit (warn mode): running" in out.err
     assert (target / "six.py").is_file()
+    magic_target = tmp_path / "magic-target"
+    result = ip.run_cell(f"%pip install -q --target {magic_target} --no-index --find-links {wheelhouse} six")
+    assert result.error_in_exec is None and (magic_target / "six.py").is_file()
 
 
 def test_magics(ip, capsys):
