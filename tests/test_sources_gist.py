@@ -205,3 +205,18 @@ def test_final_api_error_points_at_a_cached_revision(server, tmp_path):
     with pytest.raises(SourceError) as info:
         tbkit.load(GIST_ID, **kw(server, tmp_path))
     assert "rate limit" in str(info.value) and f"revision='{sha}'" in str(info.value)
+
+
+def test_token_does_not_follow_a_redirect_to_another_host(server, tmp_path, monkeypatch):
+    secret = "ghp_REDIRECTSECRET42"
+    monkeypatch.setenv("GITHUB_TOKEN", secret)
+    server.add_folder(GIST_ID, EXPORTS / "gpt_rotary")
+    port = server.url.rsplit(":", 1)[1]
+    server.queue(f"/gists/{GIST_ID}", 302, {"Location": f"http://localhost:{port}/gists/{GIST_ID}/moved"})
+    server.queue(f"/gists/{GIST_ID}/moved", 302, {"Location": f"http://localhost:{port}/gists/{GIST_ID}/again"})
+    server.queue(f"/gists/{GIST_ID}/again", 404)
+    with pytest.raises(SourceError):
+        tbkit.load(GIST_ID, **kw(server, tmp_path))
+    first, *redirected = [h for p, h in server.requests if p.startswith(f"/gists/{GIST_ID}")]
+    assert first.get("Authorization") == f"Bearer {secret}"
+    assert len(redirected) == 2 and all("Authorization" not in h for h in redirected)

@@ -36,6 +36,20 @@ _BARE = re.compile(rf"^(?P<id>{_ID})(?:@(?P<sha>[^/\s]*))?$")
 _MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
+class _DropAuthOnCrossHostRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib copies every header, Authorization included, onto a redirect; to another host
+    the token must not follow."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_DropAuthOnCrossHostRedirect)
+
+
 class GistUnreachable(SourceError):
     """The API could not be reached after the retries (network down, timeouts, 5xx).
     The loader may fall back to a cached revision, saying so."""
@@ -229,7 +243,7 @@ class GistClient:
         while True:
             try:
                 req = urllib.request.Request(url, headers=headers, method="GET")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with _OPENER.open(req, timeout=self.timeout) as resp:
                     body = resp.read(limit + 1)
                 if len(body) > limit:
                     raise self._error(
