@@ -219,3 +219,11 @@ def test_hugging_face_models_kind_from_the_model_not_library_source():
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=1, n_head=2, n_positions=64))
     g = tbkit.load(gpt2)
     assert (g.kind, g.vocab_size, g.max_len) == ("decoder", 99, 64) and "can generate" in g.kind_reason
+
+
+def test_notebook_display_shows_provenance_and_notes():
+    pretty = pytest.importorskip("IPython.lib.pretty")
+    m = tbkit.load("tiny_gpt")
+    text = pretty.pretty(m)
+    assert m.provenance.content_sha256 in text and "decoder" in text
+    assert all(f"note: {n}" in text for n in m.notes)

@@ -105,6 +105,10 @@ class LoadedModel:
             f"max length {self.max_len if self.max_len is not None else 'unbounded'}\n{self.provenance}"
         )
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """IPython shows the summary and provenance (not the dataclass dump) when a cell ends in a load."""
+        printer.text("LoadedModel(...)" if cycle else "\n".join([self.summary(), *(f"note: {n}" for n in self.notes)]))
+
 
 def _second_positional(params: dict) -> str:
     names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
