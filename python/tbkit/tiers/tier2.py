@@ -47,18 +47,16 @@ MAX_HEATMAP_LAYERS = 12
 # ---------------------------------------------------------------------------------------------
 @register("attention", tier=2, summary="per-head attention: future-key mass (decoders), entropy, sparsity, redundancy, heatmaps")
 def check_attention(ctx: CheckContext) -> Iterator[Row]:
-    import torch
-
     from tbkit.tiers import attention_capture
 
     model = ctx.model
-    batch, length = ATTN_BATCH, inputs.clamp_len(model, ATTN_LEN)
+    batch, length = ATTN_BATCH, _length_unlike_vocab(model, ATTN_LEN)
     ids = inputs.token_ids(model, batch, length, ctx.generator(201), ctx.device)
     decoder_ids, lengths, self_len = None, {length}, length
     if model.kind == "seq2seq":
         # A source longer than the target keeps the decoder's self-attention (T×T) apart from
         # the encoder's (S×S) and the cross-attention (T×S): only the first can leak the future.
-        src_len = inputs.clamp_len(model, length + 3)
+        src_len = _length_unlike_vocab(model, length + 3)
         length = min(length, src_len - 1) if src_len > 1 else length
         ids = inputs.token_ids(model, batch, src_len, ctx.generator(201), ctx.device)
         decoder_ids = inputs.token_ids(model, batch, length, ctx.generator(202), ctx.device)
@@ -87,6 +85,8 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
            f"({', '.join(sources)}), inputs {batch}×{length}; captured in grad mode with the "
            "torch.backends.mha fast path disabled (the fused eval path never calls the attention "
            "module's Python forward)")
+    if len(result.maps) > MAX_HEATMAP_LAYERS:
+        how += f"; heatmaps drawn for the first {MAX_HEATMAP_LAYERS} maps"
     if math.isfinite(change) and change <= CAPTURE_FIDELITY * scale:
         yield ctx.row(Status.PASS, "capture_output_change", change, f"<= {CAPTURE_FIDELITY:g}·max|out|",
                       f"{how}; model outputs with and without capture agree (max |Δ| {change:.2e})")
@@ -97,6 +97,7 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
                       "need_weights or on grad mode)")
 
     stats = [_map_stats(m) for m in result.maps]
+    _label_repeated_calls(stats)
 
     # Future-key mass: decoders' self-attention (and seq2seq decoder self-attention) only.
     square = [s for s in stats if s["tq"] == s["tk"] == self_len]
@@ -107,7 +108,7 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
                           "attention weights could not be checked")
         else:
             worst = max(square, key=lambda s: s["future_max"])
-            leaks = [f"{s['layer'] or '<root>'} head {h}: {v:.3g}" for s in square
+            leaks = [f"{s['label']} head {h}: {v:.3g}" for s in square
                      for h, v in enumerate(s["future_per_head"]) if v > FUTURE_MASS_TOL]
             if leaks:
                 yield ctx.row(Status.FAIL, "future_key_mass", worst["future_max"], f"<= {FUTURE_MASS_TOL:g}",
@@ -125,7 +126,7 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
 
     # Entropy and sparsity: information rows, one per captured map.
     for s in stats:
-        yield ctx.row(Status.PASS, f"entropy[{s['layer'] or '<root>'}]", round(s["entropy_mean"], 4), "info",
+        yield ctx.row(Status.PASS, f"entropy[{s['label']}]", round(s["entropy_mean"], 4), "info",
                       f"{s['source']} {s['tq']}×{s['tk']}, {s['heads']} heads; entropy / ln(visible keys) per "
                       f"head: {_fmt_list(s['entropy_per_head'])} (1 = uniform, 0 = one key); sparsity (share of "
                       f"visible keys outside the top-90 % mass) per head: {_fmt_list(s['sparsity_per_head'])}")
@@ -135,8 +136,8 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
     pairs, uniform = [], []
     for s, m in zip(stats, result.maps):
         p, u = _redundant_pairs(m.weights)
-        pairs += [f"{s['layer'] or '<root>'} heads {a}&{b} ({c:.3f})" for a, b, c in p]
-        uniform += [f"{s['layer'] or '<root>'} head {h}" for h in u]
+        pairs += [f"{s['label']} heads {a}&{b} ({c:.3f})" for a, b, c in p]
+        uniform += [f"{s['label']} head {h}" for h in u]
     extra = f"; heads with uniform attention (left out of the comparison): {', '.join(uniform[:8])}" if uniform else ""
     if pairs:
         yield ctx.row(Status.WARN, "redundant_head_pairs", len(pairs), f"cosine > {REDUNDANT_COSINE}",
@@ -148,6 +149,15 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
                       f"no two heads of a layer attend the same way{extra}")
 
     _attention_heatmaps(ctx, result.maps)
+
+
+def _length_unlike_vocab(model, wanted: int) -> int:
+    """A usable length that differs from the vocabulary size, so a (B, T, V) output softmax can never
+    pass for a (query × key) attention square during capture."""
+    length = inputs.clamp_len(model, wanted)
+    if length == int(model.vocab_size) and length > 2:
+        length -= 1
+    return length
 
 
 def _grad_mode_failure(ctx: CheckContext, err: Exception, what: str):
@@ -173,6 +183,18 @@ def _grad_mode_failure(ctx: CheckContext, err: Exception, what: str):
     return ctx.row(Status.FAIL, "forward_in_grad_mode", None, "runs with autograd on",
                    f"the model runs under no_grad but raises in grad mode (as in training), so {what} "
                    f"could not be computed: {text[:400]}.{hint}")
+
+
+def _label_repeated_calls(stats) -> None:
+    """A display label per map: the module name, plus "#n" when one module attended several times."""
+    counts: dict = {}
+    for s in stats:
+        counts[s["layer"]] = counts.get(s["layer"], 0) + 1
+    seen: dict = {}
+    for s in stats:
+        name = s["layer"] or "<root>"
+        seen[s["layer"]] = seen.get(s["layer"], 0) + 1
+        s["label"] = f"{name}#{seen[s['layer']]}" if counts[s["layer"]] > 1 else name
 
 
 def _map_stats(m) -> dict:
@@ -569,7 +591,7 @@ def effective_rank(matrix) -> float:
     min(shape) for a matrix whose singular values are all equal."""
     import torch
 
-    m = matrix.detach().float()
+    m = matrix.detach().float().cpu()  # float64 below: not on every accelerator (MPS has none)
     if max(m.shape) > 4096:  # e.g. a 50k-row embedding: singular values from the small Gram matrix
         g = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
         s = torch.linalg.eigvalsh(g.double()).clamp_min(0).sqrt()
