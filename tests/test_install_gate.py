@@ -113,6 +113,8 @@ def local_wheels(tmp_path_factory) -> Path:
     make_wheel(extra, "brokenpkg", "1.0", files={"brokenpkg/__init__.py": "raise ImportError('broken on purpose')\n"})
     make_wheel(extra, "tinypkg", "1.0")
     make_wheel(extra, "clipkg", "2.0")
+    # plans fine (the dry run reads only METADATA) but pip's install step rejects the unknown .data scheme
+    make_wheel(extra, "badscheme", "1.0", files={"badscheme/__init__.py": "", "badscheme-1.0.data/nonsense/x.txt": "x"})
     return extra
 
 
@@ -168,6 +170,17 @@ def test_a_package_that_cannot_be_imported_is_caught_in_a_fresh_process(gate_ven
     assert out["error"] == "InstallFailed", out
     assert "import brokenpkg -> ImportError: broken on purpose" in out["message"]
     assert out["imported_here"] == []  # the broken module was never imported into this process
+    assert out["numpy_unchanged"] and out["integrity_ok"]
+
+
+def test_pip_failing_after_a_safe_plan_is_reported_with_what_landed(gate_venv, wheelhouse, local_wheels):
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("badscheme")')
+    assert out["error"] == "InstallFailed", out
+    assert "pip failed while installing badscheme==1.0" in out["message"]
+    # pip leaves this one half-installed (files and dist-info, then the error): the report says so and how to clean up
+    assert "of the plan, badscheme==1.0 did get installed" in out["message"], out["message"]
+    assert "pip uninstall -y badscheme" in out["message"] and "still intact" in out["message"]
+    assert out["imported_here"] == []
     assert out["numpy_unchanged"] and out["integrity_ok"]
 
 

@@ -159,13 +159,21 @@ def _execute(reqs, the_plan: Plan, say, quiet: bool) -> InstallResult:
     integrity = _integrity()
     report = integrity.check()
     if not run.ok:
+        from tbkit.install.installed import installed_version
+
+        landed = [f"{i.name}=={i.version}" for i in the_plan.items if installed_version(i.name) == i.version
+                  and i.installed_version != i.version]
         state = ("the running process is still intact" if not report.restart_required
-                 else f"and the running process is now damaged ({report})")
+                 else f"the running process is now damaged ({report})")
+        partial = f"; of the plan, {', '.join(landed)} did get installed" if landed else "; none of the plan got installed"
         raise InstallFailed(
             f"pip failed while installing {', '.join(pins)} (exit status {run.returncode}): "
-            f"{_summary(run)}; {state}",
+            f"{_summary(run)}{partial}; {state}",
             "Read pip's message above; the plan itself was checked against the loaded packages, so this is "
-            "usually a download or build problem. " + (restart_hint() if report.restart_required else ""))
+            "usually a download, build or packaging problem."
+            + (f" Remove the partial install with `{sys.executable} -m pip uninstall -y "
+               f"{' '.join(n.split('==')[0] for n in landed)}`." if landed else "")
+            + (" " + restart_hint() if report.restart_required else ""))
     if report.restart_required:
         raise InstallFailed(
             f"the install of {', '.join(pins)} changed distributions loaded in this process although the plan "
