@@ -92,7 +92,7 @@ PRELUDE = textwrap.dedent("""
         report = integrity.check()
         out["integrity_ok"] = report.ok
         out["restart_required"] = report.restart_required
-        out["imported_here"] = sorted(m for m in ("six", "tinypkg", "brokenpkg", "needsoldnumpy") if m in sys.modules)
+        out["imported_here"] = sorted(m for m in ("six", "tinypkg", "brokenpkg", "needsoldnumpy", "badscheme") if m in sys.modules)
         return out
 """)
 
