@@ -438,3 +438,23 @@ def test_transformers_models_pass_tier2(arch):
             continue
         rows, _ = run_check(lm, check_id)
         assert not [r for r in rows if r.status in (Status.FAIL, Status.ERROR, Status.SKIP)], (check_id, rows)
+
+
+@needs_captum
+def test_cli_runs_tier2_on_the_bundled_example(tmp_path):
+    """`tbkit run --tier 2 --json` on the bundled example: every Tier 2 check reports, plots land on
+    disk. TBKIT_PIP_NO_INDEX=1: captum is already importable here, so the gate must need no download."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TBKIT_PIP_NO_INDEX="1")
+    proc = subprocess.run([sys.executable, "-m", "tbkit", "run", "--tier", "2", "--out", str(tmp_path), "--json"],
+                          capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert {r["check"] for r in data["rows"]} == set(CHECKS)
+    assert data["verdict"] == "PASS", [r for r in data["rows"] if r["status"] != "PASS"]
+    plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
+    assert {"robustness_degradation.png", "capacity_effective_rank.png", "attention_heads_00_mhsa_0.png"} <= plots

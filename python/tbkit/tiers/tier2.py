@@ -433,7 +433,7 @@ def check_robustness(ctx: CheckContext) -> Iterator[Row]:
                        "single tokens (or its outputs are close to ties)")
         yield ctx.row(Status.WARN if warn else Status.PASS, f"{metric}@{p:.0%}", round(agree, 4),
                       f">= {ROBUST_WARN_AGREEMENT} at 1 %" if logits else "info", detail)
-    _robustness_plot(ctx, curve, logits)
+    _robustness_plot(ctx, curve, logits, length)
 
 
 def substitute(model, ids, k: int, generator):
@@ -483,25 +483,26 @@ def _compare(clean, out, keep, logits: bool):
     return float(F.cosine_similarity(a, b, dim=-1).mean()), float("nan"), n
 
 
-def _robustness_plot(ctx: CheckContext, curve, logits: bool) -> None:
+def _robustness_plot(ctx: CheckContext, curve, logits: bool, length: int) -> None:
     from matplotlib.figure import Figure
 
-    pts = [(p * 100, agree, kl) for p, _k, agree, kl, n in curve if n]
+    # x is the share actually substituted (k of T tokens), which differs from p on short inputs
+    pts = [(100.0 * k / length, agree, kl) for _p, k, agree, kl, n in curve if n]
     if not pts:
         return
     fig = Figure(figsize=(5, 3.2))
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot([x for x, _, _ in pts], [a for _, a, _ in pts], "o-", color="tab:blue",
-            label="top-1 agreement" if logits else "cosine similarity")
+    lines = ax.plot([x for x, _, _ in pts], [a for _, a, _ in pts], "o-", color="tab:blue",
+                    label="top-1 agreement" if logits else "cosine similarity")
     ax.set_xlabel("positions substituted (%)")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("agreement")
     if logits:
         ax2 = ax.twinx()
-        ax2.plot([x for x, _, _ in pts], [k for _, _, k in pts], "s--", color="tab:red", label="KL (nats)")
+        lines += ax2.plot([x for x, _, _ in pts], [k for _, _, k in pts], "s--", color="tab:red", label="KL (nats)")
         ax2.set_ylabel("KL clean‖perturbed (nats)")
-    ax.set_title("degradation under token substitution")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"degradation under token substitution ({length} tokens)")
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="lower left", fontsize=8)
     ctx.save_figure(fig, "degradation")
 
 
