@@ -777,7 +777,7 @@ def speed(ctx: CheckContext):
 
     lm, dev = ctx.model, ctx.device
     threads = torch.get_num_threads()  # benchmark.Timer defaults to ONE thread otherwise
-    max_run = float(ctx.options.get("speed_seconds_per_point", 0.4))
+    max_run = float(ctx.options.get("speed_seconds_per_point", 0.25))
     gen = ctx.generator(10)
     points = []
     with inp.eval_mode(lm.module):
