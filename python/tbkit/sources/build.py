@@ -248,7 +248,9 @@ def construct(builder, name: str, flat: dict, notes: list):
         )
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(SEED)
+            # Only the CPU generator: fork_rng(devices=[]) restores just that one, and
+            # torch.manual_seed would also reseed (and so disturb) the caller's CUDA generators.
+            torch.random.default_generator.manual_seed(SEED)
             model = builder(**kwargs)
     except Exception as err:
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
