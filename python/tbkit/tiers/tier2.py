@@ -169,11 +169,19 @@ def _grad_mode_failure(ctx: CheckContext, err: Exception, what: str):
 
     model = ctx.model
     ids = inputs.token_ids(model, 1, inputs.clamp_len(model, 8), ctx.generator(299), ctx.device)
+    dec = ids if model.kind == "seq2seq" else None
     try:
         with torch.no_grad():
-            model.forward(ids, decoder_input_ids=ids if model.kind == "seq2seq" else None)
+            model.forward(ids, decoder_input_ids=dec)
     except Exception:
         return None  # the model is broken in every mode: let the runner report the crash as it is
+    try:
+        with torch.enable_grad():
+            model.forward(ids, decoder_input_ids=dec)
+    except Exception:
+        pass  # confirmed: grad mode alone breaks the model
+    else:
+        return None  # a plain grad-mode forward works: the failure came from the capture itself
     text = " ".join(str(err).split())
     hint = ""
     if "is_causal" in text:
