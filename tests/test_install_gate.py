@@ -246,10 +246,11 @@ def test_tbkit_install_command(gate_venv, wheelhouse, local_wheels):
     dry = tbkit_install("--dry-run", *local, "clipkg")
     assert dry.returncode == 0 and "+ clipkg 2.0 (new)" in dry.stdout, dry
     bad = tbkit_install("clipkg; echo owned")
-    assert bad.returncode == 2 and "tbkit refused the requirement" in bad.stderr and "owned" not in bad.stdout
+    assert bad.returncode == 2 and bad.stderr.startswith("tbkit refused the requirement") and "owned" not in bad.stdout
     # this process has not imported NumPy, so replacing it would be safe here; the plan says what it does
     numpy_plan = tbkit_install("--dry-run", *local, "numpy==2.2.6")
     assert numpy_plan.returncode == 0 and "~ numpy 2.0.2 -> 2.2.6 (upgrade)" in numpy_plan.stdout, numpy_plan
+    assert "other Python process that has imported them must restart" in numpy_plan.stderr
     missing = tbkit_install(*local, "no-such-package-tbkit")
     assert missing.returncode == 1 and "No matching distribution" in missing.stderr
     done = tbkit_install("-q", *local, "clipkg")

@@ -33,7 +33,7 @@ def main(args) -> int:
     except InstallRefused as err:
         if getattr(args, "debug", False):
             raise
-        print(f"tbkit: {err}", file=sys.stderr)
+        print(_message(err), file=sys.stderr)
         return 2
     options = dict(allow_urls=args.allow_urls, allow_paths=args.allow_paths, index_url=args.index_url,
                    find_links=args.find_links, no_index=args.no_index, extra_index_url=args.extra_index_url,
@@ -42,12 +42,29 @@ def main(args) -> int:
         if args.dry_run:
             the_plan = plan(*args.requirements, **options)
             print(the_plan)
+            _warn_other_processes(the_plan)
             return 0 if the_plan.safe else 1
         result = ensure(*args.requirements, quiet=args.quiet, **options)
     except (InstallRefused, InstallFailed) as err:
         if getattr(args, "debug", False):
             raise
-        print(f"tbkit: {err}", file=sys.stderr)
+        print(_message(err), file=sys.stderr)
         return 1
     print(result)
+    _warn_other_processes(result.plan)
     return 0
+
+
+def _message(err) -> str:
+    text = str(err)
+    return text if text.startswith("tbkit") else f"tbkit: {text}"
+
+
+def _warn_other_processes(the_plan) -> None:
+    """This command only knows its own process: say when the plan replaces installed distributions,
+    which any *other* running Python (a notebook kernel) may have imported."""
+    replaced = [i for i in getattr(the_plan, "items", ()) if i.action != "new"]
+    if replaced:
+        names = ", ".join(f"{i.name} {i.installed_version} -> {i.version}" for i in replaced)
+        print(f"tbkit: note: this replaces installed {names}; a notebook kernel or other Python process that "
+              "has imported them must restart afterwards.", file=sys.stderr)
