@@ -113,3 +113,15 @@ def test_summary_text_lists_problem_rows_and_the_report_path(tmp_path):
     assert text.startswith("verdict: FAIL (")
     assert text.count("FAIL  causal:") == 3
     assert str(tmp_path / "report.html") in text
+
+
+def test_dataframe_display_is_coloured_by_status_and_stays_a_dataframe(tmp_path):
+    import pandas as pd
+
+    report = tbkit.run(M.loaded(M.build(M.LeakyMaskDecoder)), checks="causal,summary", out_dir=tmp_path, progress=False)
+    df = report.df
+    assert isinstance(df, pd.DataFrame)
+    failing = df[df["status"] == "FAIL"]
+    assert len(failing) == 3 and '<tr style="background:#f8d7da">' in failing._repr_html_()
+    assert '<tr style="background:#d4edda">' in df._repr_html_()
+    assert df.groupby("status").size().to_dict() == {"FAIL": 3, "PASS": 4}

@@ -111,9 +111,9 @@ class Report:
 
     @property
     def df(self):
-        import pandas as pd
-
-        return pd.DataFrame([r.to_dict() for r in self.rows], columns=COLUMNS)
+        """A pandas DataFrame of the rows (columns ``COLUMNS``); in a notebook its rows are
+        coloured by status. Everything else is plain pandas."""
+        return _status_frame_class()([r.to_dict() for r in self.rows], columns=COLUMNS)
 
     def to_dict(self) -> dict:
         return {
@@ -193,27 +193,7 @@ class Report:
             return str(p)
 
     def rows_table_html(self) -> str:
-        head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-        body = []
-        for r in self.rows:
-            d = r.to_dict()
-            colour = COLOURS.get(d["status"], "#ffffff")
-            cells = []
-            for c in COLUMNS:
-                v = d[c]
-                if c == "value" and isinstance(v, float):
-                    v = f"{v:.4g}"
-                elif c == "seconds":
-                    v = f"{v:.2f}"
-                text = html.escape("" if v is None else str(v))
-                if c == "detail":
-                    text = f'<div style="white-space:pre-wrap;max-width:60em">{text}</div>'
-                cells.append(f"<td>{text}</td>")
-            body.append(f'<tr style="background:{colour}">{"".join(cells)}</tr>')
-        return (
-            '<table style="border-collapse:collapse;font-size:13px" border="1" cellpadding="4">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        )
+        return rows_html([r.to_dict() for r in self.rows])
 
     def _banner_html(self) -> str:
         v = self.verdict.value
@@ -257,6 +237,52 @@ class Report:
     def _repr_html_(self) -> str:
         """What a notebook shows for a Report: verdict banner, coloured rows and the plots."""
         return f"<div>{self._banner_html()}{self.rows_table_html()}{self._figures_html()}</div>"
+
+
+def rows_html(records: list, columns: list = COLUMNS) -> str:
+    """An HTML table of row dicts, each row coloured by its status (escaped, no template engine)."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = []
+    for d in records:
+        colour = COLOURS.get(str(d.get("status")), "#ffffff")
+        cells = []
+        for c in columns:
+            v = d.get(c)
+            if c == "value" and isinstance(v, float):
+                v = f"{v:.4g}"
+            elif c == "seconds" and isinstance(v, (int, float)):
+                v = f"{v:.2f}"
+            text = html.escape("" if v is None else str(v))
+            if c == "detail":
+                text = f'<div style="white-space:pre-wrap;max-width:60em">{text}</div>'
+            cells.append(f"<td>{text}</td>")
+        body.append(f'<tr style="background:{colour}">{"".join(cells)}</tr>')
+    return ('<table style="border-collapse:collapse;font-size:13px" border="1" cellpadding="4">'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+_STATUS_FRAME = None
+
+
+def _status_frame_class():
+    """A DataFrame subclass whose notebook display colours rows by status (pandas' Styler would
+    need jinja2, which Tier 1 does not require). Built on first use so pandas loads lazily."""
+    global _STATUS_FRAME
+    if _STATUS_FRAME is None:
+        import pandas as pd
+
+        class StatusFrame(pd.DataFrame):
+            @property
+            def _constructor(self):
+                return StatusFrame
+
+            def _repr_html_(self):
+                if "status" not in self.columns or len(self) > 500:
+                    return super()._repr_html_()
+                return rows_html(self.to_dict("records"), list(self.columns))
+
+        _STATUS_FRAME = StatusFrame
+    return _STATUS_FRAME
 
 
 def load_json(path) -> dict:
