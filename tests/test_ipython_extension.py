@@ -140,3 +140,18 @@ def test_load_twice_keeps_one_set_of_hooks_and_unload_removes_them(ip):
     assert not any(isinstance(getattr(t, "__self__", None), Extension) for t in ip.input_transformers_cleanup)
     assert "tbkit" not in ip.magics_manager.magics["line"]
     ip.run_line_magic("load_ext", "tbkit")  # the fixture unloads it
+
+
+def test_magic_dry_run_shows_the_refused_plan_and_changes_nothing(ip, wheelhouse, capsys):
+    import importlib.metadata as md
+
+    import numpy
+
+    loaded = numpy.__version__
+    other = "2.2.6" if loaded != "2.2.6" else "2.0.2"
+    result = ip.run_cell(f"%tbkit install --dry-run --no-index --find-links {wheelhouse} numpy=={other}")
+    out = capsys.readouterr().out
+    assert result.error_in_exec is None
+    assert f"~ numpy {loaded} -> {other}" in out and f"LOADED in this process as {loaded}" in out
+    assert "REFUSED" in out
+    assert md.version("numpy") == loaded
