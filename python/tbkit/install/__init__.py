@@ -83,7 +83,13 @@ def check_process(what: str):
     sticky = integrity.first_restart_report()
     if sticky is not None:
         raise _restart_refusal(sticky, what)
-    report = integrity.check()
+    try:
+        report = integrity.check()
+    except Exception as err:  # without the check the gate would install blind: refuse instead
+        raise InstallRefused(
+            f"tbkit refused to install {what}: the integrity check failed ({type(err).__name__}: {err}), so it "
+            "cannot tell whether this process is still intact; nothing was installed",
+            "Run `tbkit doctor` (or `%tbkit doctor`) and report its output.") from None
     if report.restart_required:
         raise _restart_refusal(report, what)
     return report
