@@ -154,3 +154,11 @@ def test_public_names_resolve_the_same_gate_in_a_fresh_interpreter():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_index_credentials_are_never_shown():
+    index = IndexOptions.resolve(index_url="https://user:s3cr3t-token@127.0.0.1/simple",
+                                 extra_index_url="https://__token__:pypi-AgEIcHlwaS5vcmc@127.0.0.1/x")
+    shown = index.describe()
+    assert "s3cr3t" not in shown and "pypi-AgE" not in shown and "https://***@127.0.0.1/simple" in shown
+    assert "https://user:s3cr3t-token@127.0.0.1/simple" in index.args()  # pip itself still gets them

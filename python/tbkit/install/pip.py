@@ -7,6 +7,7 @@ can point tbkit at a local wheelhouse without touching pip's own configuration.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import deque
@@ -64,14 +65,19 @@ class IndexOptions:
         return out
 
     def describe(self) -> str:
+        """For plans and messages: credentials in URLs (``https://user:token@host``) are never shown."""
         parts = []
         if self.no_index:
             parts.append("no index")
         if self.index_url:
-            parts.append(f"index {self.index_url}")
-        parts += [f"extra index {u}" for u in self.extra_index_urls]
-        parts += [f"find-links {p}" for p in self.find_links]
+            parts.append(f"index {redact(self.index_url)}")
+        parts += [f"extra index {redact(u)}" for u in self.extra_index_urls]
+        parts += [f"find-links {redact(p)}" for p in self.find_links]
         return ", ".join(parts) or "pip's configured index"
+
+
+def redact(url: str) -> str:
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", url)
 
 
 def base_argv() -> list:
