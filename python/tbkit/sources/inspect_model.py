@@ -211,24 +211,10 @@ def inspect_and_wrap(model, config: dict, flat: dict, provenance: Provenance, no
         notes.append(f"no input nn.Embedding found; vocabulary size {vocab} taken from the config")
 
     width = out.shape[-1]
-    if seq2seq and declared is None:
-        decoder_input = next(n for n in params if n in _DECODER_INPUTS)
-        final_kind, reason = "seq2seq", f"inferred: forward takes a decoder input ({decoder_input})"
-    elif declared is not None:
+    if declared is not None:
         final_kind, reason = declared, "declared" if kind is not None else "from config 'kind'"
-    elif _hugging_face_kind(model) is not None:
-        final_kind, reason = _hugging_face_kind(model)
     else:
-        evidence = _causal_evidence(model)
-        if evidence:
-            final_kind, reason = "decoder", f"inferred: {evidence}"
-        elif width == vocab:
-            final_kind, reason = "decoder", (f"inferred: output size {width} equals the vocabulary (a language-model head); "
-                                              "pass kind='encoder' if this is a masked LM")
-        else:
-            final_kind, reason = "encoder", f"inferred: no causal masking in the code and the output is hidden states of size {width}"
-            if _has_encoder_and_decoder(model):
-                reason += " (it has encoder and decoder stacks, but forward takes no decoder input)"
+        final_kind, reason = _infer_kind(model, params, seq2seq, width, vocab)
     if final_kind == "decoder" and width != vocab:
         notes.append(f"a decoder whose output width {width} is not the vocabulary size {vocab}: checks treat it as hidden states")
 
@@ -238,6 +224,28 @@ def inspect_and_wrap(model, config: dict, flat: dict, provenance: Provenance, no
     max_len, how = find_max_len(model, flat, token_name, notes)
     notes.append(f"maximum length: {how}")
     return LoadedModel(model, config, final_kind, reason, vocab, max_len, provenance, notes)
+
+
+def _infer_kind(model, params: dict, seq2seq: bool, width: int, vocab: int) -> tuple:
+    """(kind, "inferred: <why>") for a model whose kind was not declared. A decoder with a broken
+    mask must still come out as a decoder (so the causal check can fail it): evidence of intent
+    (mask-building code, an LM head) counts, not measured behaviour."""
+    if seq2seq:
+        decoder_input = next(n for n in params if n in _DECODER_INPUTS)
+        return "seq2seq", f"inferred: forward takes a decoder input ({decoder_input})"
+    hugging_face = _hugging_face_kind(model)
+    if hugging_face is not None:
+        return hugging_face
+    evidence = _causal_evidence(model)
+    if evidence:
+        return "decoder", f"inferred: {evidence}"
+    if width == vocab:
+        return "decoder", (f"inferred: output size {width} equals the vocabulary (a language-model head); "
+                           "pass kind='encoder' if this is a masked LM")
+    reason = f"inferred: no causal masking in the code and the output is hidden states of size {width}"
+    if _has_encoder_and_decoder(model):
+        reason += " (it has encoder and decoder stacks, but forward takes no decoder input)"
+    return "encoder", reason
 
 
 def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
