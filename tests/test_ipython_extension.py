@@ -12,11 +12,22 @@ from tbkit.ipython import CannotPlan, Extension, looks_like_install, parse_cell_
 IPython = pytest.importorskip("IPython")
 
 
-@pytest.fixture
-def ip():
+@pytest.fixture(scope="module")
+def shell():
+    """One InteractiveShell for this file, cleared afterwards so that `get_ipython()` is None again for
+    the rest of the session (other code decides "am I in a notebook?" from it)."""
+    import sys as _sys
+
     from IPython.core.interactiveshell import InteractiveShell
 
-    shell = InteractiveShell.instance()
+    hooks = (_sys.displayhook, _sys.excepthook)
+    yield InteractiveShell.instance()
+    InteractiveShell.clear_instance()
+    _sys.displayhook, _sys.excepthook = hooks
+
+
+@pytest.fixture
+def ip(shell):
     shell.run_line_magic("load_ext", "tbkit")
     yield shell
     shell.run_line_magic("unload_ext", "tbkit")
@@ -155,3 +166,5 @@ def test_magic_dry_run_shows_the_refused_plan_and_changes_nothing(ip, wheelhouse
     assert f"~ numpy {loaded} -> {other}" in out and f"LOADED in this process as {loaded}" in out
     assert "REFUSED" in out
     assert md.version("numpy") == loaded
+
+
