@@ -57,7 +57,17 @@ impl Probe {
         let mut out = Vec::new();
         let Some(modules) = sys_object(py, c"modules") else { return out };
         let Ok(modules) = modules.cast::<PyDict>() else { return out };
-        // Copy first: nothing we call runs Python code, but a copy is cheap and makes that moot.
+        // First a read-only pass over the live dict: type checks and pointer lookups only, which
+        // run no Python code, so the dict cannot change under us. Usually nothing is new and we
+        // are done without copying.
+        let any_new = modules.iter().any(|(_, v)| {
+            !v.is_none() && v.is_instance_of::<PyModule>() && !self.seen.contains(&(v.as_ptr() as usize))
+        });
+        if !any_new {
+            return out;
+        }
+        // Something is new: copy the items before looking into module dicts (a dict lookup can,
+        // in odd cases, run Python code that could touch sys.modules).
         let Ok(copy) = modules.copy() else { return out };
         let mut skipped = Skipped::default();
         for (key, value) in copy.iter() {

@@ -36,6 +36,18 @@ pub struct DirStamp {
     pub ctime_ns: i128,
 }
 
+impl DirStamp {
+    /// Changed within the last 100 ms. File-system timestamps are coarse (a kernel tick), so a
+    /// second change in the same tick can leave the stamp equal: a recent stamp proves nothing.
+    pub fn is_recent(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        now - self.mtime_ns.max(self.ctime_ns) < 100_000_000
+    }
+}
+
 #[cfg(unix)]
 pub fn file_id(path: &Path) -> io::Result<FileId> {
     use std::os::unix::fs::MetadataExt;

@@ -22,9 +22,9 @@ pub struct MapEntry {
     pub deleted: bool,
 }
 
-/// Parse one line; `None` for anonymous mappings (`[heap]`, `[stack]`, inode 0, ...) and for lines
-/// that do not have the expected shape (a malformed line is skipped, never fatal).
-pub fn parse_line(line: &[u8]) -> Option<MapEntry> {
+/// The fields of one file-backed line, borrowed from it (no allocation): device, inode, the raw
+/// path bytes (kernel-escaped, ` (deleted)` stripped) and the deleted flag.
+pub fn parse_line_raw(line: &[u8]) -> Option<(DevId, u64, &[u8], bool)> {
     let mut rest = line;
     let mut fields: [&[u8]; 5] = [&[]; 5];
     for slot in fields.iter_mut() {
@@ -36,8 +36,7 @@ pub fn parse_line(line: &[u8]) -> Option<MapEntry> {
         *slot = &rest[..end];
         rest = &rest[end..];
     }
-    let path = trim_start(rest);
-    let path = strip_newline(path);
+    let path = strip_newline(trim_start(rest));
     if path.first() != Some(&b'/') {
         return None;
     }
@@ -46,11 +45,22 @@ pub fn parse_line(line: &[u8]) -> Option<MapEntry> {
         return None;
     }
     let dev = parse_dev(fields[3])?;
-    let (path, deleted) = match path.strip_suffix(DELETED) {
-        Some(p) => (p, true),
-        None => (path, false),
-    };
-    Some(MapEntry { dev, inode, path: bytes_to_path(&unescape(path)), deleted })
+    Some(match path.strip_suffix(DELETED) {
+        Some(p) => (dev, inode, p, true),
+        None => (dev, inode, path, false),
+    })
+}
+
+/// Decode a raw path from [`parse_line_raw`].
+pub fn decode_path(raw: &[u8]) -> PathBuf {
+    bytes_to_path(&unescape(raw))
+}
+
+/// Parse one line; `None` for anonymous mappings (`[heap]`, `[stack]`, inode 0, ...) and for lines
+/// that do not have the expected shape (a malformed line is skipped, never fatal).
+pub fn parse_line(line: &[u8]) -> Option<MapEntry> {
+    let (dev, inode, path, deleted) = parse_line_raw(line)?;
+    Some(MapEntry { dev, inode, path: decode_path(path), deleted })
 }
 
 /// All file-backed mappings, one entry per line (a library mapped in several segments appears

@@ -47,6 +47,8 @@ struct Root {
     listing_error: Option<String>,
     owner_index: Option<HashMap<String, Vec<String>>>,
     records: HashMap<String, HashSet<PathBuf>>,
+    /// The stamp seen by the previous check (equal to `stamp` when nothing moved since).
+    stamp_at_last_check: Option<DirStamp>,
 }
 
 impl Root {
@@ -68,6 +70,8 @@ struct Top {
     root: usize,
     comp: String,
     module_name: String,
+    /// `module_name` canonicalised, compared with distribution names
+    canonical: String,
     version: Option<String>,
     owner: Owner,
 }
@@ -78,6 +82,8 @@ struct Tracked {
     rel: PathBuf,
     first: Result<FileId, io::ErrorKind>,
     native: bool,
+    /// The owning distribution, once its top is resolved (`Some(None)`: nobody's).
+    dist: Option<Option<String>>,
 }
 
 struct Mapped {
@@ -87,6 +93,10 @@ struct Mapped {
     maps_id: FileId,
     first_stat: Option<FileId>,
     signal: Option<Signal>,
+    /// The raw maps path and deleted flag last time: unchanged lines are skipped cheaply.
+    last_raw: Vec<u8>,
+    last_deleted: bool,
+    dist: Option<Option<String>>,
 }
 
 #[derive(Default)]
@@ -122,6 +132,10 @@ pub struct Probe {
     dists: HashMap<String, DistState>,
     file_owner: HashMap<(usize, PathBuf), Option<String>>,
     maps_error: Option<String>,
+    maps_capacity: usize,
+    watched: Vec<(PathBuf, Option<DirStamp>)>,
+    watched_set: HashSet<PathBuf>,
+    force_maps: bool,
 }
 
 const NATIVE_SUFFIXES: [&str; 4] = [".so", ".pyd", ".dylib", ".sl"];
@@ -161,7 +175,61 @@ impl Probe {
         for m in modules {
             self.ingest(m);
         }
+        // Reading /proc/self/maps costs the kernel ~0.3 ms with torch loaded. Skip it when nothing
+        // can have changed: no new module, and every watched directory (the site directories and
+        // each directory holding a mapped library) has the same stamp. Unlinking or renaming a
+        // file moves its directory's mtime/ctime, and every install changes a site directory's
+        // listing (the dist-info), so a change on disk always dirties a stamp.
+        let stamps_before: Vec<Option<DirStamp>> = self.watched.iter().map(|(d, _)| dir_stamp(d).ok()).collect();
+        let unchanged = modules.is_empty()
+            && !self.force_maps
+            && self.maps_error.is_none()
+            && !self.watched.is_empty()
+            && self.watched.iter().zip(&stamps_before).all(|((_, old), new)| old.is_some() && old == new);
+        if unchanged {
+            return;
+        }
+        // stamps are taken before reading, so a change racing with the read dirties the next check
+        for ((_, old), new) in self.watched.iter_mut().zip(stamps_before) {
+            *old = new;
+        }
+        let known = self.watched.len();
         self.scan_maps();
+        self.watch_new_dirs();
+        // directories first watched just now were stamped after the read, and a stamp from the
+        // same clock tick as a change proves nothing: read once more next time in both cases
+        self.force_maps = self.watched.len() != known
+            || self.watched.iter().any(|(_, st)| st.map(|s| s.is_recent()).unwrap_or(true));
+    }
+
+    /// Watch the site directories and every directory between them and a mapped library.
+    fn watch_new_dirs(&mut self) {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for r in &self.roots {
+            if !r.excluded || r.is_site() {
+                dirs.push(r.path.clone());
+            }
+        }
+        for m in self.mapped.values() {
+            let root = &self.roots[self.tops[m.top].root].path;
+            let mut dir = m.first_path.parent();
+            while let Some(d) = dir {
+                if !d.starts_with(root) {
+                    break;
+                }
+                dirs.push(d.to_path_buf());
+                if d == root.as_path() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        for d in dirs {
+            if self.watched_set.insert(d.clone()) {
+                let stamp = dir_stamp(&d).ok();
+                self.watched.push((d, stamp));
+            }
+        }
     }
 
     fn update_sys_path(&mut self, sys_path: &[PathBuf]) {
@@ -191,6 +259,7 @@ impl Probe {
             listing_error: None,
             owner_index: None,
             records: HashMap::new(),
+            stamp_at_last_check: None,
         };
         refresh_listing(&mut root);
         root.first_listing = root.listing.clone();
@@ -228,7 +297,7 @@ impl Probe {
         // Track the top-level module file and every extension module; PROBE.md: ~150 paths.
         if (is_top_module || native) && self.tracked_paths.insert(file.clone()) {
             let first = file_id(file).map_err(|e| e.kind());
-            self.tracked.push(Tracked { path: file.clone(), top, rel: rel.to_path_buf(), first, native });
+            self.tracked.push(Tracked { path: file.clone(), top, rel: rel.to_path_buf(), first, native, dist: None });
         }
     }
 
@@ -236,10 +305,12 @@ impl Probe {
         if let Some(&t) = self.top_index.get(&(root, comp.to_string())) {
             return t;
         }
+        let module_name = module_name_of(comp, is_dir);
         self.tops.push(Top {
             root,
             comp: comp.to_string(),
-            module_name: module_name_of(comp, is_dir),
+            canonical: canonicalize(&module_name),
+            module_name,
             version: None,
             owner: Owner::Unresolved,
         });
@@ -254,8 +325,10 @@ impl Probe {
             None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/maps"),
             None => return None,
         };
-        match std::fs::read(&path) {
-            Ok(text) => {
+        let mut text = Vec::with_capacity(self.maps_capacity);
+        match std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut text)) {
+            Ok(_) => {
+                self.maps_capacity = text.len() + 16 * 1024;
                 self.maps_error = None;
                 Some(text)
             }
@@ -291,68 +364,78 @@ impl Probe {
 
     fn scan_maps(&mut self) {
         let Some(text) = self.maps_text() else { return };
-        let mut seen_now: HashSet<(DevId, u64)> = HashSet::new();
         for line in text.split(|&b| b == b'\n') {
-            let Some(entry) = maps::parse_line(line) else { continue };
-            let key = (entry.dev, entry.inode);
-            if !seen_now.insert(key) || self.unrelated_maps.contains(&key) {
+            let Some((dev, inode, raw_path, deleted)) = maps::parse_line_raw(line) else { continue };
+            let key = (dev, inode);
+            if self.unrelated_maps.contains(&key) {
                 continue;
             }
+            let mode = self.dev_modes.get(&dev).copied();
+            if let Some(m) = self.mapped.get(&key) {
+                // Steady state: same path, same flag, a device where maps is decisive.
+                if m.last_raw == raw_path && m.last_deleted == deleted && mode == Some(DevMode::Direct) {
+                    continue;
+                }
+            }
+            let path = maps::decode_path(raw_path);
             if !self.mapped.contains_key(&key) {
-                let Some((root, comp, rel)) = self.locate(&entry.path) else {
+                let Some((root, comp, rel)) = self.locate(&path) else {
                     self.unrelated_maps.insert(key);
                     continue;
                 };
                 let top = self.top_for(root, &comp, rel.components().count() > 1);
-                let first_stat = if entry.deleted { None } else { file_id(&entry.path).ok() };
-                let maps_id = FileId { dev: entry.dev, ino: entry.inode };
+                let first_stat = if deleted { None } else { file_id(&path).ok() };
+                let maps_id = FileId { dev, ino: inode };
                 if let Some(st) = first_stat {
-                    let mode = if st == maps_id {
-                        DevMode::Direct
+                    let mode = if st == maps_id || st.dev == maps_id.dev {
+                        DevMode::Direct // same device (another inode is a real replacement, judged below)
                     } else if st.ino == maps_id.ino {
                         DevMode::InodeOnly
-                    } else if st.dev == maps_id.dev {
-                        DevMode::Direct // same device, other inode: a real replacement, judged below
                     } else {
                         DevMode::StatOnly
                     };
-                    self.dev_modes.entry(entry.dev).or_insert(mode);
+                    self.dev_modes.entry(dev).or_insert(mode);
                 }
-                self.mapped.insert(key, Mapped { first_path: entry.path.clone(), top, rel, maps_id, first_stat, signal: None });
+                self.mapped.insert(
+                    key,
+                    Mapped { first_path: path.clone(), top, rel, maps_id, first_stat, signal: None, last_raw: Vec::new(), last_deleted: false, dist: None },
+                );
             }
-            let mode = self.dev_modes.get(&entry.dev).copied();
-            let m = self.mapped.get_mut(&key).expect("inserted above");
-            let stashed = entry
-                .path
-                .strip_prefix(&self.roots[self.tops[m.top].root].path)
+            let mode = self.dev_modes.get(&dev).copied();
+            let root_path = &self.roots[self.tops[self.mapped[&key].top].root].path;
+            let stashed = path
+                .strip_prefix(root_path)
                 .ok()
                 .and_then(|rel| rel.components().next())
                 .and_then(|c| c.as_os_str().to_str())
                 .map(|c| c.starts_with('~'))
                 .unwrap_or(false);
-            let signal = if entry.deleted {
+            let m = self.mapped.get_mut(&key).expect("inserted above");
+            m.last_raw = raw_path.to_vec();
+            m.last_deleted = deleted;
+            let signal = if deleted {
                 Some(Signal::MappedDeleted(m.first_path.clone()))
             } else if stashed {
-                Some(Signal::MappedStashed(entry.path.clone()))
+                Some(Signal::MappedStashed(path.clone()))
             } else {
                 match mode {
                     Some(DevMode::Direct) if m.first_stat.map(|s| s.dev == m.maps_id.dev).unwrap_or(true) => {
-                        // maps is decisive here; one stat at first sight catches a replacement
-                        // that happened before the probe existed.
+                        // maps is decisive here; the one stat at first sight catches a
+                        // replacement that happened before the probe existed.
                         if m.first_stat.map(|s| s != m.maps_id).unwrap_or(false) {
-                            Some(Signal::MappedReplaced(entry.path.clone()))
+                            Some(Signal::MappedReplaced(path.clone()))
                         } else {
                             None
                         }
                     }
-                    _ => match file_id(&entry.path) {
-                        Err(_) => Some(Signal::MappedReplaced(entry.path.clone())),
+                    _ => match file_id(&path) {
+                        Err(_) => Some(Signal::MappedReplaced(path.clone())),
                         Ok(now) => {
                             let same = match mode {
                                 Some(DevMode::InodeOnly) => now.ino == m.maps_id.ino,
                                 _ => Some(now) == m.first_stat,
                             };
-                            (!same).then(|| Signal::MappedReplaced(entry.path.clone()))
+                            (!same).then(|| Signal::MappedReplaced(path.clone()))
                         }
                     },
                 }
@@ -393,15 +476,37 @@ impl Probe {
             }
         }
 
+        // Which distribution owns each tracked and mapped file (resolved once, then cached).
+        for i in 0..self.tracked.len() {
+            if self.tracked[i].dist.is_none() {
+                let (top, rel) = (self.tracked[i].top, self.tracked[i].rel.clone());
+                self.tracked[i].dist = Some(self.owner_of(top, &rel));
+            }
+        }
+        let uncached: Vec<(DevId, u64)> = self.mapped.iter().filter(|(_, m)| m.dist.is_none()).map(|(k, _)| *k).collect();
+        for key in uncached {
+            let (top, rel) = (self.mapped[&key].top, self.mapped[&key].rel.clone());
+            let owner = self.owner_of(top, &rel);
+            self.mapped.get_mut(&key).unwrap().dist = Some(owner);
+        }
+
         // Gather facts per distribution.
         let mut facts: HashMap<String, Facts> = HashMap::new();
-        let mut native_paths: HashMap<String, Vec<PathBuf>> = HashMap::new();
-        for i in 0..self.tracked.len() {
-            let (top, rel) = (self.tracked[i].top, self.tracked[i].rel.clone());
-            let Some(dist) = self.owner_of(top, &rel) else { continue };
-            let t = &self.tracked[i];
+        for t in &self.tracked {
+            let Some(Some(dist)) = &t.dist else { continue };
             let f = facts.entry(dist.clone()).or_default();
             f.native |= t.native;
+            // An extension module that maps shows on a device where maps is decisive needs no
+            // stat: its deletion or replacement shows up in maps (handled below).
+            if let Ok(id) = t.first {
+                let via_maps = self.maps_error.is_none()
+                    && self.mapped.get(&(id.dev, id.ino)).map(|m| m.signal.is_none()).unwrap_or(false)
+                    && self.dev_modes.get(&id.dev) == Some(&DevMode::Direct);
+                if via_maps {
+                    f.files_remain = true;
+                    continue;
+                }
+            }
             let now = file_id(&t.path).map_err(|e| e.kind());
             match (&t.first, &now) {
                 (_, Err(io::ErrorKind::NotFound)) => f.signals.push(Signal::FileMissing(t.path.clone())),
@@ -414,17 +519,10 @@ impl Probe {
                 f.files_remain = true;
             }
         }
-        let keys: Vec<(DevId, u64)> = self.mapped.keys().copied().collect();
-        for key in keys {
-            let (top, rel) = {
-                let m = &self.mapped[&key];
-                (m.top, m.rel.clone())
-            };
-            let Some(dist) = self.owner_of(top, &rel) else { continue };
-            let m = &self.mapped[&key];
+        for m in self.mapped.values() {
+            let Some(Some(dist)) = &m.dist else { continue };
             let f = facts.entry(dist.clone()).or_default();
             f.native = true;
-            native_paths.entry(dist).or_default().push(m.first_path.clone());
             if let Some(s) = &m.signal {
                 f.signals.push(s.clone());
             }
@@ -452,7 +550,13 @@ impl Probe {
             loaded_ids.into_iter().map(|(p, id)| (canonical_lenient(&p), id)).collect();
         for (dist, f) in facts.iter_mut() {
             if f.needs_build_ids() {
-                let (equal, note) = compare_build_ids(native_paths.get(dist).map(Vec::as_slice).unwrap_or(&[]), &loaded_ids);
+                let paths: Vec<PathBuf> = self
+                    .mapped
+                    .values()
+                    .filter(|m| matches!(&m.dist, Some(Some(d)) if d == dist))
+                    .map(|m| m.first_path.clone())
+                    .collect();
+                let (equal, note) = compare_build_ids(&paths, &loaded_ids);
                 f.build_ids_equal = Some(equal);
                 f.build_id_note = note;
             }
@@ -478,7 +582,8 @@ impl Probe {
     fn refresh_root(&mut self, i: usize) {
         let root = &mut self.roots[i];
         let stamp = dir_stamp(&root.path).ok();
-        if stamp.is_some() && stamp == root.stamp {
+        root.stamp_at_last_check = if stamp == root.stamp { stamp } else { None };
+        if stamp.is_some() && stamp == root.stamp && !stamp.map(|s| s.is_recent()).unwrap_or(true) {
             return;
         }
         refresh_listing(root);
@@ -579,13 +684,13 @@ impl Probe {
     fn fill_dist_facts(&mut self, dist: &str, f: &mut Facts) {
         // loaded version: `__version__` of a top-level module named like the distribution
         for t in &self.tops {
-            if t.owner == Owner::Dist(dist.to_string()) && canonicalize(&t.module_name) == dist {
+            if matches!(&t.owner, Owner::Dist(d) if d == dist) && t.canonical == dist {
                 if let Some(v) = &t.version {
                     f.loaded_version = Some(v.clone());
                 }
             }
         }
-        let root = self.tops.iter().filter(|t| t.owner == Owner::Dist(dist.to_string())).map(|t| t.root).find(|&r| {
+        let root = self.tops.iter().filter(|t| matches!(&t.owner, Owner::Dist(d) if d == dist)).map(|t| t.root).find(|&r| {
             self.roots[r].first_listing.as_ref().map(|l| l.dist_infos.contains_key(dist)).unwrap_or(false)
                 || self.roots[r].listing.as_ref().map(|l| l.dist_infos.contains_key(dist)).unwrap_or(false)
         });
@@ -615,7 +720,12 @@ impl Probe {
             }
             Some(di) => {
                 let dir = r.path.join(&di.dir_name);
-                let id = file_id(&dir).ok();
+                // a replaced dist-info changes the site directory's listing: while the site dir's
+                // stamp holds, the identity seen last is still valid
+                let id = match (&state.cached, r.stamp) {
+                    (Some((name, id)), Some(st)) if name == &di.dir_name && Some(st) == r.stamp_at_last_check && !st.is_recent() => *id,
+                    _ => file_id(&dir).ok(),
+                };
                 // the identity of each dist-info directory name when first seen
                 let first_id = *state.first_ids.entry(di.dir_name.clone()).or_insert(id);
                 if state.cached.as_ref() != Some(&(di.dir_name.clone(), id)) {
