@@ -382,6 +382,8 @@ def test_bad_input_gives_one_paragraph_and_writes_nothing(case_id, tmp_path, mon
         d.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a CI proxy must not see the fake API's traffic
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     for var in ("TBKIT_GITHUB_API", "TBKIT_OFFLINE", "TBKIT_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)
     if with_token:

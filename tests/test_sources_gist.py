@@ -26,6 +26,8 @@ def _clean_env(monkeypatch, tmp_path):
     for var in ("GITHUB_TOKEN", "TBKIT_GITHUB_API", "TBKIT_OFFLINE", "TBKIT_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a CI proxy must not see the fake API's traffic
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
 @pytest.fixture

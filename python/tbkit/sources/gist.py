@@ -47,8 +47,6 @@ class _DropAuthOnCrossHostRedirect(urllib.request.HTTPRedirectHandler):
         return new
 
 
-_OPENER = urllib.request.build_opener(_DropAuthOnCrossHostRedirect)
-
 
 class GistUnreachable(SourceError):
     """The API could not be reached after the retries (network down, timeouts, 5xx).
@@ -162,6 +160,8 @@ class GistClient:
         self.max_file_bytes = int(max_file_bytes)
         self.max_rate_wait = max_rate_wait
         self._sleep = sleep
+        # Built per client, so proxy variables set after import (os.environ in a notebook) count.
+        self._opener = urllib.request.build_opener(_DropAuthOnCrossHostRedirect)
 
     def __repr__(self) -> str:  # never show the token
         return f"GistClient(api_url={self.api_url!r}, token={'set' if self._token else 'unset'})"
@@ -243,7 +243,7 @@ class GistClient:
         while True:
             try:
                 req = urllib.request.Request(url, headers=headers, method="GET")
-                with _OPENER.open(req, timeout=self.timeout) as resp:
+                with self._opener.open(req, timeout=self.timeout) as resp:
                     body = resp.read(limit + 1)
                 if len(body) > limit:
                     raise self._error(
