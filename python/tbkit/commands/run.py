@@ -24,6 +24,14 @@ def configure(parser) -> None:
     parser.add_argument("--memory-budget-mb", type=float, default=None,
                         help="fail the memory check when model + peak activations exceed this many MB")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Tier 3 (train, hpo, baseline) needs data; without --data or --synthetic those checks SKIP
+    tier3 = parser.add_argument_group("Tier 3 (training)")
+    data = tier3.add_mutually_exclusive_group()
+    data.add_argument("--data", metavar="FILE", default=None, help="training text file for train/hpo/baseline")
+    data.add_argument("--synthetic", action="store_true", help="train on synthetic data (labelled so in the report)")
+    tier3.add_argument("--trials", type=int, default=None, help="hpo: number of trials (default 6)")
+    tier3.add_argument("--storage", metavar="URL", default=None,
+                       help="hpo: Optuna storage, sqlite:///study.db or postgresql://… (default: in memory)")
 
 
 def main(args) -> int:
@@ -37,6 +45,10 @@ def main(args) -> int:
     options = {}
     if args.memory_budget_mb is not None:
         options["memory_budget_mb"] = args.memory_budget_mb
+    for key, value in (("data", args.data), ("synthetic", args.synthetic or None), ("hpo_trials", args.trials),
+                       ("storage", args.storage)):
+        if value is not None:
+            options[key] = value
     load_options = {"revision": args.revision} if args.revision is not None else None
     report = tbkit.run(args.source, tiers=tiers, checks=args.checks, kind=args.kind, device=args.device,
                        out_dir=args.out, seed=args.seed, options=options, progress=not args.no_progress,
