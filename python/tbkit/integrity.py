@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from tbkit import _probe
@@ -27,17 +26,31 @@ RESTART_ADVICE = (
 )
 
 
-@dataclass
 class Finding:
-    distribution: str  # canonical name, e.g. "numpy"; "(probe)" for the probe's own limits
-    loaded_version: Optional[str]
-    disk_version: Optional[str]
-    change: str  # human sentence
-    paths: list = field(default_factory=list)
-    severity: str = "restart_required"  # one of SEVERITIES
+    """One distribution whose files on disk no longer match what this process loaded.
+
+    (A plain class, not a dataclass: ``dataclasses`` imports ``inspect``, ~12 ms at ``import tbkit``.)
+    """
+
+    __slots__ = ("distribution", "loaded_version", "disk_version", "change", "paths", "severity")
+
+    def __init__(self, distribution: str, loaded_version: Optional[str], disk_version: Optional[str],
+                 change: str, paths: Optional[list] = None, severity: str = "restart_required") -> None:
+        self.distribution = distribution  # canonical name, e.g. "numpy"; "(probe)" for the probe's own limits
+        self.loaded_version = loaded_version
+        self.disk_version = disk_version
+        self.change = change  # human sentence
+        self.paths = list(paths or [])
+        self.severity = severity  # one of SEVERITIES
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: (list(self.paths) if k == "paths" else getattr(self, k)) for k in self.__slots__}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Finding) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "Finding(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
     def __str__(self) -> str:
         versions = self.loaded_version or "?"
@@ -46,10 +59,15 @@ class Finding:
         return f"{self.distribution} {versions}: {self.change} [{self.severity}]"
 
 
-@dataclass
 class IntegrityReport:
-    findings: list = field(default_factory=list)  # Finding entries
-    notes: list = field(default_factory=list)  # what the probe skipped or could not see
+    """The result of one check: findings (any severity) and notes on what was skipped."""
+
+    def __init__(self, findings: Optional[list] = None, notes: Optional[list] = None) -> None:
+        self.findings = list(findings or [])  # Finding entries
+        self.notes = list(notes or [])  # what the probe skipped or could not see
+
+    def __repr__(self) -> str:
+        return f"IntegrityReport(findings={self.findings!r}, notes={self.notes!r})"
 
     @property
     def ok(self) -> bool:
