@@ -156,3 +156,24 @@ def test_tier3_through_the_runner_on_synthetic_data(tmp_path):
             assert "SYNTHETIC" in get(r, "detail"), r
     plots = {p.name for p in (tmp_path / "r" / "plots").glob("*.png")}
     assert {"train_loss_curve.png", "hpo_history.png"} <= plots
+
+
+@pytest.mark.slow
+def test_tbkit_run_tier3_cli_trains_on_a_text_file(tmp_path, capsys):
+    pytest.importorskip("lightning", reason="lightning is a tier3 extra (scripts/test.sh installs .[all])")
+    import json
+
+    from tbkit.cli import main
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be, that is the question. " * 40)
+    code = main(["run", "tiny_gpt", "--checks", "train", "--data", str(text), "--out", str(tmp_path / "rep"),
+                 "--device", "cpu", "--no-progress"])
+    assert code == 0, capsys.readouterr()
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    notes = [r["detail"] for r in rows if r["metric"] == "data"]
+    assert any("char-level tokenizer built from corpus.txt" in n for n in notes)
+    assert not any("SYNTHETIC" in r["detail"] for r in rows)  # real data is never labelled synthetic
+    best = next(r for r in rows if r["metric"] == "best_val_loss")
+    assert best["status"] == "PASS"
+    assert (tmp_path / "rep" / "checkpoints" / "train" / "last.ckpt").is_file()
