@@ -258,3 +258,11 @@ def test_tbkit_install_command(gate_venv, wheelhouse, local_wheels):
     check = subprocess.run([str(gate_venv), "-c", "import clipkg, numpy; print(numpy.__version__)"],
                            capture_output=True, text=True)
     assert check.stdout.strip() == "2.0.2"  # the dry runs changed nothing
+
+
+def test_without_pip_the_gate_refuses_instead_of_installing_blind(tmp_path, wheelhouse, local_wheels):
+    python = make_venv(tmp_path / "nopip", wheelhouse, "numpy==2.0.2", "packaging==25.0")  # uv venvs have no pip
+    out = run_scenario(python, [wheelhouse, local_wheels], 'out = attempt("tinypkg")')
+    assert out["error"] == "InstallRefused", out
+    assert "pip is not installed in this interpreter" in out["message"] and "ensurepip" in out["message"]
+    assert out["spawned"] == 0 and out["numpy_unchanged"] and out["integrity_ok"]
