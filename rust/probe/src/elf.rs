@@ -31,7 +31,7 @@ fn u64_at(b: &[u8], off: usize, l: Layout) -> Option<u64> {
 /// Find the GNU build-id in a blob of ELF notes (`align` is the segment's alignment, 4 or 8).
 pub fn gnu_build_id_in_notes(notes: &[u8], layout: Layout, align: usize) -> Option<Vec<u8>> {
     let align = if align == 8 { 8 } else { 4 };
-    let pad = |n: usize| (n + align - 1) / align * align;
+    let pad = |n: usize| n.div_ceil(align) * align;
     let mut off = 0usize;
     while off + 12 <= notes.len() {
         let namesz = u32_at(notes, off, layout)? as usize;

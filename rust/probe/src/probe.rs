@@ -107,7 +107,7 @@ struct DistState {
     degraded: Option<String>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DevMode {
     /// maps and stat agree on this device: maps alone is decisive.
     Direct,
@@ -860,6 +860,46 @@ mod tests {
         assert_eq!(module_name_of("six.py", false), "six");
         assert_eq!(module_name_of("_cffi_backend.cpython-311-x86_64-linux-gnu.so", false), "_cffi_backend");
         assert_eq!(module_name_of("numpy.libs", true), "numpy.libs");
+    }
+
+    /// overlayfs (Docker, Colab): maps shows the lower layer's device, stat the overlay's. The
+    /// probe calibrates at first sight (same inode, other device: compare inodes only), gives no
+    /// false alarm, and still sees a replacement that maps does not mark ` (deleted)`.
+    #[cfg(unix)]
+    #[test]
+    fn overlayfs_calibration() {
+        let base = std::env::temp_dir().join(format!("tbkit-probe-ovl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let site = base.join("site");
+        std::fs::create_dir_all(site.join("pkg")).unwrap();
+        std::fs::create_dir_all(site.join("pkg-1.0.dist-info")).unwrap();
+        std::fs::write(site.join("pkg-1.0.dist-info/METADATA"), "Version: 1.0\n\n").unwrap();
+        std::fs::write(site.join("pkg/__init__.py"), "").unwrap();
+        let site = std::fs::canonicalize(&site).unwrap();
+        let so = site.join("pkg/_ext.so");
+        std::fs::write(&so, b"\x7fELF").unwrap();
+        let ino = file_id(&so).unwrap().ino;
+        let maps_path = base.join("maps");
+        // device 00:99 is not the device stat reports: what older kernels show on overlayfs
+        std::fs::write(&maps_path, format!("7f00-7f01 r-xp 00000000 00:99 {ino} {}\n", so.display())).unwrap();
+        let mut probe = Probe::new(Config { maps_path: Some(maps_path), exclude: vec![] });
+        let sys_path = vec![site.clone()];
+        let modules = vec![
+            ModuleInfo { name: "pkg".into(), file: Some(site.join("pkg/__init__.py")), version: Some("1.0".into()) },
+            ModuleInfo { name: "pkg._ext".into(), file: Some(so.clone()), version: None },
+        ];
+        let r = probe.check(&sys_path, &modules);
+        assert!(r.findings.is_empty(), "no false alarm on overlayfs: {:?}", r.findings);
+        assert_eq!(probe.dev_modes.get(&DevId { major: 0, minor: 0x99 }), Some(&DevMode::InodeOnly));
+        assert!(probe.check(&sys_path, &[]).findings.is_empty());
+        // replaced through the overlay: maps keeps the old path without " (deleted)"
+        std::fs::write(site.join("pkg/new.so"), b"\x7fELF new").unwrap();
+        std::fs::rename(site.join("pkg/new.so"), &so).unwrap();
+        let r = probe.check(&sys_path, &[]);
+        assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+        assert_eq!(r.findings[0].severity, Severity::RestartRequired);
+        assert!(r.findings[0].change.contains("mapped files replaced on disk"), "{}", r.findings[0].change);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     /// A fake site directory with one native "distribution", a fake maps file, and the whole

@@ -190,6 +190,7 @@ impl Facts {
                 out.push(p.clone());
             }
         }
+        out.sort();
         out
     }
 }
