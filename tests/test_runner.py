@@ -117,9 +117,21 @@ def test_install_refusal_becomes_one_skip_row_with_the_gates_reason(temp_checks,
     assert report.verdict is Status.PASS  # a SKIP neither raises nor lowers the verdict
 
 
-def test_checks_with_satisfied_needs_run(temp_checks, decoder, tmp_path):
-    temp_checks("t_needs_ok", lambda ctx: iter([ctx.row(Status.PASS, "ran", 1)]), needs=("numpy",))
+def test_checks_run_after_the_gate_allows_their_needs(temp_checks, decoder, tmp_path, monkeypatch):
+    """The gate itself is tested with real installs elsewhere; here: the runner asks it first,
+    with the check's requirements, and runs the check when it returns."""
+    import tbkit.install
+
+    order = []
+    monkeypatch.setattr(tbkit.install, "ensure", lambda *needs, **kw: order.append(("ensure", needs)))
+
+    def check(ctx):
+        order.append(("check", ()))
+        yield ctx.row(Status.PASS, "ran", 1)
+
+    temp_checks("t_needs_ok", check, needs=("numpy", "tqdm"))
     report = tbkit.run(decoder, checks="t_needs_ok", out_dir=tmp_path, progress=False)
+    assert order == [("ensure", ("numpy", "tqdm")), ("check", ())]
     assert [(r.metric, r.status.value) for r in report.rows] == [("ran", "PASS")]
 
 
