@@ -828,7 +828,13 @@ fn canonical_lenient(p: &Path) -> PathBuf {
 fn compare_build_ids(paths: &[PathBuf], loaded: &HashMap<PathBuf, Vec<u8>>) -> (bool, Option<String>) {
     let mut compared = 0;
     for p in paths {
-        let Some(mem) = loaded.get(p) else { continue }; // data files mapped with mmap: no ELF
+        let Some(mem) = loaded.get(p) else {
+            if is_native(p) {
+                // a library whose loaded copy carries no build-id proves nothing either way
+                return (false, Some(format!("{} has no build-id in memory to compare", p.display())));
+            }
+            continue; // a data file mapped with mmap
+        };
         match elf::build_id_of_file(p) {
             Ok(Some(disk)) if &disk == mem => compared += 1,
             Ok(Some(_)) => return (false, Some(format!("build-id of {} differs from the loaded copy", p.display()))),
