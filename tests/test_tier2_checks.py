@@ -381,9 +381,15 @@ def test_attribution_without_embedding_is_skipped():
 # through the runner
 # ------------------------------------------------------------------------------------------
 @needs_captum
-def test_runner_flags_the_leaky_decoder_in_tier1_and_tier2(tmp_path):
+def test_runner_flags_the_leaky_decoder_in_tier1_and_tier2(tmp_path, monkeypatch):
+    """Through tbkit.run. The gate is stood in for by a recorder: this pytest process shares the
+    machine with others whose installs the probe rightly reports (the gate would then refuse), and
+    the real gate path is tested in isolated venvs in test_tier2_gate.py."""
     import tbkit
+    import tbkit.install
 
+    asked = []
+    monkeypatch.setattr(tbkit.install, "ensure", lambda *needs, **kw: asked.append(needs))
     report = tbkit.run(zoo.loaded(zoo.build(zoo.LeakyMaskDecoder)), checks=["causal", "attention", "attribution"],
                        out_dir=tmp_path, progress=False)
     failed = {r.check for r in report.rows if r.status is Status.FAIL}
@@ -392,6 +398,7 @@ def test_runner_flags_the_leaky_decoder_in_tier1_and_tier2(tmp_path):
     healthy = tbkit.run(zoo.loaded(zoo.build(zoo.HealthyDecoder)), tiers=(2,), out_dir=tmp_path / "h", progress=False)
     assert {r.check for r in healthy.rows} == set(CHECKS)
     assert not [r for r in healthy.rows if r.status in (Status.FAIL, Status.ERROR)], healthy.rows
+    assert asked == [("captum>=0.9",), ("captum>=0.9",)]  # the runner asked the gate before attribution
 
 
 # ------------------------------------------------------------------------------------------
