@@ -7,7 +7,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # each test starts the real command in a fresh interpreter
 
 LEAKY = textwrap.dedent("""
     import torch

@@ -193,6 +193,7 @@ def test_provenance_is_printed_first(tmp_path, capsys):
     assert "model code from models:HealthyDecoder" in out
 
 
+@pytest.mark.slow
 def test_tier1_runs_without_pip_and_imports_no_tier2_3_libraries(tmp_path):
     """In a fresh interpreter: any subprocess start fails loudly, and after a full Tier 1 run
     captum, lightning and optuna are not imported. The libraries Colab already has loaded are

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from models import loaded  # noqa: E402
 
 FAST = {"speed_seconds_per_point": 0.02}
+pytestmark = pytest.mark.slow  # three full Tier 1 runs
 
 
 def _no_fail(report):

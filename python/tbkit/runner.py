@@ -110,6 +110,8 @@ def resolve_device(device=None, module=None):
         devices = {p.device for p in module.parameters()}
         if len(devices) == 1 and next(iter(devices)).type != "cpu":
             return next(iter(devices))
+        if len(devices) > 1:  # spread over devices (device_map): inputs go where the first layer is
+            return next(module.parameters()).device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -180,7 +182,9 @@ def run(
     home = {p.device for p in params}
     dtype = params[0].dtype if params else None
     flags = [(m, m.training) for m in lm.module.modules()]
-    moved = home != {dev}
+    # a model spread over several devices stays where it is; a model on one device is moved to
+    # the chosen one for the run and moved back afterwards
+    moved = len(home) == 1 and home != {dev}
     if moved:
         lm.module.to(dev)
     report = Report(lm, out, environment(dev, dtype), run={
@@ -206,7 +210,7 @@ def run(
     finally:
         for m, flag in flags:
             m.training = flag
-        if moved and len(home) == 1:
+        if moved:
             lm.module.to(next(iter(home)))
     report.finish()
     return report
