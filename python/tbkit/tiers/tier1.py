@@ -356,6 +356,29 @@ def padding(ctx: CheckContext):
                     ": padding changes the real positions, so the attention_mask is not honoured. Turn it into "
                     "a key padding mask (e.g. src_key_padding_mask = attention_mask == 0) in every attention layer"))
 
+        if lm.kind == "decoder":
+            # Batched generation pads on the left. Values may legitimately shift there (absolute
+            # positions move), so only finiteness is judged: causal mask + left padding makes the
+            # pad queries' rows fully masked, and under no_grad fused paths turn that into NaN
+            # that spreads to real positions (CHECKS.md "Known traps"). A warning, not a failure:
+            # right padding, the criterion above, is what training uses.
+            left = torch.cat([torch.full((1, T - L), int(lm.pad_token_id), device=dev), ids[1:2, :L]], dim=1)
+            left_mask = torch.cat([torch.zeros(1, T - L, dtype=mask.dtype, device=dev), ones], dim=1)
+            metric = "left padding, real positions finite (no_grad)"
+            try:
+                out = inp.forward(lm, left, left_mask, mode="no_grad", seed=ctx.seed)
+            except Exception as err:
+                yield ctx.row(WARN, metric, None, "finite", f"a left-padded input raised {_exc(err)}: batched "
+                              "generation pads on the left")
+                return
+            if bool(torch.isfinite(out[0, T - L:]).all()):
+                yield ctx.row(PASS, metric, "finite", "finite", f"{T - L} pads then {L} real tokens: real positions finite")
+            else:
+                yield ctx.row(WARN, metric, "NaN/Inf", "finite", (
+                    f"{T - L} pads then {L} real tokens gives NaN/Inf in real positions: the pads' attention rows "
+                    "are fully masked (causal + padding). Batched generation pads on the left; let every query see "
+                    "at least itself, or use a large finite negative instead of -inf"))
+
 
 # ------------------------------------------------------------------------------------------
 # stability
