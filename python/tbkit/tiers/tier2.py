@@ -237,8 +237,6 @@ def _map_stats(m) -> dict:
 
 def _redundant_pairs(w):
     """Head pairs whose maps' departure from uniform attention has cosine > REDUNDANT_COSINE."""
-    import torch
-
     visible = (w > 0).float()
     uniform = visible / visible.sum(dim=-1, keepdim=True).clamp_min(1.0)
     dev = (w - uniform).permute(1, 0, 2, 3).reshape(w.shape[1], -1)  # (H, everything)
@@ -400,8 +398,6 @@ def find_input_embedding(model):
 # ---------------------------------------------------------------------------------------------
 @register("robustness", tier=2, summary="token substitution at 1/5/10/20 % of positions: KL and top-1 agreement elsewhere")
 def check_robustness(ctx: CheckContext) -> Iterator[Row]:
-    import torch
-
     model = ctx.model
     if int(model.vocab_size) < 2:
         yield ctx.row(Status.SKIP, "agreement", None, "", "a vocabulary of one token cannot be substituted")
@@ -477,7 +473,6 @@ def _positions_to_compare(kind: str, positions, length: int, out_len: int):
 
 def _compare(clean, out, keep, logits: bool):
     """(agreement, mean KL or nan, number of positions compared)."""
-    import torch
     import torch.nn.functional as F
 
     n = int(keep.sum())
