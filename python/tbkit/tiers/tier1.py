@@ -227,6 +227,8 @@ def batch_equivalence(ctx: CheckContext):
 # ------------------------------------------------------------------------------------------
 @register("causal", tier=1, summary="decoders: changing token s must not move outputs at t < s (grad, no_grad, inference_mode)")
 def causal(ctx: CheckContext):
+    import torch
+
     lm, dev = ctx.model, ctx.device
     if lm.kind == "encoder":
         yield ctx.row(SKIP, "causality", None, "", (
@@ -255,6 +257,11 @@ def causal(ctx: CheckContext):
             metric = f"max change at t < s ({mode})"
             try:
                 base = run(ids, mode)
+                if not bool(torch.isfinite(base).all()):
+                    yield ctx.row(FAIL, metric, float("nan"), f"<= {tol:.0e}", (
+                        f"the outputs hold NaN/Inf at length {T} under {mode}, so causality cannot be judged "
+                        "(see stability)"))
+                    continue
                 worst, leak, moved_at_s = 0.0, None, False
                 for s in positions:
                     x = ids.clone()
@@ -333,6 +340,11 @@ def padding(ctx: CheckContext):
                 out2 = inp.forward(lm, repadded, mask, mode=mode, seed=ctx.seed, **batch_args)
             except Exception as err:
                 yield ctx.row(FAIL, metric, None, f"<= {tol:.0e}", f"a right-padded batch raised under {mode}: {_exc(err)}")
+                continue
+            if not bool(torch.isfinite(alone).all()):
+                yield ctx.row(FAIL, metric, float("nan"), "finite", (
+                    f"the outputs hold NaN/Inf for {L} tokens without any padding under {mode}, so padding "
+                    "cannot be judged (see stability)"))
                 continue
             if not (torch.isfinite(real(out)).all() and torch.isfinite(out[0]).all()):
                 yield ctx.row(FAIL, metric, float("nan"), "finite", (
@@ -507,7 +519,10 @@ def init(ctx: CheckContext):
         L0 = float(loss)
         detail = (f"{what} on random tokens: L0 = {_fmt(L0)}, ln V = {ln_v:.3f} (a fresh model should predict "
                   "close to uniform; for a trained model this comparison does not apply)")
-        if not math.isfinite(L0) or L0 > 2 * ln_v:
+        if not math.isfinite(L0):
+            yield ctx.row(FAIL, "loss at init", L0, f"<= 2 ln V = {2 * ln_v:.3f}",
+                          detail + ": the loss is not finite because the outputs hold NaN/Inf (see stability)")
+        elif L0 > 2 * ln_v:
             yield ctx.row(FAIL, "loss at init", L0, f"<= 2 ln V = {2 * ln_v:.3f}", detail + (
                 ": the initial predictions are confidently wrong, usually weights or logits scaled far too large "
                 "(e.g. std >> 1/sqrt(fan_in)); use a small init such as normal(0, 0.02) for the LM head"))
