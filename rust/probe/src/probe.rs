@@ -74,6 +74,8 @@ struct Top {
     canonical: String,
     version: Option<String>,
     owner: Owner,
+    /// The top-level module has a file (a regular package or module, not a namespace).
+    has_init: bool,
 }
 
 struct Tracked {
@@ -136,6 +138,8 @@ pub struct Probe {
     watched: Vec<(PathBuf, Option<DirStamp>)>,
     watched_set: HashSet<PathBuf>,
     force_maps: bool,
+    /// Second-level package `__init__`s, tracked when their top turns out to be a namespace.
+    pending_children: Vec<(usize, PathBuf, PathBuf)>,
 }
 
 const NATIVE_SUFFIXES: [&str; 4] = [".so", ".pyd", ".dylib", ".sl"];
@@ -174,6 +178,12 @@ impl Probe {
         self.update_sys_path(sys_path);
         for m in modules {
             self.ingest(m);
+        }
+        for (top, file, rel) in std::mem::take(&mut self.pending_children) {
+            if !self.tops[top].has_init && self.tracked_paths.insert(file.clone()) {
+                let first = file_id(&file).map_err(|e| e.kind());
+                self.tracked.push(Tracked { path: file, top, rel, first, native: false, dist: None });
+            }
         }
         // Reading /proc/self/maps costs the kernel ~0.3 ms with torch loaded. Skip it when nothing
         // can have changed: no new module, and every watched directory (the site directories and
@@ -293,8 +303,20 @@ impl Probe {
         if is_top_module && m.version.is_some() {
             self.tops[top].version = m.version.clone();
         }
+        if is_top_module {
+            self.tops[top].has_init = true;
+        }
         let native = is_native(file);
-        // Track the top-level module file and every extension module; PROBE.md: ~150 paths.
+        // Track the top-level module file and every extension module (PROBE.md: ~150 paths), and
+        // in a namespace package shared by several distributions (`cuda/`, `google/`, `nvidia/`),
+        // each second-level package's `__init__`, which is where one distribution starts.
+        // (sys.modules order does not always put a parent first, so decide after the batch.)
+        let maybe_namespace_child =
+            m.name.matches('.').count() == 1 && file.file_name().map(|n| n == "__init__.py").unwrap_or(false);
+        if maybe_namespace_child && !is_top_module && !native {
+            self.pending_children.push((top, file.clone(), rel.to_path_buf()));
+            return;
+        }
         if (is_top_module || native) && self.tracked_paths.insert(file.clone()) {
             let first = file_id(file).map_err(|e| e.kind());
             self.tracked.push(Tracked { path: file.clone(), top, rel: rel.to_path_buf(), first, native, dist: None });
@@ -313,6 +335,7 @@ impl Probe {
             module_name,
             version: None,
             owner: Owner::Unresolved,
+            has_init: false,
         });
         let t = self.tops.len() - 1;
         self.top_index.insert((root, comp.to_string()), t);
@@ -494,7 +517,7 @@ impl Probe {
         let mut facts: HashMap<String, Facts> = HashMap::new();
         for t in &self.tracked {
             let Some(Some(dist)) = &t.dist else { continue };
-            let f = facts.entry(dist.clone()).or_default();
+            let f = facts_for(&mut facts, dist);
             f.native |= t.native;
             // An extension module that maps shows on a device where maps is decisive needs no
             // stat: its deletion or replacement shows up in maps (handled below).
@@ -521,7 +544,7 @@ impl Probe {
         }
         for m in self.mapped.values() {
             let Some(Some(dist)) = &m.dist else { continue };
-            let f = facts.entry(dist.clone()).or_default();
+            let f = facts_for(&mut facts, dist);
             f.native = true;
             if let Some(s) = &m.signal {
                 f.signals.push(s.clone());
@@ -793,6 +816,14 @@ impl Probe {
         v.sort();
         v
     }
+}
+
+/// The facts of one distribution, allocating its key only the first time (this runs per file).
+fn facts_for<'a>(facts: &'a mut HashMap<String, Facts>, dist: &str) -> &'a mut Facts {
+    if !facts.contains_key(dist) {
+        facts.insert(dist.to_string(), Facts::default());
+    }
+    facts.get_mut(dist).expect("inserted above")
 }
 
 /// A dist-info of that canonical name in the root, now or when first listed.
