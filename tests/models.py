@@ -240,20 +240,27 @@ BROKEN = (LeakyMaskDecoder, IsCausalNoMaskDecoder, PaddingIgnoringEncoder, Unuse
           NaNForLongInputsDecoder, DropoutInEvalDecoder, BatchMixingDecoder, WildInitDecoder)
 
 
-def loaded(module: nn.Module, kind: str | None = None, *, max_len: int | None = MAX_LEN,
-           vocab_size: int | None = None):
-    """A tbkit LoadedModel for a zoo model (or any small module), built directly so the checks'
-    tests do not depend on the loader's inference; ``kind`` defaults to the class's KIND."""
-    from tbkit.sources.loaded import LoadedModel, Provenance
+_AS_LOADED = object()
+
+
+def loaded(module: nn.Module, kind: str | None = None, *, max_len=_AS_LOADED, vocab_size: int | None = None):
+    """A tbkit LoadedModel for a zoo model (or any small module), through ``tbkit.load`` as a user
+    gets it; ``kind`` defaults to the class's KIND, and ``max_len`` / ``vocab_size`` may be
+    overridden to exercise the checks' handling of other model facts."""
+    import dataclasses
+
+    import tbkit
 
     kind = kind or getattr(type(module), "KIND", None)
     if kind is None:
         raise ValueError(f"say which kind {type(module).__name__} is")
-    if vocab_size is None:
-        vocab_size = next(m for m in module.modules() if isinstance(m, nn.Embedding)).num_embeddings
-    where = f"{type(module).__module__}:{type(module).__qualname__}"
-    return LoadedModel(module=module, config={}, kind=kind, kind_reason="declared", vocab_size=int(vocab_size),
-                       max_len=max_len, provenance=Provenance(source="module", location=where))
+    lm = tbkit.load(module, kind=kind)
+    changes = {}
+    if max_len is not _AS_LOADED:
+        changes["max_len"] = max_len
+    if vocab_size is not None:
+        changes["vocab_size"] = int(vocab_size)
+    return dataclasses.replace(lm, **changes) if changes else lm
 
 
 def build(cls, seed: int = 0, **kw) -> nn.Module:
