@@ -33,6 +33,7 @@ LEAKY = textwrap.dedent("""
             x = self.tok(input_ids) + self.pos(torch.arange(T, device=input_ids.device))
             leaky = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=2)  # should be 1
             a, _ = self.attn(x, x, x, attn_mask=leaky, need_weights=False)
+            print("debug print left in forward")  # must not spoil --json output
             return self.head(x + a)
 """)
 
@@ -64,6 +65,12 @@ def test_a_broken_model_exits_1_and_names_the_failing_rows(tmp_path):
     assert "FAIL  causal: max change at t < s (no_grad): changing input token" in out
     assert "report: tbkit-report/report.html" in out  # the default output folder
     assert (tmp_path / "tbkit-report" / "report.html").is_file()
+
+    proc = tbkit_cmd("run", "leaky.py", "--kind", "decoder", "--checks", "causal", "--json", "--out", "j",
+                     cwd=tmp_path)
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)  # the model's own prints went to stderr
+    assert data["verdict"] == "FAIL" and "debug print left in forward" in proc.stderr
 
 
 def test_usage_and_loading_errors_exit_2_with_one_paragraph(tmp_path):

@@ -5,6 +5,7 @@ With --json only the report JSON goes to stdout; provenance, progress and the su
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 
@@ -50,9 +51,12 @@ def main(args) -> int:
         if value is not None:
             options[key] = value
     load_options = {"revision": args.revision} if args.revision is not None else None
-    report = tbkit.run(args.source, tiers=tiers, checks=args.checks, kind=args.kind, device=args.device,
-                       out_dir=args.out, seed=args.seed, options=options, progress=not args.no_progress,
-                       stream=info, load_options=load_options)
+    # with --json, anything else that writes to stdout (a print in the model's forward, a library)
+    # is sent to stderr, so stdout stays one JSON document
+    with contextlib.redirect_stdout(info):
+        report = tbkit.run(args.source, tiers=tiers, checks=args.checks, kind=args.kind, device=args.device,
+                           out_dir=args.out, seed=args.seed, options=options, progress=not args.no_progress,
+                           stream=info, load_options=load_options)
     if args.json:
         print(report.to_json())
     print(report.summary_text(), file=info)
