@@ -226,3 +226,12 @@ def test_default_out_dir_is_tbkit_report_in_the_working_directory(tmp_path, monk
     assert report.json_path == Path("tbkit-report") / "report.json"
     assert (tmp_path / "tbkit-report" / "report.html").is_file()
     os.chdir(ROOT)
+
+
+def test_runner_report_and_tier1_modules_import_nothing_heavy():
+    """`tbkit run --help` and `import tbkit` stay fast: torch, pandas, matplotlib load on use."""
+    code = ("import sys, tbkit.runner, tbkit.report, tbkit.commands.run, tbkit.tiers.tier1, tbkit.tiers.inputs; "
+            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'numpy', 'tqdm') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
