@@ -198,3 +198,17 @@ def test_build_id_helpers():
     if Path(path).exists():
         assert _probe.build_id(path) == hexid
     assert _probe.build_id(__file__) is None  # not an ELF file
+
+
+def test_loaded_distributions_spell_versions_as_the_dist_info_does(tmp_path):
+    # like torch: __version__ "2.15.0+cu132", METADATA "2.15.0"; pip pins must use the latter
+    fake = FakeSite(tmp_path)
+    (fake.site / "fakepure" / "__init__.py").write_text("__version__ = '1.0+cu999'\n")
+    fake.load()
+    try:
+        probe = integrity.new_probe(maps_path=str(fake.maps))
+        assert integrity.report_of(probe).ok  # 1.0+cu999 loaded vs 1.0 on disk is no change
+        loaded = probe.loaded_distributions()
+        assert loaded["fakepure"] == "1.0" and loaded["fakenative"] == "1.0"
+    finally:
+        fake.unload()

@@ -206,7 +206,10 @@ def first_restart_report() -> Optional[IntegrityReport]:
 
 def loaded_distributions() -> dict:
     """Canonical distribution name -> version, for every installed distribution with at least one
-    module in ``sys.modules``. Reads dist-info files only; imports nothing."""
+    module in ``sys.modules``. The version is spelled as the dist-info's METADATA spells it (what
+    pip compares pins with) whenever it agrees with the loaded ``__version__``; otherwise the
+    loaded version (and ``check()`` then reports the mismatch). Reads dist-info files only;
+    imports nothing."""
     if _PROBE is None:
         take_baseline()
     return dict(_PROBE.loaded_distributions())

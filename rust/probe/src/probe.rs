@@ -808,7 +808,15 @@ impl Probe {
             if !f.dist_info_at_first_sight && !f.dist_info_present {
                 continue; // not an installed distribution
             }
-            if let Some(v) = f.loaded_version.or(f.disk_version) {
+            // The dist-info's own spelling when it agrees with what is loaded: that is what pip
+            // compares a pin with (torch's `__version__` says 2.15.0+cu132, its METADATA 2.15.0,
+            // and a pin with a local label would not match the installed 2.15.0).
+            let version = match (&f.loaded_version, &f.disk_version) {
+                (Some(l), Some(d)) if distinfo::versions_match(l, d) => Some(d.clone()),
+                (Some(l), _) => Some(l.clone()),
+                (None, d) => d.clone(),
+            };
+            if let Some(v) = version {
                 out.insert(d, v);
             }
         }
