@@ -193,7 +193,6 @@ def run(
         "seed": seed,
         "options": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                     for k, v in (options or {}).items()},
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("tbkit") else None,
     })
     ctx = CheckContext(model=lm, device=dev, out_dir=out, seed=seed, options=dict(options or {}),
                        figures=report.figures)
