@@ -38,6 +38,13 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+/// One `sys.path` entry: as given, as a byte prefix for module files, and its root.
+struct SysPathEntry {
+    given: PathBuf,
+    prefix: Vec<u8>,
+    root: Option<usize>,
+}
+
 struct Root {
     path: PathBuf,
     excluded: bool,
@@ -122,10 +129,10 @@ enum DevMode {
 #[derive(Default)]
 pub struct Probe {
     config: Config,
-    sys_path: Vec<(PathBuf, Option<usize>)>,
+    sys_path: Vec<SysPathEntry>,
     roots: Vec<Root>,
     tops: Vec<Top>,
-    top_index: HashMap<(usize, String), usize>,
+    top_index: HashMap<usize, HashMap<String, usize>>,
     tracked: Vec<Tracked>,
     tracked_paths: HashSet<PathBuf>,
     mapped: HashMap<(DevId, u64), Mapped>,
@@ -243,14 +250,24 @@ impl Probe {
     }
 
     fn update_sys_path(&mut self, sys_path: &[PathBuf]) {
-        if self.sys_path.len() == sys_path.len() && self.sys_path.iter().zip(sys_path).all(|(a, b)| &a.0 == b) {
+        if self.sys_path.len() == sys_path.len() && self.sys_path.iter().zip(sys_path).all(|(a, b)| &a.given == b) {
             return;
         }
         let mut entries = Vec::with_capacity(sys_path.len());
-        for raw in sys_path {
-            let raw = if raw.as_os_str().is_empty() { PathBuf::from(".") } else { raw.clone() };
+        for given in sys_path {
+            // "" is the current directory; module files under it are absolute paths
+            let raw = if given.as_os_str().is_empty() {
+                std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+            } else {
+                given.clone()
+            };
             let root = std::fs::canonicalize(&raw).ok().filter(|c| c.is_dir()).map(|canon| self.root_for(canon));
-            entries.push((raw, root));
+            let mut prefix = path_bytes(&raw).to_vec();
+            let sep = std::path::MAIN_SEPARATOR as u8;
+            if prefix.last() != Some(&sep) {
+                prefix.push(sep);
+            }
+            entries.push(SysPathEntry { given: given.clone(), prefix, root });
         }
         self.sys_path = entries;
     }
@@ -280,18 +297,18 @@ impl Probe {
     fn ingest(&mut self, m: &ModuleInfo) {
         let Some(file) = &m.file else { return };
         // The longest sys.path entry that holds the file decides the root (site-packages lies
-        // inside the standard library directory).
-        let mut best: Option<(usize, &Path, usize)> = None;
-        for (raw, root) in &self.sys_path {
-            let Some(root) = root else { continue };
-            if let Ok(rel) = file.strip_prefix(raw) {
-                let depth = raw.components().count();
-                if best.map(|b| depth > b.2).unwrap_or(true) {
-                    best = Some((*root, rel, depth));
-                }
+        // inside the standard library directory). Byte prefixes: this runs once per module.
+        let bytes = path_bytes(file);
+        let mut best: Option<(usize, usize)> = None;
+        for e in &self.sys_path {
+            let Some(root) = e.root else { continue };
+            if bytes.starts_with(&e.prefix) && best.map(|b| e.prefix.len() > b.1).unwrap_or(true) {
+                best = Some((root, e.prefix.len()));
             }
         }
-        let Some((root, rel, _)) = best else { return };
+        let Some((root, cut)) = best else { return };
+        let rel = crate::paths::bytes_to_path(&bytes[cut..]);
+        let rel = rel.as_path();
         if self.roots[root].excluded && !self.roots[root].is_site() {
             return;
         }
@@ -324,7 +341,7 @@ impl Probe {
     }
 
     fn top_for(&mut self, root: usize, comp: &str, is_dir: bool) -> usize {
-        if let Some(&t) = self.top_index.get(&(root, comp.to_string())) {
+        if let Some(&t) = self.top_index.get(&root).and_then(|m| m.get(comp)) {
             return t;
         }
         let module_name = module_name_of(comp, is_dir);
@@ -338,7 +355,7 @@ impl Probe {
             has_init: false,
         });
         let t = self.tops.len() - 1;
-        self.top_index.insert((root, comp.to_string()), t);
+        self.top_index.entry(root).or_default().insert(comp.to_string(), t);
         t
     }
 
@@ -824,6 +841,17 @@ impl Probe {
         v.sort();
         v
     }
+}
+
+#[cfg(unix)]
+fn path_bytes(p: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes()
+}
+
+#[cfg(not(unix))]
+fn path_bytes(p: &Path) -> &[u8] {
+    p.to_str().map(str::as_bytes).unwrap_or(&[])
 }
 
 /// The facts of one distribution, allocating its key only the first time (this runs per file).
