@@ -39,6 +39,23 @@ def test_train_copies_the_model_and_reports_epochs(tmp_path):
     assert res.global_step == len(res.step_metrics) and res.precision == "32-true"
 
 
+def test_train_leaves_the_callers_random_state_alone(tmp_path):
+    import random
+
+    import numpy as np
+
+    lm = loaded(build(HealthyDecoder))  # build() seeds torch itself: before the snapshot
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    tbkit.train(lm, synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16,
+                checkpoint_dir=tmp_path / "ck", seed=123)
+    assert random.getstate() == before[0]
+    assert np.array_equal(np.random.get_state()[1], before[1])
+    assert torch.equal(torch.get_rng_state(), before[2])
+
+
 def test_in_place_trains_the_callers_model(tmp_path):
     lm = loaded(build(HealthyDecoder))
     w0 = lm.module.head.weight.detach().clone()

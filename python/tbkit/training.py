@@ -109,8 +109,10 @@ def evaluate(loaded, data, batch_size: int = 32, device=None) -> float:
 
     from tbkit.data import lm_loss
 
-    device = pick_device(device)
     module = loaded.module
+    # where the weights are (Lightning moves a model back to the CPU when fit ends), else as asked
+    params = list(module.parameters())
+    device = params[0].device if params else pick_device(device)
     was_training = module.training
     module.eval()
     total, count = 0.0, 0
@@ -243,7 +245,7 @@ def quiet_lightning():
 class FitOutcome:
     trainer: Any
     history: Any
-    checkpoint_dir: Path
+    checkpoint_dir: Optional[Path]  # None when no checkpoints were kept
     resumed_from: Optional[Path]
     resumed_step: Optional[int]
     precision: str
@@ -262,7 +264,6 @@ def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float
 
     device = pick_device(device)
     precision = precision_for(device)
-    pl.seed_everything(seed, workers=True, verbose=False)
     g = torch.Generator().manual_seed(seed)
     train_ds = torch.utils.data.TensorDataset(train_data.input_ids, train_data.attention_mask)
     val_ds = torch.utils.data.TensorDataset(val_data.input_ids, val_data.attention_mask)
@@ -273,8 +274,9 @@ def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float
     lit = classes["CausalLM"](loaded, lr, weight_decay, warmup_steps, total)
     history = classes["History"]()
     cbs = [history, *callbacks]
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="tbkit-train-"))
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if save_checkpoints:
+        ckdir = ckdir if ckdir is not None else Path(tempfile.mkdtemp(prefix="tbkit-train-"))
         ckdir.mkdir(parents=True, exist_ok=True)
         # the latest state (for resume) and the best by validation loss
         cbs.append(ModelCheckpoint(dirpath=ckdir, filename="latest-{epoch}-{step}", save_last=True, save_top_k=1,
@@ -294,7 +296,11 @@ def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float
             enable_checkpointing=save_checkpoints, enable_progress_bar=progress, enable_model_summary=False,
             num_sanity_val_steps=0, deterministic=False,
         )
-    with quiet_lightning():
+    # Seed torch for this run only: the caller's global RNG state (torch, and numpy / random, which
+    # Lightning's seed_everything would also reset) is left as it was.
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with quiet_lightning(), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
         try:
             trainer.fit(lit, train_dl, val_dl, ckpt_path=str(resume_path) if resume_path else None)
         except RuntimeError as err:
@@ -374,7 +380,7 @@ def train(model_or_source, data=None, *, epochs: int = 3, batch_size: int = 16, 
     epochs_df = pd.DataFrame(out.history.epochs, columns=["epoch", "step", "train_loss", "val_loss", "val_ppl"])
     vals = [v for v in epochs_df["val_loss"].tolist() if v == v] + [final]
     notes = list(td.notes) + [f"train {len(train_data)} blocks, validation {len(val_data)} blocks of {block} tokens"]
-    ckpts = sorted(p for p in out.checkpoint_dir.glob("*.ckpt"))
+    ckpts = sorted(out.checkpoint_dir.glob("*.ckpt"))
     work.module.eval()
     return TrainResult(
         model=work.module, metrics=epochs_df, checkpoints=ckpts, best_val_loss=min(vals), synthetic=td.synthetic,

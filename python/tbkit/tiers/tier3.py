@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from pathlib import Path
 from typing import Iterator
 
 from tbkit.tiers import inputs
@@ -163,7 +164,7 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
         yield skip
         return
     data, synthetic = got
-    ckdir = None if ctx.out_dir is None else ctx.out_dir / "checkpoints" / "train"
+    ckdir = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / "train"
     result = training.train(
         ctx.model, data, synthetic=synthetic, epochs=int(_opt(ctx, "train_epochs", 2)),
         batch_size=int(_opt(ctx, "batch_size", 16)), lr=float(_opt(ctx, "lr", 1e-3)),
