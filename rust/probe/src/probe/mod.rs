@@ -12,8 +12,13 @@ use std::path::{Path, PathBuf};
 use crate::distinfo::{self, canonicalize, DistInfoDir, Listing};
 use crate::elf;
 use crate::identity::{dir_stamp, file_id, DevId, DirStamp, FileId};
-use crate::maps;
 use crate::verdict::{Facts, Finding, Severity, Signal};
+
+mod mapped;
+mod owners;
+
+use mapped::DevMode;
+use owners::stash_matches;
 
 /// One module from `sys.modules`, read from its `__dict__` only.
 #[derive(Debug, Clone)]
@@ -116,16 +121,6 @@ struct DistState {
     degraded: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DevMode {
-    /// maps and stat agree on this device: maps alone is decisive.
-    Direct,
-    /// overlayfs-style: maps shows another device for the same inode; compare inodes only.
-    InodeOnly,
-    /// maps and stat disagree on device and inode: compare stat against the first stat.
-    StatOnly,
-}
-
 #[derive(Default)]
 pub struct Probe {
     config: Config,
@@ -163,15 +158,6 @@ fn module_name_of(comp: &str, is_dir: bool) -> String {
         return comp.to_string();
     }
     comp.split('.').next().unwrap_or(comp).to_string()
-}
-
-/// Strip pip's AdjacentTempDirectory prefix: `~umpy` matches `numpy`, `~-mpy` matches `numpy`.
-fn stash_matches(stash: &str, name: &str) -> bool {
-    if !stash.starts_with('~') || stash.chars().count() != name.chars().count() || name.starts_with('~') {
-        return false;
-    }
-    let rest = stash.trim_start_matches(|c: char| "~-.=%0123456789".contains(c));
-    !rest.is_empty() && name.ends_with(rest)
 }
 
 impl Probe {
@@ -217,36 +203,6 @@ impl Probe {
         // same clock tick as a change proves nothing: read once more next time in both cases
         self.force_maps = self.watched.len() != known
             || self.watched.iter().any(|(_, st)| st.map(|s| s.is_recent()).unwrap_or(true));
-    }
-
-    /// Watch the site directories and every directory between them and a mapped library.
-    fn watch_new_dirs(&mut self) {
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for r in &self.roots {
-            if !r.excluded || r.is_site() {
-                dirs.push(r.path.clone());
-            }
-        }
-        for m in self.mapped.values() {
-            let root = &self.roots[self.tops[m.top].root].path;
-            let mut dir = m.first_path.parent();
-            while let Some(d) = dir {
-                if !d.starts_with(root) {
-                    break;
-                }
-                dirs.push(d.to_path_buf());
-                if d == root.as_path() {
-                    break;
-                }
-                dir = d.parent();
-            }
-        }
-        for d in dirs {
-            if self.watched_set.insert(d.clone()) {
-                let stamp = dir_stamp(&d).ok();
-                self.watched.push((d, stamp));
-            }
-        }
     }
 
     fn update_sys_path(&mut self, sys_path: &[PathBuf]) {
@@ -357,134 +313,6 @@ impl Probe {
         let t = self.tops.len() - 1;
         self.top_index.entry(root).or_default().insert(comp.to_string(), t);
         t
-    }
-
-    fn maps_text(&mut self) -> Option<Vec<u8>> {
-        let path = match &self.config.maps_path {
-            Some(p) => p.clone(),
-            None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/maps"),
-            None => return None,
-        };
-        let mut text = Vec::with_capacity(self.maps_capacity);
-        match std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut text)) {
-            Ok(_) => {
-                self.maps_capacity = text.len() + 16 * 1024;
-                self.maps_error = None;
-                Some(text)
-            }
-            Err(e) => {
-                self.maps_error = Some(format!(
-                    "cannot read {} ({e}): deleted or moved mapped libraries cannot be seen; file identity and version checks still ran",
-                    path.display()
-                ));
-                None
-            }
-        }
-    }
-
-    /// Which root (longest prefix) a canonical path lies under, with its first component.
-    fn locate(&self, path: &Path) -> Option<(usize, String, PathBuf)> {
-        let mut best: Option<(usize, usize)> = None;
-        for (i, r) in self.roots.iter().enumerate() {
-            if r.excluded && !r.is_site() {
-                continue;
-            }
-            if path.starts_with(&r.path) {
-                let depth = r.path.as_os_str().len();
-                if best.map(|b| depth > b.1).unwrap_or(true) {
-                    best = Some((i, depth));
-                }
-            }
-        }
-        let (root, _) = best?;
-        let rel = path.strip_prefix(&self.roots[root].path).ok()?;
-        let first = rel.components().next()?.as_os_str().to_str()?.to_string();
-        Some((root, first, rel.to_path_buf()))
-    }
-
-    fn scan_maps(&mut self) {
-        let Some(text) = self.maps_text() else { return };
-        for line in text.split(|&b| b == b'\n') {
-            let Some((dev, inode, raw_path, deleted)) = maps::parse_line_raw(line) else { continue };
-            let key = (dev, inode);
-            if self.unrelated_maps.contains(&key) {
-                continue;
-            }
-            let mode = self.dev_modes.get(&dev).copied();
-            if let Some(m) = self.mapped.get(&key) {
-                // Steady state: same path, same flag, a device where maps is decisive.
-                if m.last_raw == raw_path && m.last_deleted == deleted && mode == Some(DevMode::Direct) {
-                    continue;
-                }
-            }
-            let path = maps::decode_path(raw_path);
-            if !self.mapped.contains_key(&key) {
-                let Some((root, comp, rel)) = self.locate(&path) else {
-                    self.unrelated_maps.insert(key);
-                    continue;
-                };
-                let top = self.top_for(root, &comp, rel.components().count() > 1);
-                let first_stat = if deleted { None } else { file_id(&path).ok() };
-                let maps_id = FileId { dev, ino: inode };
-                if let Some(st) = first_stat {
-                    let mode = if st == maps_id || st.dev == maps_id.dev {
-                        DevMode::Direct // same device (another inode is a real replacement, judged below)
-                    } else if st.ino == maps_id.ino {
-                        DevMode::InodeOnly
-                    } else {
-                        DevMode::StatOnly
-                    };
-                    self.dev_modes.entry(dev).or_insert(mode);
-                }
-                self.mapped.insert(
-                    key,
-                    Mapped { first_path: path.clone(), top, rel, maps_id, first_stat, signal: None, last_raw: Vec::new(), last_deleted: false, dist: None },
-                );
-            }
-            let mode = self.dev_modes.get(&dev).copied();
-            let root_path = &self.roots[self.tops[self.mapped[&key].top].root].path;
-            let stashed = path
-                .strip_prefix(root_path)
-                .ok()
-                .and_then(|rel| rel.components().next())
-                .and_then(|c| c.as_os_str().to_str())
-                .map(|c| c.starts_with('~'))
-                .unwrap_or(false);
-            let m = self.mapped.get_mut(&key).expect("inserted above");
-            m.last_raw = raw_path.to_vec();
-            m.last_deleted = deleted;
-            let signal = if deleted {
-                Some(Signal::MappedDeleted(m.first_path.clone()))
-            } else if stashed {
-                Some(Signal::MappedStashed(path.clone()))
-            } else {
-                match mode {
-                    Some(DevMode::Direct) if m.first_stat.map(|s| s.dev == m.maps_id.dev).unwrap_or(true) => {
-                        // maps is decisive here; the one stat at first sight catches a
-                        // replacement that happened before the probe existed.
-                        if m.first_stat.map(|s| s != m.maps_id).unwrap_or(false) {
-                            Some(Signal::MappedReplaced(path.clone()))
-                        } else {
-                            None
-                        }
-                    }
-                    _ => match file_id(&path) {
-                        Err(_) => Some(Signal::MappedReplaced(path.clone())),
-                        Ok(now) => {
-                            let same = match mode {
-                                Some(DevMode::InodeOnly) => now.ino == m.maps_id.ino,
-                                _ => Some(now) == m.first_stat,
-                            };
-                            (!same).then(|| Signal::MappedReplaced(path.clone()))
-                        }
-                    },
-                }
-            };
-            // A mapping signal, once seen, stays: the old code is still what runs.
-            if m.signal.is_none() {
-                m.signal = signal;
-            }
-        }
     }
 
     /// Compare everything with disk now.
@@ -630,97 +458,6 @@ impl Probe {
         root.owner_index = None;
     }
 
-    /// Which distribution provides a top: a dist-info of the same name, else top_level.txt /
-    /// RECORD of the site directory; `X.libs` belongs to `X`; `~umpy` is pip's stash of `numpy`.
-    fn resolve(&mut self, t: usize) -> Owner {
-        let (root, comp, name) = (self.tops[t].root, self.tops[t].comp.clone(), self.tops[t].module_name.clone());
-        if comp.starts_with('~') {
-            if let Some(other) = (0..self.tops.len()).find(|&o| self.tops[o].root == root && stash_matches(&comp, &self.tops[o].comp)) {
-                return self.resolve(other);
-            }
-            return Owner::Nobody;
-        }
-        let canon = canonicalize(&name);
-        let by_name = |r: &Root| has_dist_info(r, &canon);
-        if by_name(&self.roots[root]) || (!self.roots[root].is_site() && self.roots.iter().any(by_name)) {
-            return Owner::Dist(canon);
-        }
-        // `numpy.libs` (auditwheel's vendored libraries) belongs to `numpy`
-        if let Some(base) = comp.strip_suffix(".libs") {
-            let base_canon = canonicalize(base);
-            if self.roots.iter().any(|r| has_dist_info(r, &base_canon)) || self.roots[root].is_site() {
-                return Owner::Dist(base_canon);
-            }
-        }
-        if self.roots[root].is_site() {
-            let index = self.owner_index(root);
-            let claimants = index.get(&comp).or_else(|| index.get(&name)).cloned().unwrap_or_default();
-            match claimants.len() {
-                0 => {}
-                1 => return Owner::Dist(claimants[0].clone()),
-                _ => return Owner::Ambiguous(claimants),
-            }
-        }
-        if self.roots[root].is_site() {
-            // No dist-info claims it (e.g. uninstalled before the probe existed): report it under
-            // its own name rather than lose it.
-            Owner::Dist(canon)
-        } else {
-            Owner::Nobody
-        }
-    }
-
-    fn owner_index(&mut self, root: usize) -> &HashMap<String, Vec<String>> {
-        let r = &mut self.roots[root];
-        if r.owner_index.is_none() {
-            let mut index: HashMap<String, Vec<String>> = HashMap::new();
-            if let Some(listing) = &r.listing {
-                for di in listing.dist_infos.values() {
-                    if let Ok(tops) = distinfo::provided_tops(&r.path.join(&di.dir_name)) {
-                        for t in tops {
-                            let claim = index.entry(t).or_default();
-                            if !claim.contains(&di.canonical) {
-                                claim.push(di.canonical.clone());
-                            }
-                        }
-                    }
-                }
-            }
-            r.owner_index = Some(index);
-        }
-        r.owner_index.as_ref().unwrap()
-    }
-
-    /// The distribution owning one file under a top (per-file only for shared namespaces).
-    fn owner_of(&mut self, top: usize, rel: &Path) -> Option<String> {
-        match self.tops[top].owner.clone() {
-            Owner::Dist(d) => Some(d),
-            Owner::Nobody | Owner::Unresolved => None,
-            Owner::Ambiguous(claimants) => {
-                let root = self.tops[top].root;
-                let key = (root, rel.to_path_buf());
-                if let Some(o) = self.file_owner.get(&key) {
-                    return o.clone();
-                }
-                let mut found = None;
-                for c in &claimants {
-                    let r = &mut self.roots[root];
-                    if !r.records.contains_key(c) {
-                        let dir = r.listing.as_ref().and_then(|l| l.dist_infos.get(c)).map(|d| r.path.join(&d.dir_name));
-                        let paths = dir.and_then(|d| distinfo::record_paths(&d).ok()).unwrap_or_default();
-                        r.records.insert(c.clone(), paths.into_iter().collect());
-                    }
-                    if r.records[c].contains(rel) {
-                        found = Some(c.clone());
-                        break;
-                    }
-                }
-                self.file_owner.insert(key, found.clone());
-                found
-            }
-        }
-    }
-
     fn fill_dist_facts(&mut self, dist: &str, f: &mut Facts) {
         // loaded version: `__version__` of a top-level module named like the distribution
         for t in &self.tops {
@@ -860,12 +597,6 @@ fn facts_for<'a>(facts: &'a mut HashMap<String, Facts>, dist: &str) -> &'a mut F
         facts.insert(dist.to_string(), Facts::default());
     }
     facts.get_mut(dist).expect("inserted above")
-}
-
-/// A dist-info of that canonical name in the root, now or when first listed.
-fn has_dist_info(r: &Root, canon: &str) -> bool {
-    r.first_listing.as_ref().map(|l| l.dist_infos.contains_key(canon)).unwrap_or(false)
-        || r.listing.as_ref().map(|l| l.dist_infos.contains_key(canon)).unwrap_or(false)
 }
 
 fn refresh_listing(root: &mut Root) {

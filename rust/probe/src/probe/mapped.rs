@@ -1,0 +1,183 @@
+//! The memory map side of the probe: reading `/proc/self/maps`, attributing mapped libraries to
+//! site directories, the overlayfs calibration, and the directory stamps that let a check skip
+//! the (kernel-expensive) maps read when nothing on disk moved.
+
+use std::path::{Path, PathBuf};
+
+use super::{Mapped, Probe};
+use crate::identity::{dir_stamp, file_id, FileId};
+use crate::maps;
+use crate::verdict::Signal;
+
+/// How far maps can be trusted on one device, learned at first sight (overlayfs calibration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DevMode {
+    /// maps and stat agree on this device: maps alone is decisive.
+    Direct,
+    /// overlayfs-style: maps shows another device for the same inode; compare inodes only.
+    InodeOnly,
+    /// maps and stat disagree on device and inode: compare stat against the first stat.
+    StatOnly,
+}
+
+
+impl Probe {
+    /// Watch the site directories and every directory between them and a mapped library.
+    pub(super) fn watch_new_dirs(&mut self) {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for r in &self.roots {
+            if !r.excluded || r.is_site() {
+                dirs.push(r.path.clone());
+            }
+        }
+        for m in self.mapped.values() {
+            let root = &self.roots[self.tops[m.top].root].path;
+            let mut dir = m.first_path.parent();
+            while let Some(d) = dir {
+                if !d.starts_with(root) {
+                    break;
+                }
+                dirs.push(d.to_path_buf());
+                if d == root.as_path() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        for d in dirs {
+            if self.watched_set.insert(d.clone()) {
+                let stamp = dir_stamp(&d).ok();
+                self.watched.push((d, stamp));
+            }
+        }
+    }
+
+    pub(super) fn maps_text(&mut self) -> Option<Vec<u8>> {
+        let path = match &self.config.maps_path {
+            Some(p) => p.clone(),
+            None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/maps"),
+            None => return None,
+        };
+        let mut text = Vec::with_capacity(self.maps_capacity);
+        match std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut text)) {
+            Ok(_) => {
+                self.maps_capacity = text.len() + 16 * 1024;
+                self.maps_error = None;
+                Some(text)
+            }
+            Err(e) => {
+                self.maps_error = Some(format!(
+                    "cannot read {} ({e}): deleted or moved mapped libraries cannot be seen; file identity and version checks still ran",
+                    path.display()
+                ));
+                None
+            }
+        }
+    }
+
+    /// Which root (longest prefix) a canonical path lies under, with its first component.
+    pub(super) fn locate(&self, path: &Path) -> Option<(usize, String, PathBuf)> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, r) in self.roots.iter().enumerate() {
+            if r.excluded && !r.is_site() {
+                continue;
+            }
+            if path.starts_with(&r.path) {
+                let depth = r.path.as_os_str().len();
+                if best.map(|b| depth > b.1).unwrap_or(true) {
+                    best = Some((i, depth));
+                }
+            }
+        }
+        let (root, _) = best?;
+        let rel = path.strip_prefix(&self.roots[root].path).ok()?;
+        let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+        Some((root, first, rel.to_path_buf()))
+    }
+
+    pub(super) fn scan_maps(&mut self) {
+        let Some(text) = self.maps_text() else { return };
+        for line in text.split(|&b| b == b'\n') {
+            let Some((dev, inode, raw_path, deleted)) = maps::parse_line_raw(line) else { continue };
+            let key = (dev, inode);
+            if self.unrelated_maps.contains(&key) {
+                continue;
+            }
+            let mode = self.dev_modes.get(&dev).copied();
+            if let Some(m) = self.mapped.get(&key) {
+                // Steady state: same path, same flag, a device where maps is decisive.
+                if m.last_raw == raw_path && m.last_deleted == deleted && mode == Some(DevMode::Direct) {
+                    continue;
+                }
+            }
+            let path = maps::decode_path(raw_path);
+            if !self.mapped.contains_key(&key) {
+                let Some((root, comp, rel)) = self.locate(&path) else {
+                    self.unrelated_maps.insert(key);
+                    continue;
+                };
+                let top = self.top_for(root, &comp, rel.components().count() > 1);
+                let first_stat = if deleted { None } else { file_id(&path).ok() };
+                let maps_id = FileId { dev, ino: inode };
+                if let Some(st) = first_stat {
+                    let mode = if st == maps_id || st.dev == maps_id.dev {
+                        DevMode::Direct // same device (another inode is a real replacement, judged below)
+                    } else if st.ino == maps_id.ino {
+                        DevMode::InodeOnly
+                    } else {
+                        DevMode::StatOnly
+                    };
+                    self.dev_modes.entry(dev).or_insert(mode);
+                }
+                self.mapped.insert(
+                    key,
+                    Mapped { first_path: path.clone(), top, rel, maps_id, first_stat, signal: None, last_raw: Vec::new(), last_deleted: false, dist: None },
+                );
+            }
+            let mode = self.dev_modes.get(&dev).copied();
+            let root_path = &self.roots[self.tops[self.mapped[&key].top].root].path;
+            let stashed = path
+                .strip_prefix(root_path)
+                .ok()
+                .and_then(|rel| rel.components().next())
+                .and_then(|c| c.as_os_str().to_str())
+                .map(|c| c.starts_with('~'))
+                .unwrap_or(false);
+            let m = self.mapped.get_mut(&key).expect("inserted above");
+            m.last_raw = raw_path.to_vec();
+            m.last_deleted = deleted;
+            let signal = if deleted {
+                Some(Signal::MappedDeleted(m.first_path.clone()))
+            } else if stashed {
+                Some(Signal::MappedStashed(path.clone()))
+            } else {
+                match mode {
+                    Some(DevMode::Direct) if m.first_stat.map(|s| s.dev == m.maps_id.dev).unwrap_or(true) => {
+                        // maps is decisive here; the one stat at first sight catches a
+                        // replacement that happened before the probe existed.
+                        if m.first_stat.map(|s| s != m.maps_id).unwrap_or(false) {
+                            Some(Signal::MappedReplaced(path.clone()))
+                        } else {
+                            None
+                        }
+                    }
+                    _ => match file_id(&path) {
+                        Err(_) => Some(Signal::MappedReplaced(path.clone())),
+                        Ok(now) => {
+                            let same = match mode {
+                                Some(DevMode::InodeOnly) => now.ino == m.maps_id.ino,
+                                _ => Some(now) == m.first_stat,
+                            };
+                            (!same).then(|| Signal::MappedReplaced(path.clone()))
+                        }
+                    },
+                }
+            };
+            // A mapping signal, once seen, stays: the old code is still what runs.
+            if m.signal.is_none() {
+                m.signal = signal;
+            }
+        }
+    }
+
+}
