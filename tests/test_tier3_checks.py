@@ -177,3 +177,9 @@ def test_tbkit_run_tier3_cli_trains_on_a_text_file(tmp_path, capsys):
     best = next(r for r in rows if r["metric"] == "best_val_loss")
     assert best["status"] == "PASS"
     assert (tmp_path / "rep" / "checkpoints" / "train" / "last.ckpt").is_file()
+
+
+def test_baseline_rebuilds_per_seed_only_when_the_constructor_gives_the_same_architecture():
+    assert tier3._fresh_builder(HealthyDecoder()) is HealthyDecoder
+    # built with other sizes than its defaults: cls() would make another model, so no rebuild
+    assert tier3._fresh_builder(HealthyDecoder(vocab=50)) is None

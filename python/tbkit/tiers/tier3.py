@@ -311,22 +311,26 @@ def check_baseline(ctx: CheckContext) -> Iterator[Row]:
 
 
 def _fresh_builder(module):
-    """A zero-argument constructor for the model's class, or None (then seeds cannot re-init it)."""
+    """A zero-argument constructor for the model's class when calling it rebuilds the SAME
+    architecture (every parameter of the same shape), else None: then seeds cannot re-init it.
+    A constructor whose defaults differ from how this model was built (sizes from a config) would
+    silently compare another model, so it is tried once and checked."""
+    import torch
+
+    cls = type(module)
     try:
-        sig = inspect.signature(type(module).__init__)
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     except (TypeError, ValueError):
         return None
-    params = list(sig.parameters.values())[1:]
-    if all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
-        cls = type(module)
-
-        def build():
-            try:
-                return cls()
-            except Exception:  # a constructor we cannot call on our own: fall back, said in the row
-                return copy.deepcopy(module)
-        return build
-    return None
+    if not all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            trial = cls()
+    except Exception:  # a constructor we cannot call on our own: the row says seeds keep the weights
+        return None
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    return cls if shapes(trial) == shapes(module) else None
 
 
 # ---- the reference decoder -------------------------------------------------------------------
