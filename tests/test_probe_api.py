@@ -184,7 +184,7 @@ def test_first_restart_report_is_sticky(fake, tmp_path):
 
 
 def test_import_tbkit_is_light():
-    code = "import sys, tbkit; print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'numpy') if m in sys.modules))"
+    code = "import sys, tbkit; print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -212,3 +212,14 @@ def test_loaded_distributions_spell_versions_as_the_dist_info_does(tmp_path):
         assert loaded["fakepure"] == "1.0" and loaded["fakenative"] == "1.0"
     finally:
         fake.unload()
+
+
+def test_a_failing_probe_becomes_a_degraded_finding():
+    class Broken:
+        def check(self):
+            raise RuntimeError("boom")
+
+    report = integrity.report_of(Broken())
+    (finding,) = report.findings
+    assert finding.severity == "probe_degraded" and "boom" in finding.change
+    assert not report.ok and not report.restart_required

@@ -17,7 +17,7 @@ from tbkit import _probe
 
 SEVERITIES = ("restart_required", "changed_pure_python", "benign", "probe_degraded")
 
-# Test hook (and a escape hatch for odd systems): read this file instead of /proc/self/maps.
+# Test hook (and an escape hatch for odd systems): read this file instead of /proc/self/maps.
 MAPS_ENV = "TBKIT_PROBE_MAPS"
 
 RESTART_ADVICE = (
@@ -159,23 +159,34 @@ def new_probe(maps_path: Optional[str] = None):
     return _probe.Probe(maps_path, _stdlib_dirs())
 
 
+_START_ERROR: Optional[str] = None  # why the process-wide probe could not start, if it could not
+
+# A Rust panic surfaces as pyo3's PanicException, a BaseException: catch those too, but never
+# swallow an interrupt or an exit.
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
 def take_baseline() -> None:
     """Record the identity of every loaded module file, mapped library and dist-info directory.
     Cheap; called by ``import tbkit``. Later checks extend it with modules imported since."""
-    global _PROBE
+    global _PROBE, _START_ERROR
     try:
         if _PROBE is None:
             _PROBE = new_probe()
         _PROBE.observe()
-    except Exception:  # noqa: BLE001 - the probe must never break `import tbkit`; check() reports it
-        pass
+    except _PASS_THROUGH:
+        raise
+    except BaseException as err:  # noqa: BLE001 - never break `import tbkit`; check() reports it
+        _START_ERROR = repr(err)
 
 
 def report_of(probe) -> IntegrityReport:
     """Run one probe's check and wrap the result; never raises."""
     try:
         raw = probe.check()
-    except Exception as err:  # noqa: BLE001 - degrade, never raise
+    except _PASS_THROUGH:
+        raise
+    except BaseException as err:  # noqa: BLE001 - degrade, never raise
         return IntegrityReport(
             findings=[Finding("(probe)", None, None, f"the integrity probe failed: {err!r}", [], "probe_degraded")]
         )
@@ -190,7 +201,8 @@ def check() -> IntegrityReport:
         take_baseline()
     if _PROBE is None:
         report = IntegrityReport(
-            findings=[Finding("(probe)", None, None, "the integrity probe could not start", [], "probe_degraded")]
+            findings=[Finding("(probe)", None, None, f"the integrity probe could not start ({_START_ERROR})", [],
+                              "probe_degraded")]
         )
     else:
         report = report_of(_PROBE)
@@ -212,4 +224,6 @@ def loaded_distributions() -> dict:
     imports nothing."""
     if _PROBE is None:
         take_baseline()
+    if _PROBE is None:
+        raise RuntimeError(f"the integrity probe could not start ({_START_ERROR})")
     return dict(_PROBE.loaded_distributions())
