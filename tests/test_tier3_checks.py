@@ -183,3 +183,20 @@ def test_baseline_rebuilds_per_seed_only_when_the_constructor_gives_the_same_arc
     assert tier3._fresh_builder(HealthyDecoder()) is HealthyDecoder
     # built with other sizes than its defaults: cls() would make another model, so no rebuild
     assert tier3._fresh_builder(HealthyDecoder(vocab=50)) is None
+
+
+class NaNLogitsDecoder(InputBlindDecoder):
+    """Trainable, but every logit is NaN: no trial can complete."""
+
+    def forward(self, input_ids, attention_mask=None):
+        return super().forward(input_ids) * float("nan")
+
+
+def test_hpo_fails_when_no_trial_completes():
+    pytest.importorskip("optuna_integration", reason="optuna-integration is a tier3 extra")
+    pytest.importorskip("lightning", reason="lightning is a tier3 extra")
+    ctx = _ctx(loaded(build(NaNLogitsDecoder)), "hpo", synthetic=True, max_len=16, hpo_trials=2, hpo_epochs=1)
+    rows = _rows(tier3.check_hpo, ctx)
+    row = rows["trials_completed"]
+    assert row.status is Status.FAIL and row.value == 0
+    assert "0 completed" in row.detail and "best_val_loss" not in rows
