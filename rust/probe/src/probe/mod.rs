@@ -422,7 +422,7 @@ impl Probe {
                     .mapped
                     .values()
                     .filter(|m| matches!(&m.dist, Some(Some(d)) if d == dist))
-                    .map(|m| m.first_path.clone())
+                    .map(|m| self.unstashed(m))
                     .collect();
                 let (equal, note) = compare_build_ids(&paths, &loaded_ids);
                 f.build_ids_equal = Some(equal);
@@ -456,6 +456,21 @@ impl Probe {
         }
         refresh_listing(root);
         root.owner_index = None;
+    }
+
+    /// Where a mapped library was loaded from: a probe created after pip moved `numpy/` to its
+    /// `~umpy/` stash first saw the stash path; the library was loaded (and its build-id is
+    /// keyed) under `numpy/`.
+    fn unstashed(&self, m: &Mapped) -> PathBuf {
+        let top = &self.tops[m.top];
+        if !top.comp.starts_with('~') {
+            return m.first_path.clone();
+        }
+        let root = top.root;
+        match self.tops.iter().find(|t| t.root == root && stash_matches(&top.comp, &t.comp)) {
+            Some(orig) => self.roots[root].path.join(&orig.comp).join(m.rel.strip_prefix(&top.comp).unwrap_or(&m.rel)),
+            None => m.first_path.clone(),
+        }
     }
 
     fn fill_dist_facts(&mut self, dist: &str, f: &mut Facts) {
