@@ -46,8 +46,12 @@ fn os_string(obj: &Bound<'_, PyAny>) -> Option<PathBuf> {
 }
 
 fn read_sys_path(py: Python<'_>) -> Vec<PathBuf> {
-    let Some(path) = sys_object(py, c"path") else { return Vec::new() };
-    let Ok(list) = path.cast::<PyList>() else { return Vec::new() };
+    let Some(path) = sys_object(py, c"path") else {
+        return Vec::new();
+    };
+    let Ok(list) = path.cast::<PyList>() else {
+        return Vec::new();
+    };
     list.iter().filter_map(|item| os_string(&item)).collect()
 }
 
@@ -55,13 +59,19 @@ impl Probe {
     /// Modules added to `sys.modules` since the last call.
     fn new_modules(&mut self, py: Python<'_>) -> Vec<ModuleInfo> {
         let mut out = Vec::new();
-        let Some(modules) = sys_object(py, c"modules") else { return out };
-        let Ok(modules) = modules.cast::<PyDict>() else { return out };
+        let Some(modules) = sys_object(py, c"modules") else {
+            return out;
+        };
+        let Ok(modules) = modules.cast::<PyDict>() else {
+            return out;
+        };
         // First a read-only pass over the live dict: type checks and pointer lookups only, which
         // run no Python code, so the dict cannot change under us. Usually nothing is new and we
         // are done without copying.
         let any_new = modules.iter().any(|(_, v)| {
-            !v.is_none() && v.is_instance_of::<PyModule>() && !self.seen.contains(&(v.as_ptr() as usize))
+            !v.is_none()
+                && v.is_instance_of::<PyModule>()
+                && !self.seen.contains(&(v.as_ptr() as usize))
         });
         if !any_new {
             return out;
@@ -83,7 +93,10 @@ impl Probe {
             if self.seen.contains(&ptr) {
                 continue;
             }
-            let Ok(name) = key.cast::<PyString>().map(|s| s.to_string_lossy().into_owned()) else {
+            let Ok(name) = key
+                .cast::<PyString>()
+                .map(|s| s.to_string_lossy().into_owned())
+            else {
                 skipped.not_module += 1;
                 continue;
             };
@@ -108,11 +121,18 @@ impl Probe {
                 None
             } else {
                 match dict.get_item(intern!(py, "__version__")) {
-                    Ok(Some(v)) if v.is_instance_of::<PyString>() => v.cast::<PyString>().ok().map(|s| s.to_string_lossy().into_owned()),
+                    Ok(Some(v)) if v.is_instance_of::<PyString>() => v
+                        .cast::<PyString>()
+                        .ok()
+                        .map(|s| s.to_string_lossy().into_owned()),
                     _ => None,
                 }
             };
-            out.push(ModuleInfo { name, file, version });
+            out.push(ModuleInfo {
+                name,
+                file,
+                version,
+            });
         }
         self.skipped.none = skipped.none;
         self.skipped.not_module = skipped.not_module;
@@ -143,7 +163,10 @@ impl Probe {
     #[new]
     #[pyo3(signature = (maps_path=None, exclude=Vec::new()))]
     fn new(maps_path: Option<PathBuf>, exclude: Vec<PathBuf>) -> Self {
-        let exclude = exclude.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
+        let exclude = exclude
+            .into_iter()
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+            .collect();
         Probe {
             core: CoreProbe::new(Config { maps_path, exclude }),
             seen: HashSet::new(),
@@ -171,10 +194,16 @@ impl Probe {
         let mut notes = report.notes;
         let s = self.skipped;
         if s.not_module > 0 {
-            notes.push(format!("{} entries of sys.modules are not modules; skipped", s.not_module));
+            notes.push(format!(
+                "{} entries of sys.modules are not modules; skipped",
+                s.not_module
+            ));
         }
         if s.odd_file > 0 {
-            notes.push(format!("{} modules have a __file__ that is not a path string; skipped", s.odd_file));
+            notes.push(format!(
+                "{} modules have a __file__ that is not a path string; skipped",
+                s.odd_file
+            ));
         }
         let out = PyDict::new(py);
         out.set_item("findings", findings)?;

@@ -105,7 +105,11 @@ pub fn record_top_components(record: &str) -> Vec<String> {
 }
 
 pub fn parse_top_level(text: &str) -> Vec<String> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| l.split('/').next().unwrap_or(l).to_string()).collect()
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('/').next().unwrap_or(l).to_string())
+        .collect()
 }
 
 /// One `*.dist-info` directory found in a site directory.
@@ -134,7 +138,11 @@ pub fn list_site_dir(dir: &Path) -> io::Result<Listing> {
             let canonical = canonicalize(dist);
             listing.dist_infos.insert(
                 canonical.clone(),
-                DistInfoDir { canonical, dir_name: name.to_string(), version_in_name: version.to_string() },
+                DistInfoDir {
+                    canonical,
+                    dir_name: name.to_string(),
+                    version_in_name: version.to_string(),
+                },
             );
         } else if name.starts_with('~') {
             listing.stash.push(name.to_string());
@@ -162,7 +170,11 @@ pub fn provided_tops(dist_info: &Path) -> io::Result<Vec<String>> {
 /// distributions, e.g. `nvidia/`).
 pub fn record_paths(dist_info: &Path) -> io::Result<Vec<PathBuf>> {
     let text = fs::read_to_string(dist_info.join("RECORD"))?;
-    Ok(text.lines().filter_map(record_path).map(PathBuf::from).collect())
+    Ok(text
+        .lines()
+        .filter_map(record_path)
+        .map(PathBuf::from)
+        .collect())
 }
 
 /// Compare versions loosely enough that `2026.05.20` equals `2026.5.20` and `2.15.0+cu132`
@@ -245,8 +257,14 @@ mod tests {
 
     #[test]
     fn dist_info_dir_names() {
-        assert_eq!(parse_dist_info_name("numpy-2.0.2.dist-info"), Some(("numpy", "2.0.2")));
-        assert_eq!(parse_dist_info_name("nvidia_cublas_cu12-12.4.5.8.dist-info"), Some(("nvidia_cublas_cu12", "12.4.5.8")));
+        assert_eq!(
+            parse_dist_info_name("numpy-2.0.2.dist-info"),
+            Some(("numpy", "2.0.2"))
+        );
+        assert_eq!(
+            parse_dist_info_name("nvidia_cublas_cu12-12.4.5.8.dist-info"),
+            Some(("nvidia_cublas_cu12", "12.4.5.8"))
+        );
         assert_eq!(parse_dist_info_name("numpy.libs"), None);
         assert_eq!(parse_dist_info_name("-1.dist-info"), None);
     }
@@ -254,21 +272,44 @@ mod tests {
     #[test]
     fn metadata_version_header_only() {
         let text = "Metadata-Version: 2.1\r\nName: numpy\r\nVersion: 2.0.2\r\nSummary: x\r\n\r\nVersion: 9.9 in the body\n";
-        assert_eq!(metadata_field(text.as_bytes(), "Version").unwrap().as_deref(), Some("2.0.2"));
-        assert_eq!(metadata_field(text.as_bytes(), "name").unwrap().as_deref(), Some("numpy"));
+        assert_eq!(
+            metadata_field(text.as_bytes(), "Version")
+                .unwrap()
+                .as_deref(),
+            Some("2.0.2")
+        );
+        assert_eq!(
+            metadata_field(text.as_bytes(), "name").unwrap().as_deref(),
+            Some("numpy")
+        );
         let body_only = "Name: x\n\nVersion: 1\n";
-        assert_eq!(metadata_field(body_only.as_bytes(), "Version").unwrap(), None);
+        assert_eq!(
+            metadata_field(body_only.as_bytes(), "Version").unwrap(),
+            None
+        );
     }
 
     #[test]
     fn record_lines() {
-        assert_eq!(record_path("numpy/__init__.py,sha256=abc,123").as_deref(), Some("numpy/__init__.py"));
-        assert_eq!(record_path("numpy-2.0.2.dist-info/RECORD,,").as_deref(), Some("numpy-2.0.2.dist-info/RECORD"));
-        assert_eq!(record_path("\"odd, \"\"name\"\".py\",sha256=x,1").as_deref(), Some("odd, \"name\".py"));
+        assert_eq!(
+            record_path("numpy/__init__.py,sha256=abc,123").as_deref(),
+            Some("numpy/__init__.py")
+        );
+        assert_eq!(
+            record_path("numpy-2.0.2.dist-info/RECORD,,").as_deref(),
+            Some("numpy-2.0.2.dist-info/RECORD")
+        );
+        assert_eq!(
+            record_path("\"odd, \"\"name\"\".py\",sha256=x,1").as_deref(),
+            Some("odd, \"name\".py")
+        );
         assert_eq!(record_path("\"unterminated,sha256=x,1"), None);
         assert_eq!(record_path(""), None);
         let record = "numpy/__init__.py,sha256=a,1\nnumpy.libs/libx.so,sha256=b,2\n../../bin/f2py,sha256=c,3\nnumpy-2.0.2.dist-info/METADATA,,\nnumpy/_core/x.so,,\n";
-        assert_eq!(record_top_components(record), vec!["numpy".to_string(), "numpy.libs".to_string()]);
+        assert_eq!(
+            record_top_components(record),
+            vec!["numpy".to_string(), "numpy.libs".to_string()]
+        );
     }
 
     #[test]
@@ -295,14 +336,28 @@ mod tests {
         fs::create_dir_all(dir.join("numpy-2.0.2.dist-info")).unwrap();
         fs::create_dir_all(dir.join("~umpy")).unwrap();
         fs::create_dir_all(dir.join("numpy")).unwrap();
-        fs::write(dir.join("numpy-2.0.2.dist-info/METADATA"), "Name: numpy\nVersion: 2.0.2\n\nbody").unwrap();
-        fs::write(dir.join("numpy-2.0.2.dist-info/RECORD"), "numpy/__init__.py,,\nnumpy.libs/a.so,,\n").unwrap();
+        fs::write(
+            dir.join("numpy-2.0.2.dist-info/METADATA"),
+            "Name: numpy\nVersion: 2.0.2\n\nbody",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("numpy-2.0.2.dist-info/RECORD"),
+            "numpy/__init__.py,,\nnumpy.libs/a.so,,\n",
+        )
+        .unwrap();
         let listing = list_site_dir(&dir).unwrap();
         assert_eq!(listing.dist_infos["numpy"].version_in_name, "2.0.2");
         assert_eq!(listing.stash, vec!["~umpy".to_string()]);
         let di = dir.join("numpy-2.0.2.dist-info");
-        assert_eq!(read_metadata_version(&di).unwrap().as_deref(), Some("2.0.2"));
-        assert_eq!(provided_tops(&di).unwrap(), vec!["numpy".to_string(), "numpy.libs".to_string()]);
+        assert_eq!(
+            read_metadata_version(&di).unwrap().as_deref(),
+            Some("2.0.2")
+        );
+        assert_eq!(
+            provided_tops(&di).unwrap(),
+            vec!["numpy".to_string(), "numpy.libs".to_string()]
+        );
         fs::write(di.join("top_level.txt"), "numpy\n").unwrap();
         assert_eq!(provided_tops(&di).unwrap(), vec!["numpy".to_string()]);
         fs::remove_dir_all(&dir).unwrap();

@@ -17,15 +17,27 @@ pub struct Layout {
 
 fn u16_at(b: &[u8], off: usize, l: Layout) -> Option<u16> {
     let s: [u8; 2] = b.get(off..off + 2)?.try_into().ok()?;
-    Some(if l.little { u16::from_le_bytes(s) } else { u16::from_be_bytes(s) })
+    Some(if l.little {
+        u16::from_le_bytes(s)
+    } else {
+        u16::from_be_bytes(s)
+    })
 }
 fn u32_at(b: &[u8], off: usize, l: Layout) -> Option<u32> {
     let s: [u8; 4] = b.get(off..off + 4)?.try_into().ok()?;
-    Some(if l.little { u32::from_le_bytes(s) } else { u32::from_be_bytes(s) })
+    Some(if l.little {
+        u32::from_le_bytes(s)
+    } else {
+        u32::from_be_bytes(s)
+    })
 }
 fn u64_at(b: &[u8], off: usize, l: Layout) -> Option<u64> {
     let s: [u8; 8] = b.get(off..off + 8)?.try_into().ok()?;
-    Some(if l.little { u64::from_le_bytes(s) } else { u64::from_be_bytes(s) })
+    Some(if l.little {
+        u64::from_le_bytes(s)
+    } else {
+        u64::from_be_bytes(s)
+    })
 }
 
 /// Find the GNU build-id in a blob of ELF notes (`align` is the segment's alignment, 4 or 8).
@@ -60,13 +72,26 @@ pub fn build_id_of_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
     if n < 52 || &header[..4] != b"\x7fELF" {
         return Ok(None);
     }
-    let layout = Layout { is64: header[4] == 2, little: header[5] == 1 };
-    let (phoff, phentsize, phnum) = if layout.is64 {
-        (u64_at(&header, 0x20, layout), u16_at(&header, 0x36, layout), u16_at(&header, 0x38, layout))
-    } else {
-        (u32_at(&header, 0x1c, layout).map(u64::from), u16_at(&header, 0x2a, layout), u16_at(&header, 0x2c, layout))
+    let layout = Layout {
+        is64: header[4] == 2,
+        little: header[5] == 1,
     };
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else { return Ok(None) };
+    let (phoff, phentsize, phnum) = if layout.is64 {
+        (
+            u64_at(&header, 0x20, layout),
+            u16_at(&header, 0x36, layout),
+            u16_at(&header, 0x38, layout),
+        )
+    } else {
+        (
+            u32_at(&header, 0x1c, layout).map(u64::from),
+            u16_at(&header, 0x2a, layout),
+            u16_at(&header, 0x2c, layout),
+        )
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
+        return Ok(None);
+    };
     let mut phdrs = vec![0u8; phentsize as usize * phnum as usize];
     f.seek(SeekFrom::Start(phoff))?;
     if read_up_to(&mut f, &mut phdrs)? < phdrs.len() {
@@ -74,7 +99,9 @@ pub fn build_id_of_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
     for i in 0..phnum as usize {
         let ph = &phdrs[i * phentsize as usize..(i + 1) * phentsize as usize];
-        let Some((ptype, offset, size, align)) = program_header(ph, layout) else { continue };
+        let Some((ptype, offset, size, align)) = program_header(ph, layout) else {
+            continue;
+        };
         if ptype != PT_NOTE || size > (1 << 20) {
             continue;
         }
@@ -91,9 +118,19 @@ pub fn build_id_of_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
 /// (type, file offset, file size, alignment) of one program header.
 fn program_header(ph: &[u8], l: Layout) -> Option<(u32, u64, u64, u64)> {
     if l.is64 {
-        Some((u32_at(ph, 0, l)?, u64_at(ph, 8, l)?, u64_at(ph, 32, l)?, u64_at(ph, 48, l)?))
+        Some((
+            u32_at(ph, 0, l)?,
+            u64_at(ph, 8, l)?,
+            u64_at(ph, 32, l)?,
+            u64_at(ph, 48, l)?,
+        ))
     } else {
-        Some((u32_at(ph, 0, l)?, u32_at(ph, 4, l)? as u64, u32_at(ph, 16, l)? as u64, u32_at(ph, 28, l)? as u64))
+        Some((
+            u32_at(ph, 0, l)?,
+            u32_at(ph, 4, l)? as u64,
+            u32_at(ph, 16, l)? as u64,
+            u32_at(ph, 28, l)? as u64,
+        ))
     }
 }
 
@@ -115,7 +152,11 @@ pub fn loaded_build_ids() -> Vec<(std::path::PathBuf, Vec<u8>)> {
     use std::ffi::CStr;
     use std::os::raw::{c_int, c_void};
 
-    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut c_void) -> c_int {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut c_void,
+    ) -> c_int {
         let out = &mut *(data as *mut Vec<(std::path::PathBuf, Vec<u8>)>);
         let info = &*info;
         if info.dlpi_name.is_null() || info.dlpi_phdr.is_null() {
@@ -125,7 +166,10 @@ pub fn loaded_build_ids() -> Vec<(std::path::PathBuf, Vec<u8>)> {
         if name.is_empty() {
             return 0;
         }
-        let layout = Layout { is64: cfg!(target_pointer_width = "64"), little: cfg!(target_endian = "little") };
+        let layout = Layout {
+            is64: cfg!(target_pointer_width = "64"),
+            little: cfg!(target_endian = "little"),
+        };
         for i in 0..info.dlpi_phnum as usize {
             let ph = &*info.dlpi_phdr.add(i);
             if ph.p_type != libc::PT_NOTE {
@@ -178,23 +222,39 @@ mod tests {
         v
     }
 
-    const LE64: Layout = Layout { is64: true, little: true };
+    const LE64: Layout = Layout {
+        is64: true,
+        little: true,
+    };
 
     #[test]
     fn finds_build_id_after_other_notes() {
         let mut blob = note(b"GNU\0", 5, &[1, 2, 3, 4, 5, 6, 7, 8]); // a .note.gnu.property-like note
         blob.extend(note(b"stapsdt\0", 3, &[9; 6])); // type 3 but not "GNU": ignored
-        blob.extend(note(b"GNU\0", NT_GNU_BUILD_ID, &[0xc8, 0x94, 0xe5, 0x57, 0x07]));
-        assert_eq!(gnu_build_id_in_notes(&blob, LE64, 4), Some(vec![0xc8, 0x94, 0xe5, 0x57, 0x07]));
+        blob.extend(note(
+            b"GNU\0",
+            NT_GNU_BUILD_ID,
+            &[0xc8, 0x94, 0xe5, 0x57, 0x07],
+        ));
+        assert_eq!(
+            gnu_build_id_in_notes(&blob, LE64, 4),
+            Some(vec![0xc8, 0x94, 0xe5, 0x57, 0x07])
+        );
         assert_eq!(hex(&[0xc8, 0x04]), "c804");
     }
 
     #[test]
     fn truncated_or_empty_notes_give_none() {
         let blob = note(b"GNU\0", NT_GNU_BUILD_ID, &[1; 20]);
-        assert_eq!(gnu_build_id_in_notes(&blob[..blob.len() - 4], LE64, 4), None);
+        assert_eq!(
+            gnu_build_id_in_notes(&blob[..blob.len() - 4], LE64, 4),
+            None
+        );
         assert_eq!(gnu_build_id_in_notes(&[], LE64, 4), None);
-        let big_endian = Layout { is64: true, little: false };
+        let big_endian = Layout {
+            is64: true,
+            little: false,
+        };
         assert_eq!(gnu_build_id_in_notes(&blob, big_endian, 4), None);
     }
 

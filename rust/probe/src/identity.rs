@@ -17,7 +17,10 @@ pub struct DevId {
 pub fn decode_dev(dev: u64) -> DevId {
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & 0xffff_f000);
     let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
-    DevId { major: major as u32, minor: minor as u32 }
+    DevId {
+        major: major as u32,
+        minor: minor as u32,
+    }
 }
 
 /// What identifies one file on disk.
@@ -52,7 +55,10 @@ impl DirStamp {
 pub fn file_id(path: &Path) -> io::Result<FileId> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
-    Ok(FileId { dev: decode_dev(m.dev()), ino: m.ino() })
+    Ok(FileId {
+        dev: decode_dev(m.dev()),
+        ino: m.ino(),
+    })
 }
 
 #[cfg(unix)]
@@ -60,7 +66,10 @@ pub fn dir_stamp(path: &Path) -> io::Result<DirStamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
     Ok(DirStamp {
-        id: FileId { dev: decode_dev(m.dev()), ino: m.ino() },
+        id: FileId {
+            dev: decode_dev(m.dev()),
+            ino: m.ino(),
+        },
         mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
         ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
     })
@@ -71,14 +80,26 @@ pub fn dir_stamp(path: &Path) -> io::Result<DirStamp> {
 #[cfg(not(unix))]
 pub fn file_id(path: &Path) -> io::Result<FileId> {
     let m = std::fs::metadata(path)?;
-    let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    Ok(FileId { dev: DevId { major: 0, minor: 0 }, ino: t ^ m.len().rotate_left(32) })
+    let t = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    Ok(FileId {
+        dev: DevId { major: 0, minor: 0 },
+        ino: t ^ m.len().rotate_left(32),
+    })
 }
 
 #[cfg(not(unix))]
 pub fn dir_stamp(path: &Path) -> io::Result<DirStamp> {
     let id = file_id(path)?;
-    Ok(DirStamp { id, mtime_ns: id.ino as i128, ctime_ns: 0 })
+    Ok(DirStamp {
+        id,
+        mtime_ns: id.ino as i128,
+        ctime_ns: 0,
+    })
 }
 
 #[cfg(test)]
@@ -90,10 +111,22 @@ mod tests {
         // makedev(8, 1) = 0x801
         assert_eq!(decode_dev(0x801), DevId { major: 8, minor: 1 });
         // makedev(259, 2): major above 255 goes into bits 8..20
-        assert_eq!(decode_dev((259 << 8) | 2), DevId { major: 259, minor: 2 });
+        assert_eq!(
+            decode_dev((259 << 8) | 2),
+            DevId {
+                major: 259,
+                minor: 2
+            }
+        );
         // a minor above 255 (e.g. overlay/anonymous devices 0:300)
         let dev: u64 = ((300u64 & 0xffff_ff00) << 12) | (300 & 0xff);
-        assert_eq!(decode_dev(dev), DevId { major: 0, minor: 300 });
+        assert_eq!(
+            decode_dev(dev),
+            DevId {
+                major: 0,
+                minor: 300
+            }
+        );
     }
 
     #[cfg(unix)]

@@ -29,7 +29,10 @@ pub fn parse_line_raw(line: &[u8]) -> Option<(DevId, u64, &[u8], bool)> {
     let mut fields: [&[u8]; 5] = [&[]; 5];
     for slot in fields.iter_mut() {
         rest = trim_start(rest);
-        let end = rest.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .position(|&b| b == b' ' || b == b'\t')
+            .unwrap_or(rest.len());
         if end == 0 {
             return None;
         }
@@ -60,7 +63,12 @@ pub fn decode_path(raw: &[u8]) -> PathBuf {
 /// that do not have the expected shape (a malformed line is skipped, never fatal).
 pub fn parse_line(line: &[u8]) -> Option<MapEntry> {
     let (dev, inode, path, deleted) = parse_line_raw(line)?;
-    Some(MapEntry { dev, inode, path: decode_path(path), deleted })
+    Some(MapEntry {
+        dev,
+        inode,
+        path: decode_path(path),
+        deleted,
+    })
 }
 
 /// All file-backed mappings, one entry per line (a library mapped in several segments appears
@@ -73,11 +81,17 @@ pub fn parse_maps(text: &[u8]) -> Vec<MapEntry> {
 pub fn parse_dev(field: &[u8]) -> Option<DevId> {
     let s = std::str::from_utf8(field).ok()?;
     let (major, minor) = s.split_once(':')?;
-    Some(DevId { major: u32::from_str_radix(major, 16).ok()?, minor: u32::from_str_radix(minor, 16).ok()? })
+    Some(DevId {
+        major: u32::from_str_radix(major, 16).ok()?,
+        minor: u32::from_str_radix(minor, 16).ok()?,
+    })
 }
 
 fn trim_start(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(s.len());
+    let start = s
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(s.len());
     &s[start..]
 }
 
@@ -133,17 +147,44 @@ garbage line
     fn deleted_suffix_is_stripped_and_flagged() {
         let e = &parse_maps(FIXTURE.as_bytes())[1];
         assert!(e.deleted);
-        assert!(e.path.to_str().unwrap().ends_with("_multiarray_umath.cpython-311-x86_64-linux-gnu.so"));
-        assert_eq!(e.dev, DevId { major: 0xfd, minor: 1 });
+        assert!(e
+            .path
+            .to_str()
+            .unwrap()
+            .ends_with("_multiarray_umath.cpython-311-x86_64-linux-gnu.so"));
+        assert_eq!(
+            e.dev,
+            DevId {
+                major: 0xfd,
+                minor: 1
+            }
+        );
     }
 
     #[test]
     fn hex_devices_and_paths_with_spaces() {
         let e = &parse_maps(FIXTURE.as_bytes())[2];
-        assert_eq!(e.dev, DevId { major: 0x103, minor: 2 });
-        assert_eq!(e.path, PathBuf::from("/home/a user/my env/site-packages/numpy.libs/libscipy_openblas64_-ff651d7f.so"));
+        assert_eq!(
+            e.dev,
+            DevId {
+                major: 0x103,
+                minor: 2
+            }
+        );
+        assert_eq!(
+            e.path,
+            PathBuf::from(
+                "/home/a user/my env/site-packages/numpy.libs/libscipy_openblas64_-ff651d7f.so"
+            )
+        );
         let e = &parse_maps(FIXTURE.as_bytes())[3];
-        assert_eq!(e.dev, DevId { major: 0, minor: 0x2f });
+        assert_eq!(
+            e.dev,
+            DevId {
+                major: 0,
+                minor: 0x2f
+            }
+        );
     }
 
     #[test]

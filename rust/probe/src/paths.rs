@@ -28,7 +28,8 @@ mod tests {
 
     #[test]
     fn split_under_root() {
-        let (first, rest) = split_under(Path::new("/sp/numpy/_core/x.so"), Path::new("/sp")).unwrap();
+        let (first, rest) =
+            split_under(Path::new("/sp/numpy/_core/x.so"), Path::new("/sp")).unwrap();
         assert_eq!(first, "numpy");
         assert_eq!(rest, Path::new("_core/x.so"));
         assert!(split_under(Path::new("/other/numpy"), Path::new("/sp")).is_none());

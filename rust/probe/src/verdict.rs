@@ -76,7 +76,10 @@ pub struct Facts {
 
 impl Facts {
     pub fn has_change(&self) -> bool {
-        self.signals.iter().any(|s| !matches!(s, Signal::Degraded(_))) || self.version_changed()
+        self.signals
+            .iter()
+            .any(|s| !matches!(s, Signal::Degraded(_)))
+            || self.version_changed()
     }
 
     pub fn version_changed(&self) -> bool {
@@ -88,27 +91,51 @@ impl Facts {
 
     /// Files half gone, or pip's stash still there: an install is running or died mid-way.
     pub fn half_installed(&self) -> bool {
-        let stash = self.signals.iter().any(|s| matches!(s, Signal::StashPresent(_)));
-        let missing = self.signals.iter().any(|s| matches!(s, Signal::FileMissing(_)));
+        let stash = self
+            .signals
+            .iter()
+            .any(|s| matches!(s, Signal::StashPresent(_)));
+        let missing = self
+            .signals
+            .iter()
+            .any(|s| matches!(s, Signal::FileMissing(_)));
         let info_gone = self.dist_info_at_first_sight && !self.dist_info_present;
-        stash || (missing && self.dist_info_present && !self.version_changed()) || (info_gone && self.files_remain)
+        stash
+            || (missing && self.dist_info_present && !self.version_changed())
+            || (info_gone && self.files_remain)
     }
 
     /// Whether the same-version change needs the build-id comparison to be called benign.
     pub fn needs_build_ids(&self) -> bool {
-        self.has_change() && self.native && !self.version_changed() && !self.half_installed() && !self.uninstalled()
+        self.has_change()
+            && self.native
+            && !self.version_changed()
+            && !self.half_installed()
+            && !self.uninstalled()
     }
 
     fn uninstalled(&self) -> bool {
         (self.dist_info_at_first_sight && !self.dist_info_present && !self.files_remain)
-            || (!self.dist_info_present && self.signals.iter().any(|s| matches!(s, Signal::FileMissing(_))))
+            || (!self.dist_info_present
+                && self
+                    .signals
+                    .iter()
+                    .any(|s| matches!(s, Signal::FileMissing(_))))
     }
 
     pub fn severity(&self) -> Option<Severity> {
         if !self.has_change() {
-            return if self.signals.is_empty() { None } else { Some(Severity::ProbeDegraded) };
+            return if self.signals.is_empty() {
+                None
+            } else {
+                Some(Severity::ProbeDegraded)
+            };
         }
-        let serious = if self.native { Severity::RestartRequired } else { Severity::ChangedPurePython };
+        let serious = if self.native {
+            Severity::RestartRequired
+        } else {
+            Severity::ChangedPurePython
+        };
         if self.version_changed() || self.half_installed() || self.uninstalled() {
             return Some(serious);
         }
@@ -160,8 +187,14 @@ impl Facts {
         }
         if self.needs_build_ids() {
             match self.build_ids_equal {
-                Some(true) => parts.push("build-ids in memory and on disk are equal (same build)".into()),
-                _ => parts.push(self.build_id_note.clone().unwrap_or_else(|| "build-ids differ".into())),
+                Some(true) => {
+                    parts.push("build-ids in memory and on disk are equal (same build)".into())
+                }
+                _ => parts.push(
+                    self.build_id_note
+                        .clone()
+                        .unwrap_or_else(|| "build-ids differ".into()),
+                ),
             }
         }
         for s in &self.signals {
@@ -214,15 +247,30 @@ mod tests {
 
     #[test]
     fn upgrade_of_native_code_requires_restart() {
-        let f = facts(vec![Signal::MappedDeleted("/sp/numpy/x.so".into())], true, "2.0.2", "2.2.6");
+        let f = facts(
+            vec![Signal::MappedDeleted("/sp/numpy/x.so".into())],
+            true,
+            "2.0.2",
+            "2.2.6",
+        );
         assert_eq!(f.severity(), Some(Severity::RestartRequired));
-        assert!(f.describe().contains("mapped files deleted (replaced on disk)"));
+        assert!(f
+            .describe()
+            .contains("mapped files deleted (replaced on disk)"));
         assert!(f.describe().contains("2.2.6"));
     }
 
     #[test]
     fn same_version_reinstall_is_benign_only_with_equal_build_ids() {
-        let mut f = facts(vec![Signal::MappedDeleted("/sp/numpy/x.so".into()), Signal::DistInfoReplaced("/sp/numpy-2.0.2.dist-info".into())], true, "2.0.2", "2.0.2");
+        let mut f = facts(
+            vec![
+                Signal::MappedDeleted("/sp/numpy/x.so".into()),
+                Signal::DistInfoReplaced("/sp/numpy-2.0.2.dist-info".into()),
+            ],
+            true,
+            "2.0.2",
+            "2.0.2",
+        );
         assert!(f.needs_build_ids());
         f.build_ids_equal = Some(true);
         assert_eq!(f.severity(), Some(Severity::Benign));
@@ -234,18 +282,43 @@ mod tests {
 
     #[test]
     fn pure_python_changes() {
-        let f = facts(vec![Signal::FileReplaced("/sp/six.py".into())], false, "1.16.0", "1.17.0");
+        let f = facts(
+            vec![Signal::FileReplaced("/sp/six.py".into())],
+            false,
+            "1.16.0",
+            "1.17.0",
+        );
         assert_eq!(f.severity(), Some(Severity::ChangedPurePython));
-        let f = facts(vec![Signal::FileReplaced("/sp/six.py".into())], false, "1.17.0", "1.17.0");
+        let f = facts(
+            vec![Signal::FileReplaced("/sp/six.py".into())],
+            false,
+            "1.17.0",
+            "1.17.0",
+        );
         assert_eq!(f.severity(), Some(Severity::Benign));
     }
 
     #[test]
     fn half_installed_and_uninstalled() {
-        let f = facts(vec![Signal::StashPresent("/sp/~umpy".into())], true, "2.0.2", "2.0.2");
+        let f = facts(
+            vec![Signal::StashPresent("/sp/~umpy".into())],
+            true,
+            "2.0.2",
+            "2.0.2",
+        );
         assert_eq!(f.severity(), Some(Severity::RestartRequired));
-        assert!(f.describe().contains("an install is in progress or was interrupted"));
-        let mut f = facts(vec![Signal::FileMissing("/sp/numpy/__init__.py".into()), Signal::DistInfoGone("/sp/numpy-2.0.2.dist-info".into())], true, "2.0.2", "");
+        assert!(f
+            .describe()
+            .contains("an install is in progress or was interrupted"));
+        let mut f = facts(
+            vec![
+                Signal::FileMissing("/sp/numpy/__init__.py".into()),
+                Signal::DistInfoGone("/sp/numpy-2.0.2.dist-info".into()),
+            ],
+            true,
+            "2.0.2",
+            "",
+        );
         f.disk_version = None;
         f.dist_info_present = false;
         f.files_remain = false;
@@ -257,7 +330,12 @@ mod tests {
     #[test]
     fn nothing_or_only_degraded() {
         assert_eq!(facts(vec![], true, "1", "1").severity(), None);
-        let f = facts(vec![Signal::Degraded("cannot read METADATA".into())], true, "1", "1");
+        let f = facts(
+            vec![Signal::Degraded("cannot read METADATA".into())],
+            true,
+            "1",
+            "1",
+        );
         assert_eq!(f.severity(), Some(Severity::ProbeDegraded));
     }
 }

@@ -20,7 +20,6 @@ pub(super) enum DevMode {
     StatOnly,
 }
 
-
 impl Probe {
     /// Watch the site directories and every directory between them and a mapped library.
     pub(super) fn watch_new_dirs(&mut self) {
@@ -59,7 +58,9 @@ impl Probe {
             None => return None,
         };
         let mut text = Vec::with_capacity(self.maps_capacity);
-        match std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut text)) {
+        match std::fs::File::open(&path)
+            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut text))
+        {
             Ok(_) => {
                 self.maps_capacity = text.len() + 16 * 1024;
                 self.maps_error = None;
@@ -98,7 +99,9 @@ impl Probe {
     pub(super) fn scan_maps(&mut self) {
         let Some(text) = self.maps_text() else { return };
         for line in text.split(|&b| b == b'\n') {
-            let Some((dev, inode, raw_path, deleted)) = maps::parse_line_raw(line) else { continue };
+            let Some((dev, inode, raw_path, deleted)) = maps::parse_line_raw(line) else {
+                continue;
+            };
             let key = (dev, inode);
             if self.unrelated_maps.contains(&key) {
                 continue;
@@ -106,7 +109,10 @@ impl Probe {
             let mode = self.dev_modes.get(&dev).copied();
             if let Some(m) = self.mapped.get(&key) {
                 // Steady state: same path, same flag, a device where maps is decisive.
-                if m.last_raw == raw_path && m.last_deleted == deleted && mode == Some(DevMode::Direct) {
+                if m.last_raw == raw_path
+                    && m.last_deleted == deleted
+                    && mode == Some(DevMode::Direct)
+                {
                     continue;
                 }
             }
@@ -131,7 +137,17 @@ impl Probe {
                 }
                 self.mapped.insert(
                     key,
-                    Mapped { first_path: path.clone(), top, rel, maps_id, first_stat, signal: None, last_raw: Vec::new(), last_deleted: false, dist: None },
+                    Mapped {
+                        first_path: path.clone(),
+                        top,
+                        rel,
+                        maps_id,
+                        first_stat,
+                        signal: None,
+                        last_raw: Vec::new(),
+                        last_deleted: false,
+                        dist: None,
+                    },
                 );
             }
             let mode = self.dev_modes.get(&dev).copied();
@@ -152,7 +168,9 @@ impl Probe {
                 Some(Signal::MappedStashed(path.clone()))
             } else {
                 match mode {
-                    Some(DevMode::Direct) if m.first_stat.map(|s| s.dev == m.maps_id.dev).unwrap_or(true) => {
+                    Some(DevMode::Direct)
+                        if m.first_stat.map(|s| s.dev == m.maps_id.dev).unwrap_or(true) =>
+                    {
                         // maps is decisive here; the one stat at first sight catches a
                         // replacement that happened before the probe existed.
                         if m.first_stat.map(|s| s != m.maps_id).unwrap_or(false) {
@@ -179,5 +197,4 @@ impl Probe {
             }
         }
     }
-
 }

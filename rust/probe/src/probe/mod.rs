@@ -65,8 +65,15 @@ struct Root {
 
 impl Root {
     fn is_site(&self) -> bool {
-        self.first_listing.as_ref().map(|l| !l.dist_infos.is_empty()).unwrap_or(false)
-            || self.listing.as_ref().map(|l| !l.dist_infos.is_empty()).unwrap_or(false)
+        self.first_listing
+            .as_ref()
+            .map(|l| !l.dist_infos.is_empty())
+            .unwrap_or(false)
+            || self
+                .listing
+                .as_ref()
+                .map(|l| !l.dist_infos.is_empty())
+                .unwrap_or(false)
     }
 }
 
@@ -162,7 +169,10 @@ fn module_name_of(comp: &str, is_dir: bool) -> String {
 
 impl Probe {
     pub fn new(config: Config) -> Self {
-        Probe { config, ..Default::default() }
+        Probe {
+            config,
+            ..Default::default()
+        }
     }
 
     /// Record what is loaded now and what it looks like on disk (cheap: stat and readdir only).
@@ -175,7 +185,14 @@ impl Probe {
         for (top, file, rel) in std::mem::take(&mut self.pending_children) {
             if !self.tops[top].has_init && self.tracked_paths.insert(file.clone()) {
                 let first = file_id(&file).map_err(|e| e.kind());
-                self.tracked.push(Tracked { path: file, top, rel, first, native: false, dist: None });
+                self.tracked.push(Tracked {
+                    path: file,
+                    top,
+                    rel,
+                    first,
+                    native: false,
+                    dist: None,
+                });
             }
         }
         // Reading /proc/self/maps costs the kernel ~0.3 ms with torch loaded. Skip it when nothing
@@ -183,12 +200,20 @@ impl Probe {
         // each directory holding a mapped library) has the same stamp. Unlinking or renaming a
         // file moves its directory's mtime/ctime, and every install changes a site directory's
         // listing (the dist-info), so a change on disk always dirties a stamp.
-        let stamps_before: Vec<Option<DirStamp>> = self.watched.iter().map(|(d, _)| dir_stamp(d).ok()).collect();
+        let stamps_before: Vec<Option<DirStamp>> = self
+            .watched
+            .iter()
+            .map(|(d, _)| dir_stamp(d).ok())
+            .collect();
         let unchanged = modules.is_empty()
             && !self.force_maps
             && self.maps_error.is_none()
             && !self.watched.is_empty()
-            && self.watched.iter().zip(&stamps_before).all(|((_, old), new)| old.is_some() && old == new);
+            && self
+                .watched
+                .iter()
+                .zip(&stamps_before)
+                .all(|((_, old), new)| old.is_some() && old == new);
         if unchanged {
             return;
         }
@@ -202,11 +227,20 @@ impl Probe {
         // directories first watched just now were stamped after the read, and a stamp from the
         // same clock tick as a change proves nothing: read once more next time in both cases
         self.force_maps = self.watched.len() != known
-            || self.watched.iter().any(|(_, st)| st.map(|s| s.is_recent()).unwrap_or(true));
+            || self
+                .watched
+                .iter()
+                .any(|(_, st)| st.map(|s| s.is_recent()).unwrap_or(true));
     }
 
     fn update_sys_path(&mut self, sys_path: &[PathBuf]) {
-        if self.sys_path.len() == sys_path.len() && self.sys_path.iter().zip(sys_path).all(|(a, b)| &a.given == b) {
+        if self.sys_path.len() == sys_path.len()
+            && self
+                .sys_path
+                .iter()
+                .zip(sys_path)
+                .all(|(a, b)| &a.given == b)
+        {
             return;
         }
         let mut entries = Vec::with_capacity(sys_path.len());
@@ -217,13 +251,20 @@ impl Probe {
             } else {
                 given.clone()
             };
-            let root = std::fs::canonicalize(&raw).ok().filter(|c| c.is_dir()).map(|canon| self.root_for(canon));
+            let root = std::fs::canonicalize(&raw)
+                .ok()
+                .filter(|c| c.is_dir())
+                .map(|canon| self.root_for(canon));
             let mut prefix = path_bytes(&raw).to_vec();
             let sep = std::path::MAIN_SEPARATOR as u8;
             if prefix.last() != Some(&sep) {
                 prefix.push(sep);
             }
-            entries.push(SysPathEntry { given: given.clone(), prefix, root });
+            entries.push(SysPathEntry {
+                given: given.clone(),
+                prefix,
+                root,
+            });
         }
         self.sys_path = entries;
     }
@@ -269,7 +310,9 @@ impl Probe {
             return;
         }
         let mut comps = rel.components();
-        let Some(first) = comps.next().and_then(|c| c.as_os_str().to_str()) else { return };
+        let Some(first) = comps.next().and_then(|c| c.as_os_str().to_str()) else {
+            return;
+        };
         let is_dir = comps.next().is_some();
         let top = self.top_for(root, first, is_dir);
         let is_top_module = !m.name.contains('.');
@@ -284,15 +327,26 @@ impl Probe {
         // in a namespace package shared by several distributions (`cuda/`, `google/`, `nvidia/`),
         // each second-level package's `__init__`, which is where one distribution starts.
         // (sys.modules order does not always put a parent first, so decide after the batch.)
-        let maybe_namespace_child =
-            m.name.matches('.').count() == 1 && file.file_name().map(|n| n == "__init__.py").unwrap_or(false);
+        let maybe_namespace_child = m.name.matches('.').count() == 1
+            && file
+                .file_name()
+                .map(|n| n == "__init__.py")
+                .unwrap_or(false);
         if maybe_namespace_child && !is_top_module && !native {
-            self.pending_children.push((top, file.clone(), rel.to_path_buf()));
+            self.pending_children
+                .push((top, file.clone(), rel.to_path_buf()));
             return;
         }
         if (is_top_module || native) && self.tracked_paths.insert(file.clone()) {
             let first = file_id(file).map_err(|e| e.kind());
-            self.tracked.push(Tracked { path: file.clone(), top, rel: rel.to_path_buf(), first, native, dist: None });
+            self.tracked.push(Tracked {
+                path: file.clone(),
+                top,
+                rel: rel.to_path_buf(),
+                first,
+                native,
+                dist: None,
+            });
         }
     }
 
@@ -311,7 +365,10 @@ impl Probe {
             has_init: false,
         });
         let t = self.tops.len() - 1;
-        self.top_index.entry(root).or_default().insert(comp.to_string(), t);
+        self.top_index
+            .entry(root)
+            .or_default()
+            .insert(comp.to_string(), t);
         t
     }
 
@@ -329,7 +386,10 @@ impl Probe {
                 severity: Severity::ProbeDegraded,
             });
         } else if self.config.maps_path.is_none() && !cfg!(target_os = "linux") {
-            report.notes.push("no /proc/self/maps on this platform: only file identity and version checks ran".into());
+            report.notes.push(
+                "no /proc/self/maps on this platform: only file identity and version checks ran"
+                    .into(),
+            );
         }
         for i in 0..self.roots.len() {
             self.refresh_root(i);
@@ -351,7 +411,12 @@ impl Probe {
                 self.tracked[i].dist = Some(self.owner_of(top, &rel));
             }
         }
-        let uncached: Vec<(DevId, u64)> = self.mapped.iter().filter(|(_, m)| m.dist.is_none()).map(|(k, _)| *k).collect();
+        let uncached: Vec<(DevId, u64)> = self
+            .mapped
+            .iter()
+            .filter(|(_, m)| m.dist.is_none())
+            .map(|(k, _)| *k)
+            .collect();
         for key in uncached {
             let (top, rel) = (self.mapped[&key].top, self.mapped[&key].rel.clone());
             let owner = self.owner_of(top, &rel);
@@ -368,7 +433,11 @@ impl Probe {
             // stat: its deletion or replacement shows up in maps (handled below).
             if let Ok(id) = t.first {
                 let via_maps = self.maps_error.is_none()
-                    && self.mapped.get(&(id.dev, id.ino)).map(|m| m.signal.is_none()).unwrap_or(false)
+                    && self
+                        .mapped
+                        .get(&(id.dev, id.ino))
+                        .map(|m| m.signal.is_none())
+                        .unwrap_or(false)
                     && self.dev_modes.get(&id.dev) == Some(&DevMode::Direct);
                 if via_maps {
                     f.files_remain = true;
@@ -377,10 +446,15 @@ impl Probe {
             }
             let now = file_id(&t.path).map_err(|e| e.kind());
             match (&t.first, &now) {
-                (_, Err(io::ErrorKind::NotFound)) => f.signals.push(Signal::FileMissing(t.path.clone())),
+                (_, Err(io::ErrorKind::NotFound)) => {
+                    f.signals.push(Signal::FileMissing(t.path.clone()))
+                }
                 (Ok(a), Ok(b)) if a != b => f.signals.push(Signal::FileReplaced(t.path.clone())),
                 (Err(io::ErrorKind::NotFound), Ok(_)) => {}
-                (_, Err(e)) => f.signals.push(Signal::Degraded(format!("cannot stat {} ({e:?})", t.path.display()))),
+                (_, Err(e)) => f.signals.push(Signal::Degraded(format!(
+                    "cannot stat {} ({e:?})",
+                    t.path.display()
+                ))),
                 _ => {}
             }
             if now.is_ok() {
@@ -398,12 +472,18 @@ impl Probe {
         // pip's stash directories left in a site directory
         for t in 0..self.tops.len() {
             let root = &self.roots[self.tops[t].root];
-            let Some(listing) = &root.listing else { continue };
+            let Some(listing) = &root.listing else {
+                continue;
+            };
             for s in &listing.stash {
                 if stash_matches(s, &self.tops[t].comp) {
                     let path = root.path.join(s);
                     if let Owner::Dist(d) = &self.tops[t].owner {
-                        facts.entry(d.clone()).or_default().signals.push(Signal::StashPresent(path));
+                        facts
+                            .entry(d.clone())
+                            .or_default()
+                            .signals
+                            .push(Signal::StashPresent(path));
                     }
                 }
             }
@@ -413,9 +493,15 @@ impl Probe {
         for d in &dist_names {
             self.fill_dist_facts(d, facts.get_mut(d).unwrap());
         }
-        let loaded_ids = if facts.values().any(|f| f.needs_build_ids()) { elf::loaded_build_ids() } else { Vec::new() };
-        let loaded_ids: HashMap<PathBuf, Vec<u8>> =
-            loaded_ids.into_iter().map(|(p, id)| (canonical_lenient(&p), id)).collect();
+        let loaded_ids = if facts.values().any(|f| f.needs_build_ids()) {
+            elf::loaded_build_ids()
+        } else {
+            Vec::new()
+        };
+        let loaded_ids: HashMap<PathBuf, Vec<u8>> = loaded_ids
+            .into_iter()
+            .map(|(p, id)| (canonical_lenient(&p), id))
+            .collect();
         for (dist, f) in facts.iter_mut() {
             if f.needs_build_ids() {
                 let paths: Vec<PathBuf> = self
@@ -467,8 +553,15 @@ impl Probe {
             return m.first_path.clone();
         }
         let root = top.root;
-        match self.tops.iter().find(|t| t.root == root && stash_matches(&top.comp, &t.comp)) {
-            Some(orig) => self.roots[root].path.join(&orig.comp).join(m.rel.strip_prefix(&top.comp).unwrap_or(&m.rel)),
+        match self
+            .tops
+            .iter()
+            .find(|t| t.root == root && stash_matches(&top.comp, &t.comp))
+        {
+            Some(orig) => self.roots[root]
+                .path
+                .join(&orig.comp)
+                .join(m.rel.strip_prefix(&top.comp).unwrap_or(&m.rel)),
             None => m.first_path.clone(),
         }
     }
@@ -482,20 +575,43 @@ impl Probe {
                 }
             }
         }
-        let root = self.tops.iter().filter(|t| matches!(&t.owner, Owner::Dist(d) if d == dist)).map(|t| t.root).find(|&r| {
-            self.roots[r].first_listing.as_ref().map(|l| l.dist_infos.contains_key(dist)).unwrap_or(false)
-                || self.roots[r].listing.as_ref().map(|l| l.dist_infos.contains_key(dist)).unwrap_or(false)
-        });
+        let root = self
+            .tops
+            .iter()
+            .filter(|t| matches!(&t.owner, Owner::Dist(d) if d == dist))
+            .map(|t| t.root)
+            .find(|&r| {
+                self.roots[r]
+                    .first_listing
+                    .as_ref()
+                    .map(|l| l.dist_infos.contains_key(dist))
+                    .unwrap_or(false)
+                    || self.roots[r]
+                        .listing
+                        .as_ref()
+                        .map(|l| l.dist_infos.contains_key(dist))
+                        .unwrap_or(false)
+            });
         // editable installs: the dist-info lives in another root
         let root = root.or_else(|| {
             (0..self.roots.len()).find(|&r| {
-                self.roots[r].first_listing.as_ref().map(|l| l.dist_infos.contains_key(dist)).unwrap_or(false)
+                self.roots[r]
+                    .first_listing
+                    .as_ref()
+                    .map(|l| l.dist_infos.contains_key(dist))
+                    .unwrap_or(false)
             })
         });
         let Some(root) = root else { return };
         let r = &self.roots[root];
-        let first: Option<DistInfoDir> = r.first_listing.as_ref().and_then(|l| l.dist_infos.get(dist).cloned());
-        let now: Option<DistInfoDir> = r.listing.as_ref().and_then(|l| l.dist_infos.get(dist).cloned());
+        let first: Option<DistInfoDir> = r
+            .first_listing
+            .as_ref()
+            .and_then(|l| l.dist_infos.get(dist).cloned());
+        let now: Option<DistInfoDir> = r
+            .listing
+            .as_ref()
+            .and_then(|l| l.dist_infos.get(dist).cloned());
         f.dist_info_at_first_sight = first.is_some();
         f.dist_info_present = now.is_some();
         if f.loaded_version.is_none() {
@@ -505,7 +621,8 @@ impl Probe {
         match &now {
             None => {
                 if let Some(first) = &first {
-                    f.signals.push(Signal::DistInfoGone(r.path.join(&first.dir_name)));
+                    f.signals
+                        .push(Signal::DistInfoGone(r.path.join(&first.dir_name)));
                 }
                 state.cached = None;
                 state.current_version = None;
@@ -515,7 +632,13 @@ impl Probe {
                 // a replaced dist-info changes the site directory's listing: while the site dir's
                 // stamp holds, the identity seen last is still valid
                 let id = match (&state.cached, r.stamp) {
-                    (Some((name, id)), Some(st)) if name == &di.dir_name && Some(st) == r.stamp_at_last_check && !st.is_recent() => *id,
+                    (Some((name, id)), Some(st))
+                        if name == &di.dir_name
+                            && Some(st) == r.stamp_at_last_check
+                            && !st.is_recent() =>
+                    {
+                        *id
+                    }
                     _ => file_id(&dir).ok(),
                 };
                 // the identity of each dist-info directory name when first seen
@@ -536,9 +659,9 @@ impl Probe {
                     };
                 }
                 match &first {
-                    Some(first) if first.dir_name != di.dir_name => {
-                        f.signals.push(Signal::DistInfoReplaced(r.path.join(&first.dir_name)))
-                    }
+                    Some(first) if first.dir_name != di.dir_name => f
+                        .signals
+                        .push(Signal::DistInfoReplaced(r.path.join(&first.dir_name))),
                     _ if first_id != id => f.signals.push(Signal::DistInfoReplaced(dir.clone())),
                     _ => {}
                 }
@@ -552,7 +675,11 @@ impl Probe {
     }
 
     /// Every distribution with a module loaded, and its version (the loaded one where known).
-    pub fn loaded_distributions(&mut self, sys_path: &[PathBuf], modules: &[ModuleInfo]) -> Vec<(String, String)> {
+    pub fn loaded_distributions(
+        &mut self,
+        sys_path: &[PathBuf],
+        modules: &[ModuleInfo],
+    ) -> Vec<(String, String)> {
         let report = self.check(sys_path, modules);
         drop(report);
         let mut out: HashMap<String, String> = HashMap::new();
@@ -622,7 +749,10 @@ fn refresh_listing(root: &mut Root) {
             root.listing_error = None;
         }
         Err(e) => {
-            root.listing_error = Some(format!("cannot list {} ({e}): its distributions were not checked", root.path.display()));
+            root.listing_error = Some(format!(
+                "cannot list {} ({e}): its distributions were not checked",
+                root.path.display()
+            ));
         }
     }
 }
@@ -638,21 +768,54 @@ fn canonical_lenient(p: &Path) -> PathBuf {
 }
 
 /// Build-ids of the mapped libraries in memory against the files now at the same paths.
-fn compare_build_ids(paths: &[PathBuf], loaded: &HashMap<PathBuf, Vec<u8>>) -> (bool, Option<String>) {
+fn compare_build_ids(
+    paths: &[PathBuf],
+    loaded: &HashMap<PathBuf, Vec<u8>>,
+) -> (bool, Option<String>) {
     let mut compared = 0;
     for p in paths {
         let Some(mem) = loaded.get(p) else {
             if is_native(p) {
                 // a library whose loaded copy carries no build-id proves nothing either way
-                return (false, Some(format!("{} has no build-id in memory to compare", p.display())));
+                return (
+                    false,
+                    Some(format!(
+                        "{} has no build-id in memory to compare",
+                        p.display()
+                    )),
+                );
             }
             continue; // a data file mapped with mmap
         };
         match elf::build_id_of_file(p) {
             Ok(Some(disk)) if &disk == mem => compared += 1,
-            Ok(Some(_)) => return (false, Some(format!("build-id of {} differs from the loaded copy", p.display()))),
-            Ok(None) => return (false, Some(format!("{} on disk has no build-id to compare", p.display()))),
-            Err(e) => return (false, Some(format!("cannot read {} to compare build-ids ({e})", p.display()))),
+            Ok(Some(_)) => {
+                return (
+                    false,
+                    Some(format!(
+                        "build-id of {} differs from the loaded copy",
+                        p.display()
+                    )),
+                )
+            }
+            Ok(None) => {
+                return (
+                    false,
+                    Some(format!(
+                        "{} on disk has no build-id to compare",
+                        p.display()
+                    )),
+                )
+            }
+            Err(e) => {
+                return (
+                    false,
+                    Some(format!(
+                        "cannot read {} to compare build-ids ({e})",
+                        p.display()
+                    )),
+                )
+            }
         }
     }
     if compared == 0 {
@@ -677,7 +840,10 @@ mod tests {
     #[test]
     fn module_names() {
         assert_eq!(module_name_of("six.py", false), "six");
-        assert_eq!(module_name_of("_cffi_backend.cpython-311-x86_64-linux-gnu.so", false), "_cffi_backend");
+        assert_eq!(
+            module_name_of("_cffi_backend.cpython-311-x86_64-linux-gnu.so", false),
+            "_cffi_backend"
+        );
         assert_eq!(module_name_of("numpy.libs", true), "numpy.libs");
     }
 
@@ -700,16 +866,41 @@ mod tests {
         let ino = file_id(&so).unwrap().ino;
         let maps_path = base.join("maps");
         // device 00:99 is not the device stat reports: what older kernels show on overlayfs
-        std::fs::write(&maps_path, format!("7f00-7f01 r-xp 00000000 00:99 {ino} {}\n", so.display())).unwrap();
-        let mut probe = Probe::new(Config { maps_path: Some(maps_path), exclude: vec![] });
+        std::fs::write(
+            &maps_path,
+            format!("7f00-7f01 r-xp 00000000 00:99 {ino} {}\n", so.display()),
+        )
+        .unwrap();
+        let mut probe = Probe::new(Config {
+            maps_path: Some(maps_path),
+            exclude: vec![],
+        });
         let sys_path = vec![site.clone()];
         let modules = vec![
-            ModuleInfo { name: "pkg".into(), file: Some(site.join("pkg/__init__.py")), version: Some("1.0".into()) },
-            ModuleInfo { name: "pkg._ext".into(), file: Some(so.clone()), version: None },
+            ModuleInfo {
+                name: "pkg".into(),
+                file: Some(site.join("pkg/__init__.py")),
+                version: Some("1.0".into()),
+            },
+            ModuleInfo {
+                name: "pkg._ext".into(),
+                file: Some(so.clone()),
+                version: None,
+            },
         ];
         let r = probe.check(&sys_path, &modules);
-        assert!(r.findings.is_empty(), "no false alarm on overlayfs: {:?}", r.findings);
-        assert_eq!(probe.dev_modes.get(&DevId { major: 0, minor: 0x99 }), Some(&DevMode::InodeOnly));
+        assert!(
+            r.findings.is_empty(),
+            "no false alarm on overlayfs: {:?}",
+            r.findings
+        );
+        assert_eq!(
+            probe.dev_modes.get(&DevId {
+                major: 0,
+                minor: 0x99
+            }),
+            Some(&DevMode::InodeOnly)
+        );
         assert!(probe.check(&sys_path, &[]).findings.is_empty());
         // replaced through the overlay: maps keeps the old path without " (deleted)"
         std::fs::write(site.join("pkg/new.so"), b"\x7fELF new").unwrap();
@@ -717,7 +908,13 @@ mod tests {
         let r = probe.check(&sys_path, &[]);
         assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
         assert_eq!(r.findings[0].severity, Severity::RestartRequired);
-        assert!(r.findings[0].change.contains("mapped files replaced on disk"), "{}", r.findings[0].change);
+        assert!(
+            r.findings[0]
+                .change
+                .contains("mapped files replaced on disk"),
+            "{}",
+            r.findings[0].change
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 
@@ -731,7 +928,11 @@ mod tests {
         let site = base.join("site packages");
         std::fs::create_dir_all(site.join("pkg")).unwrap();
         std::fs::create_dir_all(site.join("pkg-1.0.dist-info")).unwrap();
-        std::fs::write(site.join("pkg-1.0.dist-info/METADATA"), "Name: pkg\nVersion: 1.0\n\n").unwrap();
+        std::fs::write(
+            site.join("pkg-1.0.dist-info/METADATA"),
+            "Name: pkg\nVersion: 1.0\n\n",
+        )
+        .unwrap();
         std::fs::write(site.join("pkg/__init__.py"), "").unwrap();
         let so = site.join("pkg/_ext.so");
         std::fs::write(&so, b"\x7fELF").unwrap();
@@ -742,15 +943,30 @@ mod tests {
         let line = |deleted: bool| {
             format!(
                 "7f00-7f01 r-xp 00000000 {:02x}:{:02x} {} {}{}\n",
-                id.dev.major, id.dev.minor, id.ino, so.display(), if deleted { " (deleted)" } else { "" }
+                id.dev.major,
+                id.dev.minor,
+                id.ino,
+                so.display(),
+                if deleted { " (deleted)" } else { "" }
             )
         };
         std::fs::write(&maps_path, line(false)).unwrap();
-        let mut probe = Probe::new(Config { maps_path: Some(maps_path.clone()), exclude: vec![] });
+        let mut probe = Probe::new(Config {
+            maps_path: Some(maps_path.clone()),
+            exclude: vec![],
+        });
         let sys_path = vec![site.clone()];
         let modules = vec![
-            ModuleInfo { name: "pkg".into(), file: Some(site.join("pkg/__init__.py")), version: Some("1.0".into()) },
-            ModuleInfo { name: "pkg._ext".into(), file: Some(so.clone()), version: None },
+            ModuleInfo {
+                name: "pkg".into(),
+                file: Some(site.join("pkg/__init__.py")),
+                version: Some("1.0".into()),
+            },
+            ModuleInfo {
+                name: "pkg._ext".into(),
+                file: Some(so.clone()),
+                version: None,
+            },
         ];
         probe.observe(&sys_path, &modules);
         let r = probe.check(&sys_path, &[]);
@@ -759,8 +975,16 @@ mod tests {
         // upgrade: the library unlinked, a new dist-info
         std::fs::write(&maps_path, line(true)).unwrap();
         std::fs::remove_file(&so).unwrap();
-        std::fs::rename(site.join("pkg-1.0.dist-info"), site.join("pkg-2.0.dist-info")).unwrap();
-        std::fs::write(site.join("pkg-2.0.dist-info/METADATA"), "Name: pkg\nVersion: 2.0\n\n").unwrap();
+        std::fs::rename(
+            site.join("pkg-1.0.dist-info"),
+            site.join("pkg-2.0.dist-info"),
+        )
+        .unwrap();
+        std::fs::write(
+            site.join("pkg-2.0.dist-info/METADATA"),
+            "Name: pkg\nVersion: 2.0\n\n",
+        )
+        .unwrap();
         let r = probe.check(&sys_path, &[]);
         assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
         let f = &r.findings[0];
@@ -768,18 +992,31 @@ mod tests {
         assert_eq!(f.severity, Severity::RestartRequired);
         assert_eq!(f.loaded_version.as_deref(), Some("1.0"));
         assert_eq!(f.disk_version.as_deref(), Some("2.0"));
-        assert!(f.change.contains("mapped files deleted (replaced on disk)"), "{}", f.change);
+        assert!(
+            f.change.contains("mapped files deleted (replaced on disk)"),
+            "{}",
+            f.change
+        );
 
         // a fresh probe after the damage still sees it (maps + in-memory version)
-        let mut late = Probe::new(Config { maps_path: Some(maps_path.clone()), exclude: vec![] });
+        let mut late = Probe::new(Config {
+            maps_path: Some(maps_path.clone()),
+            exclude: vec![],
+        });
         let r = late.check(&sys_path, &modules);
         assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
         assert_eq!(r.findings[0].severity, Severity::RestartRequired);
 
         // no maps at all: a degraded finding, not a panic
-        let mut blind = Probe::new(Config { maps_path: Some(base.join("no such maps")), exclude: vec![] });
+        let mut blind = Probe::new(Config {
+            maps_path: Some(base.join("no such maps")),
+            exclude: vec![],
+        });
         let r = blind.check(&sys_path, &modules);
-        assert!(r.findings.iter().any(|f| f.severity == Severity::ProbeDegraded && f.distribution == "(probe)"));
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.severity == Severity::ProbeDegraded && f.distribution == "(probe)"));
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
