@@ -412,19 +412,27 @@ def stability(ctx: CheckContext):
         ("bf16 autocast", inp.token_ids(lm, 2, T, gen, dev), True),
     ]
     histogram = None
+    fp32_finite = True  # every case before the bf16 one was finite
     with inp.eval_mode(lm.module):
         for name, ids, bf16 in cases:
             metric = f"max |output|: {name}"
             enc, dec = _pair(lm, ids, dev, gen)
             soft = WARN if bf16 else FAIL  # CHECKS.md: non-finite under bf16 is a warning only
+            if bf16:
+                try:
+                    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+                except Exception as err:  # the device has no bf16 autocast: nothing to judge
+                    yield ctx.row(SKIP, metric, None, "", f"bf16 autocast is not available on {dev.type}: {_exc(err)}")
+                    continue
             try:
                 if bf16:
-                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                    with autocast:
                         out = inp.forward(lm, enc, decoder_ids=dec)
                 else:
                     out = inp.forward(lm, enc, decoder_ids=dec)
             except Exception as err:
                 yield ctx.row(soft, metric, None, "< 1e4", f"the forward raised: {_exc(err)}")
+                fp32_finite = fp32_finite and bf16
                 continue
             out = out.float()
             finite = torch.isfinite(out)
@@ -436,7 +444,10 @@ def stability(ctx: CheckContext):
                 first = tuple(int(v) for v in where[0]) if len(where) else ()
                 yield ctx.row(soft, metric, float("nan"), "finite", (
                     f"{bad} of {out.numel()} output values are NaN/Inf (first at batch, position {first}) "
-                    f"for {name} (shape {tuple(ids.shape)})" + (": bf16 overflow, fp32 is unaffected" if bf16 else "")))
+                    f"for {name} (shape {tuple(ids.shape)})"
+                    + ((": bf16 overflow; the same input in the model's own precision is finite" if fp32_finite
+                        else ": the model's own precision fails too (rows above)") if bf16 else "")))
+                fp32_finite = fp32_finite and bf16
                 continue
             peak = float(out.abs().max())
             if peak >= 1e4:
