@@ -51,6 +51,30 @@ def test_transformers_bert_tiny_passes_tier1(tmp_path):
     assert no_grad.status.value == "WARN" and "pooler.dense.weight" in no_grad.detail
 
 
+def _tiny_llama(T):
+    return T.LlamaForCausalLM(T.LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+
+
+def _tiny_t5(T):
+    return T.T5ForConditionalGeneration(T.T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                                   num_heads=4, decoder_start_token_id=0))
+
+
+@pytest.mark.parametrize("make, kind", [(_tiny_llama, "decoder"), (_tiny_t5, "seq2seq")], ids=["llama", "t5"])
+def test_transformers_rope_decoder_and_t5_seq2seq_do_not_fail(make, kind, tmp_path):
+    """Beyond the brief's three: rotary positions with grouped-query attention (no position table,
+    so lengths are capped at 128 and said so), and an HF encoder-decoder whose LM head is scaled
+    inside forward (it once tripped the weight-gain heuristic)."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (CI installs it)")
+    torch.manual_seed(0)
+    report = tbkit.run(tbkit.load(make(transformers), kind=kind), out_dir=tmp_path, progress=False, options=FAST)
+    _no_fail(report)
+    assert {r.status.value for r in report.rows if r.check == "causal"} == {"PASS"}
+    gain = next(r for r in report.rows if r.metric == "max weight gain std*sqrt(fan_in)")
+    assert gain.status.value == "PASS"
+
+
 class TorchSeq2Seq(nn.Module):
     """torch's nn.Transformer behind token embeddings and an LM head."""
 

@@ -594,7 +594,11 @@ def init(ctx: CheckContext):
                 "identical learn slowly apart; re-initialise each layer (or share on purpose by tying)"))
 
     # 4. scale of each weight matrix: gain = std * sqrt(fan_in). Default torch init gives ~0.58,
-    #    xavier ~0.7-1, normal(0, 0.02) less; > 4 multiplies activations by > 4 per layer.
+    #    xavier ~0.7-1, normal(0, 0.02) less. CHECKS.md's first cut flagged > 4, but a fresh
+    #    transformers T5 has an LM head of std 1 (gain sqrt(d) = 5.7 at d 32) by design: its
+    #    forward scales the hidden state by d**-0.5 first, which one matrix cannot show. So only
+    #    gains an order of magnitude above the default init (> 10) are flagged here; the loss at
+    #    init above judges the combined effect of the whole init.
     gains, zero_mats = [], []
     for mname, m in module.named_modules():
         for pname, p in m.named_parameters(recurse=False):
@@ -610,8 +614,8 @@ def init(ctx: CheckContext):
         gains.sort(reverse=True)
         top = ", ".join(f"{n} std {s:.3g} (gain {g:.2f})" for g, s, n in gains[:5])
         extra = f"; all-zero matrices (fine if deliberate, e.g. zero-init residual outputs): {', '.join(zero_mats[:10])}" if zero_mats else ""
-        status = WARN if gains[0][0] > 4 else PASS
-        yield ctx.row(status, "max weight gain std*sqrt(fan_in)", gains[0][0], "<= 4",
+        status = WARN if gains[0][0] > 10 else PASS
+        yield ctx.row(status, "max weight gain std*sqrt(fan_in)", gains[0][0], "<= 10",
                       f"largest: {top}{extra}" + (": activations grow layer by layer; scale the init down" if status is WARN else ""))
 
 
