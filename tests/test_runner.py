@@ -235,3 +235,49 @@ def test_runner_report_and_tier1_modules_import_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_a_real_sigint_mid_run_keeps_the_finished_rows(tmp_path):
+    """SIGINT (what Ctrl-C and a notebook's interrupt send) while `speed` is measuring: every row
+    finished before it is on disk, the report says interrupted, and the interrupt propagates."""
+    import signal
+    import time
+
+    out = tmp_path / "rep"
+    script = textwrap.dedent(f"""
+        import sys, tbkit
+        try:
+            tbkit.run(None, out_dir={str(out)!r}, progress=False, options={{"speed_seconds_per_point": 60}})
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+            sys.exit(130)
+        print("FINISHED", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                rows = json.loads((out / "report.json").read_text())["rows"]
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                rows = []
+            if any(r["check"] == "memory" for r in rows):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run never reached the memory check")
+        time.sleep(1.0)  # now inside speed's long measurement
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "INTERRUPTED" in stdout and "finished rows kept" in stdout
+    data = json.loads((out / "report.json").read_text())
+    assert data["interrupted"] is True and data["finished"] is False
+    checks = [r["check"] for r in data["rows"]]
+    assert checks[0] == "summary" and "memory" in checks and "gradient_flow" in checks
+    assert "speed" not in checks  # it was interrupted, not reported as done
+    assert (out / "report.html").is_file()
