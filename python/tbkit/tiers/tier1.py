@@ -277,15 +277,15 @@ def causal(ctx: CheckContext):
                             leak = (first, s, d)
                     worst = d if math.isnan(d) else (worst if math.isnan(worst) else max(worst, d))
             except Exception as err:
-                yield ctx.row(FAIL, metric, None, f"<= {tol:.0e}", (
-                    f"the forward raised under {mode}: {_exc(err)}. A decoder must run in every grad mode; "
-                    "'Need attn_mask if specifying the is_causal hint' means is_causal was used without a "
-                    "mask, which under no_grad silently loses causality: pass an explicit causal mask"))
+                hint = (". is_causal was used without a mask: torch raises in grad mode and, under no_grad, its "
+                        "fused path silently drops causality. Pass an explicit causal mask"
+                        if "is_causal" in str(err) else ". A decoder must run in every grad mode")
+                yield ctx.row(FAIL, metric, None, f"<= {tol:.0e}", f"the forward raised under {mode}: {_exc(err)}{hint}")
                 continue
             if leak is not None:
                 t, s, d = leak
                 yield ctx.row(FAIL, metric, worst, f"<= {tol:.0e}", (
-                    f"changing {side} token {s} moved the output at position {t} by {_fmt(d)} under {mode}: "
+                    f"changing {side} token {s} moved the output at position {t} (earlier outputs by up to {_fmt(d)}) under {mode}: "
                     "the model sees the future. Mask keys j > i (e.g. nn.Transformer.generate_square_subsequent_mask) "
                     "and pass the mask explicitly; is_causal alone is ignored by fused no_grad paths"))
             elif not moved_at_s:
