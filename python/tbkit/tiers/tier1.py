@@ -208,7 +208,7 @@ def batch_equivalence(ctx: CheckContext):
     k = _dtype_scale(lm)
     # CHECKS.md: fp32 max-abs <= 1e-5 PASS, <= 1e-3 WARN. Judged relative to max(1, |output|)
     # (see _scale) so large healthy logits are not flagged for ordinary rounding.
-    detail = f"batch {B} x length {T}: max |batched - alone| = {_fmt(diff)} (relative to output scale {_fmt(rel)})"
+    detail = f"batch {B} x length {T}: max |batched - alone| = {_fmt(diff)}, {_fmt(rel)} relative to max(1, |output|)"
     if math.isnan(diff):
         yield ctx.row(FAIL, "max relative difference", rel, "finite", detail + ": the outputs hold NaN or Inf")
     elif rel <= 1e-5 * k:
