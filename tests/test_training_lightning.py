@@ -3,7 +3,6 @@ a SIGKILL mid-run (a real subprocess killed once a checkpoint is on disk)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -18,12 +18,12 @@ optuna, optuna-integration and lightning come through the install gate when miss
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import socket
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from tbkit.errors import TbkitError, UsageError
 
