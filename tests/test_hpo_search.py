@@ -113,3 +113,39 @@ def test_search_command_requires_data():
     cmd, args = _command_args(["tiny_gpt", "--trials", "1"])
     with pytest.raises(UsageError, match="no training data given"):
         cmd.main(args)
+
+
+def test_a_worker_that_loses_the_race_for_the_last_slot_runs_nothing_and_says_so():
+    from tbkit.hpo import _work
+
+    study = optuna.create_study()
+    for _ in range(2):
+        study.tell(study.ask(), 1.0)
+
+    class OtherWorkerAsksRightAfterOurCount:
+        """The study as this worker sees it: between its count (2 < 3) and its ask, another
+        worker takes trial number 2, the last slot."""
+
+        def __init__(self, inner):
+            self.inner, self.raced = inner, False
+
+        def get_trials(self, deepcopy=False):
+            seen = self.inner.get_trials(deepcopy=deepcopy)
+            if not self.raced:
+                self.raced = True
+                self.inner.tell(self.inner.ask(), 0.5)
+            return seen
+
+        def ask(self):
+            return self.inner.ask()
+
+        def tell(self, *args, **kwargs):
+            return self.inner.tell(*args, **kwargs)
+
+    ran = _work(optuna, OtherWorkerAsksRightAfterOurCount(study), lambda t: pytest.fail("must not run"), 3,
+                None, [], [])
+    assert ran == 0
+    trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in trials if t.state == TrialState.COMPLETE] == [0, 1, 2]
+    (extra,) = [t for t in trials if t.number >= 3]
+    assert extra.state == TrialState.FAIL and "another worker took the last slot" in extra.user_attrs["tbkit_surplus"]

@@ -196,9 +196,7 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
     steps_per_epoch = math.ceil(len(train_data) / batch_size)
     total_steps = steps_per_epoch * epochs
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or "tbkit-search"
-    study = _open_study(optuna, storage, name, worker, seed, n_startup_trials)
     failures: list = []
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -218,6 +216,40 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
         if not vals or not all(math.isfinite(v) for v in vals):
             raise FloatingPointError(f"validation loss not finite: {vals}")
         return min(vals)
+
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one INFO line per trial; restored after
+    try:
+        study = _open_study(optuna, storage, name, worker, seed, n_startup_trials)
+        ran = _work(optuna, study, objective, n_trials, timeout, notes, failures)
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    figures = {}
+    if trials:
+        figures["history"] = history_figure(study, synthetic=td.synthetic)
+    imp_fig, imp_note = importance_figure(study)
+    if imp_fig is not None:
+        figures["importance"] = imp_fig
+    if imp_note:
+        notes.append(imp_note)
+    return SearchResult(
+        study=study, trials_df=study.trials_dataframe(), best_params=dict(best.params) if best else {},
+        figures=figures, best_value=float(best.value) if best else float("nan"), n_complete=len(complete),
+        n_pruned=len(pruned), n_failed=len(failed), synthetic=td.synthetic, storage_display=display_url(storage),
+        notes=notes, failures=failures, trials_run_here=ran,
+    )
+
+
+def _work(optuna, study, objective, n_trials: int, timeout, notes: list, failures: list) -> int:
+    """Run trials until the study holds ``n_trials`` (over all workers) or ``timeout`` passes;
+    returns how many this process ran."""
+    from optuna.trial import TrialState
 
     started = time.monotonic()
     ran = 0
@@ -248,26 +280,7 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
             failures.append(msg)
             continue
         study.tell(trial, value)
-
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    best = min(complete, key=lambda t: t.value) if complete else None
-    figures = {}
-    if trials:
-        figures["history"] = history_figure(study, synthetic=td.synthetic)
-    imp_fig, imp_note = importance_figure(study)
-    if imp_fig is not None:
-        figures["importance"] = imp_fig
-    if imp_note:
-        notes.append(imp_note)
-    return SearchResult(
-        study=study, trials_df=study.trials_dataframe(), best_params=dict(best.params) if best else {},
-        figures=figures, best_value=float(best.value) if best else float("nan"), n_complete=len(complete),
-        n_pruned=len(pruned), n_failed=len(failed), synthetic=td.synthetic, storage_display=display_url(storage),
-        notes=notes, failures=failures, trials_run_here=ran,
-    )
+    return ran
 
 
 # ---- plots (matplotlib Figure, never pyplot or plotly) ---------------------------------------------
