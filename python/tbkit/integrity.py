@@ -152,11 +152,18 @@ def _stdlib_dirs() -> list:
     return sorted(d for d in dirs if os.path.isdir(d))
 
 
-def new_probe(maps_path: Optional[str] = None):
+# Set to 1 to read /proc/self/maps on every check instead of only when a module is new or a
+# watched directory changed (docs/probe.md, "Speed").
+ALWAYS_MAPS_ENV = "TBKIT_PROBE_ALWAYS_READ_MAPS"
+
+
+def new_probe(maps_path: Optional[str] = None, always_read_maps: Optional[bool] = None):
     """A fresh probe with its own baseline (the process-wide one is made by take_baseline)."""
     if maps_path is None:
         maps_path = os.environ.get(MAPS_ENV) or None
-    return _probe.Probe(maps_path, _stdlib_dirs())
+    if always_read_maps is None:
+        always_read_maps = os.environ.get(ALWAYS_MAPS_ENV) == "1"
+    return _probe.Probe(maps_path, _stdlib_dirs(), always_read_maps)
 
 
 _START_ERROR: Optional[str] = None  # why the process-wide probe could not start, if it could not

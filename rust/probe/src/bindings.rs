@@ -159,16 +159,21 @@ fn finding_dict<'py>(py: Python<'py>, f: &Finding) -> PyResult<Bound<'py, PyDict
 #[pymethods]
 impl Probe {
     /// `maps_path`: where to read the memory map (tests point it at a missing file to simulate a
-    /// system without /proc). `exclude`: standard-library directories.
+    /// system without /proc). `exclude`: standard-library directories. `always_read_maps`: no
+    /// shortcut, read the maps on every check.
     #[new]
-    #[pyo3(signature = (maps_path=None, exclude=Vec::new()))]
-    fn new(maps_path: Option<PathBuf>, exclude: Vec<PathBuf>) -> Self {
+    #[pyo3(signature = (maps_path=None, exclude=Vec::new(), always_read_maps=false))]
+    fn new(maps_path: Option<PathBuf>, exclude: Vec<PathBuf>, always_read_maps: bool) -> Self {
         let exclude = exclude
             .into_iter()
             .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
             .collect();
         Probe {
-            core: CoreProbe::new(Config { maps_path, exclude }),
+            core: CoreProbe::new(Config {
+                maps_path,
+                exclude,
+                always_read_maps,
+            }),
             seen: HashSet::new(),
             held: Vec::new(),
             skipped: Skipped::default(),

@@ -9,6 +9,29 @@ use crate::identity::{dir_stamp, file_id, FileId};
 use crate::maps;
 use crate::verdict::Signal;
 
+/// Read a whole file with as few `read` calls as possible: each read of `/proc/self/maps` makes
+/// the kernel walk the mappings again, and `read_to_end` starts with small reads.
+fn read_all(f: &mut std::fs::File, capacity: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = vec![0u8; capacity];
+    let mut len = 0;
+    loop {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len == buf.len() {
+                    buf.resize(buf.len() * 2, 0);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
 /// How far maps can be trusted on one device, learned at first sight (overlayfs calibration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum DevMode {
@@ -23,6 +46,12 @@ pub(super) enum DevMode {
 impl Probe {
     /// Watch the site directories and every directory between them and a mapped library.
     pub(super) fn watch_new_dirs(&mut self) {
+        // only new roots or new mapped libraries can add directories
+        let sizes = (self.roots.len(), self.mapped.len());
+        if sizes == self.watched_for {
+            return;
+        }
+        self.watched_for = sizes;
         let mut dirs: Vec<PathBuf> = Vec::new();
         for r in &self.roots {
             if !r.excluded || r.is_site() {
@@ -57,11 +86,9 @@ impl Probe {
             None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/maps"),
             None => return None,
         };
-        let mut text = Vec::with_capacity(self.maps_capacity);
-        match std::fs::File::open(&path)
-            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut text))
-        {
-            Ok(_) => {
+        let capacity = self.maps_capacity.max(64 * 1024);
+        match std::fs::File::open(&path).and_then(|mut f| read_all(&mut f, capacity)) {
+            Ok(text) => {
                 self.maps_capacity = text.len() + 16 * 1024;
                 self.maps_error = None;
                 Some(text)

@@ -34,6 +34,8 @@ pub struct Config {
     pub maps_path: Option<PathBuf>,
     /// Directories whose modules belong to no distribution (the standard library).
     pub exclude: Vec<PathBuf>,
+    /// Read the maps on every check, even when no watched directory moved (no shortcut).
+    pub always_read_maps: bool,
 }
 
 /// What a check returns.
@@ -146,6 +148,8 @@ pub struct Probe {
     maps_capacity: usize,
     watched: Vec<(PathBuf, Option<DirStamp>)>,
     watched_set: HashSet<PathBuf>,
+    /// (roots, mapped libraries) counted when the watch list was last extended.
+    watched_for: (usize, usize),
     force_maps: bool,
     /// Second-level package `__init__`s, tracked when their top turns out to be a namespace.
     pending_children: Vec<(usize, PathBuf, PathBuf)>,
@@ -206,6 +210,7 @@ impl Probe {
             .map(|(d, _)| dir_stamp(d).ok())
             .collect();
         let unchanged = modules.is_empty()
+            && !self.config.always_read_maps
             && !self.force_maps
             && self.maps_error.is_none()
             && !self.watched.is_empty()
@@ -873,7 +878,7 @@ mod tests {
         .unwrap();
         let mut probe = Probe::new(Config {
             maps_path: Some(maps_path),
-            exclude: vec![],
+            ..Default::default()
         });
         let sys_path = vec![site.clone()];
         let modules = vec![
@@ -953,7 +958,7 @@ mod tests {
         std::fs::write(&maps_path, line(false)).unwrap();
         let mut probe = Probe::new(Config {
             maps_path: Some(maps_path.clone()),
-            exclude: vec![],
+            ..Default::default()
         });
         let sys_path = vec![site.clone()];
         let modules = vec![
@@ -1001,7 +1006,7 @@ mod tests {
         // a fresh probe after the damage still sees it (maps + in-memory version)
         let mut late = Probe::new(Config {
             maps_path: Some(maps_path.clone()),
-            exclude: vec![],
+            ..Default::default()
         });
         let r = late.check(&sys_path, &modules);
         assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
@@ -1010,7 +1015,7 @@ mod tests {
         // no maps at all: a degraded finding, not a panic
         let mut blind = Probe::new(Config {
             maps_path: Some(base.join("no such maps")),
-            exclude: vec![],
+            ..Default::default()
         });
         let r = blind.check(&sys_path, &modules);
         assert!(r
