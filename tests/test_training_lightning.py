@@ -139,3 +139,18 @@ def test_run_killed_mid_way_resumes_from_its_checkpoint(tmp_path):
     assert out["global_step"] == steps  # and reached the same step count an uninterrupted run does
     # the per-step history from before the kill came back with the checkpoint
     assert out["first_logged_step"] == 1 and out["logged_steps"] == steps
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    from tbkit.errors import TbkitError
+
+    ck = tmp_path / "ck"
+    tbkit.train(loaded(build(HealthyDecoder)), synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16,
+                checkpoint_dir=ck)
+    other = loaded(build(HealthyDecoder, d=16))
+    with pytest.raises(TbkitError, match="does not fit this model.*resume=False"):
+        tbkit.train(other, synthetic=True, epochs=1, max_steps=4, batch_size=16, max_len=16, checkpoint_dir=ck)
+    # and resume=False starts afresh in the same folder
+    res = tbkit.train(other, synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16, checkpoint_dir=ck,
+                      resume=False)
+    assert res.resumed_from is None and res.global_step == 2

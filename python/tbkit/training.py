@@ -217,7 +217,7 @@ def _lightning_classes():
 
 
 @contextlib.contextmanager
-def quiet_lightning():
+def quiet_lightning(resuming: bool = False):
     """Silence Lightning's banner lines ("GPU available: …", tips) and advice that does not apply
     here; real warnings and errors still show."""
     import logging
@@ -235,6 +235,8 @@ def quiet_lightning():
             warnings.filterwarnings("ignore", message=r".*litlogger.*")
             # max_steps can end a run mid-epoch, before any validation: our own evaluate() covers it
             warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
+            if resuming:  # a folder holding checkpoints is the point of resuming
+                warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
             yield
     finally:
         for lg, level in zip(loggers, levels):
@@ -286,8 +288,10 @@ def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float
     resume_path = ckdir / "last.ckpt" if (resume and save_checkpoints and (ckdir / "last.ckpt").is_file()) else None
     resumed_step = None
     if resume_path is not None:
-        resumed_step = int(torch.load(resume_path, map_location="cpu", weights_only=False).get("global_step", 0))
-    with quiet_lightning():
+        state = torch.load(resume_path, map_location="cpu", weights_only=False, mmap=True)  # mmap: no full copy
+        resumed_step = int(state.get("global_step", 0))
+        del state
+    with quiet_lightning(resuming=resume_path is not None):
         trainer = pl.Trainer(
             max_epochs=epochs, max_steps=max_steps if max_steps else -1,
             accelerator="gpu" if device.type == "cuda" else "cpu",
@@ -299,7 +303,7 @@ def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float
     # Seed torch for this run only: the caller's global RNG state (torch, and numpy / random, which
     # Lightning's seed_everything would also reset) is left as it was.
     rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with quiet_lightning(), torch.random.fork_rng(devices=rng_devices):
+    with quiet_lightning(resuming=resume_path is not None), torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
         try:
             trainer.fit(lit, train_dl, val_dl, ckpt_path=str(resume_path) if resume_path else None)
