@@ -923,6 +923,79 @@ mod tests {
         std::fs::remove_dir_all(&base).unwrap();
     }
 
+    /// The maps shortcut: with no new module and no watched directory moved, the maps are not
+    /// re-read (a change visible only in the maps file is not seen), unless `always_read_maps`.
+    /// Any change on disk under a watched directory ends the shortcut.
+    #[cfg(unix)]
+    #[test]
+    fn maps_are_reread_only_when_a_watched_directory_moves() {
+        let base = std::env::temp_dir().join(format!("tbkit-probe-gate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let site = base.join("site");
+        std::fs::create_dir_all(site.join("pkg")).unwrap();
+        std::fs::create_dir_all(site.join("pkg-1.0.dist-info")).unwrap();
+        std::fs::write(site.join("pkg-1.0.dist-info/METADATA"), "Version: 1.0\n\n").unwrap();
+        std::fs::write(site.join("pkg/__init__.py"), "").unwrap();
+        let site = std::fs::canonicalize(&site).unwrap();
+        let so = site.join("pkg/_ext.so");
+        std::fs::write(&so, b"\x7fELF").unwrap();
+        let id = file_id(&so).unwrap();
+        let maps_path = base.join("maps");
+        let line = |deleted: bool| {
+            format!(
+                "7f00-7f01 r-xp 00000000 {:02x}:{:02x} {} {}{}\n",
+                id.dev.major,
+                id.dev.minor,
+                id.ino,
+                so.display(),
+                if deleted { " (deleted)" } else { "" }
+            )
+        };
+        std::fs::write(&maps_path, line(false)).unwrap();
+        let sys_path = vec![site.clone()];
+        let modules = vec![
+            ModuleInfo {
+                name: "pkg".into(),
+                file: Some(site.join("pkg/__init__.py")),
+                version: Some("1.0".into()),
+            },
+            ModuleInfo {
+                name: "pkg._ext".into(),
+                file: Some(so.clone()),
+                version: None,
+            },
+        ];
+        let mut lazy = Probe::new(Config {
+            maps_path: Some(maps_path.clone()),
+            ..Default::default()
+        });
+        let mut eager = Probe::new(Config {
+            maps_path: Some(maps_path.clone()),
+            always_read_maps: true,
+            ..Default::default()
+        });
+        assert!(lazy.check(&sys_path, &modules).findings.is_empty());
+        assert!(eager.check(&sys_path, &modules).findings.is_empty());
+        // let the directory stamps age past the coarse-clock window, then settle the shortcut
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(lazy.check(&sys_path, &[]).findings.is_empty());
+        assert!(lazy.check(&sys_path, &[]).findings.is_empty());
+        // only the maps text changes (nothing on disk): the shortcut holds, the eager probe sees it
+        std::fs::write(&maps_path, line(true)).unwrap();
+        assert!(lazy.check(&sys_path, &[]).findings.is_empty());
+        assert_eq!(eager.check(&sys_path, &[]).findings.len(), 1);
+        // the library is really unlinked: its directory moves, the lazy probe re-reads and sees it
+        std::fs::remove_file(&so).unwrap();
+        let r = lazy.check(&sys_path, &[]);
+        assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+        assert!(
+            r.findings[0].change.contains("mapped files deleted"),
+            "{}",
+            r.findings[0].change
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
     /// A fake site directory with one native "distribution", a fake maps file, and the whole
     /// pipeline: clean, then the library deleted, then the dist-info replaced by a new version.
     #[cfg(unix)]
