@@ -104,3 +104,14 @@ def test_split_and_unigram():
     assert 0 < uni < tdata.uniform_cross_entropy(97) and tdata.uniform_cross_entropy(97) == pytest.approx(math.log(97))
     with pytest.raises(UsageError):
         tdata.split(td.subset(slice(0, 1)), 0.1)
+
+
+def test_tier3_modules_import_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, tbkit.data, tbkit.training, tbkit.hpo, tbkit.tiers.tier3, tbkit.commands.search; "
+            "print(sorted(m for m in ('torch', 'lightning', 'optuna', 'pandas', 'matplotlib', 'numpy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
