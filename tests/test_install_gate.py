@@ -19,6 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+UV = [sys.executable, "-m", "uv"]  # uv as installed with the test extras, whatever PATH holds
 
 
 def make_wheel(directory: Path, name: str, version: str, requires=(), files=None) -> Path:
@@ -46,9 +47,9 @@ def make_wheel(directory: Path, name: str, version: str, requires=(), files=None
 
 def make_venv(path: Path, wheelhouse: Path, *packages: str) -> Path:
     """uv venv + packages from the local wheelhouse; tbkit comes from this checkout (a .pth file)."""
-    subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(path)], check=True)
+    subprocess.run([*UV, "venv", "--quiet", "--python", sys.executable, str(path)], check=True)
     python = path / "bin" / "python"
-    subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(python), "--no-index",
+    subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), "--no-index",
                     "--find-links", str(wheelhouse), *packages], check=True)
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
@@ -216,7 +217,7 @@ def test_after_numpy_is_replaced_from_outside_every_install_is_refused(tmp_path,
     out = run_scenario(python, [wheelhouse, local_wheels], f"""
         import subprocess
         # another process (a `!pip` in a terminal, a subprocess install) replaces NumPy under us
-        subprocess.run(["uv", "pip", "install", "--quiet", "--python", sys.executable, "--no-index",
+        subprocess.run([*{UV!r}, "pip", "install", "--quiet", "--python", sys.executable, "--no-index",
                         "--find-links", {str(wheelhouse)!r}, "numpy==2.2.6"], check=True)
         first = attempt("tinypkg")
         satisfied = attempt("pip")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
+UV = [sys.executable, "-m", "uv"]  # uv as installed with the test extras, whatever PATH holds
 
 KERNEL_WHEELHOUSE = Path(os.environ.get("TBKIT_KERNEL_WHEELHOUSE",
                                         Path.home() / ".cache" / "tbkit-tests" / "kernel-wheelhouse"))
@@ -34,12 +35,12 @@ def kernel_wheelhouse() -> Path:
 @pytest.fixture
 def kernel_venv(tmp_path, wheelhouse, kernel_wheelhouse, tbkit_wheel) -> Path:
     venv = tmp_path / "venv"
-    subprocess.run(["uv", "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run([*UV, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
     python = venv / "bin" / "python"
     local = ["--no-index", "--find-links", str(wheelhouse), "--find-links", str(kernel_wheelhouse)]
-    subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(python), *local,
+    subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), *local,
                     "ipykernel", "numpy==2.0.2", "pip==25.3"], check=True)
-    subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(python), "--no-deps", str(tbkit_wheel)],
+    subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), "--no-deps", str(tbkit_wheel)],
                    check=True)
     return python
 
@@ -129,7 +130,7 @@ def test_notebook_install_gate_in_a_real_kernel(kernel_venv, wheelhouse, tmp_pat
         assert numpy_on_disk(kernel_venv) == before
 
         # 3. NumPy replaced from outside the kernel: one banner after the next cell
-        subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(kernel_venv), "--no-index",
+        subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(kernel_venv), "--no-index",
                         "--find-links", str(wheelhouse), "numpy==2.2.6"], check=True)
         assert numpy_on_disk(kernel_venv) != before
         seen = kernel.run("x = 1 + 1")
