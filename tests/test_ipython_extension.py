@@ -100,7 +100,7 @@ def test_the_transformer_rewrites_only_install_lines_and_keeps_indentation():
 
 def test_strict_mode_refuses_an_unplannable_command_and_it_never_runs(ip, tmp_path, wheelhouse, capsys):
     target = tmp_path / "target"
-    result = ip.run_cell(f"!python3 -m pip install --target {target} --no-index --find-links {wheelhouse} six\n"
+    result = ip.run_cell(f"!{sys.executable} -m pip install --target {target} --no-index --find-links {wheelhouse} six\n"
                          "after = 'the rest of the cell ran'")
     out = capsys.readouterr()
     assert type(result.error_in_exec).__name__ == "InstallRefused"
@@ -114,7 +114,7 @@ def test_strict_mode_refuses_an_unplannable_command_and_it_never_runs(ip, tmp_pa
 def test_warn_mode_runs_the_command_after_the_warning(ip, tmp_path, wheelhouse, capfd):
     ip.run_line_magic("tbkit", "mode warn")
     target = tmp_path / "target"
-    result = ip.run_cell(f"!python3 -m pip install -q --target {target} --no-index --find-links {wheelhouse} six")
+    result = ip.run_cell(f"!{sys.executable} -m pip install -q --target {target} --no-index --find-links {wheelhouse} six")
     out = capfd.readouterr()
     assert result.error_in_exec is None
     assert "tbkit (warn mode): running" in out.err
