@@ -69,10 +69,23 @@ def test_overfit_skips_hidden_state_outputs_with_the_reason():
 
 
 # ---- data-needing checks skip without data ------------------------------------------------------
-@pytest.mark.parametrize("func", [tier3.check_train, tier3.check_hpo, tier3.check_baseline])
-def test_training_checks_skip_without_data(func):
-    (row,) = list(func(_ctx(loaded(build(HealthyDecoder)), func.__name__)))
-    assert row.status is Status.SKIP and row.detail == tier3.NO_DATA
+@pytest.mark.parametrize("check_id", ["train", "hpo", "baseline"])
+def test_training_checks_skip_without_data_and_install_nothing(check_id, monkeypatch, tmp_path):
+    """Without data the SKIP comes before the install gate: no lightning/optuna just to say 'no data'."""
+    import importlib
+    import io
+    import sys
+
+    import tbkit
+
+    calls = []
+    importlib.import_module("tbkit.install")
+    monkeypatch.setattr(sys.modules["tbkit.install"], "ensure", lambda *reqs, **kw: calls.append(reqs))
+    report = tbkit.run(loaded(build(HealthyDecoder)), checks=[check_id], out_dir=tmp_path,
+                       progress=False, stream=io.StringIO())
+    (row,) = report.rows
+    assert row.check == check_id and row.status is Status.SKIP and row.detail == tier3.NO_DATA
+    assert calls == []
 
 
 # ---- statistics and the reference --------------------------------------------------------------

@@ -244,6 +244,11 @@ def _run_one(spec, ctx: CheckContext, stream):
         last = now
         return row
 
+    if spec.applies is not None:
+        reason = spec.applies(ctx)
+        if reason:
+            yield stamp(ctx.row(Status.SKIP, detail=reason))
+            return
     if spec.needs:
         try:
             from tbkit.install import ensure

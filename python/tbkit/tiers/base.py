@@ -119,16 +119,19 @@ class CheckSpec:
     func: CheckFunc
     summary: str
     needs: tuple = ()  # requirement strings obtained through tbkit.ensure before the check runs
+    # ``applies(ctx) -> None | str``: a reason to SKIP, asked before ``needs`` are installed, so
+    # that a check which cannot run (no training data, wrong model kind) never costs an install.
+    applies: Optional[Callable[[CheckContext], Optional[str]]] = None
 
 
 REGISTRY: "dict[str, CheckSpec]" = {}
 
 
-def register(id: str, tier: int, summary: str, needs: tuple = ()) -> Callable[[CheckFunc], CheckFunc]:
+def register(id: str, tier: int, summary: str, needs: tuple = (), applies=None) -> Callable[[CheckFunc], CheckFunc]:
     def deco(func: CheckFunc) -> CheckFunc:
         if id in REGISTRY:
             raise RuntimeError(f"check id {id!r} registered twice")
-        REGISTRY[id] = CheckSpec(id, tier, func, summary, tuple(needs))
+        REGISTRY[id] = CheckSpec(id, tier, func, summary, tuple(needs), applies)
         return func
 
     return deco

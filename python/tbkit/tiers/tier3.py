@@ -19,7 +19,7 @@ import copy
 import inspect
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from tbkit.tiers import inputs
 from tbkit.tiers.base import CheckContext, Row, Status, register
@@ -44,16 +44,20 @@ def _opt(ctx: CheckContext, key: str, default):
     return default if value is None else value
 
 
-def _data_or_skip(ctx: CheckContext):
-    """(data, synthetic) or a SKIP row for checks that train."""
-    data, synthetic = ctx.options.get("data"), bool(ctx.options.get("synthetic", False))
-    if data is None and not synthetic:
-        return None, ctx.row(Status.SKIP, detail=NO_DATA)
+def _why_not_trainable(ctx: CheckContext) -> Optional[str]:
+    """The SKIP reason for checks that train, or None. The runner asks before installing their
+    requirements, so a run without data never installs lightning just to say so."""
+    if ctx.options.get("data") is None and not ctx.options.get("synthetic", False):
+        return NO_DATA
     if ctx.model.kind != "decoder":
-        return None, ctx.row(Status.SKIP, detail=(
-            f"trains a causal language model; this model is a {ctx.model.kind} ({ctx.model.kind_reason}). "
-            "Declare kind='decoder' if it is one"))
-    return (data, synthetic), None
+        return (f"trains a causal language model; this model is a {ctx.model.kind} ({ctx.model.kind_reason}). "
+                "Declare kind='decoder' if it is one")
+    return None
+
+
+def _data(ctx: CheckContext):
+    """(data, synthetic) for checks that train (``_why_not_trainable`` has passed)."""
+    return ctx.options.get("data"), bool(ctx.options.get("synthetic", False))
 
 
 def _label(synthetic: bool) -> str:
@@ -155,15 +159,11 @@ def _overfit_figure(ctx: CheckContext, losses) -> None:
 # train
 # ---------------------------------------------------------------------------------------------
 @register("train", tier=3, summary="fine-tune with lightning on the user's data: val loss / perplexity per epoch",
-          needs=("lightning",))
+          needs=("lightning",), applies=_why_not_trainable)
 def check_train(ctx: CheckContext) -> Iterator[Row]:
     from tbkit import training
 
-    got, skip = _data_or_skip(ctx)
-    if skip is not None:
-        yield skip
-        return
-    data, synthetic = got
+    data, synthetic = _data(ctx)
     ckdir = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / "train"
     result = training.train(
         ctx.model, data, synthetic=synthetic, epochs=int(_opt(ctx, "train_epochs", 2)),
@@ -198,15 +198,11 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
 # hpo
 # ---------------------------------------------------------------------------------------------
 @register("hpo", tier=3, summary="Optuna TPE + median pruning (Lightning callback): trials, best params, plots",
-          needs=("optuna", "optuna-integration", "lightning"))
+          needs=("optuna", "optuna-integration", "lightning"), applies=_why_not_trainable)
 def check_hpo(ctx: CheckContext) -> Iterator[Row]:
     from tbkit import hpo
 
-    got, skip = _data_or_skip(ctx)
-    if skip is not None:
-        yield skip
-        return
-    data, synthetic = got
+    data, synthetic = _data(ctx)
     res = hpo.search(
         ctx.model, data, synthetic=synthetic, n_trials=int(_opt(ctx, "hpo_trials", 6)),
         epochs=int(_opt(ctx, "hpo_epochs", 3)), batch_size=int(_opt(ctx, "batch_size", 16)),
@@ -234,18 +230,14 @@ def check_hpo(ctx: CheckContext) -> Iterator[Row]:
 # baseline
 # ---------------------------------------------------------------------------------------------
 @register("baseline", tier=3, summary="vs uniform, unigram and a parameter-matched reference decoder (>=3 seeds, paired t-test)",
-          needs=("lightning",))
+          needs=("lightning",), applies=_why_not_trainable)
 def check_baseline(ctx: CheckContext) -> Iterator[Row]:
     import numpy as np
 
     from tbkit import data as tdata
     from tbkit import training
 
-    got, skip = _data_or_skip(ctx)
-    if skip is not None:
-        yield skip
-        return
-    data, synthetic = got
+    data, synthetic = _data(ctx)
     model = ctx.model
     seeds = [ctx.seed + i for i in range(max(3, int(_opt(ctx, "baseline_seeds", 3))))]
     steps = int(_opt(ctx, "baseline_steps", 150))
