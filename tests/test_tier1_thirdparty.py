@@ -61,14 +61,25 @@ def _tiny_t5(T):
                                                    num_heads=4, decoder_start_token_id=0))
 
 
-@pytest.mark.parametrize("make, kind", [(_tiny_llama, "decoder"), (_tiny_t5, "seq2seq")], ids=["llama", "t5"])
+def _tiny_bart(T):
+    # BART's learned position table keeps 2 reserved rows (offset): 66 rows, 64 usable positions.
+    return T.BartForConditionalGeneration(T.BartConfig(
+        vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64))
+
+
+@pytest.mark.parametrize("make, kind", [(_tiny_llama, "decoder"), (_tiny_t5, "seq2seq"), (_tiny_bart, "seq2seq")],
+                         ids=["llama", "t5", "bart"])
 def test_transformers_rope_decoder_and_t5_seq2seq_do_not_fail(make, kind, tmp_path):
     """Beyond the brief's three: rotary positions with grouped-query attention (no position table,
     so lengths are capped at 128 and said so), and an HF encoder-decoder whose LM head is scaled
     inside forward (it once tripped the weight-gain heuristic)."""
     transformers = pytest.importorskip("transformers", reason="transformers is not installed (CI installs it)")
     torch.manual_seed(0)
-    report = tbkit.run(tbkit.load(make(transformers), kind=kind), out_dir=tmp_path, progress=False, options=FAST)
+    lm = tbkit.load(make(transformers), kind=kind)
+    if make is _tiny_bart:
+        assert lm.max_len == 64, lm.max_len  # not the table's 66 rows
+    report = tbkit.run(lm, out_dir=tmp_path, progress=False, options=FAST)
     _no_fail(report)
     assert {r.status.value for r in report.rows if r.check == "causal"} == {"PASS"}
     gain = next(r for r in report.rows if r.metric == "max weight gain std*sqrt(fan_in)")

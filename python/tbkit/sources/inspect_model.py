@@ -48,7 +48,13 @@ def find_max_len(model, flat: dict, token_embedding: Optional[str], notes: list)
     found = None
     for name, emb in embeddings(model):
         if name != token_embedding and _POSITION_NAME.search(name):
-            found = (emb.num_embeddings, f"learned position table {name} ({emb.num_embeddings} rows)")
+            # Some tables reserve leading rows (HF BART's learned positions keep `offset = 2`):
+            # the usable length is the rows minus that offset, or length rows+1 breaks the model.
+            offset = emb.__dict__.get("offset")
+            offset = offset if isinstance(offset, int) and not isinstance(offset, bool) and 0 < offset < emb.num_embeddings else 0
+            rows = emb.num_embeddings - offset
+            found = (rows, f"learned position table {name} ({emb.num_embeddings} rows"
+                     + (f", first {offset} reserved)" if offset else ")"))
             break
     if found is None:
         for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
