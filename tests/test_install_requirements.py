@@ -162,3 +162,21 @@ def test_index_credentials_are_never_shown():
     shown = index.describe()
     assert "s3cr3t" not in shown and "pypi-AgE" not in shown and "https://***@127.0.0.1/simple" in shown
     assert "https://user:s3cr3t-token@127.0.0.1/simple" in index.args()  # pip itself still gets them
+
+
+def test_loaded_versions_are_pinned_as_pip_sees_them_installed():
+    """torch reports __version__ "2.15.0+cu132" while its dist-info says "2.15.0": the pin must be the
+    dist-info spelling, or pip would think the loaded torch has to change."""
+    import importlib.metadata as md
+
+    from tbkit.install.plan import pinnable
+
+    pip_version = md.version("pip")
+    pins = pinnable({"pip": pip_version + "+cu132", "pytest": md.version("pytest"), "no-such-dist": "1.0",
+                     "legacy": "not a version"})
+    assert pins["pip"] == pip_version  # same release: the installed spelling
+    assert pins["pytest"] == md.version("pytest")
+    assert pins["no-such-dist"] == "1.0"  # not installed: kept as loaded (pip will want it: refused)
+    assert "legacy" not in pins
+    different = pinnable({"pip": "0.1"})
+    assert different["pip"] == "0.1"  # a different release is never papered over

@@ -127,17 +127,31 @@ def _constraints_file(pinned: dict, directory: str) -> str:
 
 
 def pinnable(loaded: dict) -> dict:
-    """Loaded distributions whose versions pip can pin (PEP 440); the rest cannot be constrained."""
+    """Loaded distributions pinned the way pip will see them installed.
+
+    The pin is the dist-info's spelling whenever it is the same release as the loaded one: torch says
+    ``__version__ == "2.15.0+cu132"`` while its dist-info says ``2.15.0``, and a pin with a local label
+    matches only that label, so pinning the in-memory spelling would make pip think torch must change.
+    (A real difference between loaded and installed is the probe's "restart required", checked first.)
+    Versions that are not PEP 440 cannot be constrained and are left out."""
     from tbkit.install.requirements import packaging_modules
 
     Version = packaging_modules()[3].Version
     out = {}
     for name, version in loaded.items():
         try:
-            Version(str(version))
+            loaded_v = Version(str(version))
         except Exception:
             continue
-        out[canonical(name)] = str(version)
+        pin = str(version)
+        on_disk = installed_version(name)
+        if on_disk is not None and on_disk != pin:
+            try:
+                if Version(on_disk).public == loaded_v.public:
+                    pin = on_disk
+            except Exception:
+                pass
+        out[canonical(name)] = pin
     return out
 
 
