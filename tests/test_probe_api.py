@@ -101,6 +101,25 @@ def test_missing_proc_maps_is_a_degraded_finding_not_an_exception(fake):
     assert _by_dist(report)["fakepure"].severity == "changed_pure_python"
 
 
+def test_a_vendored_top_level_module_does_not_lend_its_version(fake, tmp_path):
+    """ipykernel loads debugpy, which imports its bundled `pydevd` (version 3.5.0) by bare name from
+    site-packages/debugpy/_vendored/pydevd/: that version is not debugpy's. Every fresh Jupyter
+    kernel once reported 'debugpy 3.5.0 (on disk: 1.8.x): restart required'."""
+    vendored = fake.site / "fakepure" / "_vendored"
+    vendored.mkdir()
+    (vendored / "helperlib.py").write_text("__version__ = '9.9.9'\n")
+    mod = types.ModuleType("helperlib")
+    mod.__file__ = str(vendored / "helperlib.py")
+    mod.__version__ = "9.9.9"
+    sys.modules["helperlib"] = mod
+    try:
+        probe = integrity.new_probe(maps_path=str(fake.maps))
+        report = integrity.report_of(probe)
+        assert report.ok, report
+    finally:
+        sys.modules.pop("helperlib", None)
+
+
 def test_unreadable_dist_info_is_a_degraded_finding(fake):
     probe = integrity.new_probe(maps_path=str(fake.maps))
     assert integrity.report_of(probe).ok

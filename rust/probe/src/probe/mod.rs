@@ -320,7 +320,11 @@ impl Probe {
         };
         let is_dir = comps.next().is_some();
         let top = self.top_for(root, first, is_dir);
-        let is_top_module = !m.name.contains('.');
+        // A top-level module is one whose file *is* the top entry of its root: a vendored
+        // module imported by bare name from inside another package's folder (debugpy imports its
+        // bundled `pydevd`, whose __version__ is 3.5.0) is not that package's top module and must
+        // not lend the distribution its version.
+        let is_top_module = !m.name.contains('.') && module_name_of(first, is_dir) == m.name;
         if is_top_module && m.version.is_some() {
             self.tops[top].version = m.version.clone();
         }
