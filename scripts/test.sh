@@ -25,7 +25,9 @@ echo "== pip install -e .[test,all]  (builds tbkit._probe from source)"
 # The release wheel, for the tests that install tbkit into fresh venvs the way users get it.
 echo "== maturin build --release"
 rm -rf target/wheels
-"$PY" -m maturin build --release --quiet --out target/wheels >/dev/null
+# maturin's script sits beside the interpreter, or (venv over system site-packages) on PATH.
+MATURIN="$("$PY" -c 'import os, shutil, sysconfig; p = os.path.join(sysconfig.get_path("scripts"), "maturin"); print(p if os.path.exists(p) else shutil.which("maturin") or "maturin")')"
+"$MATURIN" build --release --quiet --out target/wheels
 export TBKIT_WHEEL="$(ls target/wheels/tbkit-*.whl | head -n 1)"
 
 echo "== fetching test wheels once per machine (tests install only from this local wheelhouse)"

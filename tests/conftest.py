@@ -18,11 +18,13 @@ def tbkit_wheel(tmp_path_factory) -> Path:
     env_wheel = os.environ.get("TBKIT_WHEEL")
     if env_wheel and Path(env_wheel).is_file():
         return Path(env_wheel)
+    import shutil
+    import sysconfig
+
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "maturin", "build", "--release", "--quiet", "--out", str(out)],
-        cwd=ROOT, check=True,
-    )
+    beside = Path(sysconfig.get_path("scripts")) / "maturin"
+    maturin = str(beside) if beside.exists() else shutil.which("maturin") or "maturin"
+    subprocess.run([maturin, "build", "--release", "--quiet", "--out", str(out)], cwd=ROOT, check=True)
     (wheel,) = out.glob("tbkit-*.whl")
     return wheel
 
