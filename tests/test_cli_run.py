@@ -86,3 +86,22 @@ def test_usage_and_loading_errors_exit_2_with_one_paragraph(tmp_path):
         assert "Traceback" not in proc.stderr
         assert proc.stderr.startswith("tbkit: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "tbkit-report").exists()
+
+
+def test_sha256_pin_refuses_other_code_before_it_runs(tmp_path):
+    """--sha256: the content hash shown on load must match, or nothing of model.py runs (exit 2)."""
+    marker = tmp_path / "ran"
+    (tmp_path / "model.py").write_text(LEAKY.replace(
+        "import torch\n", f"import torch\nopen({str(marker)!r}, 'w').close()\n", 1))
+    proc = tbkit_cmd("run", "model.py", "--kind", "decoder", "--checks", "summary", "--no-progress",
+                     "--sha256", "0" * 64, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "sha256" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists(), "model code ran although its hash did not match"
+    good = next(ln.split()[-1] for ln in tbkit_cmd("run", "model.py", "--kind", "decoder", "--checks", "summary",
+                                                   "--no-progress", cwd=tmp_path).stdout.splitlines()
+                if ln.strip().startswith("content sha256"))
+    marker.unlink()
+    proc = tbkit_cmd("run", "model.py", "--kind", "decoder", "--checks", "summary", "--no-progress",
+                     "--sha256", good, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr

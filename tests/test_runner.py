@@ -117,6 +117,24 @@ def test_install_refusal_becomes_one_skip_row_with_the_gates_reason(temp_checks,
     assert report.verdict is Status.PASS  # a SKIP neither raises nor lowers the verdict
 
 
+def test_an_install_that_fails_offline_is_a_skip_not_a_model_error(temp_checks, decoder, tmp_path, monkeypatch):
+    """Offline or no such version: the check could not run, the model is not at fault."""
+    import tbkit.install
+    from tbkit.errors import InstallFailed
+
+    def offline(*needs, **kw):
+        raise InstallFailed("pip could not plan captum>=0.9 from https://pypi.org/simple: the index is "
+                            "unreachable. Nothing was installed and this environment is unchanged",
+                            "Check that the index is reachable, or pass find_links=.")
+
+    monkeypatch.setattr(tbkit.install, "ensure", offline)
+    temp_checks("t_offline", lambda ctx: iter(()), needs=("captum>=0.9",))
+    report = tbkit.run(decoder, checks="t_offline", out_dir=tmp_path, progress=False)
+    (row,) = report.rows
+    assert row.status is Status.SKIP and "unreachable" in row.detail and row.metric == "requirements"
+    assert report.verdict is Status.PASS
+
+
 def test_checks_run_after_the_gate_allows_their_needs(temp_checks, decoder, tmp_path, monkeypatch):
     """The gate itself is tested with real installs elsewhere; here: the runner asks it first,
     with the check's requirements, and runs the check when it returns."""

@@ -258,10 +258,10 @@ def _run_one(spec, ctx: CheckContext, stream):
         except KeyboardInterrupt:
             raise
         except TbkitError as err:
-            from tbkit.errors import InstallRefused
-
-            status = Status.SKIP if isinstance(err, InstallRefused) else Status.ERROR
-            yield stamp(ctx.row(status, "requirements", " ".join(spec.needs), "", str(err)))
+            # Refused by the gate, or not installable here (offline, no such version): either way
+            # the check could not run and the model is not at fault, so SKIP with the gate's
+            # reason and fix, never an ERROR that reads as a model bug.
+            yield stamp(ctx.row(Status.SKIP, "requirements", " ".join(spec.needs), "", str(err)))
             return
         except Exception:
             yield stamp(ctx.row(Status.ERROR, "requirements", " ".join(spec.needs), "",

@@ -21,6 +21,9 @@ def configure(parser) -> None:
     parser.add_argument("--out", default="tbkit-report", help="output folder (default ./tbkit-report)")
     parser.add_argument("--json", action="store_true", help="print only the report JSON on stdout")
     parser.add_argument("--revision", default=None, help="gist revision (commit sha) to pin")
+    parser.add_argument("--sha256", default=None, metavar="HEX",
+                        help="refuse to run the model code unless its content sha256 (shown on load) is this")
+    parser.add_argument("--offline", action="store_true", help="use only cached gist revisions (no network)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every generated input (default 0)")
     parser.add_argument("--memory-budget-mb", type=float, default=None,
                         help="fail the memory check when model + peak activations exceed this many MB")
@@ -50,7 +53,8 @@ def main(args) -> int:
                        ("storage", args.storage)):
         if value is not None:
             options[key] = value
-    load_options = {"revision": args.revision} if args.revision is not None else None
+    load_options = {k: v for k, v in (("revision", args.revision), ("expected_sha256", args.sha256),
+                                      ("offline", True if args.offline else None)) if v is not None} or None
     # with --json, anything else that writes to stdout (a print in the model's forward, a library)
     # is sent to stderr, so stdout stays one JSON document
     with contextlib.redirect_stdout(info):
