@@ -17,7 +17,7 @@ def tbkit_wheel(tmp_path_factory) -> Path:
     else built here with maturin."""
     env_wheel = os.environ.get("TBKIT_WHEEL")
     if env_wheel and Path(env_wheel).is_file():
-        return Path(env_wheel)
+        return Path(env_wheel).resolve()  # tests chdir and pass it to pip in other folders
     import shutil
     import sysconfig
 
