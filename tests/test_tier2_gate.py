@@ -74,11 +74,16 @@ def view_venv(root: Path, hide: tuple = ("captum",)) -> tuple:
     venv, view = root / "venv", root / "system-view"
     subprocess.run([sys.executable, "-m", "uv", "venv", "-q", "-p", sys.executable, str(venv)], check=True)
     view.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        low = entry.name.lower()
-        if any(low == h or low.startswith(h + "-") for h in hide):
-            continue
-        (view / entry.name).symlink_to(entry)
+    # every site dir this interpreter sees (a venv over system site-packages has two), first wins
+    import site as site_mod
+
+    dirs = [sysconfig.get_paths()["purelib"], *site_mod.getsitepackages()]
+    for folder in dict.fromkeys(d for d in dirs if Path(d).is_dir()):
+        for entry in Path(folder).iterdir():
+            low = entry.name.lower()
+            if any(low == h or low.startswith(h + "-") for h in hide) or (view / entry.name).exists():
+                continue
+            (view / entry.name).symlink_to(entry)
     python = venv / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
