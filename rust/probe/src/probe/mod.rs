@@ -856,47 +856,110 @@ mod tests {
         assert_eq!(module_name_of("numpy.libs", true), "numpy.libs");
     }
 
+    /// A hand-made site directory (named `site_dir_name`, under a fresh temp folder) holding one
+    /// native "distribution" `pkg` 1.0: `pkg/__init__.py`, `pkg/_ext.so` and its dist-info; plus
+    /// the two `ModuleInfo`s an import of it leaves in `sys.modules`.
+    #[cfg(unix)]
+    struct FakeSite {
+        base: PathBuf,
+        site: PathBuf,
+        so: PathBuf,
+        id: FileId,
+        maps_path: PathBuf,
+    }
+
+    #[cfg(unix)]
+    impl FakeSite {
+        fn new(tag: &str, site_dir_name: &str) -> Self {
+            let base =
+                std::env::temp_dir().join(format!("tbkit-probe-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&base);
+            let site = base.join(site_dir_name);
+            std::fs::create_dir_all(site.join("pkg")).unwrap();
+            std::fs::create_dir_all(site.join("pkg-1.0.dist-info")).unwrap();
+            std::fs::write(
+                site.join("pkg-1.0.dist-info/METADATA"),
+                "Name: pkg\nVersion: 1.0\n\n",
+            )
+            .unwrap();
+            std::fs::write(site.join("pkg/__init__.py"), "").unwrap();
+            let site = std::fs::canonicalize(&site).unwrap();
+            let so = site.join("pkg/_ext.so");
+            std::fs::write(&so, b"\x7fELF").unwrap();
+            let id = file_id(&so).unwrap();
+            let maps_path = base.join("maps");
+            FakeSite {
+                base,
+                site,
+                so,
+                id,
+                maps_path,
+            }
+        }
+
+        /// One maps line for `_ext.so` with its real device and inode.
+        fn maps_line(&self, deleted: bool) -> String {
+            format!(
+                "7f00-7f01 r-xp 00000000 {:02x}:{:02x} {} {}{}\n",
+                self.id.dev.major,
+                self.id.dev.minor,
+                self.id.ino,
+                self.so.display(),
+                if deleted { " (deleted)" } else { "" }
+            )
+        }
+
+        fn sys_path(&self) -> Vec<PathBuf> {
+            vec![self.site.clone()]
+        }
+
+        fn modules(&self) -> Vec<ModuleInfo> {
+            vec![
+                ModuleInfo {
+                    name: "pkg".into(),
+                    file: Some(self.site.join("pkg/__init__.py")),
+                    version: Some("1.0".into()),
+                },
+                ModuleInfo {
+                    name: "pkg._ext".into(),
+                    file: Some(self.so.clone()),
+                    version: None,
+                },
+            ]
+        }
+
+        fn probe(&self, always_read_maps: bool) -> Probe {
+            Probe::new(Config {
+                maps_path: Some(self.maps_path.clone()),
+                always_read_maps,
+                ..Default::default()
+            })
+        }
+    }
+
+    #[cfg(unix)]
+    impl Drop for FakeSite {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
+
     /// overlayfs (Docker, Colab): maps shows the lower layer's device, stat the overlay's. The
     /// probe calibrates at first sight (same inode, other device: compare inodes only), gives no
     /// false alarm, and still sees a replacement that maps does not mark ` (deleted)`.
     #[cfg(unix)]
     #[test]
     fn overlayfs_calibration() {
-        let base = std::env::temp_dir().join(format!("tbkit-probe-ovl-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let site = base.join("site");
-        std::fs::create_dir_all(site.join("pkg")).unwrap();
-        std::fs::create_dir_all(site.join("pkg-1.0.dist-info")).unwrap();
-        std::fs::write(site.join("pkg-1.0.dist-info/METADATA"), "Version: 1.0\n\n").unwrap();
-        std::fs::write(site.join("pkg/__init__.py"), "").unwrap();
-        let site = std::fs::canonicalize(&site).unwrap();
-        let so = site.join("pkg/_ext.so");
-        std::fs::write(&so, b"\x7fELF").unwrap();
-        let ino = file_id(&so).unwrap().ino;
-        let maps_path = base.join("maps");
+        let fake = FakeSite::new("ovl", "site");
+        let (site, so, ino) = (fake.site.clone(), fake.so.clone(), fake.id.ino);
         // device 00:99 is not the device stat reports: what older kernels show on overlayfs
         std::fs::write(
-            &maps_path,
+            &fake.maps_path,
             format!("7f00-7f01 r-xp 00000000 00:99 {ino} {}\n", so.display()),
         )
         .unwrap();
-        let mut probe = Probe::new(Config {
-            maps_path: Some(maps_path),
-            ..Default::default()
-        });
-        let sys_path = vec![site.clone()];
-        let modules = vec![
-            ModuleInfo {
-                name: "pkg".into(),
-                file: Some(site.join("pkg/__init__.py")),
-                version: Some("1.0".into()),
-            },
-            ModuleInfo {
-                name: "pkg._ext".into(),
-                file: Some(so.clone()),
-                version: None,
-            },
-        ];
+        let mut probe = fake.probe(false);
+        let (sys_path, modules) = (fake.sys_path(), fake.modules());
         let r = probe.check(&sys_path, &modules);
         assert!(
             r.findings.is_empty(),
@@ -924,7 +987,6 @@ mod tests {
             "{}",
             r.findings[0].change
         );
-        std::fs::remove_dir_all(&base).unwrap();
     }
 
     /// The maps shortcut: with no new module and no watched directory moved, the maps are not
@@ -933,51 +995,12 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn maps_are_reread_only_when_a_watched_directory_moves() {
-        let base = std::env::temp_dir().join(format!("tbkit-probe-gate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let site = base.join("site");
-        std::fs::create_dir_all(site.join("pkg")).unwrap();
-        std::fs::create_dir_all(site.join("pkg-1.0.dist-info")).unwrap();
-        std::fs::write(site.join("pkg-1.0.dist-info/METADATA"), "Version: 1.0\n\n").unwrap();
-        std::fs::write(site.join("pkg/__init__.py"), "").unwrap();
-        let site = std::fs::canonicalize(&site).unwrap();
-        let so = site.join("pkg/_ext.so");
-        std::fs::write(&so, b"\x7fELF").unwrap();
-        let id = file_id(&so).unwrap();
-        let maps_path = base.join("maps");
-        let line = |deleted: bool| {
-            format!(
-                "7f00-7f01 r-xp 00000000 {:02x}:{:02x} {} {}{}\n",
-                id.dev.major,
-                id.dev.minor,
-                id.ino,
-                so.display(),
-                if deleted { " (deleted)" } else { "" }
-            )
-        };
-        std::fs::write(&maps_path, line(false)).unwrap();
-        let sys_path = vec![site.clone()];
-        let modules = vec![
-            ModuleInfo {
-                name: "pkg".into(),
-                file: Some(site.join("pkg/__init__.py")),
-                version: Some("1.0".into()),
-            },
-            ModuleInfo {
-                name: "pkg._ext".into(),
-                file: Some(so.clone()),
-                version: None,
-            },
-        ];
-        let mut lazy = Probe::new(Config {
-            maps_path: Some(maps_path.clone()),
-            ..Default::default()
-        });
-        let mut eager = Probe::new(Config {
-            maps_path: Some(maps_path.clone()),
-            always_read_maps: true,
-            ..Default::default()
-        });
+        let fake = FakeSite::new("gate", "site");
+        let so = fake.so.clone();
+        std::fs::write(&fake.maps_path, fake.maps_line(false)).unwrap();
+        let (sys_path, modules) = (fake.sys_path(), fake.modules());
+        let mut lazy = fake.probe(false);
+        let mut eager = fake.probe(true);
         assert!(lazy.check(&sys_path, &modules).findings.is_empty());
         assert!(eager.check(&sys_path, &modules).findings.is_empty());
         // let the directory stamps age past the coarse-clock window, then settle the shortcut
@@ -985,7 +1008,7 @@ mod tests {
         assert!(lazy.check(&sys_path, &[]).findings.is_empty());
         assert!(lazy.check(&sys_path, &[]).findings.is_empty());
         // only the maps text changes (nothing on disk): the shortcut holds, the eager probe sees it
-        std::fs::write(&maps_path, line(true)).unwrap();
+        std::fs::write(&fake.maps_path, fake.maps_line(true)).unwrap();
         assert!(lazy.check(&sys_path, &[]).findings.is_empty());
         assert_eq!(eager.check(&sys_path, &[]).findings.len(), 1);
         // the library is really unlinked: its directory moves, the lazy probe re-reads and sees it
@@ -997,7 +1020,6 @@ mod tests {
             "{}",
             r.findings[0].change
         );
-        std::fs::remove_dir_all(&base).unwrap();
     }
 
     /// A fake site directory with one native "distribution", a fake maps file, and the whole
@@ -1005,51 +1027,12 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn end_to_end_on_a_fake_site_dir() {
-        let base = std::env::temp_dir().join(format!("tbkit-probe-e2e-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let site = base.join("site packages");
-        std::fs::create_dir_all(site.join("pkg")).unwrap();
-        std::fs::create_dir_all(site.join("pkg-1.0.dist-info")).unwrap();
-        std::fs::write(
-            site.join("pkg-1.0.dist-info/METADATA"),
-            "Name: pkg\nVersion: 1.0\n\n",
-        )
-        .unwrap();
-        std::fs::write(site.join("pkg/__init__.py"), "").unwrap();
-        let so = site.join("pkg/_ext.so");
-        std::fs::write(&so, b"\x7fELF").unwrap();
-        let site = std::fs::canonicalize(&site).unwrap();
-        let so = site.join("pkg/_ext.so");
-        let id = file_id(&so).unwrap();
-        let maps_path = base.join("maps");
-        let line = |deleted: bool| {
-            format!(
-                "7f00-7f01 r-xp 00000000 {:02x}:{:02x} {} {}{}\n",
-                id.dev.major,
-                id.dev.minor,
-                id.ino,
-                so.display(),
-                if deleted { " (deleted)" } else { "" }
-            )
-        };
+        let fake = FakeSite::new("e2e", "site packages"); // a space on purpose
+        let (site, so, maps_path) = (fake.site.clone(), fake.so.clone(), fake.maps_path.clone());
+        let line = |deleted: bool| fake.maps_line(deleted);
         std::fs::write(&maps_path, line(false)).unwrap();
-        let mut probe = Probe::new(Config {
-            maps_path: Some(maps_path.clone()),
-            ..Default::default()
-        });
-        let sys_path = vec![site.clone()];
-        let modules = vec![
-            ModuleInfo {
-                name: "pkg".into(),
-                file: Some(site.join("pkg/__init__.py")),
-                version: Some("1.0".into()),
-            },
-            ModuleInfo {
-                name: "pkg._ext".into(),
-                file: Some(so.clone()),
-                version: None,
-            },
-        ];
+        let mut probe = fake.probe(false);
+        let (sys_path, modules) = (fake.sys_path(), fake.modules());
         probe.observe(&sys_path, &modules);
         let r = probe.check(&sys_path, &[]);
         assert!(r.findings.is_empty(), "{:?}", r.findings);
@@ -1081,17 +1064,14 @@ mod tests {
         );
 
         // a fresh probe after the damage still sees it (maps + in-memory version)
-        let mut late = Probe::new(Config {
-            maps_path: Some(maps_path.clone()),
-            ..Default::default()
-        });
+        let mut late = fake.probe(false);
         let r = late.check(&sys_path, &modules);
         assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
         assert_eq!(r.findings[0].severity, Severity::RestartRequired);
 
         // no maps at all: a degraded finding, not a panic
         let mut blind = Probe::new(Config {
-            maps_path: Some(base.join("no such maps")),
+            maps_path: Some(fake.base.join("no such maps")),
             ..Default::default()
         });
         let r = blind.check(&sys_path, &modules);
@@ -1099,6 +1079,5 @@ mod tests {
             .findings
             .iter()
             .any(|f| f.severity == Severity::ProbeDegraded && f.distribution == "(probe)"));
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }
