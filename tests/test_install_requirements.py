@@ -12,6 +12,9 @@ from tbkit.install import ensure, install, plan
 from tbkit.install.pip import IndexOptions
 from tbkit.install.requirements import validate
 
+# platform-independent: also run against each built wheel by the release workflow (-m quick)
+pytestmark = pytest.mark.quick
+
 _SPAWNED: list = []
 
 

@@ -17,6 +17,9 @@ import tbkit  # noqa: E402
 from tbkit.report import COLUMNS, SCHEMA_VERSION, Report, load_json  # noqa: E402
 from tbkit.tiers.base import Row, Status  # noqa: E402
 
+# platform-independent: also run against each built wheel by the release workflow (-m quick)
+pytestmark = pytest.mark.quick
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

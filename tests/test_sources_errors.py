@@ -21,6 +21,9 @@ from gist_server import FakeGitHub  # noqa: E402
 import tbkit  # noqa: E402
 from tbkit.errors import SourceError  # noqa: E402
 
+# platform-independent: also run against each built wheel by the release workflow (-m quick)
+pytestmark = pytest.mark.quick
+
 EXPORTS = Path(__file__).parent / "fixtures" / "exports"
 SECRET = "ghp_CORPUSSECRET0123456789abcdef"
 GID = "c0ffee00c0ffee00c0ff"

@@ -13,6 +13,9 @@ import models as M  # noqa: E402
 
 import tbkit  # noqa: E402
 
+# platform-independent: also run against each built wheel by the release workflow (-m quick)
+pytestmark = pytest.mark.quick
+
 FAST = {"speed_seconds_per_point": 0.02}
 # memory and speed only measure; leaving them out keeps the broken-model runs short
 CORRECTNESS = "summary,shape,batch_equivalence,causal,padding,stability,determinism,init,gradient_flow"
