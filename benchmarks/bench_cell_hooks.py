@@ -34,7 +34,7 @@ def main() -> int:
     from IPython.core.interactiveshell import InteractiveShell
 
     import tbkit
-    from tbkit import integrity
+    from tbkit.guard import integrity
 
     ip = InteractiveShell.instance()
     cells = ["x = 1", "y = [i * i for i in range(10)]\nz = sum(y)", "def f(a):\n    return a + 1\n_ = f(2)",
@@ -51,7 +51,7 @@ def main() -> int:
         ip.run_line_magic("unload_ext", "tbkit")
 
     # the hooks alone, to show where the time goes
-    from tbkit.ipython import Extension
+    from tbkit.guard.notebook import Extension
 
     ext = Extension(ip)
     lines = [c + "\n" for c in cells[1].split("\n")]

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_study(storage: str, workers: int, trials: int, epochs: int) -> dict:
     import optuna
 
-    from tbkit.hpo import _with_driver
+    from tbkit.training.search import _with_driver
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = f"bench-{workers}w-{uuid.uuid4().hex[:8]}"

@@ -154,7 +154,7 @@ def main():
     import pandas  # noqa: F401
     import torch  # noqa: F401
 
-    from tbkit import integrity
+    from tbkit.guard import integrity
 
     print(f"sys.modules entries: {len(sys.modules)}")
     # 1. as shipped: maps re-read only when a module is new or a watched directory moved
@@ -178,7 +178,7 @@ def main():
         print(f"  targets: check <= 1000 us: {'met' if r <= 1000 else 'NOT met'}; "
               f">= 4x: {'met' if p / r >= 4 else 'NOT met'}")
     r = median_us(integrity.check, args.repeat)
-    print(f"tbkit.integrity.check() (process-wide probe, Python report objects included) median {r:.1f} us")
+    print(f"tbkit.guard.integrity.check() (process-wide probe, Python report objects included) median {r:.1f} us")
 
 if __name__ == "__main__":
     main()

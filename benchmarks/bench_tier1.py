@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     import torch
 
     import tbkit
-    from tbkit.tiers import inputs
+    from tbkit.checks import inputs
 
     lm = tbkit.load(args.example)
     lm.module.eval()

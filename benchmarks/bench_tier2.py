@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     import torch
 
     import tbkit
-    from tbkit.tiers import CheckContext, checks_for, inputs
+    from tbkit.checks import CheckContext, checks_for, inputs
 
     lm = tbkit.load(args.example)
     out_dir = Path(tempfile.mkdtemp(prefix="bench-tier2-")) if args.plots else None

@@ -31,7 +31,7 @@ MATURIN="$("$PY" -c 'import os, shutil, sysconfig; p = os.path.join(sysconfig.ge
 export TBKIT_WHEEL="$(ls "$PWD"/target/wheels/tbkit-*.whl | head -n 1)"  # absolute: tests chdir
 
 echo "== fetching test wheels once per machine (tests install only from this local wheelhouse)"
-"$PY" tests/wheelhouse.py
+"$PY" tests/support/wheelhouse.py
 
 echo "== cargo test"
 cargo test --workspace --quiet

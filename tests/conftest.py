@@ -31,12 +31,11 @@ def tbkit_wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def wheelhouse() -> Path:
-    """Local wheels (NumPy 1.26.4 / 2.0.2 / 2.2.6, six, pip, packaging); see tests/wheelhouse.py."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    """Local wheels (NumPy 1.26.4 / 2.0.2 / 2.2.6, six, pip, packaging); see tests/support/wheelhouse.py."""
     import wheelhouse as wh
 
     missing = [r for r in wh.wanted() if not wh.have(r)]
     if missing:
-        pytest.fail(f"wheelhouse {wh.WHEELHOUSE} lacks {missing}; run `python3 tests/wheelhouse.py` "
+        pytest.fail(f"wheelhouse {wh.WHEELHOUSE} lacks {missing}; run `python3 tests/support/wheelhouse.py` "
                     "(scripts/test.sh does) to fetch them once")
     return wh.WHEELHOUSE

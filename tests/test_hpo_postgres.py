@@ -17,7 +17,7 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from pg_server import pg_url  # noqa: E402,F401  (the fixture)
-from tbkit.hpo import _with_driver  # noqa: E402
+from tbkit.training.search import _with_driver  # noqa: E402
 
 N_TRIALS = 8
 

@@ -88,7 +88,7 @@ def test_storage_and_worker_errors_are_clear(tmp_path):
 
 
 def _command_args(argv):
-    from tbkit.commands import search as cmd
+    from tbkit.cli import search as cmd
 
     parser = argparse.ArgumentParser()
     cmd.configure(parser)
@@ -116,7 +116,7 @@ def test_search_command_requires_data():
 
 
 def test_a_worker_that_loses_the_race_for_the_last_slot_runs_nothing_and_says_so():
-    from tbkit.hpo import _work
+    from tbkit.training.search import _work
 
     study = optuna.create_study()
     for _ in range(2):

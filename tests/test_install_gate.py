@@ -61,7 +61,7 @@ PRELUDE = textwrap.dedent("""
     import json, os, sys
     import numpy  # loaded before tbkit: the gate must never replace it under us
     import tbkit
-    from tbkit import integrity
+    from tbkit.guard import integrity
     from tbkit.errors import InstallFailed, InstallRefused
 
     SPAWNED = []
@@ -233,7 +233,7 @@ def test_after_numpy_is_replaced_from_outside_every_install_is_refused(tmp_path,
 
 
 CLI = ("import argparse, sys\n"
-       "from tbkit.commands import install as command\n"
+       "from tbkit.cli import install as command\n"
        "parser = argparse.ArgumentParser(prog='tbkit install')\n"
        "command.configure(parser)\n"
        "sys.exit(command.main(parser.parse_args(sys.argv[1:])))\n")

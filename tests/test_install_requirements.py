@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from tbkit.errors import InstallRefused, TbkitError
-from tbkit.install import ensure, install, plan
-from tbkit.install.pip import IndexOptions
-from tbkit.install.requirements import validate
+from tbkit.guard.gate import ensure, install, plan
+from tbkit.guard.gate.pip import IndexOptions
+from tbkit.guard.gate.requirements import validate
 
 # platform-independent: also run against each built wheel by the release workflow (-m quick)
 pytestmark = pytest.mark.quick
@@ -121,32 +121,31 @@ def test_index_option_values_that_pip_would_read_as_options_are_refused(kwargs):
     assert len(_SPAWNED) == before
 
 
-def test_the_module_is_callable_and_errors_are_tbkit_errors():
+def test_install_is_a_plain_function_and_errors_are_tbkit_errors():
     import tbkit
 
-    assert tbkit.install is install or tbkit.install.install is install
+    assert tbkit.install is install and callable(install)
     with pytest.raises(TbkitError):
         tbkit.install("-e .")
     with pytest.raises(TbkitError):
-        tbkit.install.install("-e .")
-    with pytest.raises(TbkitError):
-        tbkit.install.ensure("-e .")
+        tbkit.ensure("-e .")
 
 
 def test_public_names_resolve_the_same_gate_in_a_fresh_interpreter():
-    """`tbkit.install` is a submodule *and* a public function name: every spelling must reach the gate,
-    whichever is touched first, and `import tbkit` must not import the gate at all."""
+    """`tbkit.install` and `tbkit.ensure` are plain functions of the gate, whichever is touched first,
+    and `import tbkit` does not import the gate at all."""
     import subprocess
 
     code = (
         "import sys, tbkit\n"
-        "assert 'tbkit.install' not in sys.modules\n"
+        "assert 'tbkit.guard.gate' not in sys.modules\n"
         "f = tbkit.install\n"
-        "assert callable(f) and f.ensure is tbkit.ensure and f.install is f and f.plan\n"
-        "import tbkit.install as m\n"
-        "assert m is f\n"
+        "import types\n"
+        "assert isinstance(f, types.FunctionType)\n"
+        "import tbkit.guard.gate as m\n"
+        "assert m.install is f and m.ensure is tbkit.ensure and tbkit.install is f\n"
         "from tbkit.errors import InstallRefused\n"
-        "for call in (tbkit.install, tbkit.install.install, tbkit.ensure):\n"
+        "for call in (tbkit.install, m.install, tbkit.ensure):\n"
         "    try:\n"
         "        call('-e .')\n"
         "    except InstallRefused:\n"
@@ -172,7 +171,7 @@ def test_loaded_versions_are_pinned_as_pip_sees_them_installed():
     dist-info spelling, or pip would think the loaded torch has to change."""
     import importlib.metadata as md
 
-    from tbkit.install.plan import pinnable
+    from tbkit.guard.gate.plan import pinnable
 
     pip_version = md.version("pip")
     pins = pinnable({"pip": pip_version + "+cu132", "pytest": md.version("pytest"), "no-such-dist": "1.0",

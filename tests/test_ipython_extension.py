@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tbkit.ipython import CannotPlan, Extension, looks_like_install, parse_cell_command
+from tbkit.guard.notebook import CannotPlan, Extension, looks_like_install, parse_cell_command
 
 IPython = pytest.importorskip("IPython")
 
@@ -89,8 +89,8 @@ def test_the_transformer_rewrites_only_install_lines_and_keeps_indentation():
     cell = ["import numpy\n", "if True:\n", "    !pip install six\n", "%pip install -q six \\\n", "  tinypkg\n", "y = 2\n"]
     out = ext.transform(cell)
     assert out[0] == "import numpy\n" and out[1] == "if True:\n" and out[-1] == "y = 2\n"
-    assert out[2] == "    __import__('tbkit.ipython').ipython.gate_cell_command('!', 'pip install six')\n"
-    assert out[3] == "__import__('tbkit.ipython').ipython.gate_cell_command('%', 'pip install -q six    tinypkg')\n"
+    assert out[2] == "    __import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command('!', 'pip install six')\n"
+    assert out[3] == "__import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command('%', 'pip install -q six    tinypkg')\n"
     assert len(out) == 5
     bash = ["%%bash\n", "pip install six\n", "!pip install six\n"]
     assert ext.transform(bash) == bash  # not Python: left alone
@@ -139,7 +139,7 @@ def test_magics(ip, capsys):
 
 
 def test_load_twice_keeps_one_set_of_hooks_and_unload_removes_them(ip):
-    import tbkit.ipython as ext
+    import tbkit.guard.notebook as ext
 
     ip.run_line_magic("load_ext", "tbkit")
     ip.run_line_magic("reload_ext", "tbkit")

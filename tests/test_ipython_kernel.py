@@ -3,7 +3,7 @@ jupyter_client): NumPy imported, `%load_ext tbkit`, a `!pip install` that would 
 refused and never runs, a safe install goes through, then NumPy is replaced from outside the kernel →
 one restart banner after the next cell, and every later install is refused.
 
-Everything installs from local wheels: the NumPy/six wheelhouse (tests/wheelhouse.py) and a cached
+Everything installs from local wheels: the NumPy/six wheelhouse (tests/support/wheelhouse.py) and a cached
 wheelhouse of ipykernel and its dependencies, downloaded once per machine on first use."""
 from __future__ import annotations
 

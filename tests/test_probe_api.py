@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from probe_scenarios import FakeSite
-from tbkit import integrity
+from tbkit.guard import integrity
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from probe_scenarios import FakeSite
 
@@ -42,7 +43,7 @@ def test_doctor_exits_non_zero_when_a_restart_is_required(tmp_path):
         "sys.modules[m.__name__] = m\n"
         "import tbkit\n"  # baseline taken here, before the 'upgrade' below
         "from pathlib import Path\n"
-        f"sys.path.insert(0, {str(os.path.dirname(__file__))!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent / 'support')!r})\n"
         "from probe_scenarios import FakeSite\n"
         f"FakeSite.write_package(types.SimpleNamespace(site=Path({str(fake.site)!r})), 'fakenative', '2.0', native=True)\n"
     )

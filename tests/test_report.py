@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 import models as M  # noqa: E402
 
 import tbkit  # noqa: E402
-from tbkit.report import COLUMNS, SCHEMA_VERSION, Report, load_json  # noqa: E402
-from tbkit.tiers.base import Row, Status  # noqa: E402
+from tbkit.checks.report import COLUMNS, SCHEMA_VERSION, Report, load_json  # noqa: E402
+from tbkit.checks.base import Row, Status  # noqa: E402
 
 # platform-independent: also run against each built wheel by the release workflow (-m quick)
 pytestmark = pytest.mark.quick

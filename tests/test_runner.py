@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 import models as M  # noqa: E402
 
 import tbkit  # noqa: E402
 from tbkit.errors import InstallRefused, UsageError  # noqa: E402
-from tbkit.tiers.base import REGISTRY, Status, register  # noqa: E402
+from tbkit.checks.base import REGISTRY, Status, register  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +94,7 @@ def test_ctrl_c_keeps_the_finished_rows_on_disk(temp_checks, decoder, tmp_path):
 
 
 def test_install_refusal_becomes_one_skip_row_with_the_gates_reason(temp_checks, decoder, tmp_path, monkeypatch):
-    import tbkit.install
+    import tbkit.guard.gate
 
     calls = []
 
@@ -104,7 +103,7 @@ def test_install_refusal_becomes_one_skip_row_with_the_gates_reason(temp_checks,
         raise InstallRefused("installing captum would replace numpy 2.4.6, which this process has loaded",
                              "Restart the runtime, then install before importing numpy.")
 
-    monkeypatch.setattr(tbkit.install, "ensure", refuse)
+    monkeypatch.setattr(tbkit.guard.gate, "ensure", refuse)
 
     def never(ctx):
         raise AssertionError("must not run when its requirements were refused")
@@ -119,7 +118,7 @@ def test_install_refusal_becomes_one_skip_row_with_the_gates_reason(temp_checks,
 
 def test_an_install_that_fails_offline_is_a_skip_not_a_model_error(temp_checks, decoder, tmp_path, monkeypatch):
     """Offline or no such version: the check could not run, the model is not at fault."""
-    import tbkit.install
+    import tbkit.guard.gate
     from tbkit.errors import InstallFailed
 
     def offline(*needs, **kw):
@@ -127,7 +126,7 @@ def test_an_install_that_fails_offline_is_a_skip_not_a_model_error(temp_checks, 
                             "unreachable. Nothing was installed and this environment is unchanged",
                             "Check that the index is reachable, or pass find_links=.")
 
-    monkeypatch.setattr(tbkit.install, "ensure", offline)
+    monkeypatch.setattr(tbkit.guard.gate, "ensure", offline)
     temp_checks("t_offline", lambda ctx: iter(()), needs=("captum>=0.9",))
     report = tbkit.run(decoder, checks="t_offline", out_dir=tmp_path, progress=False)
     (row,) = report.rows
@@ -138,10 +137,10 @@ def test_an_install_that_fails_offline_is_a_skip_not_a_model_error(temp_checks, 
 def test_checks_run_after_the_gate_allows_their_needs(temp_checks, decoder, tmp_path, monkeypatch):
     """The gate itself is tested with real installs elsewhere; here: the runner asks it first,
     with the check's requirements, and runs the check when it returns."""
-    import tbkit.install
+    import tbkit.guard.gate
 
     order = []
-    monkeypatch.setattr(tbkit.install, "ensure", lambda *needs, **kw: order.append(("ensure", needs)))
+    monkeypatch.setattr(tbkit.guard.gate, "ensure", lambda *needs, **kw: order.append(("ensure", needs)))
 
     def check(ctx):
         order.append(("check", ()))
@@ -248,7 +247,7 @@ def test_default_out_dir_is_tbkit_report_in_the_working_directory(tmp_path, monk
 
 def test_runner_report_and_tier1_modules_import_nothing_heavy():
     """`tbkit run --help` and `import tbkit` stay fast: torch, pandas, matplotlib load on use."""
-    code = ("import sys, tbkit.runner, tbkit.report, tbkit.commands.run, tbkit.tiers.tier1, tbkit.tiers.inputs; "
+    code = ("import sys, tbkit.checks.runner, tbkit.checks.report, tbkit.cli.run, tbkit.checks.tier1, tbkit.checks.inputs; "
             "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'numpy', 'tqdm') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

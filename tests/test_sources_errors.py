@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from gist_server import FakeGitHub  # noqa: E402
 
 import tbkit  # noqa: E402

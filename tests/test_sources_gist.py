@@ -1,4 +1,4 @@
-"""The gist loader end to end against a fake GitHub API on 127.0.0.1 (tests/gist_server.py)."""
+"""The gist loader end to end against a fake GitHub API on 127.0.0.1 (tests/support/gist_server.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from gist_server import FakeGitHub  # noqa: E402
 
 import tbkit  # noqa: E402

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 import models as M  # noqa: E402
 
 import tbkit  # noqa: E402
-from tbkit.tiers import inputs  # noqa: E402
+from tbkit.checks import inputs  # noqa: E402
 
 
 def test_token_ids_are_seeded_in_range_and_avoid_the_pad_token():

@@ -10,7 +10,6 @@ import torch.nn as nn
 
 import tbkit
 
-sys.path.insert(0, str(Path(__file__).parent))
 from models import loaded  # noqa: E402
 
 FAST = {"speed_seconds_per_point": 0.02}

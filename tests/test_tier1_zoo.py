@@ -1,5 +1,5 @@
 """Tier 1 tells models apart: healthy zoo models never FAIL; each broken one is FAILed by the
-check that is about its bug (see BROKEN_BY in tests/models.py)."""
+check that is about its bug (see BROKEN_BY in tests/support/models.py)."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 import models as M  # noqa: E402
 
 import tbkit  # noqa: E402

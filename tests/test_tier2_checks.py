@@ -1,4 +1,4 @@
-"""Tier 2 checks on the model zoo (tests/models.py) plus a few models made here for one purpose each.
+"""Tier 2 checks on the model zoo (tests/support/models.py) plus a few models made here for one purpose each.
 
 The checks are called directly through the registry so these tests do not depend on the runner;
 tests/test_tier2_gate.py covers the runner + install gate path. Attribution tests need captum
@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models as zoo
-from tbkit.tiers import CheckContext, Status
-from tbkit.tiers import tier2  # registers the checks
-from tbkit.tiers.attention_capture import capture
-from tbkit.tiers.base import REGISTRY
+from tbkit.checks import CheckContext, Status
+from tbkit.checks import tier2  # registers the checks
+from tbkit.checks.attention_capture import capture
+from tbkit.checks.base import REGISTRY
 
 CHECKS = ("attention", "attribution", "robustness", "capacity")
 
@@ -386,10 +386,10 @@ def test_runner_flags_the_leaky_decoder_in_tier1_and_tier2(tmp_path, monkeypatch
     machine with others whose installs the probe rightly reports (the gate would then refuse), and
     the real gate path is tested in isolated venvs in test_tier2_gate.py."""
     import tbkit
-    import tbkit.install
+    import tbkit.guard.gate
 
     asked = []
-    monkeypatch.setattr(tbkit.install, "ensure", lambda *needs, **kw: asked.append(needs))
+    monkeypatch.setattr(tbkit.guard.gate, "ensure", lambda *needs, **kw: asked.append(needs))
     report = tbkit.run(zoo.loaded(zoo.build(zoo.LeakyMaskDecoder)), checks=["causal", "attention", "attribution"],
                        out_dir=tmp_path, progress=False)
     failed = {r.check for r in report.rows if r.status is Status.FAIL}

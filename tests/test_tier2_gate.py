@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parent / "support"
 pytestmark = pytest.mark.slow
 
 # Runs inside the view venv: Tier 2 through tbkit.run on a healthy zoo decoder, then reports what it
@@ -43,14 +43,15 @@ import importlib.metadata as md, importlib.util, json, os, sys
 sys.path.insert(0, os.environ["TBKIT_TEST_DIR"])
 import numpy, torch  # NumPy 2.x is loaded before anything is installed, as in any notebook
 import tbkit
-from tbkit import integrity
+import tbkit.guard.gate
+from tbkit.guard import integrity
 import models as zoo
 
 site, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 before = sorted(os.listdir(site))
 result = {"captum_importable_before": importlib.util.find_spec("captum") is not None}
 if mode == "install":
-    plan = tbkit.install.plan("captum>=0.9")
+    plan = tbkit.guard.gate.plan("captum>=0.9")
     result["plan"] = str(plan)
     result["plan_items"] = [(i.name, i.version, i.action) for i in plan.items]
 lm = zoo.loaded(zoo.build(zoo.LeakyMaskDecoder if mode == "install" else zoo.HealthyDecoder))
@@ -115,7 +116,7 @@ def fake_wheel(folder: Path, name: str, version: str, requires: list) -> Path:
 
 
 def run_child(python: Path, site: Path, out: Path, mode: str, find_links: Path) -> dict:
-    env = dict(os.environ, TBKIT_TEST_DIR=str(TESTS), TBKIT_PIP_NO_INDEX="1", TBKIT_PIP_FIND_LINKS=str(find_links),
+    env = dict(os.environ, TBKIT_TEST_DIR=str(SUPPORT), TBKIT_PIP_NO_INDEX="1", TBKIT_PIP_FIND_LINKS=str(find_links),
                PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
     env.pop("PYTHONPATH", None)
     out.mkdir()
@@ -171,13 +172,13 @@ def _gate_pins_torch_with_local_label() -> bool:
     """Does the gate's dry run pin the loaded torch to a version with a local label (+cu…)?"""
     import torch  # noqa: F401  (loaded, as in a notebook)
 
-    from tbkit import integrity
-    from tbkit.install.plan import pinnable
+    from tbkit.guard import integrity
+    from tbkit.guard.gate.plan import pinnable
 
     return "+" in pinnable(integrity.loaded_distributions()).get("torch", "")
 
 
-# Known gate bug (python/tbkit/install/plan.py + integrity, not this file): the dry run pins each
+# Known gate bug (python/tbkit/guard/gate/plan.py + integrity, not this file): the dry run pins each
 # loaded distribution to its *in-memory* version. PyPI's torch reports torch.__version__
 # "2.15.0+cu132" while its dist-info says "2.15.0"; pip cannot satisfy the constraint
 # torch==2.15.0+cu132 with the installed 2.15.0 (a pin with a local label matches only that label),
@@ -189,7 +190,7 @@ def _gate_pins_torch_with_local_label() -> bool:
                           "which pip cannot match to the installed dist-info version")
 def test_gate_installs_captum_from_a_local_wheel_and_attribution_runs(tmp_path, wheelhouse):
     python, site = view_venv(tmp_path)
-    assert any(wheelhouse.glob("captum-0.9.0-*.whl")), "run `python3 tests/wheelhouse.py` once"
+    assert any(wheelhouse.glob("captum-0.9.0-*.whl")), "run `python3 tests/support/wheelhouse.py` once"
 
     result = run_child(python, site, tmp_path / "out", "install", wheelhouse)
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from models import HealthyDecoder, HealthyEncoder, build, loaded
-from tbkit.tiers import tier3
-from tbkit.tiers.base import CheckContext, Status
+from tbkit.checks import tier3
+from tbkit.checks.base import CheckContext, Status
 
 
 class InputBlindDecoder(nn.Module):
@@ -79,8 +79,8 @@ def test_training_checks_skip_without_data_and_install_nothing(check_id, monkeyp
     import tbkit
 
     calls = []
-    importlib.import_module("tbkit.install")
-    monkeypatch.setattr(sys.modules["tbkit.install"], "ensure", lambda *reqs, **kw: calls.append(reqs))
+    importlib.import_module("tbkit.guard.gate")
+    monkeypatch.setattr(sys.modules["tbkit.guard.gate"], "ensure", lambda *reqs, **kw: calls.append(reqs))
     report = tbkit.run(loaded(build(HealthyDecoder)), checks=[check_id], out_dir=tmp_path,
                        progress=False, stream=io.StringIO())
     (row,) = report.rows

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tbkit import data as tdata
+from tbkit.training import data as tdata
 from tbkit.errors import UsageError
 
 
@@ -110,7 +110,7 @@ def test_tier3_modules_import_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys, tbkit.data, tbkit.training, tbkit.hpo, tbkit.tiers.tier3, tbkit.commands.search; "
+    code = ("import sys, tbkit.training.data, tbkit.training.trainer, tbkit.training.search, tbkit.checks.tier3, tbkit.cli.search; "
             "print(sorted(m for m in ('torch', 'lightning', 'optuna', 'pandas', 'matplotlib', 'numpy') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -18,7 +18,7 @@ pytest.importorskip("lightning", reason="lightning is a tier3 extra (scripts/tes
 import tbkit  # noqa: E402
 from models import HealthyDecoder, build, loaded  # noqa: E402
 
-TESTS = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parent / "support"
 
 
 def test_train_copies_the_model_and_reports_epochs(tmp_path):
@@ -112,7 +112,7 @@ CHILD = textwrap.dedent("""
 def test_run_killed_mid_way_resumes_from_its_checkpoint(tmp_path):
     steps = 40
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=str(TESTS), steps=steps))
+    script.write_text(CHILD.format(tests=str(SUPPORT), steps=steps))
     ck = tmp_path / "ck"
     proc = subprocess.Popen([sys.executable, str(script), str(ck), "0.25"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from tbkit import integrity  # noqa: E402  (the baseline must be taken as early as possible)
+from tbkit.guard import integrity  # noqa: E402  (the baseline must be taken as early as possible)
 
 integrity.take_baseline()
 
@@ -16,12 +16,12 @@ integrity.take_baseline()
 _LAZY = {
     "load": ("tbkit.sources", "load"),
     "LoadedModel": ("tbkit.sources.loaded", "LoadedModel"),
-    "run": ("tbkit.runner", "run"),
-    "Report": ("tbkit.report", "Report"),
-    "ensure": ("tbkit.install", "ensure"),
-    "install": ("tbkit.install", "install"),
-    "train": ("tbkit.training", "train"),
-    "search": ("tbkit.hpo", "search"),
+    "run": ("tbkit.checks.runner", "run"),
+    "Report": ("tbkit.checks.report", "Report"),
+    "ensure": ("tbkit.guard.gate", "ensure"),
+    "install": ("tbkit.guard.gate", "install"),
+    "train": ("tbkit.training.trainer", "train"),
+    "search": ("tbkit.training.search", "search"),
     "TbkitError": ("tbkit.errors", "TbkitError"),
     "SourceError": ("tbkit.errors", "SourceError"),
     "InstallRefused": ("tbkit.errors", "InstallRefused"),
@@ -45,12 +45,12 @@ def __getattr__(name: str):
 
 def load_ipython_extension(ipython) -> None:
     """`%load_ext tbkit`."""
-    from tbkit.ipython import load_ipython_extension as _load
+    from tbkit.guard.notebook import load_ipython_extension as _load
 
     _load(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
-    from tbkit.ipython import unload_ipython_extension as _unload
+    from tbkit.guard.notebook import unload_ipython_extension as _unload
 
     _unload(ipython)

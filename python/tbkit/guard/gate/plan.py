@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tbkit.errors import InstallFailed, InstallRefused
-from tbkit.install import pip as pipmod
-from tbkit.install.installed import installed_version
-from tbkit.install.requirements import canonical
-from tbkit.install.runtime import restart_hint
+from tbkit.guard.gate import pip as pipmod
+from tbkit.guard.gate.installed import installed_version
+from tbkit.guard.gate.requirements import canonical
+from tbkit.guard.gate.runtime import restart_hint
 
 MIN_PIP = (22, 2)  # first pip with `install --dry-run --report`
 
@@ -37,7 +37,7 @@ class PlanItem:
             return "new"
         if self.installed_version == self.version:
             return "reinstall"
-        from tbkit.install.requirements import packaging_modules
+        from tbkit.guard.gate.requirements import packaging_modules
 
         Version = packaging_modules()[3].Version
         try:
@@ -134,7 +134,7 @@ def pinnable(loaded: dict) -> dict:
     matches only that label, so pinning the in-memory spelling would make pip think torch must change.
     (A real difference between loaded and installed is the probe's "restart required", checked first.)
     Versions that are not PEP 440 cannot be constrained and are left out."""
-    from tbkit.install.requirements import packaging_modules
+    from tbkit.guard.gate.requirements import packaging_modules
 
     Version = packaging_modules()[3].Version
     out = {}

@@ -1,9 +1,9 @@
 """The tiered checks. Importing a tier module registers its checks in ``base.REGISTRY``."""
 from __future__ import annotations
 
-from tbkit.tiers.base import REGISTRY, CheckContext, CheckSpec, Row, Status, register, verdict_of
+from tbkit.checks.base import REGISTRY, CheckContext, CheckSpec, Row, Status, register, verdict_of
 
-TIER_MODULES = {1: "tbkit.tiers.tier1", 2: "tbkit.tiers.tier2", 3: "tbkit.tiers.tier3"}
+TIER_MODULES = {1: "tbkit.checks.tier1", 2: "tbkit.checks.tier2", 3: "tbkit.checks.tier3"}
 
 
 def checks_for(tiers) -> list:

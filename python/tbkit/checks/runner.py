@@ -6,7 +6,7 @@ What the runner guarantees, whatever a check does:
 - a check that yields nothing becomes an ERROR row too (silence must not read as success);
 - report.json is rewritten atomically after every row; Ctrl-C writes the partial report
   (marked interrupted) and re-raises;
-- checks with ``needs`` go through the install gate first (``tbkit.install.ensure``); a refusal
+- checks with ``needs`` go through the install gate first (``tbkit.guard.gate.ensure``); a refusal
   is one SKIP row carrying the gate's reason;
 - the model's train/eval flags and device are restored afterwards, and torch's global random
   state is forked, so the caller's process is left as it was.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from tbkit.errors import TbkitError, UsageError
-from tbkit.tiers.base import REGISTRY, CheckContext, Row, Status
+from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
 
 DEFAULT_OUT_DIR = "tbkit-report"
 
@@ -32,7 +32,7 @@ DEFAULT_OUT_DIR = "tbkit-report"
 # ------------------------------------------------------------------------------------------
 def parse_tiers(tiers) -> tuple:
     """(1,), "1,2", [1, 3] → a sorted tuple of valid tier numbers; UsageError otherwise."""
-    from tbkit.tiers import TIER_MODULES
+    from tbkit.checks import TIER_MODULES
 
     if isinstance(tiers, (int, str)):
         tiers = str(tiers).split(",")
@@ -50,7 +50,7 @@ def parse_tiers(tiers) -> tuple:
 def _import_tier(tier: int) -> None:
     import importlib
 
-    from tbkit.tiers import TIER_MODULES
+    from tbkit.checks import TIER_MODULES
 
     name = TIER_MODULES[tier]
     try:
@@ -64,7 +64,7 @@ def _import_tier(tier: int) -> None:
 def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) -> list:
     """The CheckSpecs to run, in registry order. ``checks`` picks ids from any tier (``tiers`` is
     then not used); unknown ids → UsageError listing the valid ones."""
-    from tbkit.tiers import TIER_MODULES
+    from tbkit.checks import TIER_MODULES
 
     if checks is None:
         wanted = parse_tiers(tiers)
@@ -163,7 +163,7 @@ def run(
     ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given."""
     import torch
 
-    from tbkit.report import Report, environment
+    from tbkit.checks.report import Report, environment
     from tbkit.sources.loaded import LoadedModel
 
     stream = stream if stream is not None else sys.stdout
@@ -251,7 +251,7 @@ def _run_one(spec, ctx: CheckContext, stream):
             return
     if spec.needs:
         try:
-            from tbkit.install import ensure
+            from tbkit.guard.gate import ensure
 
             with contextlib.redirect_stdout(stream):
                 ensure(*spec.needs)

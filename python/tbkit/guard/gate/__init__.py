@@ -8,9 +8,6 @@ Public: ``ensure(*requirements, ...)`` (what Tier 2/3 call), ``install(...)`` (t
 explicit use, chatty when nothing is needed), ``plan(...)`` (the dry run alone). Refusals raise
 ``tbkit.errors.InstallRefused``; pip failures ``tbkit.errors.InstallFailed``; both read as one
 paragraph with the fix.
-
-This module is itself callable — ``tbkit.install("six")`` and ``tbkit.install.install("six")`` are
-the same call — because ``tbkit.install`` is both a submodule and a public function name.
 """
 from __future__ import annotations
 
@@ -18,16 +15,15 @@ import importlib
 import json
 import subprocess
 import sys
-import types
 from dataclasses import dataclass, field
 from typing import Optional
 
 from tbkit.errors import InstallFailed, InstallRefused
-from tbkit.install import pip as pipmod
-from tbkit.install.installed import satisfied, top_level_modules
-from tbkit.install.plan import Plan, make_plan, refused
-from tbkit.install.requirements import Req, validate_all
-from tbkit.install.runtime import in_colab, restart_hint
+from tbkit.guard.gate import pip as pipmod
+from tbkit.guard.gate.installed import satisfied, top_level_modules
+from tbkit.guard.gate.plan import Plan, make_plan, refused
+from tbkit.guard.gate.requirements import Req, validate_all
+from tbkit.guard.gate.runtime import in_colab, restart_hint
 
 __all__ = ["ensure", "install", "plan", "InstallResult", "Plan", "Req", "InstallRefused", "InstallFailed"]
 
@@ -55,7 +51,7 @@ class InstallResult:
 
 
 def _integrity():
-    from tbkit import integrity
+    from tbkit.guard import integrity
 
     return integrity
 
@@ -165,7 +161,7 @@ def _execute(reqs, the_plan: Plan, say, quiet: bool) -> InstallResult:
     integrity = _integrity()
     report = integrity.check()
     if not run.ok:
-        from tbkit.install.installed import installed_version
+        from tbkit.guard.gate.installed import installed_version
 
         landed = [f"{i.name}=={i.version}" for i in the_plan.items if installed_version(i.name) == i.version
                   and i.installed_version != i.version]
@@ -191,7 +187,7 @@ def _execute(reqs, the_plan: Plan, say, quiet: bool) -> InstallResult:
 
 
 def _summary(run) -> str:
-    from tbkit.install.plan import pip_error_summary
+    from tbkit.guard.gate.plan import pip_error_summary
 
     return pip_error_summary(run)
 
@@ -225,17 +221,3 @@ def _import_in_fresh_process(modules: list, pins: list) -> None:
             "Nothing has imported it in this process, which is still intact",
             "The installed package is broken or needs something missing; fix or uninstall it "
             "(python -m pip uninstall NAME) before importing it here.")
-
-
-class _CallableModule(types.ModuleType):
-    """``tbkit.install(...)`` calls the gate: the submodule and the public function share a name."""
-
-    def __call__(self, *requirements, **options):
-        return _install_function(*requirements, **options)
-
-
-_install_function = install
-sys.modules[__name__].__class__ = _CallableModule
-# `tbkit.__getattr__("install")` fetches this attribute and caches it on the package; making it the
-# module itself keeps `tbkit.install.ensure` working whichever way the name was reached first.
-install = sys.modules[__name__]  # type: ignore[assignment]  # noqa: F811

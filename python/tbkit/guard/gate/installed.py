@@ -24,7 +24,7 @@ def satisfied(req) -> bool:
         return False
     if not requirement.extras:
         return True
-    from tbkit.install.requirements import packaging_modules
+    from tbkit.guard.gate.requirements import packaging_modules
 
     requirements = packaging_modules()[0]
     for line in md.requires(req.name) or ():

@@ -40,8 +40,8 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     import tbkit
-    from tbkit.runner import parse_tiers, select_checks
-    from tbkit.tiers.base import Status
+    from tbkit.checks.runner import parse_tiers, select_checks
+    from tbkit.checks.base import Status
 
     tiers = parse_tiers(args.tier)
     select_checks(tiers, args.checks)  # unknown ids are a usage error before anything loads

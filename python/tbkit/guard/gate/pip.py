@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from tbkit.install.requirements import check_option_value
+from tbkit.guard.gate.requirements import check_option_value
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -131,7 +131,7 @@ def run_streamed(argv: list, echo: Optional[Callable[[str], None]]) -> PipRun:
 
 def pip_version() -> Optional[tuple]:
     """pip's version in this interpreter, read from its dist-info (pip is never imported here)."""
-    from tbkit.install.installed import installed_version
+    from tbkit.guard.gate.installed import installed_version
 
     v = installed_version("pip")
     if v is None:

@@ -29,14 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=f"tbkit.commands.{name}")
+        p.set_defaults(_module=f"tbkit.cli.{name}")
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
         _command_module(name).configure(p)
     return parser
 
 
 def _command_module(name: str):
-    return importlib.import_module(f"tbkit.commands.{name}")
+    return importlib.import_module(f"tbkit.cli.{name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,14 +20,14 @@ mode = sys.argv[1]
 import numpy
 if mode == "early":
     import tbkit
-    from tbkit import integrity
+    from tbkit.guard import integrity
 print(json.dumps({"ready": True, "numpy": numpy.__version__}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     cmd = req["cmd"]
     try:
         if cmd == "report":
-            from tbkit import integrity
+            from tbkit.guard import integrity
             out = integrity.check().to_dict()
             first = integrity.first_restart_report()
             out["first_restart"] = first is not None
@@ -38,7 +38,7 @@ for line in sys.stdin:
             except BaseException as err:
                 out = {"imported": False, "type": type(err).__name__, "message": str(err)}
         elif cmd == "loaded":
-            from tbkit import integrity
+            from tbkit.guard import integrity
             out = {"loaded": integrity.loaded_distributions()}
         else:
             out = {"error": "unknown command " + cmd}

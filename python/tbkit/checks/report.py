@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from tbkit.tiers.base import Row, Status, verdict_of
+from tbkit.checks.base import Row, Status, verdict_of
 
 SCHEMA_VERSION = 1
 COLUMNS = ["tier", "check", "status", "metric", "value", "threshold", "detail", "seconds"]

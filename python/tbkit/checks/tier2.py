@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-from tbkit.tiers import inputs
-from tbkit.tiers.base import CheckContext, Row, Status, register
+from tbkit.checks import inputs
+from tbkit.checks.base import CheckContext, Row, Status, register
 
 # Sizes of the probing inputs: small enough for a CPU, long enough for entropy and 1 % to mean
 # something. Each check clamps them to the model's real maximum length.
@@ -47,7 +47,7 @@ MAX_HEATMAP_LAYERS = 12
 # ---------------------------------------------------------------------------------------------
 @register("attention", tier=2, summary="per-head attention: future-key mass (decoders), entropy, sparsity, redundancy, heatmaps")
 def check_attention(ctx: CheckContext) -> Iterator[Row]:
-    from tbkit.tiers import attention_capture
+    from tbkit.checks import attention_capture
 
     model = ctx.model
     batch, length = ATTN_BATCH, _length_unlike_vocab(model, ATTN_LEN)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from tbkit.tiers import inputs as inp
-from tbkit.tiers.base import CheckContext, Status, register
+from tbkit.checks import inputs as inp
+from tbkit.checks.base import CheckContext, Status, register
 
 if TYPE_CHECKING:
     import torch

@@ -21,8 +21,8 @@ import math
 from pathlib import Path
 from typing import Iterator, Optional
 
-from tbkit.tiers import inputs
-from tbkit.tiers.base import CheckContext, Row, Status, register
+from tbkit.checks import inputs
+from tbkit.checks.base import CheckContext, Row, Status, register
 
 # overfit (CHECKS.md): one fixed batch 2 x 64, Adam 1e-3, at most 300 steps, clip 1.0
 OVERFIT_BATCH, OVERFIT_LEN, OVERFIT_STEPS, OVERFIT_LR = 2, 64, 300, 1e-3
@@ -72,7 +72,7 @@ def check_overfit(ctx: CheckContext) -> Iterator[Row]:
     import torch
     import torch.nn.functional as F
 
-    from tbkit.training import copy_loaded
+    from tbkit.training.trainer import copy_loaded
 
     model = copy_loaded(ctx.model)  # never the caller's weights
     module = model.module.to(ctx.device)
@@ -161,7 +161,7 @@ def _overfit_figure(ctx: CheckContext, losses) -> None:
 @register("train", tier=3, summary="fine-tune with lightning on the user's data: val loss / perplexity per epoch",
           needs=("lightning",), applies=_why_not_trainable)
 def check_train(ctx: CheckContext) -> Iterator[Row]:
-    from tbkit import training
+    from tbkit.training import trainer as training
 
     data, synthetic = _data(ctx)
     ckdir = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / "train"
@@ -200,7 +200,7 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
 @register("hpo", tier=3, summary="Optuna TPE + median pruning (Lightning callback): trials, best params, plots",
           needs=("optuna", "optuna-integration", "lightning"), applies=_why_not_trainable)
 def check_hpo(ctx: CheckContext) -> Iterator[Row]:
-    from tbkit import hpo
+    from tbkit.training import search as hpo
 
     data, synthetic = _data(ctx)
     res = hpo.search(
@@ -234,8 +234,8 @@ def check_hpo(ctx: CheckContext) -> Iterator[Row]:
 def check_baseline(ctx: CheckContext) -> Iterator[Row]:
     import numpy as np
 
-    from tbkit import data as tdata
-    from tbkit import training
+    from tbkit.training import data as tdata
+    from tbkit.training import trainer as training
 
     data, synthetic = _data(ctx)
     model = ctx.model

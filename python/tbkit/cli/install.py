@@ -25,8 +25,8 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     from tbkit.errors import InstallFailed, InstallRefused
-    from tbkit.install import ensure, plan
-    from tbkit.install.requirements import validate_all
+    from tbkit.guard.gate import ensure, plan
+    from tbkit.guard.gate.requirements import validate_all
 
     try:  # a bad requirement is a usage error (exit 2), not a refusal of a plan (exit 1)
         validate_all(args.requirements, allow_urls=args.allow_urls, allow_paths=args.allow_paths)

@@ -5,7 +5,7 @@ check, so all of them share the same loss (padding ignored through the attention
 optimizer and warmup schedule, AMP on GPU only, and checkpoints that a later call resumes from.
 
 The caller's model is never touched unless ``in_place=True``: training runs on a deep copy.
-lightning is obtained through the install gate (`tbkit.install.ensure`) when missing.
+lightning is obtained through the install gate (`tbkit.guard.gate.ensure`) when missing.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def require(*requirements: str) -> None:
             missing.append(req)
     if not missing:
         return
-    from tbkit.install import ensure
+    from tbkit.guard.gate import ensure
 
     ensure(*missing)
 
@@ -107,7 +107,7 @@ def evaluate(loaded, data, batch_size: int = 32, device=None) -> float:
     """Token-weighted mean next-token loss of ``loaded`` on ``data`` (eval mode, no grad)."""
     import torch
 
-    from tbkit.data import lm_loss
+    from tbkit.training.data import lm_loss
 
     module = loaded.module
     # where the weights are (Lightning moves a model back to the CPU when fit ends), else as asked
@@ -139,7 +139,7 @@ def _lightning_classes():
     import lightning.pytorch as pl
     import torch
 
-    from tbkit.data import lm_loss
+    from tbkit.training.data import lm_loss
 
     class CausalLM(pl.LightningModule):
         """Wraps the user's module (as ``self.net``) with the causal-LM loss and the optimizer."""
@@ -358,7 +358,7 @@ def train(model_or_source, data=None, *, epochs: int = 3, batch_size: int = 16, 
     """
     import pandas as pd
 
-    from tbkit import data as tdata
+    from tbkit.training import data as tdata
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if int(value) < 1:

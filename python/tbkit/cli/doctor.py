@@ -19,7 +19,7 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
-    from tbkit import integrity
+    from tbkit.guard import integrity
 
     report = integrity.check()  # before any import below
     facts = collect_facts(report)
@@ -36,7 +36,8 @@ def main(args) -> int:
 def collect_facts(report) -> dict:
     import platform
 
-    from tbkit import __version__, integrity
+    from tbkit import __version__
+    from tbkit.guard import integrity
 
     loaded = integrity.loaded_distributions()
     facts = {

@@ -37,7 +37,7 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     from tbkit.errors import UsageError
-    from tbkit.hpo import search
+    from tbkit.training.search import search
     from tbkit.sources import load
 
     if args.data is None and not args.synthetic:

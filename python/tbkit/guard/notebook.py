@@ -50,7 +50,7 @@ class CannotPlan(Exception):
 @dataclass
 class CellInstall:
     requirements: list
-    options: dict = field(default_factory=dict)  # keyword arguments for tbkit.install.ensure
+    options: dict = field(default_factory=dict)  # keyword arguments for tbkit.guard.gate.ensure
     dry_run: bool = False
 
 
@@ -192,7 +192,7 @@ class Extension:
                 nl = "\n" if lines[j].endswith("\n") else ""
                 j += 1
             if looks_like_install(m["escape"], cmd):
-                out.append(f"{m['indent']}__import__('tbkit.ipython').ipython.gate_cell_command("
+                out.append(f"{m['indent']}__import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command("
                            f"{m['escape']!r}, {cmd.strip()!r}){nl}")
                 i = j
             else:
@@ -205,7 +205,7 @@ class Extension:
         if self.banner_shown:
             return
         try:
-            from tbkit import integrity
+            from tbkit.guard import integrity
 
             report = integrity.check()
         except Exception as err:  # the hook must never break the user's cell
@@ -245,7 +245,7 @@ class Extension:
             except CannotPlan as err:
                 print(f"tbkit: {err}\n{USAGE}", file=sys.stderr)
                 return None
-            from tbkit.install import install
+            from tbkit.guard.gate import install
 
             result = install(*parsed.requirements, dry_run=parsed.dry_run, allow_urls=True, allow_paths=True,
                              **parsed.options)
@@ -256,9 +256,9 @@ class Extension:
         return None
 
     def doctor(self):
-        from tbkit import integrity
-        from tbkit.install.pip import pip_version
-        from tbkit.install.runtime import in_colab
+        from tbkit.guard import integrity
+        from tbkit.guard.gate.pip import pip_version
+        from tbkit.guard.gate.runtime import in_colab
 
         report = integrity.check()
         from IPython.display import display
@@ -276,7 +276,7 @@ class Extension:
 
 def show_banner(report) -> None:
     """The restart banner: one mimebundle, so notebooks render HTML and terminals print text."""
-    from tbkit.install.runtime import restart_hint
+    from tbkit.guard.gate.runtime import restart_hint
 
     text, rows = banner_text(report)
     hint = restart_hint()
@@ -303,7 +303,7 @@ def banner_text(report):
         f"{f.distribution}: {f.loaded_version or '?'} loaded, {f.disk_version or 'missing'} on disk — {f.change}"
         for f in findings
     ] or [str(report)]
-    from tbkit.install.runtime import restart_hint
+    from tbkit.guard.gate.runtime import restart_hint
 
     text = "\n".join([
         "tbkit: RESTART REQUIRED. Files of packages loaded in this process changed on disk:",
@@ -335,7 +335,7 @@ def gate_cell_command(escape: str, cmd: str) -> None:
         return _run_original(escape, cmd)
     if parsed is None:
         return _run_original(escape, cmd)
-    from tbkit.install import install
+    from tbkit.guard.gate import install
 
     if mode == "strict":
         install(*parsed.requirements, allow_urls=True, allow_paths=True, **parsed.options)
@@ -367,7 +367,7 @@ def load_ipython_extension(ip) -> None:
         _EXTENSION.unregister()
     _EXTENSION = Extension(ip)
     _EXTENSION.register()
-    from tbkit import integrity
+    from tbkit.guard import integrity
 
     sticky = None
     try:

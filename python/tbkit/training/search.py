@@ -87,7 +87,7 @@ def _with_driver(url: Optional[str]) -> Optional[str]:
         return "postgresql+psycopg2://" + rest
     if importlib.util.find_spec("psycopg") is not None:
         return "postgresql+psycopg://" + rest
-    from tbkit.training import require
+    from tbkit.training.trainer import require
 
     require("psycopg2-binary")
     return "postgresql+psycopg2://" + rest
@@ -124,7 +124,7 @@ def _model_maker(model_factory_or_source, kind: Optional[str]):
     import torch.nn as nn
 
     from tbkit.sources.loaded import LoadedModel
-    from tbkit.training import as_loaded, copy_loaded
+    from tbkit.training.trainer import as_loaded, copy_loaded
 
     obj = model_factory_or_source
     if callable(obj) and not isinstance(obj, (nn.Module, LoadedModel)) and not isinstance(obj, type):
@@ -165,8 +165,8 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
     ``search_space`` overrides ranges: ``{"lr": (1e-4, 3e-3, "log"), "dropout": None, …}`` (None
     drops a parameter).
     """
-    from tbkit import data as tdata
-    from tbkit import training
+    from tbkit.training import data as tdata
+    from tbkit.training import trainer as training
 
     if int(n_trials) < 1:
         raise UsageError(f"n_trials={n_trials} must be 1 or more", "Pass n_trials=1 or more.")

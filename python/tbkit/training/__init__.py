@@ -1,0 +1,1 @@
+"""Training and search: Lightning training, Optuna search, and the data they read."""
