@@ -6,6 +6,7 @@ shared machine hits both sides alike. Prints medians per cell and the overhead; 
 
     python3 benchmarks/bench_cell_hooks.py [--cells 200] [--rounds 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,12 @@ def main() -> int:
     from tbkit.guard import integrity
 
     ip = InteractiveShell.instance()
-    cells = ["x = 1", "y = [i * i for i in range(10)]\nz = sum(y)", "def f(a):\n    return a + 1\n_ = f(2)",
-             "s = 'pip install is only mentioned in a string'"]
+    cells = [
+        "x = 1",
+        "y = [i * i for i in range(10)]\nz = sum(y)",
+        "def f(a):\n    return a + 1\n_ = f(2)",
+        "s = 'pip install is only mentioned in a string'",
+    ]
     base, hooked = [], []
     time_cells(ip, cells, 50)  # warm up both paths
     ip.run_line_magic("load_ext", "tbkit")
@@ -68,12 +73,16 @@ def main() -> int:
 
     med_base, med_hooked = statistics.median(base), statistics.median(hooked)
     us = 1e-3
-    print(f"tbkit {tbkit.__version__}, python {sys.version.split()[0]}, {len(sys.modules)} modules loaded, "
-          f"{len(base)} cells per side")
+    print(
+        f"tbkit {tbkit.__version__}, python {sys.version.split()[0]}, {len(sys.modules)} modules loaded, "
+        f"{len(base)} cells per side"
+    )
     print(f"run_cell median without extension: {med_base * us:8.1f} us")
     print(f"run_cell median with extension:    {med_hooked * us:8.1f} us")
-    print(f"overhead per cell (median diff):   {(med_hooked - med_base) * us:8.1f} us   "
-          f"ratio with/without {med_hooked / med_base:.3f}   target <= 1000 us")
+    print(
+        f"overhead per cell (median diff):   {(med_hooked - med_base) * us:8.1f} us   "
+        f"ratio with/without {med_hooked / med_base:.3f}   target <= 1000 us"
+    )
     print(f"  input transformer alone:         {statistics.median(t_transform) * us:8.2f} us")
     print(f"  integrity.check() alone:         {statistics.median(t_check) * us:8.1f} us")
     return 0

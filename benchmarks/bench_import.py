@@ -5,6 +5,7 @@ Target (issue 2): `import tbkit` adds <= 30 ms and imports none of torch, pandas
 
     python3 benchmarks/bench_import.py [--runs 30]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ def main() -> None:
     b, t = statistics.median(base) * 1e3, statistics.median(tb) * 1e3
     probe = subprocess.run(
         [sys.executable, "-c", f"import sys, tbkit; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     print(f"python -c pass          median {b:7.1f} ms")
     print(f"python -c 'import tbkit' median {t:7.1f} ms")
@@ -43,8 +46,9 @@ def main() -> None:
     # The same cost seen from inside: CPython's own import timer (less sensitive to machine load)
     cumul = []
     for _ in range(min(args.runs, 10)):
-        err = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tbkit"],
-                             capture_output=True, text=True, check=True).stderr
+        err = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import tbkit"], capture_output=True, text=True, check=True
+        ).stderr
         line = [ln for ln in err.splitlines() if ln.rstrip().endswith("| tbkit")][-1]
         cumul.append(int(line.split("|")[1]) / 1e3)
     print(f"-X importtime: tbkit cumulative median {statistics.median(cumul):.1f} ms (includes the baseline)")

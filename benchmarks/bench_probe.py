@@ -5,6 +5,7 @@ Targets (issue 2): check() median <= 1 ms and >= 4x faster than the pure-Python 
 
     python3 benchmarks/bench_probe.py [--repeat 300]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,7 +100,7 @@ class PurePythonProbe:
                 deleted = path.endswith(" (deleted)")
                 for r in roots:
                     if path.startswith(r + "/"):
-                        first = path[len(r) + 1:].split("/", 1)[0]
+                        first = path[len(r) + 1 :].split("/", 1)[0]
                         if deleted or first.startswith("~"):
                             findings.append(("mapped", path))
                         d = os.path.dirname(path)
@@ -175,10 +176,13 @@ def main():
         print(f"  tbkit probe check()          median {r:8.1f} us")
         print(f"  pure-Python reference check  median {p:8.1f} us")
         print(f"  ratio (reference / check)           {p / r:8.2f}x")
-        print(f"  targets: check <= 1000 us: {'met' if r <= 1000 else 'NOT met'}; "
-              f">= 4x: {'met' if p / r >= 4 else 'NOT met'}")
+        print(
+            f"  targets: check <= 1000 us: {'met' if r <= 1000 else 'NOT met'}; "
+            f">= 4x: {'met' if p / r >= 4 else 'NOT met'}"
+        )
     r = median_us(integrity.check, args.repeat)
     print(f"tbkit.guard.integrity.check() (process-wide probe, Python report objects included) median {r:.1f} us")
+
 
 if __name__ == "__main__":
     main()

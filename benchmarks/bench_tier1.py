@@ -9,6 +9,7 @@ reference measured in the same run: one eval forward of the example on 4 x max_l
 (no_grad). The ratio — "this check costs N plain forwards" — stays comparable across machines
 where seconds do not. Target (issue 5): the whole of Tier 1 <= 20 s on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     refs = [reference() for _ in range(20)]
     per_check = defaultdict(list)
     totals, verdicts = [], []
-    for i in range(args.repeats):
+    for _i in range(args.repeats):
         refs += [reference() for _ in range(5)]  # interleaved, so machine load affects both sides
         out = Path(tempfile.mkdtemp(prefix="bench-tier1-"))
         t = time.perf_counter()
@@ -59,8 +60,10 @@ def main(argv=None) -> int:
             per_check[check].append(seconds)
     ref = statistics.median(refs)
 
-    print(f"example {args.example}: {type(lm.module).__name__}, vocab {lm.vocab_size}, max_len {lm.max_len}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.repeats} runs")
+    print(
+        f"example {args.example}: {type(lm.module).__name__}, vocab {lm.vocab_size}, max_len {lm.max_len}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.repeats} runs"
+    )
     print(f"reference: one no_grad forward of {ids.shape[0]}x{ids.shape[1]} tokens: median {ref * 1e3:.2f} ms")
     print(f"{'check':<18} {'median s':>9} {'min s':>8} {'max s':>8} {'x forward':>10}")
     for check, times in per_check.items():
@@ -68,8 +71,10 @@ def main(argv=None) -> int:
         print(f"{check:<18} {med:>9.3f} {min(times):>8.3f} {max(times):>8.3f} {med / ref:>10.0f}")
     total = statistics.median(totals)
     print(f"{'TOTAL (tbkit.run)':<18} {total:>9.3f} {min(totals):>8.3f} {max(totals):>8.3f} {total / ref:>10.0f}")
-    print(f"target: <= 20 s on 2 cores -> {'met' if total <= 20 else 'NOT met'}; verdicts: {', '.join(verdicts)} "
-          "(speed rows WARN when the machine is busy)")
+    print(
+        f"target: <= 20 s on 2 cores -> {'met' if total <= 20 else 'NOT met'}; verdicts: {', '.join(verdicts)} "
+        "(speed rows WARN when the machine is busy)"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ stays comparable across machines where seconds do not. Figures are rendered in m
 unless ``--plots`` (then PNGs go to a temporary folder, as in a real run).
 Needs captum for ``attribution`` (otherwise that line says it was not measured).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def main(argv=None) -> int:
     reference()  # warm-up
     ref = median_time(reference, max(args.repeats, 20))
     ref_med = statistics.median(ref)
-    print(f"example {args.example}: {lm.summary().splitlines()[0]}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU")
+    print(
+        f"example {args.example}: {lm.summary().splitlines()[0]}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, CPU"
+    )
     print(f"reference: one no_grad forward of 4x{ids.shape[1]} tokens: median {ref_med * 1e3:.2f} ms")
     print(f"{'check':<12} {'median s':>9} {'min s':>8} {'max s':>8} {'x forward':>10}  rows")
     total = total_ratio = 0.0

@@ -11,6 +11,7 @@ no_grad forward of 4 x max_len tokens, median of 10), each check's wall time (su
 the target (issue 5: full Tier 1 <= 30 s on the GPU). Exit status 0 unless a check ERRORs or
 FAILs (a healthy model must not FAIL).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ class ExportedGPT(nn.Module):
         self.layernorms_a = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
         self.mhsa = nn.ModuleList(nn.MultiheadAttention(d, heads, dropout=0.1, batch_first=True) for _ in range(layers))
         self.layernorms_b = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
-        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(0.1))
-                                 for _ in range(layers))
+        self.ffn = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(0.1)) for _ in range(layers)
+        )
         self.layernorm_out = nn.LayerNorm(d)
         self.linear_0_output = nn.Linear(d, vocab, bias=False)
         for m in self.modules():
@@ -54,7 +56,7 @@ class ExportedGPT(nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         B, T = input_ids.shape
-        if T > self.max_len:
+        if self.max_len < T:
             raise ValueError(f"sequence length {T} exceeds the maximum of {self.max_len}")
         dev = input_ids.device
         x = self.embedding_0_token(input_ids) + self.embedding_0_position(torch.arange(T, device=dev))
@@ -131,12 +133,16 @@ def main(argv=None) -> int:
     total = statistics.median(totals)
     print(f"{'TOTAL (tbkit.run)':<18} {total:>9.3f} {total / ref:>10.0f}")
     target = 30.0
-    print(f"target: full Tier 1 <= {target:.0f} s on the GPU -> {'met' if total <= target else 'NOT met'}"
-          + ("" if device.type == "cuda" and not args.small else " (target applies to CUDA at GPT-2-small size only)"))
+    print(
+        f"target: full Tier 1 <= {target:.0f} s on the GPU -> {'met' if total <= target else 'NOT met'}"
+        + ("" if device.type == "cuda" and not args.small else " (target applies to CUDA at GPT-2-small size only)")
+    )
     print(f"verdict: {last.verdict.value}; report in {last.out_dir}")
     for row in last.rows:
         if row.status.value != "PASS":
-            print(f"  {row.status.value:<5} {row.check}: {row.metric} = {row.value}: {row.detail.splitlines()[-1][:240] if row.detail else ''}")
+            print(
+                f"  {row.status.value:<5} {row.check}: {row.metric} = {row.value}: {row.detail.splitlines()[-1][:240] if row.detail else ''}"
+            )
     if device.type == "cuda":
         print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
     bad = [r for r in last.rows if r.status.value in ("FAIL", "ERROR")]

@@ -33,6 +33,14 @@ export TBKIT_WHEEL="$(ls "$PWD"/target/wheels/tbkit-*.whl | head -n 1)"  # absol
 echo "== fetching test wheels once per machine (tests install only from this local wheelhouse)"
 "$PY" tests/support/wheelhouse.py
 
+echo "== ruff (lint + format)"
+"$PY" -m ruff check python tests benchmarks
+"$PY" -m ruff format --check python tests benchmarks
+
+echo "== cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
 echo "== cargo test"
 cargo test --workspace --quiet
 

@@ -1,9 +1,9 @@
 """Shared fixtures. Tests start what they need themselves (venvs, servers, kernels)."""
+
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,8 @@ def wheelhouse() -> Path:
 
     missing = [r for r in wh.wanted() if not wh.have(r)]
     if missing:
-        pytest.fail(f"wheelhouse {wh.WHEELHOUSE} lacks {missing}; run `python3 tests/support/wheelhouse.py` "
-                    "(scripts/test.sh does) to fetch them once")
+        pytest.fail(
+            f"wheelhouse {wh.WHEELHOUSE} lacks {missing}; run `python3 tests/support/wheelhouse.py` "
+            "(scripts/test.sh does) to fetch them once"
+        )
     return wh.WHEELHOUSE

@@ -1,4 +1,5 @@
 """`tbkit run` as a user runs it: a real subprocess, exit codes 0 / 1 / 2, --json purity."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,9 @@ def tbkit_cmd(*args, cwd):
 
 
 def test_json_mode_prints_only_the_report_on_stdout(tmp_path):
-    proc = tbkit_cmd("run", "--json", "--no-progress", "--checks", "summary,causal,padding", "--out", "rep",
-                     cwd=tmp_path)
+    proc = tbkit_cmd(
+        "run", "--json", "--no-progress", "--checks", "summary,causal,padding", "--out", "rep", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)  # the whole stdout is one JSON document
     assert data["verdict"] == "PASS" and data["finished"] is True
@@ -57,8 +59,9 @@ def test_json_mode_prints_only_the_report_on_stdout(tmp_path):
 
 def test_a_broken_model_exits_1_and_names_the_failing_rows(tmp_path):
     (tmp_path / "leaky.py").write_text(LEAKY)
-    proc = tbkit_cmd("run", "leaky.py", "--kind", "decoder", "--checks", "causal,determinism", "--no-progress",
-                     cwd=tmp_path)
+    proc = tbkit_cmd(
+        "run", "leaky.py", "--kind", "decoder", "--checks", "causal,determinism", "--no-progress", cwd=tmp_path
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout
     assert "verdict: FAIL (1 PASS, 3 FAIL)" in out
@@ -66,8 +69,7 @@ def test_a_broken_model_exits_1_and_names_the_failing_rows(tmp_path):
     assert "report: tbkit-report/report.html" in out  # the default output folder
     assert (tmp_path / "tbkit-report" / "report.html").is_file()
 
-    proc = tbkit_cmd("run", "leaky.py", "--kind", "decoder", "--checks", "causal", "--json", "--out", "j",
-                     cwd=tmp_path)
+    proc = tbkit_cmd("run", "leaky.py", "--kind", "decoder", "--checks", "causal", "--json", "--out", "j", cwd=tmp_path)
     assert proc.returncode == 1
     data = json.loads(proc.stdout)  # the model's own prints went to stderr
     assert data["verdict"] == "FAIL" and "debug print left in forward" in proc.stderr
@@ -91,17 +93,33 @@ def test_usage_and_loading_errors_exit_2_with_one_paragraph(tmp_path):
 def test_sha256_pin_refuses_other_code_before_it_runs(tmp_path):
     """--sha256: the content hash shown on load must match, or nothing of model.py runs (exit 2)."""
     marker = tmp_path / "ran"
-    (tmp_path / "model.py").write_text(LEAKY.replace(
-        "import torch\n", f"import torch\nopen({str(marker)!r}, 'w').close()\n", 1))
-    proc = tbkit_cmd("run", "model.py", "--kind", "decoder", "--checks", "summary", "--no-progress",
-                     "--sha256", "0" * 64, cwd=tmp_path)
+    (tmp_path / "model.py").write_text(
+        LEAKY.replace("import torch\n", f"import torch\nopen({str(marker)!r}, 'w').close()\n", 1)
+    )
+    proc = tbkit_cmd(
+        "run",
+        "model.py",
+        "--kind",
+        "decoder",
+        "--checks",
+        "summary",
+        "--no-progress",
+        "--sha256",
+        "0" * 64,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "sha256" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists(), "model code ran although its hash did not match"
-    good = next(ln.split()[-1] for ln in tbkit_cmd("run", "model.py", "--kind", "decoder", "--checks", "summary",
-                                                   "--no-progress", cwd=tmp_path).stdout.splitlines()
-                if ln.strip().startswith("content sha256"))
+    good = next(
+        ln.split()[-1]
+        for ln in tbkit_cmd(
+            "run", "model.py", "--kind", "decoder", "--checks", "summary", "--no-progress", cwd=tmp_path
+        ).stdout.splitlines()
+        if ln.strip().startswith("content sha256")
+    )
     marker.unlink()
-    proc = tbkit_cmd("run", "model.py", "--kind", "decoder", "--checks", "summary", "--no-progress",
-                     "--sha256", good, cwd=tmp_path)
+    proc = tbkit_cmd(
+        "run", "model.py", "--kind", "decoder", "--checks", "summary", "--no-progress", "--sha256", good, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr

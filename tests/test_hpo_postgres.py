@@ -1,6 +1,7 @@
 """Two `tbkit search --worker` processes work ONE study kept in a real PostgreSQL server (Debian's,
 started by the test on 127.0.0.1): the study ends with exactly the requested trials, each number
 once, none lost, and both workers took part."""
+
 from __future__ import annotations
 
 import os
@@ -13,18 +14,35 @@ pytest.importorskip("optuna", reason="optuna is a tier3 extra (scripts/test.sh i
 pytest.importorskip("optuna_integration", reason="optuna-integration is a tier3 extra")
 pytest.importorskip("lightning", reason="lightning is a tier3 extra")
 
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import optuna
+from optuna.trial import TrialState
 
-from pg_server import pg_url  # noqa: E402,F401  (the fixture)
-from tbkit.training.search import _with_driver  # noqa: E402
+from pg_server import pg_url  # noqa: F401  (the fixture)
+from tbkit.training.search import _with_driver
 
 N_TRIALS = 8
 
 
 def _worker(url: str, study: str, out) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "tbkit", "search", "tiny_gpt", "--synthetic", "--trials", str(N_TRIALS),
-            "--epochs", "2", "--max-len", "16", "--storage", url, "--study", study, "--worker"]
+    argv = [
+        sys.executable,
+        "-m",
+        "tbkit",
+        "search",
+        "tiny_gpt",
+        "--synthetic",
+        "--trials",
+        str(N_TRIALS),
+        "--epochs",
+        "2",
+        "--max-len",
+        "16",
+        "--storage",
+        url,
+        "--study",
+        study,
+        "--worker",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two workers on a small machine: one thread each
     return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
 

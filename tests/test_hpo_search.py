@@ -1,5 +1,6 @@
 """tbkit.search in one process: SQLite file storage, exact trial count, pruning, plots, errors;
 and the `tbkit search` subcommand writing its results."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,12 @@ pytest.importorskip("optuna", reason="optuna is a tier3 extra (scripts/test.sh i
 pytest.importorskip("optuna_integration", reason="optuna-integration is a tier3 extra")
 pytest.importorskip("lightning", reason="lightning is a tier3 extra")
 
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import optuna
+from optuna.trial import TrialState
 
-import tbkit  # noqa: E402
-from models import HealthyDecoder, build, loaded  # noqa: E402
-from tbkit.errors import TbkitError, UsageError  # noqa: E402
+import tbkit
+from models import HealthyDecoder, build, loaded
+from tbkit.errors import TbkitError, UsageError
 
 SMALL = dict(epochs=3, batch_size=16, max_len=16, synthetic=True)
 
@@ -36,8 +37,16 @@ def test_sqlite_study_runs_exactly_n_trials_with_pruning(tmp_path):
     # A wide lr range, sampled at random (TPE's startup phase covers all 8 trials), makes trials
     # worse than the median that the pruner stops early. (Once TPE steers, each trial tends to beat
     # the median and pruning gets rare: fine for users, useless for showing that it is wired.)
-    res = tbkit.search(factory, n_trials=8, storage=url, study_name="one", seed=1, n_startup_trials=8,
-                       search_space={"lr": (1e-5, 3e-2, "log")}, **SMALL)
+    res = tbkit.search(
+        factory,
+        n_trials=8,
+        storage=url,
+        study_name="one",
+        seed=1,
+        n_startup_trials=8,
+        search_space={"lr": (1e-5, 3e-2, "log")},
+        **SMALL,
+    )
     study = optuna.load_study(study_name="one", storage=url)  # it is really in the file
     trials = study.get_trials(deepcopy=False)
     numbers = [t.number for t in trials]
@@ -97,9 +106,24 @@ def _command_args(argv):
 
 @pytest.mark.slow
 def test_search_command_writes_results(tmp_path, capsys):
-    cmd, args = _command_args(["tiny_gpt", "--synthetic", "--trials", "3", "--epochs", "2", "--max-len", "16",
-                               "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "cli",
-                               "--out", str(tmp_path / "out")])
+    cmd, args = _command_args(
+        [
+            "tiny_gpt",
+            "--synthetic",
+            "--trials",
+            "3",
+            "--epochs",
+            "2",
+            "--max-len",
+            "16",
+            "--storage",
+            f"sqlite:///{tmp_path / 's.db'}",
+            "--study",
+            "cli",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert cmd.main(args) == 0
     out = tmp_path / "out"
     summary = json.loads((out / "best_params.json").read_text())
@@ -142,8 +166,9 @@ def test_a_worker_that_loses_the_race_for_the_last_slot_runs_nothing_and_says_so
         def tell(self, *args, **kwargs):
             return self.inner.tell(*args, **kwargs)
 
-    ran = _work(optuna, OtherWorkerAsksRightAfterOurCount(study), lambda t: pytest.fail("must not run"), 3,
-                None, [], [])
+    ran = _work(
+        optuna, OtherWorkerAsksRightAfterOurCount(study), lambda t: pytest.fail("must not run"), 3, None, [], []
+    )
     assert ran == 0
     trials = study.get_trials(deepcopy=False)
     assert [t.number for t in trials if t.state == TrialState.COMPLETE] == [0, 1, 2]

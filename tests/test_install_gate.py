@@ -2,6 +2,7 @@
 local wheels only (--no-index). Each scenario runs in the venv's interpreter and reports back as JSON:
 what the gate raised, the plan it showed, how many processes it started (audit hook), whether
 NumPy's files on disk kept their identity, and what the probe says afterwards."""
+
 from __future__ import annotations
 
 import base64
@@ -26,10 +27,12 @@ def make_wheel(directory: Path, name: str, version: str, requires=(), files=None
     """A minimal pure-Python wheel written by hand: package files, METADATA, WHEEL, RECORD."""
     dist = f"{name}-{version}"
     entries = dict(files or {f"{name}/__init__.py": f"VERSION = {version!r}\n"})
-    entries[f"{dist}.dist-info/METADATA"] = (
-        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-        + "".join(f"Requires-Dist: {r}\n" for r in requires))
-    entries[f"{dist}.dist-info/WHEEL"] = "Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entries[f"{dist}.dist-info/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires
+    )
+    entries[f"{dist}.dist-info/WHEEL"] = (
+        "Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     record = []
     for path, text in entries.items():
         data = text.encode()
@@ -49,10 +52,27 @@ def make_venv(path: Path, wheelhouse: Path, *packages: str) -> Path:
     """uv venv + packages from the local wheelhouse; tbkit comes from this checkout (a .pth file)."""
     subprocess.run([*UV, "venv", "--quiet", "--python", sys.executable, str(path)], check=True)
     python = path / "bin" / "python"
-    subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), "--no-index",
-                    "--find-links", str(wheelhouse), *packages], check=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [
+            *UV,
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            str(python),
+            "--no-index",
+            "--find-links",
+            str(wheelhouse),
+            *packages,
+        ],
+        check=True,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(site, "tbkit_checkout.pth").write_text(str(ROOT / "python") + "\n")
     return python
 
@@ -100,11 +120,16 @@ PRELUDE = textwrap.dedent("""
 
 def run_scenario(python: Path, wheel_dirs, body: str, env=None) -> dict:
     code = PRELUDE + textwrap.dedent(body) + "\nprint('RESULT ' + json.dumps(out))\n"
-    proc = subprocess.run([str(python), "-c", code, json.dumps([str(d) for d in wheel_dirs])],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [str(python), "-c", code, json.dumps([str(d) for d in wheel_dirs])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"scenario crashed:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +146,17 @@ def local_wheels(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gate_venv(tmp_path_factory, wheelhouse) -> Path:
-    return make_venv(tmp_path_factory.mktemp("gate") / "venv", wheelhouse, "numpy==2.0.2", "pip==25.3", "packaging==25.0")
+    return make_venv(
+        tmp_path_factory.mktemp("gate") / "venv", wheelhouse, "numpy==2.0.2", "pip==25.3", "packaging==25.0"
+    )
 
 
 def test_replacing_loaded_numpy_is_refused_and_the_plan_is_shown(gate_venv, wheelhouse, local_wheels):
-    both = run_scenario(gate_venv, [wheelhouse, local_wheels],
-                        'out = {"pinned": attempt("numpy==2.2.6"), "upgrade": attempt("numpy", upgrade=True)}')
+    both = run_scenario(
+        gate_venv,
+        [wheelhouse, local_wheels],
+        'out = {"pinned": attempt("numpy==2.2.6"), "upgrade": attempt("numpy", upgrade=True)}',
+    )
     out = both["pinned"]
     assert out["error"] == "InstallRefused", out
     assert "numpy 2.0.2 -> 2.2.6" in out["plan"] and "LOADED in this process" in out["plan"]
@@ -186,11 +216,15 @@ def test_pip_failing_after_a_safe_plan_is_reported_with_what_landed(gate_venv, w
 
 
 def test_safe_install_runs_the_exact_plan_then_already_satisfied_runs_no_pip(gate_venv, wheelhouse, local_wheels):
-    out = run_scenario(gate_venv, [wheelhouse, local_wheels], """
+    out = run_scenario(
+        gate_venv,
+        [wheelhouse, local_wheels],
+        """
         first = attempt("six")
         again = attempt("six>=1.16")
         out = {"first": first, "again": again}
-    """)
+    """,
+    )
     first, again = out["first"], out["again"]
     assert first["ok"] and first["installed"] == ["six==1.17.0"] and first["modules"] == ["six"], first
     assert first["numpy_unchanged"] and first["integrity_ok"] and first["imported_here"] == []
@@ -201,11 +235,15 @@ def test_safe_install_runs_the_exact_plan_then_already_satisfied_runs_no_pip(gat
 
 def test_local_wheel_path_installs_only_when_allowed(gate_venv, wheelhouse, local_wheels):
     wheel = str(local_wheels / "tinypkg-1.0-py3-none-any.whl")
-    out = run_scenario(gate_venv, [wheelhouse, local_wheels], f"""
+    out = run_scenario(
+        gate_venv,
+        [wheelhouse, local_wheels],
+        f"""
         refused = attempt({wheel!r})
         allowed = attempt({wheel!r}, allow_paths=True)
         out = {{"refused": refused, "allowed": allowed}}
-    """)
+    """,
+    )
     assert out["refused"]["error"] == "InstallRefused" and out["refused"]["spawned"] == 0
     allowed = out["allowed"]
     assert allowed["ok"] and allowed["installed"] == ["tinypkg==1.0"] and allowed["modules"] == ["tinypkg"], allowed
@@ -214,7 +252,10 @@ def test_local_wheel_path_installs_only_when_allowed(gate_venv, wheelhouse, loca
 
 def test_after_numpy_is_replaced_from_outside_every_install_is_refused(tmp_path, wheelhouse, local_wheels):
     python = make_venv(tmp_path / "venv", wheelhouse, "numpy==2.0.2", "pip==25.3", "packaging==25.0")
-    out = run_scenario(python, [wheelhouse, local_wheels], f"""
+    out = run_scenario(
+        python,
+        [wheelhouse, local_wheels],
+        f"""
         import subprocess
         # another process (a `!pip` in a terminal, a subprocess install) replaces NumPy under us
         subprocess.run([*{UV!r}, "pip", "install", "--quiet", "--python", sys.executable, "--no-index",
@@ -222,7 +263,9 @@ def test_after_numpy_is_replaced_from_outside_every_install_is_refused(tmp_path,
         first = attempt("tinypkg")
         satisfied = attempt("pip")
         out = {{"first": first, "satisfied": satisfied, "sticky": integrity.first_restart_report() is not None}}
-    """, env={"COLAB_RELEASE_TAG": "release-colab-test"})  # Colab is recognised by its variable: its wording
+    """,
+        env={"COLAB_RELEASE_TAG": "release-colab-test"},
+    )  # Colab is recognised by its variable: its wording
     first = out["first"]
     assert first["error"] == "InstallRefused", first
     assert "numpy" in first["distributions"] and "this Colab session must restart" in first["message"]
@@ -232,11 +275,13 @@ def test_after_numpy_is_replaced_from_outside_every_install_is_refused(tmp_path,
     assert out["sticky"] and first["restart_required"]
 
 
-CLI = ("import argparse, sys\n"
-       "from tbkit.cli import install as command\n"
-       "parser = argparse.ArgumentParser(prog='tbkit install')\n"
-       "command.configure(parser)\n"
-       "sys.exit(command.main(parser.parse_args(sys.argv[1:])))\n")
+CLI = (
+    "import argparse, sys\n"
+    "from tbkit.cli import install as command\n"
+    "parser = argparse.ArgumentParser(prog='tbkit install')\n"
+    "command.configure(parser)\n"
+    "sys.exit(command.main(parser.parse_args(sys.argv[1:])))\n"
+)
 
 
 def test_tbkit_install_command(gate_venv, wheelhouse, local_wheels):
@@ -256,8 +301,9 @@ def test_tbkit_install_command(gate_venv, wheelhouse, local_wheels):
     assert missing.returncode == 1 and "No matching distribution" in missing.stderr
     done = tbkit_install("-q", *local, "clipkg")
     assert done.returncode == 0 and "installed clipkg==2.0" in done.stdout, done
-    check = subprocess.run([str(gate_venv), "-c", "import clipkg, numpy; print(numpy.__version__)"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [str(gate_venv), "-c", "import clipkg, numpy; print(numpy.__version__)"], capture_output=True, text=True
+    )
     assert check.stdout.strip() == "2.0.2"  # the dry runs changed nothing
 
 

@@ -1,6 +1,7 @@
 """The gate's input checks: every bad requirement is refused with its reason before pip (or anything
 else) runs. An audit hook records every process this interpreter starts, so "pip never ran" is
 observed, not assumed."""
+
 from __future__ import annotations
 
 import sys
@@ -89,9 +90,17 @@ def test_urls_and_paths_need_explicit_permission_and_paths_must_exist(tmp_path):
     assert validate(str(tmp_path), allow_paths=True).kind == "path"
 
 
-@pytest.mark.parametrize("text,name", [("captum>=0.9", "captum"), ("Optuna_Integration", "optuna-integration"),
-                                        ("lightning[extra]>=2,<3", "lightning"), ("numpy!=2.0.*", "numpy"),
-                                        ("torch==2.15.0+cu128", "torch"), ("six~=1.17", "six")])
+@pytest.mark.parametrize(
+    "text,name",
+    [
+        ("captum>=0.9", "captum"),
+        ("Optuna_Integration", "optuna-integration"),
+        ("lightning[extra]>=2,<3", "lightning"),
+        ("numpy!=2.0.*", "numpy"),
+        ("torch==2.15.0+cu128", "torch"),
+        ("six~=1.17", "six"),
+    ],
+)
 def test_ordinary_requirements_pass_with_canonical_names(text, name):
     req = validate(text)
     assert (req.kind, req.name, req.text) == ("name", name, text)
@@ -102,8 +111,15 @@ def test_index_options_come_from_keywords_then_environment(monkeypatch, tmp_path
     monkeypatch.setenv("TBKIT_PIP_NO_INDEX", "1")
     monkeypatch.setenv("TBKIT_PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     env = IndexOptions.resolve()
-    assert env.args() == ["--no-index", "--index-url", "http://127.0.0.1:9/simple",
-                          "--find-links", f"{tmp_path}/a", "--find-links", f"{tmp_path}/b"]
+    assert env.args() == [
+        "--no-index",
+        "--index-url",
+        "http://127.0.0.1:9/simple",
+        "--find-links",
+        f"{tmp_path}/a",
+        "--find-links",
+        f"{tmp_path}/b",
+    ]
     explicit = IndexOptions.resolve(index_url="http://127.0.0.1:8/simple", find_links=str(tmp_path))
     assert explicit.args() == ["--no-index", "--index-url", "http://127.0.0.1:8/simple", "--find-links", str(tmp_path)]
     monkeypatch.delenv("TBKIT_PIP_NO_INDEX")
@@ -112,8 +128,10 @@ def test_index_options_come_from_keywords_then_environment(monkeypatch, tmp_path
     assert IndexOptions.resolve().args() == []
 
 
-@pytest.mark.parametrize("kwargs", [{"index_url": "--trusted-host=evil"}, {"find_links": ["-r/etc/passwd"]},
-                                    {"index_url": "http://x\n--pre"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"index_url": "--trusted-host=evil"}, {"find_links": ["-r/etc/passwd"]}, {"index_url": "http://x\n--pre"}],
+)
 def test_index_option_values_that_pip_would_read_as_options_are_refused(kwargs):
     before = len(_SPAWNED)
     with pytest.raises(InstallRefused, match="refused the"):
@@ -159,8 +177,10 @@ def test_public_names_resolve_the_same_gate_in_a_fresh_interpreter():
 
 
 def test_index_credentials_are_never_shown():
-    index = IndexOptions.resolve(index_url="https://user:s3cr3t-token@127.0.0.1/simple",
-                                 extra_index_url="https://__token__:pypi-AgEIcHlwaS5vcmc@127.0.0.1/x")
+    index = IndexOptions.resolve(
+        index_url="https://user:s3cr3t-token@127.0.0.1/simple",
+        extra_index_url="https://__token__:pypi-AgEIcHlwaS5vcmc@127.0.0.1/x",
+    )
     shown = index.describe()
     assert "s3cr3t" not in shown and "pypi-AgE" not in shown and "https://***@127.0.0.1/simple" in shown
     assert "https://user:s3cr3t-token@127.0.0.1/simple" in index.args()  # pip itself still gets them
@@ -174,8 +194,14 @@ def test_loaded_versions_are_pinned_as_pip_sees_them_installed():
     from tbkit.guard.gate.plan import pinnable
 
     pip_version = md.version("pip")
-    pins = pinnable({"pip": pip_version + "+cu132", "pytest": md.version("pytest"), "no-such-dist": "1.0",
-                     "legacy": "not a version"})
+    pins = pinnable(
+        {
+            "pip": pip_version + "+cu132",
+            "pytest": md.version("pytest"),
+            "no-such-dist": "1.0",
+            "legacy": "not a version",
+        }
+    )
     assert pins["pip"] == pip_version  # same release: the installed spelling
     assert pins["pytest"] == md.version("pytest")
     assert pins["no-such-dist"] == "1.0"  # not installed: kept as loaded (pip will want it: refused)

@@ -1,6 +1,7 @@
 """`%load_ext tbkit` in a real IPython InteractiveShell: which cells are routed through the gate, that a
 refused `!pip install` never runs in strict mode, that warn mode runs it, and that the magics work.
 The full notebook scenario (a real kernel, NumPy replaced underneath) is tests/test_ipython_kernel.py."""
+
 from __future__ import annotations
 
 import sys
@@ -41,9 +42,18 @@ PARSED = [
     ("!", "/usr/bin/python3.11 -m pip install 'captum>=0.9'", ["captum>=0.9"], {}),
     ("!", "{sys.executable} -m pip install six", ["six"], {}),
     ("!", "uv pip install six --pre", ["six"], {"pre": True}),
-    ("%", "pip install --no-index --find-links /w --find-links=/v six", ["six"], {"no_index": True, "find_links": ["/w", "/v"]}),
-    ("%", "pip install -i http://127.0.0.1:1/simple --no-deps six", ["six"],
-     {"index_url": "http://127.0.0.1:1/simple", "no_deps": True}),
+    (
+        "%",
+        "pip install --no-index --find-links /w --find-links=/v six",
+        ["six"],
+        {"no_index": True, "find_links": ["/w", "/v"]},
+    ),
+    (
+        "%",
+        "pip install -i http://127.0.0.1:1/simple --no-deps six",
+        ["six"],
+        {"index_url": "http://127.0.0.1:1/simple", "no_deps": True},
+    ),
 ]
 
 
@@ -54,8 +64,16 @@ def test_install_commands_are_recognised_and_parsed(escape, cmd, reqs, opts):
     assert parsed.requirements == reqs and parsed.options == opts
 
 
-@pytest.mark.parametrize("escape,cmd", [("!", "pip uninstall -y six"), ("!", "pip download six"), ("!", "ls install"),
-                                        ("%", "time install()"), ("!", "echo pip install six")])
+@pytest.mark.parametrize(
+    "escape,cmd",
+    [
+        ("!", "pip uninstall -y six"),
+        ("!", "pip download six"),
+        ("!", "ls install"),
+        ("%", "time install()"),
+        ("!", "echo pip install six"),
+    ],
+)
 def test_other_commands_are_not_routed(escape, cmd):
     assert not looks_like_install(escape, cmd)
 
@@ -65,18 +83,21 @@ def test_a_pip_command_that_only_mentions_install_runs_as_is():
     assert parse_cell_command("!", "pip list | grep install") is None
 
 
-@pytest.mark.parametrize("cmd,reason", [
-    ("pip install six && echo done", "shell syntax"),
-    ("pip install six > log.txt", "shell syntax"),
-    ("pip install $PKG", "shell syntax"),
-    ("pip install {pkg}", "shell syntax"),
-    ("pip install -r requirements.txt", "option -r"),
-    ("pip install -e .", "option -e"),
-    ("pip install --target /tmp/x six", "option --target"),
-    ("pip install --force-reinstall numpy", "option --force-reinstall"),
-    ("pip install 'six", "quoting"),
-    ("pip install -q", "no package"),
-])
+@pytest.mark.parametrize(
+    "cmd,reason",
+    [
+        ("pip install six && echo done", "shell syntax"),
+        ("pip install six > log.txt", "shell syntax"),
+        ("pip install $PKG", "shell syntax"),
+        ("pip install {pkg}", "shell syntax"),
+        ("pip install -r requirements.txt", "option -r"),
+        ("pip install -e .", "option -e"),
+        ("pip install --target /tmp/x six", "option --target"),
+        ("pip install --force-reinstall numpy", "option --force-reinstall"),
+        ("pip install 'six", "quoting"),
+        ("pip install -q", "no package"),
+    ],
+)
 def test_unplannable_install_commands_are_named_with_the_reason(cmd, reason):
     with pytest.raises(CannotPlan, match=reason):
         parse_cell_command("!", cmd)
@@ -86,11 +107,23 @@ def test_the_transformer_rewrites_only_install_lines_and_keeps_indentation():
     ext = Extension(ip=None)
     plain = ["x = 1\n", "print(x)\n"]
     assert ext.transform(plain) is plain  # the fast path: no copy, no regex
-    cell = ["import numpy\n", "if True:\n", "    !pip install six\n", "%pip install -q six \\\n", "  tinypkg\n", "y = 2\n"]
+    cell = [
+        "import numpy\n",
+        "if True:\n",
+        "    !pip install six\n",
+        "%pip install -q six \\\n",
+        "  tinypkg\n",
+        "y = 2\n",
+    ]
     out = ext.transform(cell)
     assert out[0] == "import numpy\n" and out[1] == "if True:\n" and out[-1] == "y = 2\n"
-    assert out[2] == "    __import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command('!', 'pip install six')\n"
-    assert out[3] == "__import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command('%', 'pip install -q six    tinypkg')\n"
+    assert (
+        out[2] == "    __import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command('!', 'pip install six')\n"
+    )
+    assert (
+        out[3]
+        == "__import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command('%', 'pip install -q six    tinypkg')\n"
+    )
     assert len(out) == 5
     bash = ["%%bash\n", "pip install six\n", "!pip install six\n"]
     assert ext.transform(bash) == bash  # not Python: left alone
@@ -100,8 +133,10 @@ def test_the_transformer_rewrites_only_install_lines_and_keeps_indentation():
 
 def test_strict_mode_refuses_an_unplannable_command_and_it_never_runs(ip, tmp_path, wheelhouse, capsys):
     target = tmp_path / "target"
-    result = ip.run_cell(f"!{sys.executable} -m pip install --target {target} --no-index --find-links {wheelhouse} six\n"
-                         "after = 'the rest of the cell ran'")
+    result = ip.run_cell(
+        f"!{sys.executable} -m pip install --target {target} --no-index --find-links {wheelhouse} six\n"
+        "after = 'the rest of the cell ran'"
+    )
     out = capsys.readouterr()
     assert type(result.error_in_exec).__name__ == "InstallRefused"
     assert not target.exists()  # pip never ran
@@ -114,7 +149,9 @@ def test_strict_mode_refuses_an_unplannable_command_and_it_never_runs(ip, tmp_pa
 def test_warn_mode_runs_the_command_after_the_warning(ip, tmp_path, wheelhouse, capfd):
     ip.run_line_magic("tbkit", "mode warn")
     target = tmp_path / "target"
-    result = ip.run_cell(f"!{sys.executable} -m pip install -q --target {target} --no-index --find-links {wheelhouse} six")
+    result = ip.run_cell(
+        f"!{sys.executable} -m pip install -q --target {target} --no-index --find-links {wheelhouse} six"
+    )
     out = capfd.readouterr()
     assert result.error_in_exec is None
     assert "tbkit (warn mode): running" in out.err
@@ -166,5 +203,3 @@ def test_magic_dry_run_shows_the_refused_plan_and_changes_nothing(ip, wheelhouse
     assert f"~ numpy {loaded} -> {other}" in out and f"LOADED in this process as {loaded}" in out
     assert "REFUSED" in out
     assert md.version("numpy") == loaded
-
-

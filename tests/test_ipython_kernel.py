@@ -5,6 +5,7 @@ one restart banner after the next cell, and every later install is refused.
 
 Everything installs from local wheels: the NumPy/six wheelhouse (tests/support/wheelhouse.py) and a cached
 wheelhouse of ipykernel and its dependencies, downloaded once per machine on first use."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ import pytest
 pytestmark = pytest.mark.slow
 UV = [sys.executable, "-m", "uv"]  # uv as installed with the test extras, whatever PATH holds
 
-KERNEL_WHEELHOUSE = Path(os.environ.get("TBKIT_KERNEL_WHEELHOUSE",
-                                        Path.home() / ".cache" / "tbkit-tests" / "kernel-wheelhouse"))
+KERNEL_WHEELHOUSE = Path(
+    os.environ.get("TBKIT_KERNEL_WHEELHOUSE", Path.home() / ".cache" / "tbkit-tests" / "kernel-wheelhouse")
+)
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +29,22 @@ def kernel_wheelhouse() -> Path:
     """ipykernel and its dependencies as wheels, fetched once per machine (the only registry access)."""
     if not any(KERNEL_WHEELHOUSE.glob("ipykernel-*.whl")):
         KERNEL_WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                        "--only-binary", ":all:", "-d", str(KERNEL_WHEELHOUSE), "ipykernel"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "--only-binary",
+                ":all:",
+                "-d",
+                str(KERNEL_WHEELHOUSE),
+                "ipykernel",
+            ],
+            check=True,
+        )
     return KERNEL_WHEELHOUSE
 
 
@@ -38,10 +54,13 @@ def kernel_venv(tmp_path, wheelhouse, kernel_wheelhouse, tbkit_wheel) -> Path:
     subprocess.run([*UV, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
     python = venv / "bin" / "python"
     local = ["--no-index", "--find-links", str(wheelhouse), "--find-links", str(kernel_wheelhouse)]
-    subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), *local,
-                    "ipykernel", "numpy==2.0.2", "pip==25.3"], check=True)
-    subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), "--no-deps", str(tbkit_wheel)],
-                   check=True)
+    subprocess.run(
+        [*UV, "pip", "install", "--quiet", "--python", str(python), *local, "ipykernel", "numpy==2.0.2", "pip==25.3"],
+        check=True,
+    )
+    subprocess.run(
+        [*UV, "pip", "install", "--quiet", "--python", str(python), "--no-deps", str(tbkit_wheel)], check=True
+    )
     return python
 
 
@@ -54,13 +73,20 @@ class Kernel:
 
         spec_dir = workdir / "kernels" / "tbkit-test"
         spec_dir.mkdir(parents=True)
-        (spec_dir / "kernel.json").write_text(json.dumps({
-            "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "tbkit test", "language": "python"}))
+        (spec_dir / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": "tbkit test",
+                    "language": "python",
+                }
+            )
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "TBKIT_PIP", "PIP_", "VIRTUAL_ENV"))}
         env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"  # as in an activated venv
-        self.km = KernelManager(kernel_name="tbkit-test",
-                                kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(workdir / "kernels")]))
+        self.km = KernelManager(
+            kernel_name="tbkit-test", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(workdir / "kernels")])
+        )
         self.km.start_kernel(cwd=str(workdir), env=env)
         self.kc = self.km.client()
         self.kc.start_channels()
@@ -130,8 +156,21 @@ def test_notebook_install_gate_in_a_real_kernel(kernel_venv, wheelhouse, tmp_pat
         assert numpy_on_disk(kernel_venv) == before
 
         # 3. NumPy replaced from outside the kernel: one banner after the next cell
-        subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(kernel_venv), "--no-index",
-                        "--find-links", str(wheelhouse), "numpy==2.2.6"], check=True)
+        subprocess.run(
+            [
+                *UV,
+                "pip",
+                "install",
+                "--quiet",
+                "--python",
+                str(kernel_venv),
+                "--no-index",
+                "--find-links",
+                str(wheelhouse),
+                "numpy==2.2.6",
+            ],
+            check=True,
+        )
         assert numpy_on_disk(kernel_venv) != before
         seen = kernel.run("x = 1 + 1")
         (banner,) = banners(seen)
@@ -139,8 +178,9 @@ def test_notebook_install_gate_in_a_real_kernel(kernel_venv, wheelhouse, tmp_pat
         assert "RESTART REQUIRED" in banner["text/plain"] and "numpy" in banner["text/plain"]
         assert not banners(kernel.run("y = 2"))  # one banner, not one per cell
         seen = kernel.run("%tbkit doctor")
-        assert any("numpy" in d.get("text/html", "") and "RESTART" in d.get("text/plain", "")
-                   for d in seen["displays"]), seen
+        assert any(
+            "numpy" in d.get("text/html", "") and "RESTART" in d.get("text/plain", "") for d in seen["displays"]
+        ), seen
 
         # 4. from now on every install is refused, before pip is asked
         seen = kernel.run(f"!pip install tinypkg --no-index --find-links {wheelhouse}")

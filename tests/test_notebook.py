@@ -1,11 +1,11 @@
 """The template notebook: well-formed (the predecessor's cells ran as single comment lines), free of
 anything that blocks Run-all, and executed top to bottom by a real Jupyter kernel against a wheel
 built from this checkout, installed into a fresh venv."""
+
 from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,10 +79,15 @@ def test_run_all_in_a_real_kernel_against_the_built_wheel(tmp_path, tbkit_wheel,
     python = venv / "bin" / "python"
     kernels = tmp_path / "jupyter" / "kernels" / "tbkit-venv"
     kernels.mkdir(parents=True)
-    (kernels / "kernel.json").write_text(json.dumps({
-        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "tbkit test venv", "language": "python",
-    }))
+    (kernels / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "tbkit test venv",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("TBKIT_SPEC", str(tbkit_wheel))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -90,8 +95,9 @@ def test_run_all_in_a_real_kernel_against_the_built_wheel(tmp_path, tbkit_wheel,
 
     nb = nbformat.read(NOTEBOOKS[0], as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import tbkit\nprint('TBKIT_FROM', tbkit.__file__)\n"))
-    client = NotebookClient(nb, kernel_name="tbkit-venv", timeout=900, allow_errors=False,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, kernel_name="tbkit-venv", timeout=900, allow_errors=False, resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -101,8 +107,9 @@ def test_run_all_in_a_real_kernel_against_the_built_wheel(tmp_path, tbkit_wheel,
     for tier in (1, 2, 3):
         line = next((ln for ln in text.splitlines() if ln.startswith(f"Tier {tier} verdict:")), None)
         assert line is not None, f"no Tier {tier} verdict printed"
-    assert any(ln.startswith("Tier 1 verdict: ") and ln.split(": ")[1] in ("PASS", "WARN")
-               for ln in text.splitlines()), "the bundled example must pass Tier 1"
+    assert any(
+        ln.startswith("Tier 1 verdict: ") and ln.split(": ")[1] in ("PASS", "WARN") for ln in text.splitlines()
+    ), "the bundled example must pass Tier 1"
     report = json.loads((tmp_path / "tbkit-report" / "tier1" / "report.json").read_text())
     assert report["verdict"] in ("PASS", "WARN")
     assert (tmp_path / "tbkit-report" / "tier1" / "report.html").is_file()

@@ -1,5 +1,6 @@
 """tbkit.integrity in this process: the report API, the never-import guarantee, bad input, and the
 signals on a hand-made site directory (fast; the real reinstalls are in test_probe_reinstall.py)."""
+
 from __future__ import annotations
 
 import json
@@ -197,7 +198,10 @@ def test_first_restart_report_is_sticky(fake, tmp_path):
     env = dict(os.environ, TBKIT_PROBE_MAPS=str(fake.maps))
     proc = subprocess.run(
         [sys.executable, "-c", code, str(fake.site), str(fake.site / "fakenative" / "_ext.so")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0 and "sticky ok" in proc.stdout, proc.stderr
 

@@ -1,4 +1,5 @@
 """`tbkit doctor [--json]`: the report, the facts, and the exit code."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from probe_scenarios import FakeSite
 
 def _doctor(*args, env=None, pre=""):
     code = f"{pre}\nimport sys\nfrom tbkit.cli import main\nrc = main({list(args)!r})\nprint('TORCH_LOADED', 'torch' in sys.modules)\nsys.exit(rc)"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=dict(os.environ, **(env or {}))
+    )
 
 
 def test_doctor_text_on_a_clean_interpreter():

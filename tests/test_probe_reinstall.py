@@ -5,6 +5,7 @@ Each scenario asserts the exact distribution and severity. The upgrade scenarios
 live process failing the way users saw it (`numpy.strings` -> ImportError `_center`), proving the
 damage the probe reported is real.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,20 +1,18 @@
 """The report: DataFrame columns, verdict from rows, report.json schema, a self-contained HTML
 with the plots embedded, and the PNG files."""
+
 from __future__ import annotations
 
 import base64
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-import models as M  # noqa: E402
-
-import tbkit  # noqa: E402
-from tbkit.checks.report import COLUMNS, SCHEMA_VERSION, Report, load_json  # noqa: E402
-from tbkit.checks.base import Row, Status  # noqa: E402
+import models as M
+import tbkit
+from tbkit.checks.base import Row, Status
+from tbkit.checks.report import COLUMNS, SCHEMA_VERSION, Report, load_json
 
 # platform-independent: also run against each built wheel by the release workflow (-m quick)
 pytestmark = pytest.mark.quick
@@ -25,8 +23,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    report = tbkit.run(M.loaded(M.build(M.HealthyDecoder)), out_dir=out, progress=False,
-                       options={"speed_seconds_per_point": 0.02})
+    report = tbkit.run(
+        M.loaded(M.build(M.HealthyDecoder)), out_dir=out, progress=False, options={"speed_seconds_per_point": 0.02}
+    )
     return report, out
 
 
@@ -37,8 +36,19 @@ def test_dataframe_has_the_public_columns_and_one_row_per_result(full_run):
     assert len(df) == len(report.rows)
     assert set(df["status"]) <= {"PASS", "WARN", "SKIP"}
     assert (df["seconds"] >= 0).all() and df["seconds"].sum() > 0
-    assert set(df["check"]) == {"summary", "shape", "batch_equivalence", "causal", "padding", "stability",
-                                "determinism", "init", "gradient_flow", "memory", "speed"}
+    assert set(df["check"]) == {
+        "summary",
+        "shape",
+        "batch_equivalence",
+        "causal",
+        "padding",
+        "stability",
+        "determinism",
+        "init",
+        "gradient_flow",
+        "memory",
+        "speed",
+    }
 
 
 def test_report_json_schema(full_run):
@@ -63,8 +73,12 @@ def test_report_json_schema(full_run):
 def test_plots_are_png_files_and_embedded_in_the_html(full_run):
     report, out = full_run
     names = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert names == ["gradient_flow_gradient_norms.png", "memory_memory_sweep.png", "speed_speed_sweep.png",
-                     "stability_output_distribution.png"]
+    assert names == [
+        "gradient_flow_gradient_norms.png",
+        "memory_memory_sweep.png",
+        "speed_speed_sweep.png",
+        "stability_output_distribution.png",
+    ]
     for p in (out / "plots").glob("*.png"):
         assert p.read_bytes().startswith(PNG_MAGIC)
     html = (out / "report.html").read_text()

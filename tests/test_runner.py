@@ -1,5 +1,6 @@
 """The runner: streaming rows, crashes as ERROR rows, Ctrl-C keeps rows on disk, the install gate
 turned into SKIP rows, usage errors, and the caller's model and process left as they were."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import models as M  # noqa: E402
-
-import tbkit  # noqa: E402
-from tbkit.errors import InstallRefused, UsageError  # noqa: E402
-from tbkit.checks.base import REGISTRY, Status, register  # noqa: E402
+import models as M
+import tbkit
+from tbkit.checks.base import REGISTRY, Status, register
+from tbkit.errors import InstallRefused, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,8 +100,10 @@ def test_install_refusal_becomes_one_skip_row_with_the_gates_reason(temp_checks,
 
     def refuse(*needs, **kw):
         calls.append(needs)
-        raise InstallRefused("installing captum would replace numpy 2.4.6, which this process has loaded",
-                             "Restart the runtime, then install before importing numpy.")
+        raise InstallRefused(
+            "installing captum would replace numpy 2.4.6, which this process has loaded",
+            "Restart the runtime, then install before importing numpy.",
+        )
 
     monkeypatch.setattr(tbkit.guard.gate, "ensure", refuse)
 
@@ -122,9 +124,11 @@ def test_an_install_that_fails_offline_is_a_skip_not_a_model_error(temp_checks, 
     from tbkit.errors import InstallFailed
 
     def offline(*needs, **kw):
-        raise InstallFailed("pip could not plan captum>=0.9 from https://pypi.org/simple: the index is "
-                            "unreachable. Nothing was installed and this environment is unchanged",
-                            "Check that the index is reachable, or pass find_links=.")
+        raise InstallFailed(
+            "pip could not plan captum>=0.9 from https://pypi.org/simple: the index is "
+            "unreachable. Nothing was installed and this environment is unchanged",
+            "Check that the index is reachable, or pass find_links=.",
+        )
 
     monkeypatch.setattr(tbkit.guard.gate, "ensure", offline)
     temp_checks("t_offline", lambda ctx: iter(()), needs=("captum>=0.9",))
@@ -152,12 +156,15 @@ def test_checks_run_after_the_gate_allows_their_needs(temp_checks, decoder, tmp_
     assert [(r.metric, r.status.value) for r in report.rows] == [("ran", "PASS")]
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"checks": "causal,nope"}, "unknown check id 'nope'"),
-    ({"tiers": (7,)}, "unknown tier '7'"),
-    ({"kind": "decodr"}, "unknown model kind"),
-    ({"device": "cuda:0" if not torch.cuda.is_available() else "nonsense"}, "device"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"checks": "causal,nope"}, "unknown check id 'nope'"),
+        ({"tiers": (7,)}, "unknown tier '7'"),
+        ({"kind": "decodr"}, "unknown model kind"),
+        ({"device": "cuda:0" if not torch.cuda.is_available() else "nonsense"}, "device"),
+    ],
+)
 def test_usage_errors_are_one_paragraph(kwargs, words, decoder, tmp_path):
     with pytest.raises(UsageError) as info:
         tbkit.run(decoder, out_dir=tmp_path, progress=False, **kwargs)
@@ -247,8 +254,10 @@ def test_default_out_dir_is_tbkit_report_in_the_working_directory(tmp_path, monk
 
 def test_runner_report_and_tier1_modules_import_nothing_heavy():
     """`tbkit run --help` and `import tbkit` stay fast: torch, pandas, matplotlib load on use."""
-    code = ("import sys, tbkit.checks.runner, tbkit.checks.report, tbkit.cli.run, tbkit.checks.tier1, tbkit.checks.inputs; "
-            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'numpy', 'tqdm') if m in sys.modules))")
+    code = (
+        "import sys, tbkit.checks.runner, tbkit.checks.report, tbkit.cli.run, tbkit.checks.tier1, tbkit.checks.inputs; "
+        "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'numpy', 'tqdm') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -5,6 +5,7 @@ Each case sets up its inputs (files, a scripted fake GitHub API on 127.0.0.1) an
 arguments for ``tbkit.load``; the test snapshots a temporary HOME / working dir / inputs before and
 after the failing load.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from gist_server import FakeGitHub  # noqa: E402
-
-import tbkit  # noqa: E402
-from tbkit.errors import SourceError  # noqa: E402
+import tbkit
+from gist_server import FakeGitHub
+from tbkit.errors import SourceError
 
 # platform-independent: also run against each built wheel by the release workflow (-m quick)
 pytestmark = pytest.mark.quick
@@ -58,10 +58,12 @@ CASES: dict = {}
 
 def case(case_id: str, *fragments: str, token: bool = True):
     """Register a case: its setup returns (source, kwargs); `fragments` must all be in the message."""
+
     def deco(fn):
         assert case_id not in CASES
         CASES[case_id] = (fn, fragments, token)
         return fn
+
     return deco
 
 
@@ -131,11 +133,15 @@ def _(env):
 
 @case("rate_limited_403", "rate limit", "HTTP 403", "resets at", "Set GITHUB_TOKEN to lift the limit", token=False)
 def _(env):
-    env.server.queue(f"/gists/{GID}", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 900)})
+    env.server.queue(
+        f"/gists/{GID}", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 900)}
+    )
     return GID, env.kw()
 
 
-@case("rate_limited_429_long_retry_after", "rate limit", "HTTP 429", "in about 60 minute", "Set GITHUB_TOKEN", token=False)
+@case(
+    "rate_limited_429_long_retry_after", "rate limit", "HTTP 429", "in about 60 minute", "Set GITHUB_TOKEN", token=False
+)
 def _(env):
     env.server.queue(f"/gists/{GID}", 429, {"retry-after": "3600"})
     return GID, env.kw()
@@ -143,7 +149,9 @@ def _(env):
 
 @case("rate_limited_with_token", "rate limit", "token's own limit")
 def _(env):
-    env.server.queue(f"/gists/{GID}", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 60)})
+    env.server.queue(
+        f"/gists/{GID}", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 60)}
+    )
     return GID, env.kw()
 
 
@@ -277,19 +285,25 @@ def _(env):
     return str(env.folder("exp", {"model.py": "import torch\n\ndef broken(:\n    pass\n", "config.json": TINY})), {}
 
 
-@case("import_not_installed", "imports 'tbkit_no_such_module'", "not installed", "tbkit.install('tbkit_no_such_module')")
+@case(
+    "import_not_installed", "imports 'tbkit_no_such_module'", "not installed", "tbkit.install('tbkit_no_such_module')"
+)
 def _(env):
     return str(env.folder("exp", {"model.py": "import tbkit_no_such_module.layers\n", "config.json": TINY})), {}
 
 
 @case("import_of_a_sibling_file", "imports 'layers', which is a file of the same source", "Paste the code of layers.py")
 def _(env):
-    return str(env.folder("exp", {"model.py": "from layers import Block\n", "layers.py": "Block = 1\n", "config.json": TINY})), {}
+    return str(
+        env.folder("exp", {"model.py": "from layers import Block\n", "layers.py": "Block = 1\n", "config.json": TINY})
+    ), {}
 
 
 @case("code_raises_while_defining", "raised RuntimeError: exporter bug", "(line 2)")
 def _(env):
-    return str(env.folder("exp", {"model.py": "import torch\nraise RuntimeError('exporter bug')\n", "config.json": TINY})), {}
+    return str(
+        env.folder("exp", {"model.py": "import torch\nraise RuntimeError('exporter bug')\n", "config.json": TINY})
+    ), {}
 
 
 @case("non_utf8_source_in_folder", "not UTF-8", "offset 0")
@@ -305,7 +319,7 @@ def _(env):
 
 @case("two_candidates", "several nn.Module classes (Alpha, Beta)", "model_name")
 def _(env):
-    code = ("import torch.nn as nn\n\nclass Alpha(nn.Module):\n    pass\n\nclass Beta(nn.Module):\n    pass\n")
+    code = "import torch.nn as nn\n\nclass Alpha(nn.Module):\n    pass\n\nclass Beta(nn.Module):\n    pass\n"
     return str(env.folder("exp", {"model.py": code, "config.json": TINY})), {}
 
 
@@ -332,8 +346,10 @@ def _(env):
 
 @case("forward_requires_extra_argument", "requires lengths besides the token ids", "Give those arguments defaults")
 def _(env):
-    code = GOOD_MODEL.replace("def forward(self, input_ids, attention_mask=None):\n        x = self.embedding_0_token",
-                              "def forward(self, input_ids, lengths, attention_mask=None):\n        x = self.embedding_0_token")
+    code = GOOD_MODEL.replace(
+        "def forward(self, input_ids, attention_mask=None):\n        x = self.embedding_0_token",
+        "def forward(self, input_ids, lengths, attention_mask=None):\n        x = self.embedding_0_token",
+    )
     return str(env.folder("exp", {"model.py": code, "config.json": TINY})), {}
 
 
@@ -345,7 +361,9 @@ def _(env):
 
 @case("forward_pools_the_sequence", "returned shape (1, 50)", "one vector per input position")
 def _(env):
-    code = GOOD_MODEL.replace("return self.lm_head(self.layernorm_final(x))", "return self.lm_head(self.layernorm_final(x)).mean(1)")
+    code = GOOD_MODEL.replace(
+        "return self.lm_head(self.layernorm_final(x))", "return self.lm_head(self.layernorm_final(x)).mean(1)"
+    )
     return str(env.folder("exp", {"model.py": code, "config.json": TINY})), {}
 
 

@@ -1,19 +1,18 @@
 """The gist loader end to end against a fake GitHub API on 127.0.0.1 (tests/support/gist_server.py)."""
+
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from gist_server import FakeGitHub  # noqa: E402
-
-import tbkit  # noqa: E402
-from tbkit.errors import SourceError  # noqa: E402
-from tbkit.sources import content_sha256  # noqa: E402
-from tbkit.sources.gist import GistClient, parse_ref  # noqa: E402
+import tbkit
+from gist_server import FakeGitHub
+from tbkit.errors import SourceError
+from tbkit.sources import content_sha256
+from tbkit.sources.gist import GistClient, parse_ref
 
 EXPORTS = Path(__file__).parent / "fixtures" / "exports"
 GIST_ID = "aa11bb22cc33dd44ee55"
@@ -86,8 +85,13 @@ def test_offline_reuses_newest_cached_revision_and_says_so(server, tmp_path):
 
 def test_older_revision_by_id_at_sha_and_by_url(server, tmp_path):
     rotary = EXPORTS / "gpt_rotary"
-    old = server.add_gist(GIST_ID, {"model.py": (rotary / "model.py").read_bytes(),
-                                    "config.json": '{"vocab_size": 150, "d_model": 16, "nhead": 2, "num_layers": 1}'})
+    old = server.add_gist(
+        GIST_ID,
+        {
+            "model.py": (rotary / "model.py").read_bytes(),
+            "config.json": '{"vocab_size": 150, "d_model": 16, "nhead": 2, "num_layers": 1}',
+        },
+    )
     new = server.add_folder(GIST_ID, rotary)
     assert tbkit.load(GIST_ID, **kw(server, tmp_path)).vocab_size == 200
     m_old = tbkit.load(f"https://gist.github.com/alice/{GIST_ID}/{old}", **kw(server, tmp_path))
@@ -141,8 +145,12 @@ def test_rate_limit_is_not_retried_blindly(server, tmp_path):
     server.add_folder(GIST_ID, EXPORTS / "gpt_rotary")
     reset = int(time.time()) + 1800
     for _ in range(3):
-        server.queue(f"/gists/{GIST_ID}", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)},
-                     {"message": "API rate limit exceeded"})
+        server.queue(
+            f"/gists/{GIST_ID}",
+            403,
+            {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)},
+            {"message": "API rate limit exceeded"},
+        )
     with pytest.raises(SourceError) as info:
         tbkit.load(GIST_ID, **kw(server, tmp_path))
     msg = str(info.value)
@@ -153,7 +161,16 @@ def test_rate_limit_is_not_retried_blindly(server, tmp_path):
 def test_slow_response_within_timeout_succeeds(server, tmp_path):
     server.add_folder(GIST_ID, EXPORTS / "gpt_rotary")
     server.queue(f"/gists/{GIST_ID}", delay=0.5)
-    assert tbkit.load(GIST_ID, **kw(server, tmp_path, )).kind == "decoder"
+    assert (
+        tbkit.load(
+            GIST_ID,
+            **kw(
+                server,
+                tmp_path,
+            ),
+        ).kind
+        == "decoder"
+    )
 
 
 def test_api_base_from_environment(server, tmp_path, monkeypatch):
@@ -176,25 +193,30 @@ def test_expected_sha256_accepts_matching_content(server, tmp_path):
     assert again.provenance.content_sha256 == first.provenance.content_sha256
 
 
-@pytest.mark.parametrize("ref, expected", [
-    (GIST_ID, (GIST_ID, None)),
-    (GIST_ID.upper(), (GIST_ID, None)),
-    (f"{GIST_ID}@{SHA}", (GIST_ID, SHA)),
-    (f"https://gist.github.com/alice/{GIST_ID}", (GIST_ID, None)),
-    (f"https://gist.github.com/alice/{GIST_ID}/{SHA}", (GIST_ID, SHA)),
-    (f"gist.github.com/alice/{GIST_ID}.git", (GIST_ID, None)),
-    (f"https://gist.github.com/{GIST_ID}", (GIST_ID, None)),
-    (f"https://gist.github.com/alice/{GIST_ID}#file-model-py", (GIST_ID, None)),
-    (f"https://api.github.com/gists/{GIST_ID}/{SHA}", (GIST_ID, SHA)),
-    (f"https://gist.githubusercontent.com/alice/{GIST_ID}/raw/{SHA}/model.py", (GIST_ID, SHA)),
-])
+@pytest.mark.parametrize(
+    "ref, expected",
+    [
+        (GIST_ID, (GIST_ID, None)),
+        (GIST_ID.upper(), (GIST_ID, None)),
+        (f"{GIST_ID}@{SHA}", (GIST_ID, SHA)),
+        (f"https://gist.github.com/alice/{GIST_ID}", (GIST_ID, None)),
+        (f"https://gist.github.com/alice/{GIST_ID}/{SHA}", (GIST_ID, SHA)),
+        (f"gist.github.com/alice/{GIST_ID}.git", (GIST_ID, None)),
+        (f"https://gist.github.com/{GIST_ID}", (GIST_ID, None)),
+        (f"https://gist.github.com/alice/{GIST_ID}#file-model-py", (GIST_ID, None)),
+        (f"https://api.github.com/gists/{GIST_ID}/{SHA}", (GIST_ID, SHA)),
+        (f"https://gist.githubusercontent.com/alice/{GIST_ID}/raw/{SHA}/model.py", (GIST_ID, SHA)),
+    ],
+)
 def test_parse_ref_forms(ref, expected):
     assert parse_ref(ref) == expected
 
 
 def test_rate_limit_resetting_within_seconds_is_waited_once(server, tmp_path):
     server.add_folder(GIST_ID, EXPORTS / "gpt_rotary")
-    server.queue(f"/gists/{GIST_ID}", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 1)})
+    server.queue(
+        f"/gists/{GIST_ID}", 403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 1)}
+    )
     tbkit.load(GIST_ID, **kw(server, tmp_path))
     assert server.hits(f"/gists/{GIST_ID}") == 2
 

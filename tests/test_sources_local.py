@@ -1,5 +1,6 @@
 """Local sources: the bundled example, folders, .py files, module objects; building, config
 formats, and the facts taken from the real modules (vocab, max length, kind)."""
+
 from __future__ import annotations
 
 import io
@@ -117,11 +118,13 @@ def test_kind_argument_and_config_kind(tmp_path):
 
 
 def test_lm_head_without_causal_code_is_inferred_decoder(tmp_path):
-    code = ("import torch.nn as nn\n\nclass CustomTransformer(nn.Module):\n"
-            "    def __init__(self):\n        super().__init__()\n"
-            "        self.embedding_0_token = nn.Embedding(40, 8)\n        self.linear_0 = nn.Linear(8, 40)\n"
-            "    def forward(self, input_ids, attention_mask=None):\n"
-            "        return {'logits': self.linear_0(self.embedding_0_token(input_ids))}\n")
+    code = (
+        "import torch.nn as nn\n\nclass CustomTransformer(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.embedding_0_token = nn.Embedding(40, 8)\n        self.linear_0 = nn.Linear(8, 40)\n"
+        "    def forward(self, input_ids, attention_mask=None):\n"
+        "        return {'logits': self.linear_0(self.embedding_0_token(input_ids))}\n"
+    )
     m = tbkit.load(write(tmp_path / "lm", {"model.py": code, "config.json": "{}"}))
     assert m.kind == "decoder" and "language-model head" in m.kind_reason and "kind='encoder'" in m.kind_reason
     assert m(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 40)  # dict output unwrapped
@@ -129,8 +132,10 @@ def test_lm_head_without_causal_code_is_inferred_decoder(tmp_path):
 
 
 def test_config_vocab_disagreeing_with_embedding_is_noted_not_trusted(tmp_path):
-    folder = write(tmp_path / "exp", {"model.py": (EXAMPLE / "model.py").read_text(),
-                                      "config.json": '{"vocab_size": 50257, "d_model": 768}'})
+    folder = write(
+        tmp_path / "exp",
+        {"model.py": (EXAMPLE / "model.py").read_text(), "config.json": '{"vocab_size": 50257, "d_model": 768}'},
+    )
     m = tbkit.load(folder)
     assert m.vocab_size == 512
     assert any("50257" in n and "512" in n and "embedding" in n for n in m.notes)
@@ -142,16 +147,20 @@ def test_config_argument_overrides_the_file():
 
 
 def test_build_model_function_and_model_name(tmp_path):
-    helpers = ("import torch.nn as nn\n\nclass Embed(nn.Module):\n    def __init__(self, v, d):\n"
-               "        super().__init__()\n        self.tok = nn.Embedding(v, d)\n"
-               "    def forward(self, x):\n        return self.tok(x)\n\n"
-               "class Net(nn.Module):\n    def __init__(self, vocab_size=30, d_model=8):\n        super().__init__()\n"
-               "        self.embed = Embed(vocab_size, d_model)\n        self.head = nn.Linear(d_model, vocab_size)\n"
-               "    def forward(self, input_ids, attention_mask=None):\n        return self.head(self.embed(input_ids))\n")
+    helpers = (
+        "import torch.nn as nn\n\nclass Embed(nn.Module):\n    def __init__(self, v, d):\n"
+        "        super().__init__()\n        self.tok = nn.Embedding(v, d)\n"
+        "    def forward(self, x):\n        return self.tok(x)\n\n"
+        "class Net(nn.Module):\n    def __init__(self, vocab_size=30, d_model=8):\n        super().__init__()\n"
+        "        self.embed = Embed(vocab_size, d_model)\n        self.head = nn.Linear(d_model, vocab_size)\n"
+        "    def forward(self, input_ids, attention_mask=None):\n        return self.head(self.embed(input_ids))\n"
+    )
     built = helpers + "\ndef build_model(vocab_size, d_model):\n    return Net(vocab_size, d_model)\n"
     m = tbkit.load(write(tmp_path / "a", {"model.py": built, "config.json": '{"vocab_size": 33, "d_model": 4}'}))
     assert m.vocab_size == 33 and any("build_model" in n for n in m.notes)
-    m2 = tbkit.load(write(tmp_path / "b", {"model.py": helpers, "config.json": '{"model_name": "Net", "vocab_size": 21}'}))
+    m2 = tbkit.load(
+        write(tmp_path / "b", {"model.py": helpers, "config.json": '{"model_name": "Net", "vocab_size": 21}'})
+    )
     assert m2.vocab_size == 21 and type(m2.module).__name__ == "Net"
 
 
@@ -210,13 +219,22 @@ def test_hugging_face_models_kind_from_the_model_not_library_source():
     # Library source mentions causal masks for options a model may not use (BERT's source has
     # 'causal_mask'), so it is not evidence; a transformers model says whether it generates.
     transformers = pytest.importorskip("transformers")
-    bert = transformers.BertModel(transformers.BertConfig(
-        vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-        max_position_embeddings=64))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        )
+    )
     m = tbkit.load(bert)
     assert (m.kind, m.vocab_size, m.max_len) == ("encoder", 99, 64)
     assert m(torch.zeros(2, 3, dtype=torch.long)).shape == (2, 3, 32)  # last_hidden_state unwrapped
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    )
     g = tbkit.load(gpt2)
     assert (g.kind, g.vocab_size, g.max_len) == ("decoder", 99, 64) and "can generate" in g.kind_reason
 

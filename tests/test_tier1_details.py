@@ -1,16 +1,13 @@
 """Tier 1 details: the shared input builders, lengths when a model has no limit, the memory budget,
 the speed timer's threads, and the max_len + 1 probe."""
-from __future__ import annotations
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
 import torch
 
-import models as M  # noqa: E402
-
-import tbkit  # noqa: E402
-from tbkit.checks import inputs  # noqa: E402
+import models as M
+import tbkit
+from tbkit.checks import inputs
 
 
 def test_token_ids_are_seeded_in_range_and_avoid_the_pad_token():
@@ -53,8 +50,9 @@ def test_max_len_plus_one_reports_a_clear_error_or_that_it_works(tmp_path):
     row = next(r for r in clear.rows if r.metric == "max_len + 1")
     assert (row.status.value, row.value) == ("PASS", "fails clearly") and "IndexError" in row.detail
     # declared max_len 16 but a 32-row position table: one token more simply works
-    works = tbkit.run(M.loaded(M.build(M.HealthyDecoder), max_len=16), checks="shape", out_dir=tmp_path / "b",
-                      progress=False)
+    works = tbkit.run(
+        M.loaded(M.build(M.HealthyDecoder), max_len=16), checks="shape", out_dir=tmp_path / "b", progress=False
+    )
     row = next(r for r in works.rows if r.metric == "max_len + 1")
     assert (row.status.value, row.value) == ("PASS", "works")
 
@@ -73,14 +71,21 @@ def test_memory_fails_only_against_a_budget(tmp_path):
 def test_activation_memory_grows_with_the_input(tmp_path):
     report = tbkit.run(M.loaded(M.build(M.HealthyDecoder)), checks="memory", out_dir=tmp_path, progress=False)
     detail = next(r for r in report.rows if r.metric == "peak activation MB").detail
-    sizes = {part.split(":")[0].strip(): float(part.split(":")[1].split("MB")[0]) for part in
-             detail.split(". Measured")[0].split(", ")}
+    sizes = {
+        part.split(":")[0].strip(): float(part.split(":")[1].split("MB")[0])
+        for part in detail.split(". Measured")[0].split(", ")
+    }
     assert sizes["B=4 T=32"] > sizes["B=1 T=32"] > sizes["B=1 T=8"] > 0
 
 
 def test_speed_uses_all_torch_threads_and_reports_tokens_per_second(tmp_path):
-    report = tbkit.run(M.loaded(M.build(M.HealthyDecoder)), checks="speed", out_dir=tmp_path, progress=False,
-                       options={"speed_seconds_per_point": 0.02})
+    report = tbkit.run(
+        M.loaded(M.build(M.HealthyDecoder)),
+        checks="speed",
+        out_dir=tmp_path,
+        progress=False,
+        options={"speed_seconds_per_point": 0.02},
+    )
     assert len(report.rows) == 4
     for row in report.rows:
         assert row.value > 0 and f"{torch.get_num_threads()} threads" in row.detail and "tokens/s" in row.detail

@@ -1,16 +1,13 @@
 """Real third-party architectures from tiny configs (no weight downloads): none may FAIL Tier 1."""
-from __future__ import annotations
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
 
 import tbkit
-
-from models import loaded  # noqa: E402
+from models import loaded
 
 FAST = {"speed_seconds_per_point": 0.02}
 pytestmark = pytest.mark.slow  # three full Tier 1 runs
@@ -25,7 +22,8 @@ def test_transformers_gpt2_tiny_passes_tier1(tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed (CI installs it)")
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32))
+        transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32)
+    )
     lm = tbkit.load(model, kind="decoder")
     assert (lm.vocab_size, lm.max_len) == (100, 32)
     report = tbkit.run(lm, out_dir=tmp_path, progress=False, options=FAST)
@@ -38,9 +36,16 @@ def test_transformers_gpt2_tiny_passes_tier1(tmp_path):
 def test_transformers_bert_tiny_passes_tier1(tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed (CI installs it)")
     torch.manual_seed(0)
-    model = transformers.BertModel(transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=32))
+    model = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        )
+    )
     report = tbkit.run(tbkit.load(model, kind="encoder"), out_dir=tmp_path, progress=False, options=FAST)
     _no_fail(report)
     padding = [r for r in report.rows if r.check == "padding"]
@@ -51,24 +56,47 @@ def test_transformers_bert_tiny_passes_tier1(tmp_path):
 
 
 def _tiny_llama(T):
-    return T.LlamaForCausalLM(T.LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    return T.LlamaForCausalLM(
+        T.LlamaConfig(
+            vocab_size=120,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def _tiny_t5(T):
-    return T.T5ForConditionalGeneration(T.T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                                   num_heads=4, decoder_start_token_id=0))
+    return T.T5ForConditionalGeneration(
+        T.T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)
+    )
 
 
 def _tiny_bart(T):
     # BART's learned position table keeps 2 reserved rows (offset): 66 rows, 64 usable positions.
-    return T.BartForConditionalGeneration(T.BartConfig(
-        vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64))
+    return T.BartForConditionalGeneration(
+        T.BartConfig(
+            vocab_size=100,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=64,
+        )
+    )
 
 
-@pytest.mark.parametrize("make, kind", [(_tiny_llama, "decoder"), (_tiny_t5, "seq2seq"), (_tiny_bart, "seq2seq")],
-                         ids=["llama", "t5", "bart"])
+@pytest.mark.parametrize(
+    "make, kind",
+    [(_tiny_llama, "decoder"), (_tiny_t5, "seq2seq"), (_tiny_bart, "seq2seq")],
+    ids=["llama", "t5", "bart"],
+)
 def test_transformers_rope_decoder_and_t5_seq2seq_do_not_fail(make, kind, tmp_path):
     """Beyond the brief's three: rotary positions with grouped-query attention (no position table,
     so lengths are capped at 128 and said so), and an HF encoder-decoder whose LM head is scaled
@@ -100,8 +128,14 @@ class TorchSeq2Seq(nn.Module):
         S, T = input_ids.shape[1], decoder_input_ids.shape[1]
         pad = None if attention_mask is None else attention_mask == 0
         mask = nn.Transformer.generate_square_subsequent_mask(T, device=input_ids.device)
-        h = self.core(self.src(input_ids) + self.pos[:S], self.tgt(decoder_input_ids) + self.pos[:T], tgt_mask=mask,
-                      src_key_padding_mask=pad, memory_key_padding_mask=pad, tgt_is_causal=True)
+        h = self.core(
+            self.src(input_ids) + self.pos[:S],
+            self.tgt(decoder_input_ids) + self.pos[:T],
+            tgt_mask=mask,
+            src_key_padding_mask=pad,
+            memory_key_padding_mask=pad,
+            tgt_is_causal=True,
+        )
         return self.out(h)
 
 

@@ -1,16 +1,13 @@
 """Tier 1 tells models apart: healthy zoo models never FAIL; each broken one is FAILed by the
 check that is about its bug (see BROKEN_BY in tests/support/models.py)."""
-from __future__ import annotations
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 import torch
 
-import models as M  # noqa: E402
-
-import tbkit  # noqa: E402
+import models as M
+import tbkit
 
 # platform-independent: also run against each built wheel by the release workflow (-m quick)
 pytestmark = pytest.mark.quick
@@ -43,7 +40,9 @@ def test_broken_models_flagged_by_the_right_check(cls, tmp_path):
     assert report.verdict.value == "FAIL"
     for check in cls.BROKEN_BY:
         assert "FAIL" in statuses(report, check), (check, [(r.status, r.detail[:200]) for r in report.rows])
-    assert not [r for r in report.rows if r.status.value == "ERROR"], [r.detail for r in report.rows if r.status.value == "ERROR"]
+    assert not [r for r in report.rows if r.status.value == "ERROR"], [
+        r.detail for r in report.rows if r.status.value == "ERROR"
+    ]
 
 
 def test_is_causal_trap_is_caught_under_no_grad_and_named_in_grad_mode(tmp_path):
@@ -63,14 +62,18 @@ def test_leaky_mask_names_the_position_that_sees_the_future(tmp_path):
 
 
 def test_unused_layer_is_named_as_disconnected(tmp_path):
-    report = tbkit.run(M.loaded(M.build(M.UnusedLayerDecoder)), checks="gradient_flow", out_dir=tmp_path, progress=False)
+    report = tbkit.run(
+        M.loaded(M.build(M.UnusedLayerDecoder)), checks="gradient_flow", out_dir=tmp_path, progress=False
+    )
     row = next(r for r in report.rows if r.metric == "parameters without gradient")
     assert row.status.value == "FAIL" and row.value == 2
     assert "disconnected: unused_proj.weight, unused_proj.bias" in row.detail
 
 
 def test_dropout_in_eval_is_flagged_by_determinism_with_the_reason(tmp_path):
-    report = tbkit.run(M.loaded(M.build(M.DropoutInEvalDecoder)), checks="determinism", out_dir=tmp_path, progress=False)
+    report = tbkit.run(
+        M.loaded(M.build(M.DropoutInEvalDecoder)), checks="determinism", out_dir=tmp_path, progress=False
+    )
     (row,) = report.rows
     assert row.status.value == "FAIL" and "training=True" in row.detail
 
@@ -83,7 +86,9 @@ def test_causal_check_is_not_fooled_by_randomness_in_eval(tmp_path):
 
 
 def test_nan_for_long_inputs_fails_stability_at_max_len_but_not_at_length_1(tmp_path):
-    report = tbkit.run(M.loaded(M.build(M.NaNForLongInputsDecoder)), checks="stability", out_dir=tmp_path, progress=False)
+    report = tbkit.run(
+        M.loaded(M.build(M.NaNForLongInputsDecoder)), checks="stability", out_dir=tmp_path, progress=False
+    )
     rows = {r.metric: r.status.value for r in report.rows}
     assert rows["max |output|: length 1"] == "PASS"
     assert rows[f"max |output|: length {M.MAX_LEN} (max)"] == "FAIL"

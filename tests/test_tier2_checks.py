@@ -4,6 +4,7 @@ The checks are called directly through the registry so these tests do not depend
 tests/test_tier2_gate.py covers the runner + install gate path. Attribution tests need captum
 importable in the interpreter running pytest (scripts/test.sh installs it with `.[all]`).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models as zoo
-from tbkit.checks import CheckContext, Status
-from tbkit.checks import tier2  # registers the checks
+from tbkit.checks import (
+    CheckContext,
+    Status,
+    tier2,  # registers the checks
+)
 from tbkit.checks.attention_capture import capture
 from tbkit.checks.base import REGISTRY
 
@@ -243,8 +247,9 @@ def test_mha_capture_leaves_outputs_and_callers_contract_alone():
 
 
 def test_encoder_fast_path_is_bypassed_and_restored():
-    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2,
-                                enable_nested_tensor=False).eval()
+    enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2, enable_nested_tensor=False
+    ).eval()
     before = torch.backends.mha.get_fastpath_enabled()
     x = torch.randn(2, 6, 16)
     result = capture(lambda: enc(x), enc, 2, {6})
@@ -290,7 +295,7 @@ def test_identical_heads_are_reported_redundant():
         w = attn.in_proj_weight
         w[:d].mul_(8.0)  # sharper attention, so heads are far from uniform
         for block in (0, d):  # copy head 0's query and key rows onto head 1
-            w[block + hd: block + 2 * hd] = w[block: block + hd]
+            w[block + hd : block + 2 * hd] = w[block : block + hd]
     rows, _ = run_check(zoo.loaded(model), "attention")
     row = by_metric(rows)["redundant_head_pairs"]
     assert row.status is Status.WARN and row.value >= 1
@@ -329,8 +334,12 @@ def test_fragile_model_warns_at_one_percent():
     first = rows[0]
     assert first.metric == "top1_agreement@1%" and first.status is Status.WARN and first.value < 0.5
     healthy, _ = run_check(zoo.loaded(zoo.build(zoo.HealthyDecoder)), "robustness")
-    assert [r.metric for r in healthy] == ["top1_agreement@1%", "top1_agreement@5%", "top1_agreement@10%",
-                                           "top1_agreement@20%"]
+    assert [r.metric for r in healthy] == [
+        "top1_agreement@1%",
+        "top1_agreement@5%",
+        "top1_agreement@10%",
+        "top1_agreement@20%",
+    ]
     assert healthy[0].status is Status.PASS and healthy[0].value >= 0.5
 
 
@@ -347,7 +356,10 @@ def test_effective_rank_reference_values():
 def test_collapsing_model_warns_on_weights_and_hidden_states():
     rows, _ = run_check(zoo.loaded(zoo.build(CollapsingEncoder)), "capacity")
     m = by_metric(rows)
-    assert m["weight_erank_ratio_min"].status is Status.WARN and "blocks.0.lin.weight" in m["weight_erank_ratio_min"].detail
+    assert (
+        m["weight_erank_ratio_min"].status is Status.WARN
+        and "blocks.0.lin.weight" in m["weight_erank_ratio_min"].detail
+    )
     assert m["hidden_erank_ratio_min"].status is Status.WARN
     assert "blocks.0" in m["hidden_erank_ratio_min"].detail
 
@@ -390,8 +402,12 @@ def test_runner_flags_the_leaky_decoder_in_tier1_and_tier2(tmp_path, monkeypatch
 
     asked = []
     monkeypatch.setattr(tbkit.guard.gate, "ensure", lambda *needs, **kw: asked.append(needs))
-    report = tbkit.run(zoo.loaded(zoo.build(zoo.LeakyMaskDecoder)), checks=["causal", "attention", "attribution"],
-                       out_dir=tmp_path, progress=False)
+    report = tbkit.run(
+        zoo.loaded(zoo.build(zoo.LeakyMaskDecoder)),
+        checks=["causal", "attention", "attribution"],
+        out_dir=tmp_path,
+        progress=False,
+    )
     failed = {r.check for r in report.rows if r.status is Status.FAIL}
     assert failed == {"causal", "attention", "attribution"}, report.rows
     assert str(report.verdict) == "FAIL"
@@ -406,8 +422,16 @@ def test_runner_flags_the_leaky_decoder_in_tier1_and_tier2(tmp_path, monkeypatch
 # ------------------------------------------------------------------------------------------
 def _tiny_gpt2(impl):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(vocab_size=zoo.VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                  bos_token_id=0, eos_token_id=0, attn_implementation=impl)
+    cfg = transformers.GPT2Config(
+        vocab_size=zoo.VOCAB,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation=impl,
+    )
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(cfg)
 
@@ -434,9 +458,16 @@ def test_transformers_models_pass_tier2(arch):
     transformers = pytest.importorskip("transformers")
     if arch == "bert":
         torch.manual_seed(0)
-        model = transformers.BertModel(transformers.BertConfig(
-            vocab_size=zoo.VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=32))
+        model = transformers.BertModel(
+            transformers.BertConfig(
+                vocab_size=zoo.VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=32,
+            )
+        )
         lm = zoo.loaded(model, kind="encoder")
     else:
         lm = zoo.loaded(_tiny_gpt2(arch.split("-")[1]), kind="decoder")
@@ -457,8 +488,14 @@ def test_cli_runs_tier2_on_the_bundled_example(tmp_path):
     import sys
 
     env = dict(os.environ, TBKIT_PIP_NO_INDEX="1")
-    proc = subprocess.run([sys.executable, "-m", "tbkit", "run", "--tier", "2", "--out", str(tmp_path), "--json"],
-                          capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tbkit", "run", "--tier", "2", "--out", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)
     assert {r["check"] for r in data["rows"]} == set(CHECKS)

@@ -19,6 +19,7 @@ hand-made ``captum-0.9.0`` wheel whose METADATA requires ``numpy<2`` (and a real
 wheel), while NumPy 2.x is loaded in the child process. pip's dry run with the loaded versions
 pinned cannot resolve; without the pins it would downgrade the loaded NumPy — so the gate refuses.
 """
+
 from __future__ import annotations
 
 import base64
@@ -86,8 +87,14 @@ def view_venv(root: Path, hide: tuple = ("captum",)) -> tuple:
                 continue
             (view / entry.name).symlink_to(entry)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     (site / "_tbkit_test_system_view.pth").write_text(f"import site; site.addsitedir({str(view)!r})\n")
     return python, site
 
@@ -98,8 +105,8 @@ def fake_wheel(folder: Path, name: str, version: str, requires: list) -> Path:
     dist = f"{name}-{version}.dist-info"
     files = {
         f"{name}/__init__.py": f'__version__ = "{version}"\n',
-        f"{dist}/METADATA": "Metadata-Version: 2.1\n" f"Name: {name}\nVersion: {version}\n"
-        + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        f"{dist}/METADATA": "Metadata-Version: 2.1\n"
+        f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires),
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record = []
@@ -116,12 +123,24 @@ def fake_wheel(folder: Path, name: str, version: str, requires: list) -> Path:
 
 
 def run_child(python: Path, site: Path, out: Path, mode: str, find_links: Path) -> dict:
-    env = dict(os.environ, TBKIT_TEST_DIR=str(SUPPORT), TBKIT_PIP_NO_INDEX="1", TBKIT_PIP_FIND_LINKS=str(find_links),
-               PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env = dict(
+        os.environ,
+        TBKIT_TEST_DIR=str(SUPPORT),
+        TBKIT_PIP_NO_INDEX="1",
+        TBKIT_PIP_FIND_LINKS=str(find_links),
+        PIP_NO_INPUT="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
     env.pop("PYTHONPATH", None)
     out.mkdir()
-    proc = subprocess.run([str(python), "-c", CHILD, str(site), str(out), mode], env=env, capture_output=True,
-                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [str(python), "-c", CHILD, str(site), str(out), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     result = json.loads((out / "child.json").read_text())
     result["stdout"] = proc.stdout
@@ -134,9 +153,11 @@ def rows_of(result: dict, check: str) -> list:
 
 def test_view_venv_hides_captum_and_nothing_else(tmp_path):
     python, site = view_venv(tmp_path)
-    probe = ("import importlib.util as u, importlib.metadata as md, json; "
-             "print(json.dumps([u.find_spec(n) is not None for n in ('captum', 'torch', 'numpy', 'tbkit', 'pip')]"
-             " + [any(d.metadata['Name'] == 'captum' for d in md.distributions())]))")
+    probe = (
+        "import importlib.util as u, importlib.metadata as md, json; "
+        "print(json.dumps([u.find_spec(n) is not None for n in ('captum', 'torch', 'numpy', 'tbkit', 'pip')]"
+        " + [any(d.metadata['Name'] == 'captum' for d in md.distributions())]))"
+    )
     out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True).stdout
     assert json.loads(out) == [False, True, True, True, True, False]
 
@@ -185,9 +206,13 @@ def _gate_pins_torch_with_local_label() -> bool:
 # so every install that depends on torch is refused as "would change a loaded distribution".
 # Pinning Version(v).public makes this test pass (verified by hand with a patched copy).
 # The condition asks the gate's own pinning, so the test runs normally as soon as that is fixed.
-@pytest.mark.xfail(condition=_gate_pins_torch_with_local_label(), strict=True, raises=AssertionError,
-                   reason="install gate pins torch to its in-memory version with a local label (+cu…), "
-                          "which pip cannot match to the installed dist-info version")
+@pytest.mark.xfail(
+    condition=_gate_pins_torch_with_local_label(),
+    strict=True,
+    raises=AssertionError,
+    reason="install gate pins torch to its in-memory version with a local label (+cu…), "
+    "which pip cannot match to the installed dist-info version",
+)
 def test_gate_installs_captum_from_a_local_wheel_and_attribution_runs(tmp_path, wheelhouse):
     python, site = view_venv(tmp_path)
     assert any(wheelhouse.glob("captum-0.9.0-*.whl")), "run `python3 tests/support/wheelhouse.py` once"

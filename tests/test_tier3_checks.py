@@ -1,6 +1,7 @@
 """Tier 3 checks: overfit passes on a healthy decoder and fails on one that cannot learn; train,
 hpo and baseline skip without data and run on synthetic data when asked (labelled); the paired
 test and the parameter-matched reference are correct."""
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,9 @@ def test_training_checks_skip_without_data_and_install_nothing(check_id, monkeyp
     calls = []
     importlib.import_module("tbkit.guard.gate")
     monkeypatch.setattr(sys.modules["tbkit.guard.gate"], "ensure", lambda *reqs, **kw: calls.append(reqs))
-    report = tbkit.run(loaded(build(HealthyDecoder)), checks=[check_id], out_dir=tmp_path,
-                       progress=False, stream=io.StringIO())
+    report = tbkit.run(
+        loaded(build(HealthyDecoder)), checks=[check_id], out_dir=tmp_path, progress=False, stream=io.StringIO()
+    )
     (row,) = report.rows
     assert row.check == check_id and row.status is Status.SKIP and row.detail == tier3.NO_DATA
     assert calls == []
@@ -136,8 +138,15 @@ def test_reference_is_parameter_matched_causal_and_its_count_formula_is_exact(V,
 @pytest.mark.slow
 def test_baseline_fails_a_model_that_cannot_beat_the_reference():
     pytest.importorskip("lightning", reason="lightning is a tier3 extra (scripts/test.sh installs .[all])")
-    ctx = _ctx(loaded(build(InputBlindDecoder)), "baseline", synthetic=True, max_len=16, baseline_steps=40,
-               batch_size=16, lr=3e-3)
+    ctx = _ctx(
+        loaded(build(InputBlindDecoder)),
+        "baseline",
+        synthetic=True,
+        max_len=16,
+        baseline_steps=40,
+        batch_size=16,
+        lr=3e-3,
+    )
     rows = _rows(tier3.check_baseline, ctx)
     test = rows["model_minus_reference"]
     assert test.status is Status.FAIL and test.value > 0
@@ -156,10 +165,21 @@ def test_tier3_through_the_runner_on_synthetic_data(tmp_path):
 
     # baseline is exercised on its own above; here train and hpo go through the runner and the gate
     options = dict(synthetic=True, max_len=16, batch_size=16, lr=3e-3, train_epochs=2, hpo_trials=3, hpo_epochs=2)
-    report = tbkit.run(loaded(build(HealthyDecoder)), tiers=(3,), checks="train,hpo", device="cpu",
-                       out_dir=tmp_path / "r", options=options, progress=False, stream=open("/dev/null", "w"))
+    report = tbkit.run(
+        loaded(build(HealthyDecoder)),
+        tiers=(3,),
+        checks="train,hpo",
+        device="cpu",
+        out_dir=tmp_path / "r",
+        options=options,
+        progress=False,
+        stream=open("/dev/null", "w"),
+    )
     rows = report.rows if hasattr(report, "rows") else report.to_dataframe().to_dict("records")
-    get = lambda r, k: getattr(r, k) if not isinstance(r, dict) else r[k]
+
+    def get(r, k):
+        return getattr(r, k) if not isinstance(r, dict) else r[k]
+
     by = {(get(r, "check"), get(r, "metric")): r for r in rows}
     assert str(get(by[("train", "best_val_loss")], "status")) == "PASS"
     assert ("train", "val_loss_epoch_1") in by
@@ -180,8 +200,21 @@ def test_tbkit_run_tier3_cli_trains_on_a_text_file(tmp_path, capsys):
 
     text = tmp_path / "corpus.txt"
     text.write_text("to be or not to be, that is the question. " * 40)
-    code = main(["run", "tiny_gpt", "--checks", "train", "--data", str(text), "--out", str(tmp_path / "rep"),
-                 "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "run",
+            "tiny_gpt",
+            "--checks",
+            "train",
+            "--data",
+            str(text),
+            "--out",
+            str(tmp_path / "rep"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
     notes = [r["detail"] for r in rows if r["metric"] == "data"]

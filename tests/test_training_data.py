@@ -1,4 +1,5 @@
 """tbkit.data: tokenizer, token blocks, the pad-aware loss, synthetic data. Plain torch, fast."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tbkit.training import data as tdata
 from tbkit.errors import UsageError
+from tbkit.training import data as tdata
 
 
 def test_char_tokenizer_round_trips_and_says_what_it_did(tmp_path):
@@ -110,8 +111,10 @@ def test_tier3_modules_import_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys, tbkit.training.data, tbkit.training.trainer, tbkit.training.search, tbkit.checks.tier3, tbkit.cli.search; "
-            "print(sorted(m for m in ('torch', 'lightning', 'optuna', 'pandas', 'matplotlib', 'numpy') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, tbkit.training.data, tbkit.training.trainer, tbkit.training.search, tbkit.checks.tier3, tbkit.cli.search; "
+        "print(sorted(m for m in ('torch', 'lightning', 'optuna', 'pandas', 'matplotlib', 'numpy') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

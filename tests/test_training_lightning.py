@@ -1,5 +1,6 @@
 """tbkit.train with lightning.pytorch: copies not mutations, metrics, checkpoints, and resume after
 a SIGKILL mid-run (a real subprocess killed once a checkpoint is on disk)."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import torch
 
 pytest.importorskip("lightning", reason="lightning is a tier3 extra (scripts/test.sh installs .[all])")
 
-import tbkit  # noqa: E402
-from models import HealthyDecoder, build, loaded  # noqa: E402
+import tbkit
+from models import HealthyDecoder, build, loaded
 
 SUPPORT = Path(__file__).resolve().parent / "support"
 
@@ -24,8 +25,9 @@ SUPPORT = Path(__file__).resolve().parent / "support"
 def test_train_copies_the_model_and_reports_epochs(tmp_path):
     lm = loaded(build(HealthyDecoder))
     before = {k: v.clone() for k, v in lm.module.state_dict().items()}
-    res = tbkit.train(lm, synthetic=True, epochs=2, batch_size=16, max_len=16, lr=3e-3,
-                      checkpoint_dir=tmp_path / "ck", seed=0)
+    res = tbkit.train(
+        lm, synthetic=True, epochs=2, batch_size=16, max_len=16, lr=3e-3, checkpoint_dir=tmp_path / "ck", seed=0
+    )
     # the caller's model is untouched; the result holds another, trained, module
     assert all(torch.equal(before[k], v) for k, v in lm.module.state_dict().items())
     assert res.model is not lm.module
@@ -48,8 +50,9 @@ def test_train_leaves_the_callers_random_state_alone(tmp_path):
     np.random.seed(5)
     torch.manual_seed(5)
     before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
-    tbkit.train(lm, synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16,
-                checkpoint_dir=tmp_path / "ck", seed=123)
+    tbkit.train(
+        lm, synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16, checkpoint_dir=tmp_path / "ck", seed=123
+    )
     assert random.getstate() == before[0]
     assert np.array_equal(np.random.get_state()[1], before[1])
     assert torch.equal(torch.get_rng_state(), before[2])
@@ -58,26 +61,35 @@ def test_train_leaves_the_callers_random_state_alone(tmp_path):
 def test_in_place_trains_the_callers_model(tmp_path):
     lm = loaded(build(HealthyDecoder))
     w0 = lm.module.head.weight.detach().clone()
-    res = tbkit.train(lm, synthetic=True, epochs=1, max_steps=3, batch_size=16, max_len=16,
-                      checkpoint_dir=tmp_path / "ck", in_place=True)
+    res = tbkit.train(
+        lm,
+        synthetic=True,
+        epochs=1,
+        max_steps=3,
+        batch_size=16,
+        max_len=16,
+        checkpoint_dir=tmp_path / "ck",
+        in_place=True,
+    )
     assert res.model is lm.module and not torch.equal(w0, lm.module.head.weight)
 
 
 def test_train_on_a_text_file_and_token_arrays(tmp_path):
     f = tmp_path / "tiny.txt"
     f.write_text("the quick brown fox jumps over the lazy dog. " * 30)
-    res = tbkit.train(loaded(build(HealthyDecoder)), str(f), epochs=1, batch_size=8, max_len=32,
-                      checkpoint_dir=tmp_path / "a")
+    res = tbkit.train(
+        loaded(build(HealthyDecoder)), str(f), epochs=1, batch_size=8, max_len=32, checkpoint_dir=tmp_path / "a"
+    )
     assert not res.synthetic and "char-level tokenizer built from tiny.txt" in res.notes[0]
     ids = torch.randint(0, 97, (40, 32))
-    res2 = tbkit.train(loaded(build(HealthyDecoder)), ids.numpy(), epochs=1, batch_size=8,
-                       checkpoint_dir=tmp_path / "b")
+    res2 = tbkit.train(
+        loaded(build(HealthyDecoder)), ids.numpy(), epochs=1, batch_size=8, checkpoint_dir=tmp_path / "b"
+    )
     assert "token ids (40 rows of 32" in res2.data_description
 
 
 def test_refusals_are_usage_errors(tmp_path):
     from models import HealthyEncoder
-
     from tbkit.errors import UsageError
 
     with pytest.raises(UsageError, match="no training data given"):
@@ -114,8 +126,9 @@ def test_run_killed_mid_way_resumes_from_its_checkpoint(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(tests=str(SUPPORT), steps=steps))
     ck = tmp_path / "ck"
-    proc = subprocess.Popen([sys.executable, str(script), str(ck), "0.25"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(ck), "0.25"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 180
         while not any(ck.glob("latest-*step=10.ckpt")):
@@ -145,12 +158,20 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     from tbkit.errors import TbkitError
 
     ck = tmp_path / "ck"
-    tbkit.train(loaded(build(HealthyDecoder)), synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16,
-                checkpoint_dir=ck)
+    tbkit.train(
+        loaded(build(HealthyDecoder)),
+        synthetic=True,
+        epochs=1,
+        max_steps=2,
+        batch_size=16,
+        max_len=16,
+        checkpoint_dir=ck,
+    )
     other = loaded(build(HealthyDecoder, d=16))
     with pytest.raises(TbkitError, match="does not fit this model.*resume=False"):
         tbkit.train(other, synthetic=True, epochs=1, max_steps=4, batch_size=16, max_len=16, checkpoint_dir=ck)
     # and resume=False starts afresh in the same folder
-    res = tbkit.train(other, synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16, checkpoint_dir=ck,
-                      resume=False)
+    res = tbkit.train(
+        other, synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16, checkpoint_dir=ck, resume=False
+    )
     assert res.resumed_from is None and res.global_step == 2

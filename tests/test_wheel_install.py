@@ -1,5 +1,6 @@
 """The release wheel, installed into a fresh venv the way users get it, runs `tbkit doctor` and
 `tbkit run` (the README's main job) from that venv."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,27 @@ def test_release_wheel_runs_doctor_and_run_from_a_fresh_venv(tmp_path, tbkit_whe
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py, tbkit = venv / "bin" / "python", venv / "bin" / "tbkit"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
-                    "--disable-pip-version-check", str(tbkit_wheel)], check=True)
-    where = subprocess.run([str(py), "-c", "import tbkit._probe, tbkit; print(tbkit._probe.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--force-reinstall",
+            "--disable-pip-version-check",
+            str(tbkit_wheel),
+        ],
+        check=True,
+    )
+    where = subprocess.run(
+        [str(py), "-c", "import tbkit._probe, tbkit; print(tbkit._probe.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
     assert where.startswith(str(venv)), where
 
     doctor = subprocess.run([str(tbkit), "doctor", "--json"], capture_output=True, text=True, cwd=tmp_path)
@@ -27,8 +45,9 @@ def test_release_wheel_runs_doctor_and_run_from_a_fresh_venv(tmp_path, tbkit_whe
     json.loads(doctor.stdout)
 
     out = tmp_path / "report"
-    run = subprocess.run([str(tbkit), "run", "--json", "--out", str(out)], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=600)
+    run = subprocess.run(
+        [str(tbkit), "run", "--json", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout)
     assert report["verdict"] in ("PASS", "WARN")

@@ -4,11 +4,12 @@
 baseline (well under a millisecond), and nothing else. torch, pandas and matplotlib are
 imported only when a function that needs them is called.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from tbkit.guard import integrity  # noqa: E402  (the baseline must be taken as early as possible)
+from tbkit.guard import integrity
 
 integrity.take_baseline()
 
@@ -28,7 +29,22 @@ _LAZY = {
     "InstallFailed": ("tbkit.errors", "InstallFailed"),
 }
 
-__all__ = ["__version__", "integrity", *_LAZY]
+__all__ = [
+    "__version__",
+    "integrity",
+    "load",
+    "LoadedModel",
+    "run",
+    "Report",
+    "ensure",
+    "install",
+    "train",
+    "search",
+    "TbkitError",
+    "SourceError",
+    "InstallRefused",
+    "InstallFailed",
+]
 
 
 def __getattr__(name: str):

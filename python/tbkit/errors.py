@@ -3,6 +3,7 @@
 Notebook and CLI front ends print ``str(err)`` and no traceback unless asked
 (``TBKIT_DEBUG=1`` or ``--debug``): the message must stand on its own.
 """
+
 from __future__ import annotations
 
 

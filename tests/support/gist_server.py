@@ -7,6 +7,7 @@ Scripted responses (``queue``) replace the next answers for a path: errors, rate
 ``x-ratelimit-*`` / ``retry-after`` headers, or a normal answer after a delay (slow responses).
 Every request is recorded (path and headers) so tests can count retries and see the token.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,9 +56,13 @@ class FakeGitHub:
         return sha
 
     def add_folder(self, gist_id: str, folder: Path, owner: Optional[str] = "alice") -> str:
-        return self.add_gist(gist_id, {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}, owner)
+        return self.add_gist(
+            gist_id, {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}, owner
+        )
 
-    def queue(self, path: str, status: int = 200, headers: Optional[dict] = None, body=None, delay: float = 0.0) -> None:
+    def queue(
+        self, path: str, status: int = 200, headers: Optional[dict] = None, body=None, delay: float = 0.0
+    ) -> None:
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
         elif isinstance(body, str):
@@ -75,7 +80,7 @@ class FakeGitHub:
     def raw_base(self) -> str:
         return f"http://{self.raw_host}:{self._port}" if self.raw_host else self.url
 
-    def start(self) -> "FakeGitHub":
+    def start(self) -> FakeGitHub:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,7 +103,7 @@ class FakeGitHub:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeGitHub":
+    def __enter__(self) -> FakeGitHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -128,7 +133,11 @@ class FakeGitHub:
                 revs = [r for r in revs if r[0] == parts[2]]
             if not revs:
                 return 404, json.dumps({"message": "Not Found"}).encode(), {}
-            return 200, json.dumps(self._gist_json(parts[1], gist, revs[0])).encode(), {"content-type": "application/json"}
+            return (
+                200,
+                json.dumps(self._gist_json(parts[1], gist, revs[0])).encode(),
+                {"content-type": "application/json"},
+            )
         if len(parts) == 4 and parts[0] == "raw":
             gist = self.gists.get(parts[1]) or {"revisions": []}
             for sha, files in gist["revisions"]:

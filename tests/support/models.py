@@ -7,6 +7,7 @@ Import from any test (tests/ is on sys.path through conftest):
 Every model is tiny (vocab 97, d 32, 2 heads, 2 layers, max_len 32) so a full Tier 1 run takes
 seconds on a CPU. Each broken model carries ``BROKEN_BY``: the check ids expected to flag it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,9 @@ class HealthyDecoder(nn.Module):
     # 0: position t sees keys <= t. A leaky mask (see LeakyMaskDecoder) raises it.
     causal_offset = 0
 
-    def __init__(self, vocab: int = VOCAB, d: int = D_MODEL, heads: int = HEADS, layers: int = LAYERS,
-                 max_len: int = MAX_LEN) -> None:
+    def __init__(
+        self, vocab: int = VOCAB, d: int = D_MODEL, heads: int = HEADS, layers: int = LAYERS, max_len: int = MAX_LEN
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.tok = nn.Embedding(vocab, d)
@@ -92,8 +94,9 @@ class HealthyEncoder(nn.Module):
 
     KIND = "encoder"
 
-    def __init__(self, vocab: int = VOCAB, d: int = D_MODEL, heads: int = HEADS, layers: int = LAYERS,
-                 max_len: int = MAX_LEN) -> None:
+    def __init__(
+        self, vocab: int = VOCAB, d: int = D_MODEL, heads: int = HEADS, layers: int = LAYERS, max_len: int = MAX_LEN
+    ) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(max_len, d)
@@ -117,8 +120,9 @@ class HealthySeq2Seq(nn.Module):
 
     KIND = "seq2seq"
 
-    def __init__(self, vocab: int = VOCAB, d: int = D_MODEL, heads: int = HEADS, layers: int = 1,
-                 max_len: int = MAX_LEN) -> None:
+    def __init__(
+        self, vocab: int = VOCAB, d: int = D_MODEL, heads: int = HEADS, layers: int = 1, max_len: int = MAX_LEN
+    ) -> None:
         super().__init__()
         self.src_tok = nn.Embedding(vocab, d)
         self.tgt_tok = nn.Embedding(vocab, d)
@@ -126,16 +130,18 @@ class HealthySeq2Seq(nn.Module):
         self.transformer = nn.Transformer(d, heads, layers, layers, 4 * d, dropout=0.1, batch_first=True)
         self.head = nn.Linear(d, vocab)
 
-    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         dev = input_ids.device
         src = self.src_tok(input_ids) + self.pos(torch.arange(input_ids.shape[1], device=dev))
         T = decoder_input_ids.shape[1]
         tgt = self.tgt_tok(decoder_input_ids) + self.pos(torch.arange(T, device=dev))
         pad = None if attention_mask is None else ~attention_mask.bool()
         causal = nn.Transformer.generate_square_subsequent_mask(T, device=dev)
-        out = self.transformer(src, tgt, tgt_mask=causal, src_key_padding_mask=pad,
-                               memory_key_padding_mask=pad, tgt_is_causal=True)
+        out = self.transformer(
+            src, tgt, tgt_mask=causal, src_key_padding_mask=pad, memory_key_padding_mask=pad, tgt_is_causal=True
+        )
         return self.head(out)
 
 
@@ -156,8 +162,9 @@ class IsCausalNoMaskDecoder(nn.Module):
     KIND = "decoder"
     BROKEN_BY = ("causal",)
 
-    def __init__(self, vocab: int = VOCAB, d: int = D_MODEL, heads: int = HEADS, layers: int = LAYERS,
-                 max_len: int = MAX_LEN) -> None:
+    def __init__(
+        self, vocab: int = VOCAB, d: int = D_MODEL, heads: int = HEADS, layers: int = LAYERS, max_len: int = MAX_LEN
+    ) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(max_len, d)
@@ -236,8 +243,16 @@ class WildInitDecoder(HealthyDecoder):
 
 
 HEALTHY = (HealthyDecoder, HealthyEncoder, HealthySeq2Seq)
-BROKEN = (LeakyMaskDecoder, IsCausalNoMaskDecoder, PaddingIgnoringEncoder, UnusedLayerDecoder,
-          NaNForLongInputsDecoder, DropoutInEvalDecoder, BatchMixingDecoder, WildInitDecoder)
+BROKEN = (
+    LeakyMaskDecoder,
+    IsCausalNoMaskDecoder,
+    PaddingIgnoringEncoder,
+    UnusedLayerDecoder,
+    NaNForLongInputsDecoder,
+    DropoutInEvalDecoder,
+    BatchMixingDecoder,
+    WildInitDecoder,
+)
 
 
 _AS_LOADED = object()

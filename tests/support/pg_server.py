@@ -9,6 +9,7 @@ Use the fixture: ``from pg_server import pg_url`` in a test module, then take ``
 ``postgresql://postgres@127.0.0.1:PORT/tbkit`` URL; trust auth, reachable only from this host).
 When the binaries are missing the tests skip with the reason (scripts/test.sh installs them).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,15 +20,18 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 
 
 def find_bin_dir() -> Optional[Path]:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     return Path(found[-1]).parent if found else None
 
 
@@ -46,8 +50,10 @@ def _as_db_user() -> list:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root and there is no `postgres` OS user to run initdb as "
-                    "(install Debian's postgresql package, which creates it)")
+        pytest.skip(
+            "running as root and there is no `postgres` OS user to run initdb as "
+            "(install Debian's postgresql package, which creates it)"
+        )
     if shutil.which("runuser"):
         return ["runuser", "-u", "postgres", "--"]
     if shutil.which("setpriv"):
@@ -62,8 +68,10 @@ def _as_db_user() -> list:
 def postgres_server(dbname: str = "tbkit") -> Iterator[str]:
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
-                    "(apt-get install postgresql; scripts/test.sh does it when it may)")
+        pytest.skip(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
+            "(apt-get install postgresql; scripts/test.sh does it when it may)"
+        )
     prefix = _as_db_user()
     base = Path(tempfile.mkdtemp(prefix="tbkit-pg-"))
     os.chmod(base, 0o755)
@@ -74,7 +82,10 @@ def postgres_server(dbname: str = "tbkit") -> Iterator[str]:
         pw = pwd.getpwnam("postgres")
         os.chown(base, pw.pw_uid, pw.pw_gid)
     env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-    run = lambda argv, **kw: subprocess.run(prefix + argv, env=env, check=True, capture_output=True, text=True, **kw)
+
+    def run(argv, **kw):
+        return subprocess.run(prefix + argv, env=env, check=True, capture_output=True, text=True, **kw)
+
     port = _free_port()
     started = False
     try:
@@ -89,8 +100,11 @@ def postgres_server(dbname: str = "tbkit") -> Iterator[str]:
         raise RuntimeError(f"PostgreSQL failed: {err.cmd}\n{err.stdout}\n{err.stderr}\n{tail}") from None
     finally:
         if started:
-            subprocess.run(prefix + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           env=env, capture_output=True)
+            subprocess.run(
+                prefix + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                env=env,
+                capture_output=True,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -2,6 +2,7 @@
 child process that has NumPy (and tbkit) loaded and answers requests as JSON lines, and the real
 installers (pip, uv) mutating the venv from a second process.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,22 @@ def make_venv(path: Path, wheelhouse: Path, tbkit_wheel: Path, numpy_version: st
     reqs = [f"numpy=={numpy_version}", str(tbkit_wheel)]
     if with_pip:
         reqs.append("pip==25.3")
-    run([UV, "pip", "install", "-q", "--python", venv.python, "--no-index", "--find-links", wheelhouse,
-         "--no-deps", *reqs], env=_uv_env())
+    run(
+        [
+            UV,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            venv.python,
+            "--no-index",
+            "--find-links",
+            wheelhouse,
+            "--no-deps",
+            *reqs,
+        ],
+        env=_uv_env(),
+    )
     return venv
 
 
@@ -115,8 +130,12 @@ class Child:
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [str(venv.python), "-I", str(script), mode],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=str(venv.path), env=full_env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(venv.path),
+            env=full_env,
         )
         hello = self._read()
         assert hello.get("ready"), hello

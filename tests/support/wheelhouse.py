@@ -3,6 +3,7 @@
 `scripts/test.sh` runs this file before pytest, so the tests themselves install only with
 `--no-index --find-links <wheelhouse>` and never depend on the registry being reachable.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,20 @@ def ensure() -> Path:
     for req in wanted():
         if not have(req):
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                 "--only-binary", ":all:", "--no-deps", "-d", str(WHEELHOUSE), req],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "--only-binary",
+                    ":all:",
+                    "--no-deps",
+                    "-d",
+                    str(WHEELHOUSE),
+                    req,
+                ],
                 check=True,
             )
     return WHEELHOUSE

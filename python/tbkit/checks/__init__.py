@@ -1,4 +1,5 @@
 """The tiered checks. Importing a tier module registers its checks in ``base.REGISTRY``."""
+
 from __future__ import annotations
 
 from tbkit.checks.base import REGISTRY, CheckContext, CheckSpec, Row, Status, register, verdict_of

@@ -19,6 +19,7 @@ take a fused C++ fast path in eval + no_grad that never calls the Python ``forwa
 attention module, so no hook would fire. ``capture`` therefore runs the forward with grad enabled
 and ``torch.backends.mha`` fast path disabled, restoring both afterwards.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -259,8 +260,9 @@ def _softmax_over_last_dim(args, kwargs) -> bool:
     return dim in (-1, x.dim() - 1)
 
 
-def _sdpa_weights(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                  enable_gqa=False, **_ignored):
+def _sdpa_weights(
+    query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, **_ignored
+):
     """softmax(QKᵀ·scale + mask) exactly as ``F.scaled_dot_product_attention`` defines it."""
     import torch
 
@@ -318,4 +320,3 @@ def describe_nothing_found(root) -> str:
         "with a custom kernel, return the weights from the attention module's forward as "
         "(output, weights) so they can be checked"
     )
-

@@ -5,14 +5,16 @@ rows with ``ctx.row(...)`` (tier and check id are filled in), saves plots with
 ``ctx.save_figure(...)`` and never prints. The runner times it, turns an exception into an
 ``ERROR`` row with the traceback, and streams rows to the report as they come.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:  # torch is imported lazily; these are annotations only
     import torch
@@ -74,8 +76,8 @@ class Figure:
 class CheckContext:
     """Everything a check may use. One context per run; ``check_id``/``tier`` set per check."""
 
-    model: "LoadedModel"
-    device: "torch.device"
+    model: LoadedModel
+    device: torch.device
     out_dir: Optional[Path] = None
     seed: int = 0
     options: dict = field(default_factory=dict)  # user options: memory budget, training data, …
@@ -86,7 +88,7 @@ class CheckContext:
     def row(self, status: Status, metric: str = "", value: Any = None, threshold: str = "", detail: str = "") -> Row:
         return Row(self.tier, self.check_id, Status(status), metric, value, threshold, detail)
 
-    def generator(self, offset: int = 0) -> "torch.Generator":
+    def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the run seed, so every check draws the same inputs each run."""
         import torch
 
@@ -124,7 +126,7 @@ class CheckSpec:
     applies: Optional[Callable[[CheckContext], Optional[str]]] = None
 
 
-REGISTRY: "dict[str, CheckSpec]" = {}
+REGISTRY: dict[str, CheckSpec] = {}
 
 
 def register(id: str, tier: int, summary: str, needs: tuple = (), applies=None) -> Callable[[CheckFunc], CheckFunc]:

@@ -5,10 +5,12 @@ input embedding, ``max_len`` from the positional table) and from a seeded genera
 sees the same inputs on every run. torch is imported inside functions: ``tbkit.tiers`` must stay
 importable without it.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import torch
@@ -22,32 +24,32 @@ DEFAULT_MAX_LEN = 128
 MODES = ("grad", "no_grad", "inference_mode")
 
 
-def usable_max_len(model: "LoadedModel", cap: int = DEFAULT_MAX_LEN) -> int:
+def usable_max_len(model: LoadedModel, cap: int = DEFAULT_MAX_LEN) -> int:
     """The longest input a check should build: the model's max_len, or ``cap`` when unknown."""
     return int(model.max_len) if model.max_len else int(cap)
 
 
-def length_note(model: "LoadedModel", cap: int = DEFAULT_MAX_LEN) -> str:
+def length_note(model: LoadedModel, cap: int = DEFAULT_MAX_LEN) -> str:
     """Text for a row's detail when the length was not the model's own (empty when it was)."""
     if model.max_len:
         return ""
     return f"no maximum length found on the model; used {cap} tokens as the longest input"
 
 
-def clamp_len(model: "LoadedModel", length: int) -> int:
+def clamp_len(model: LoadedModel, length: int) -> int:
     """``length`` limited to [1, usable max length]."""
     return max(1, min(int(length), usable_max_len(model)))
 
 
 def token_ids(
-    model: "LoadedModel",
+    model: LoadedModel,
     batch: int,
     length: int,
-    generator: "torch.Generator",
+    generator: torch.Generator,
     device=None,
     *,
     avoid_pad: bool = True,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """Random token ids of shape (batch, length) in [0, vocab), drawn on CPU from ``generator``
     (so the draw does not depend on the device), then moved to ``device``.
 
@@ -63,7 +65,7 @@ def token_ids(
     return ids.to(device) if device is not None else ids
 
 
-def different_tokens(model: "LoadedModel", ids: "torch.Tensor", generator: "torch.Generator") -> "torch.Tensor":
+def different_tokens(model: LoadedModel, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Ids of the same shape where every entry differs from ``ids`` (and from the pad token when
     the vocabulary allows it): the perturbation used by causal and padding checks."""
     import torch
@@ -81,7 +83,7 @@ def different_tokens(model: "LoadedModel", ids: "torch.Tensor", generator: "torc
     return out
 
 
-def attention_mask(lengths: Sequence[int], total: int, device=None) -> "torch.Tensor":
+def attention_mask(lengths: Sequence[int], total: int, device=None) -> torch.Tensor:
     """(B, total) mask, 1 for real tokens then 0 for right padding (the HF convention)."""
     import torch
 
@@ -91,8 +93,8 @@ def attention_mask(lengths: Sequence[int], total: int, device=None) -> "torch.Te
 
 
 def right_pad(
-    model: "LoadedModel", ids: "torch.Tensor", lengths: Sequence[int], fill: Optional["torch.Tensor"] = None
-) -> "tuple[torch.Tensor, torch.Tensor]":
+    model: LoadedModel, ids: torch.Tensor, lengths: Sequence[int], fill: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad each row of ``ids`` after ``lengths[i]`` real tokens.
 
     The padded positions get the pad token, or the entries of ``fill`` (same shape) when given:
@@ -138,13 +140,13 @@ def eval_mode(module) -> Iterator[None]:
 
 
 def forward(
-    model: "LoadedModel",
-    ids: "torch.Tensor",
-    mask: Optional["torch.Tensor"] = None,
-    decoder_ids: Optional["torch.Tensor"] = None,
+    model: LoadedModel,
+    ids: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    decoder_ids: Optional[torch.Tensor] = None,
     mode: str = "no_grad",
     seed: Optional[int] = None,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """One forward through the model's contract (``LoadedModel.forward``) in the given grad mode.
 
     With ``seed``, torch's random state is forked and reseeded for this forward only: checks that
@@ -168,14 +170,14 @@ def forward(
     return out
 
 
-def output_is_logits(model: "LoadedModel", out: "torch.Tensor") -> bool:
+def output_is_logits(model: LoadedModel, out: torch.Tensor) -> bool:
     """True when the last dim is the vocabulary (an LM head), False for hidden states."""
     return int(out.shape[-1]) == int(model.vocab_size)
 
 
 def lm_loss(
-    model: "LoadedModel", ids: "torch.Tensor", out: "torch.Tensor", generator: Optional["torch.Generator"] = None
-) -> "tuple[torch.Tensor, str]":
+    model: LoadedModel, ids: torch.Tensor, out: torch.Tensor, generator: Optional[torch.Generator] = None
+) -> tuple[torch.Tensor, str]:
     """A loss for one backward and the name of what it is.
 
     decoders and seq2seq (decoder side = ``ids``): next-token cross-entropy. Encoders with a
@@ -195,4 +197,6 @@ def lm_loss(
     width = int(out.shape[-1])
     proj = torch.randn(width, int(model.vocab_size), generator=generator).to(out.device) / width**0.5
     logits = out.float().reshape(-1, width) @ proj
-    return F.cross_entropy(logits, ids.reshape(-1)), "same-position cross-entropy through a fixed random projection (no LM head)"
+    return F.cross_entropy(
+        logits, ids.reshape(-1)
+    ), "same-position cross-entropy through a fixed random projection (no LM head)"

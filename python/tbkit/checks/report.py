@@ -5,6 +5,7 @@ embedded, and the verdict computed from the rows — never printed unconditional
 pandas is imported only when ``.df`` is asked for; the HTML is built by hand so no template
 engine (jinja2) is needed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -177,7 +178,9 @@ class Report:
         for r in self.rows:
             if r.status in (Status.FAIL, Status.ERROR, Status.WARN):
                 first = (r.detail or "").strip().splitlines()
-                lines.append(f"  {r.status.value:<5} {r.check}: {r.metric}: {first[-1 if r.status is Status.ERROR else 0] if first else ''}")
+                lines.append(
+                    f"  {r.status.value:<5} {r.check}: {r.metric}: {first[-1 if r.status is Status.ERROR else 0] if first else ''}"
+                )
         if self.html_path is not None:
             lines.append(f"report: {self.html_path} (rows in {self.json_path})")
         return "\n".join(lines)
@@ -199,9 +202,11 @@ class Report:
         v = self.verdict.value
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items() if n)
         state = "" if self.finished else (" — interrupted, partial" if self.interrupted else " — running")
-        return (f'<div style="background:{BANNER[v]};color:white;padding:10px;font-size:20px;font-weight:bold">'
-                f"tbkit verdict: {v}{html.escape(state)}"
-                f'<span style="font-size:14px;font-weight:normal"> &nbsp; {html.escape(counts)}</span></div>')
+        return (
+            f'<div style="background:{BANNER[v]};color:white;padding:10px;font-size:20px;font-weight:bold">'
+            f"tbkit verdict: {v}{html.escape(state)}"
+            f'<span style="font-size:14px;font-weight:normal"> &nbsp; {html.escape(counts)}</span></div>'
+        )
 
     def _figures_html(self) -> str:
         parts = []
@@ -209,26 +214,31 @@ class Report:
             if f.path is None or not Path(f.path).is_file():
                 continue
             data = base64.b64encode(Path(f.path).read_bytes()).decode("ascii")
-            parts.append(f'<figure style="display:inline-block;margin:8px"><img src="data:image/png;base64,{data}" '
-                         f'alt="{html.escape(f.name)}"/><figcaption>{html.escape(f.check)}: {html.escape(f.name)}'
-                         "</figcaption></figure>")
+            parts.append(
+                f'<figure style="display:inline-block;margin:8px"><img src="data:image/png;base64,{data}" '
+                f'alt="{html.escape(f.name)}"/><figcaption>{html.escape(f.check)}: {html.escape(f.name)}'
+                "</figcaption></figure>"
+            )
         return "".join(parts)
 
     def to_html(self) -> str:
         m = model_facts(self.model)
-        env_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                           for k, v in self.environment.items())
-        facts = (f"{m['class']}: kind {m['kind']} ({m['kind_reason']}), vocab {m['vocab_size']}, "
-                 f"max length {m['max_len'] if m['max_len'] else 'not found'}")
+        env_rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in self.environment.items()
+        )
+        facts = (
+            f"{m['class']}: kind {m['kind']} ({m['kind_reason']}), vocab {m['vocab_size']}, "
+            f"max length {m['max_len'] if m['max_len'] else 'not found'}"
+        )
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in m["notes"])
         return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>tbkit report: {self.verdict.value}</title></head>
 <body style="font-family:sans-serif;margin:16px">
 {self._banner_html()}
-<h2>Model</h2><p>{html.escape(facts)}</p>{f'<ul>{notes}</ul>' if notes else ''}
-<pre style="background:#f6f8fa;padding:8px">{html.escape(m['provenance_text'])}</pre>
+<h2>Model</h2><p>{html.escape(facts)}</p>{f"<ul>{notes}</ul>" if notes else ""}
+<pre style="background:#f6f8fa;padding:8px">{html.escape(m["provenance_text"])}</pre>
 <h2>Results</h2>{self.rows_table_html()}
-<h2>Plots</h2>{self._figures_html() or '<p>no plots</p>'}
+<h2>Plots</h2>{self._figures_html() or "<p>no plots</p>"}
 <h2>Environment</h2><table border="1" cellpadding="4" style="border-collapse:collapse">{env_rows}</table>
 <p style="color:#666">tbkit {html.escape(self.tbkit_version)}, report schema {SCHEMA_VERSION}, created {self.created_at}</p>
 </body></html>
@@ -257,8 +267,10 @@ def rows_html(records: list, columns: list = COLUMNS) -> str:
                 text = f'<div style="white-space:pre-wrap;max-width:60em">{text}</div>'
             cells.append(f"<td>{text}</td>")
         body.append(f'<tr style="background:{colour}">{"".join(cells)}</tr>')
-    return ('<table style="border-collapse:collapse;font-size:13px" border="1" cellpadding="4">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return (
+        '<table style="border-collapse:collapse;font-size:13px" border="1" cellpadding="4">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 _STATUS_FRAME = None

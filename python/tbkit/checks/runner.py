@@ -11,6 +11,7 @@ What the runner guarantees, whatever a check does:
 - the model's train/eval flags and device are restored afterwards, and torch's global random
   state is forked, so the caller's process is left as it was.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,11 +19,12 @@ import dataclasses
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Optional, Union
 
-from tbkit.errors import TbkitError, UsageError
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
+from tbkit.errors import TbkitError, UsageError
 
 DEFAULT_OUT_DIR = "tbkit-report"
 
@@ -58,7 +60,9 @@ def _import_tier(tier: int) -> None:
     except ModuleNotFoundError as err:
         if err.name != name:
             raise
-        raise UsageError(f"Tier {tier} is not part of this tbkit installation", "Run the other tiers, or upgrade tbkit.") from None
+        raise UsageError(
+            f"Tier {tier} is not part of this tbkit installation", "Run the other tiers, or upgrade tbkit."
+        ) from None
 
 
 def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) -> list:
@@ -85,8 +89,10 @@ def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) ->
         for s in REGISTRY.values():
             by_tier.setdefault(s.tier, []).append(s.id)
         valid = "; ".join(f"tier {t}: {', '.join(v)}" for t, v in sorted(by_tier.items()))
-        raise UsageError(f"unknown check id{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
-                         f"Valid ids are {valid}.")
+        raise UsageError(
+            f"unknown check id{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+            f"Valid ids are {valid}.",
+        )
     return [s for s in REGISTRY.values() if s.id in ids]
 
 
@@ -101,8 +107,10 @@ def resolve_device(device=None, module=None):
         except (RuntimeError, TypeError) as err:
             raise UsageError(f"{device!r} is not a device ({err})", "Use cpu, cuda, cuda:1 or mps.") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("device 'cuda' was asked for but this torch sees no CUDA GPU",
-                             "Use --device cpu, or a runtime with a GPU (Colab: Runtime → Change runtime type).")
+            raise UsageError(
+                "device 'cuda' was asked for but this torch sees no CUDA GPU",
+                "Use --device cpu, or a runtime with a GPU (Colab: Runtime → Change runtime type).",
+            )
         if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError("device 'mps' was asked for but is not available here", "Use --device cpu.")
         return dev
@@ -133,8 +141,10 @@ def _as_loaded(source_or_model, kind, say, load_options=None):
     from tbkit.sources import load
 
     lm = load(source_or_model, kind=kind, log=say, **(load_options or {}))  # provenance shown before the code runs
-    say(f"tbkit: {type(lm.module).__name__}: {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size}, "
-        f"max length {lm.max_len if lm.max_len else 'not found'}")
+    say(
+        f"tbkit: {type(lm.module).__name__}: {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size}, "
+        f"max length {lm.max_len if lm.max_len else 'not found'}"
+    )
     return lm
 
 
@@ -173,8 +183,10 @@ def run(
 
     specs = select_checks(tiers, checks)  # usage errors before any model code runs
     if load_options and isinstance(source_or_model, LoadedModel):
-        raise UsageError("load_options apply only when tbkit.run loads the source itself",
-                         "Pass them to tbkit.load instead, or pass the source to tbkit.run.")
+        raise UsageError(
+            "load_options apply only when tbkit.run loads the source itself",
+            "Pass them to tbkit.load instead, or pass the source to tbkit.run.",
+        )
     lm = _as_loaded(source_or_model, kind, say, load_options)
     dev = resolve_device(device, lm.module)
     out = Path(out_dir if out_dir is not None else DEFAULT_OUT_DIR)
@@ -187,15 +199,23 @@ def run(
     moved = len(home) == 1 and home != {dev}
     if moved:
         lm.module.to(dev)
-    report = Report(lm, out, environment(dev, dtype), run={
-        "tiers": sorted({s.tier for s in specs}),
-        "checks": [s.id for s in specs],
-        "seed": seed,
-        "options": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-                    for k, v in (options or {}).items()},
-    })
-    ctx = CheckContext(model=lm, device=dev, out_dir=out, seed=seed, options=dict(options or {}),
-                       figures=report.figures)
+    report = Report(
+        lm,
+        out,
+        environment(dev, dtype),
+        run={
+            "tiers": sorted({s.tier for s in specs}),
+            "checks": [s.id for s in specs],
+            "seed": seed,
+            "options": {
+                k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                for k, v in (options or {}).items()
+            },
+        },
+    )
+    ctx = CheckContext(
+        model=lm, device=dev, out_dir=out, seed=seed, options=dict(options or {}), figures=report.figures
+    )
     report.write_json()
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []
     try:
@@ -264,8 +284,15 @@ def _run_one(spec, ctx: CheckContext, stream):
             yield stamp(ctx.row(Status.SKIP, "requirements", " ".join(spec.needs), "", str(err)))
             return
         except Exception:
-            yield stamp(ctx.row(Status.ERROR, "requirements", " ".join(spec.needs), "",
-                                "getting the requirements failed:\n" + traceback.format_exc()))
+            yield stamp(
+                ctx.row(
+                    Status.ERROR,
+                    "requirements",
+                    " ".join(spec.needs),
+                    "",
+                    "getting the requirements failed:\n" + traceback.format_exc(),
+                )
+            )
             return
     produced = None
     try:
@@ -282,8 +309,15 @@ def _run_one(spec, ctx: CheckContext, stream):
         # which the caller has already stored (it rewrites report.json after the check)
         produced.seconds = round(produced.seconds + time.perf_counter() - last, 4)
     else:
-        yield stamp(ctx.row(Status.ERROR, "no result", None, "",
-                            f"check {spec.id!r} finished without producing a row ({time.perf_counter() - start:.2f} s)"))
+        yield stamp(
+            ctx.row(
+                Status.ERROR,
+                "no result",
+                None,
+                "",
+                f"check {spec.id!r} finished without producing a row ({time.perf_counter() - start:.2f} s)",
+            )
+        )
 
 
 __all__ = ["run", "select_checks", "parse_tiers", "resolve_device", "DEFAULT_OUT_DIR"]

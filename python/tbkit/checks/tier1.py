@@ -7,6 +7,7 @@ Each check is a generator of rows (see tiers/base.py). Rules every check keeps:
 - tolerances are for fp32 and widen by the dtype's machine epsilon for half-precision models.
 The criteria follow design/CHECKS.md; where a number differs, the reason is written beside it.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ def _dtype_scale(model) -> float:
     return max(1.0, eps / torch.finfo(torch.float32).eps)
 
 
-def _max_abs_diff(a: "torch.Tensor", b: "torch.Tensor") -> float:
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| as a float; NaN if either side holds a non-finite value (a finding, not noise)."""
     import torch
 
@@ -45,7 +46,7 @@ def _max_abs_diff(a: "torch.Tensor", b: "torch.Tensor") -> float:
     return float((a - b).abs().max())
 
 
-def _scale(t: "torch.Tensor") -> float:
+def _scale(t: torch.Tensor) -> float:
     """max(1, max |t|): differences are judged relative to the size of the outputs, because
     fp32 rounding in a GEMM grows with the magnitude of what is summed (logits of ±30 differ by
     ~1e-5 between a batched and a single-row matmul on healthy models)."""
@@ -95,10 +96,18 @@ def summary(ctx: CheckContext):
     buffer_bytes = sum(b.numel() * b.element_size() for b in module.buffers())
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in params})
 
-    yield ctx.row(PASS, "parameters", total, detail=(
-        f"{trainable:,} trainable, {total - trainable:,} frozen; dtype {', '.join(dtypes) or 'none'}"))
-    yield ctx.row(PASS, "size_mb", round((param_bytes + buffer_bytes) / 2**20, 3),
-                  detail=f"parameters {param_bytes / 2**20:.3f} MB + buffers {buffer_bytes / 2**20:.3f} MB")
+    yield ctx.row(
+        PASS,
+        "parameters",
+        total,
+        detail=(f"{trainable:,} trainable, {total - trainable:,} frozen; dtype {', '.join(dtypes) or 'none'}"),
+    )
+    yield ctx.row(
+        PASS,
+        "size_mb",
+        round((param_bytes + buffer_bytes) / 2**20, 3),
+        detail=f"parameters {param_bytes / 2**20:.3f} MB + buffers {buffer_bytes / 2**20:.3f} MB",
+    )
 
     lines = []
     for name, child in module.named_children():
@@ -109,9 +118,11 @@ def summary(ctx: CheckContext):
         lines.append(f"(directly on {type(module).__name__}): {own:,} params")
     yield ctx.row(PASS, "modules", len(lines), detail="\n".join(lines) or "no submodules")
 
-    facts = (f"{type(module).__name__}: kind {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size} "
-             f"(rows of the input embedding), max length "
-             f"{lm.max_len if lm.max_len else 'not found (checks use ' + str(inp.DEFAULT_MAX_LEN) + ')'}")
+    facts = (
+        f"{type(module).__name__}: kind {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size} "
+        f"(rows of the input embedding), max length "
+        f"{lm.max_len if lm.max_len else 'not found (checks use ' + str(inp.DEFAULT_MAX_LEN) + ')'}"
+    )
     if lm.notes:
         facts += "; notes: " + "; ".join(str(n) for n in lm.notes)
     yield ctx.row(PASS, "model", lm.kind, detail=facts)
@@ -146,11 +157,21 @@ def shape(ctx: CheckContext):
                 last_dims.add(int(out.shape[-1]))
     note = inp.length_note(lm)
     if failures:
-        yield ctx.row(FAIL, "shapes correct", f"{tried - len(failures)}/{tried}", "all",
-                      "; ".join(failures) + (f". {note}" if note else ""))
+        yield ctx.row(
+            FAIL,
+            "shapes correct",
+            f"{tried - len(failures)}/{tried}",
+            "all",
+            "; ".join(failures) + (f". {note}" if note else ""),
+        )
     elif len(last_dims) > 1:
-        yield ctx.row(FAIL, "shapes correct", f"0/{tried}", "all",
-                      f"the last output dimension changes with the input: {sorted(last_dims)}")
+        yield ctx.row(
+            FAIL,
+            "shapes correct",
+            f"0/{tried}",
+            "all",
+            f"the last output dimension changes with the input: {sorted(last_dims)}",
+        )
     else:
         (width,) = last_dims
         what = "V (logits over the vocabulary)" if width == lm.vocab_size else f"H = {width} (hidden states)"
@@ -166,9 +187,16 @@ def shape(ctx: CheckContext):
         yield ctx.row(SKIP, "max_len + 1", None, "", "no maximum length found on the model: nothing to exceed")
         return
     if dev.type != "cpu":
-        yield ctx.row(SKIP, "max_len + 1", None, "", (
-            f"not tried on {dev.type}: an out-of-range position there is a device-side assert that breaks "
-            "CUDA for the whole process; run with device='cpu' to probe it"))
+        yield ctx.row(
+            SKIP,
+            "max_len + 1",
+            None,
+            "",
+            (
+                f"not tried on {dev.type}: an out-of-range position there is a device-side assert that breaks "
+                "CUDA for the whole process; run with device='cpu' to probe it"
+            ),
+        )
         return
     T = int(lm.max_len) + 1
     enc, dec = _pair(lm, inp.token_ids(lm, 1, T, gen, dev), dev, gen)
@@ -176,16 +204,27 @@ def shape(ctx: CheckContext):
         try:
             out = inp.forward(lm, enc, decoder_ids=dec)
         except Exception as err:
-            yield ctx.row(PASS, "max_len + 1", "fails clearly", "fails clearly or works",
-                          f"length {T} raises {_exc(err)}")
+            yield ctx.row(
+                PASS, "max_len + 1", "fails clearly", "fails clearly or works", f"length {T} raises {_exc(err)}"
+            )
             return
     if out.dim() == 3 and tuple(out.shape[:2]) == (1, T) and bool(torch.isfinite(out).all()):
-        yield ctx.row(PASS, "max_len + 1", "works", "fails clearly or works",
-                      f"length {T} gives finite output of shape {tuple(out.shape)}: max_len {lm.max_len} is not a hard limit")
+        yield ctx.row(
+            PASS,
+            "max_len + 1",
+            "works",
+            "fails clearly or works",
+            f"length {T} gives finite output of shape {tuple(out.shape)}: max_len {lm.max_len} is not a hard limit",
+        )
     else:
-        yield ctx.row(WARN, "max_len + 1", "silent garbage", "fails clearly or works",
-                      f"length {T} returned shape {tuple(out.shape)} (finite: {bool(torch.isfinite(out).all())}) "
-                      "without an error: inputs that are too long should raise a clear error")
+        yield ctx.row(
+            WARN,
+            "max_len + 1",
+            "silent garbage",
+            "fails clearly or works",
+            f"length {T} returned shape {tuple(out.shape)} (finite: {bool(torch.isfinite(out).all())}) "
+            "without an error: inputs that are too long should raise a clear error",
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -201,8 +240,9 @@ def batch_equivalence(ctx: CheckContext):
     enc, dec = _pair(lm, inp.token_ids(lm, B, T, gen, dev), dev, gen)
     with inp.eval_mode(lm.module):
         full = inp.forward(lm, enc, decoder_ids=dec)
-        alone = torch.cat([inp.forward(lm, enc[i:i + 1], decoder_ids=None if dec is None else dec[i:i + 1])
-                           for i in range(B)])
+        alone = torch.cat(
+            [inp.forward(lm, enc[i : i + 1], decoder_ids=None if dec is None else dec[i : i + 1]) for i in range(B)]
+        )
     diff = _max_abs_diff(full, alone)
     rel = diff / _scale(full)
     k = _dtype_scale(lm)
@@ -214,26 +254,47 @@ def batch_equivalence(ctx: CheckContext):
     elif rel <= 1e-5 * k:
         yield ctx.row(PASS, "max relative difference", rel, f"<= {1e-5 * k:.0e}", detail)
     elif rel <= 1e-3 * k:
-        yield ctx.row(WARN, "max relative difference", rel, f"<= {1e-5 * k:.0e}",
-                      detail + ": more than rounding; check for batch-dependent kernels or statistics")
+        yield ctx.row(
+            WARN,
+            "max relative difference",
+            rel,
+            f"<= {1e-5 * k:.0e}",
+            detail + ": more than rounding; check for batch-dependent kernels or statistics",
+        )
     else:
-        yield ctx.row(FAIL, "max relative difference", rel, f"<= {1e-3 * k:.0e}",
-                      detail + ": rows of a batch influence each other (batch statistics in eval, "
-                      "a mean over dim 0, or a mask broadcast across the batch)")
+        yield ctx.row(
+            FAIL,
+            "max relative difference",
+            rel,
+            f"<= {1e-3 * k:.0e}",
+            detail + ": rows of a batch influence each other (batch statistics in eval, "
+            "a mean over dim 0, or a mask broadcast across the batch)",
+        )
 
 
 # ------------------------------------------------------------------------------------------
 # causal
 # ------------------------------------------------------------------------------------------
-@register("causal", tier=1, summary="decoders: changing token s must not move outputs at t < s (grad, no_grad, inference_mode)")
+@register(
+    "causal",
+    tier=1,
+    summary="decoders: changing token s must not move outputs at t < s (grad, no_grad, inference_mode)",
+)
 def causal(ctx: CheckContext):
     import torch
 
     lm, dev = ctx.model, ctx.device
     if lm.kind == "encoder":
-        yield ctx.row(SKIP, "causality", None, "", (
-            "bidirectional (encoder): not applicable, every position may see every other one. "
-            "If this model is meant to generate text, load it with kind='decoder'"))
+        yield ctx.row(
+            SKIP,
+            "causality",
+            None,
+            "",
+            (
+                "bidirectional (encoder): not applicable, every position may see every other one. "
+                "If this model is meant to generate text, load it with kind='decoder'"
+            ),
+        )
         return
     T = inp.clamp_len(lm, 16)
     if T < 2:
@@ -258,9 +319,16 @@ def causal(ctx: CheckContext):
             try:
                 base = run(ids, mode)
                 if not bool(torch.isfinite(base).all()):
-                    yield ctx.row(FAIL, metric, float("nan"), f"<= {tol:.0e}", (
-                        f"the outputs hold NaN/Inf at length {T} under {mode}, so causality cannot be judged "
-                        "(see stability)"))
+                    yield ctx.row(
+                        FAIL,
+                        metric,
+                        float("nan"),
+                        f"<= {tol:.0e}",
+                        (
+                            f"the outputs hold NaN/Inf at length {T} under {mode}, so causality cannot be judged "
+                            "(see stability)"
+                        ),
+                    )
                     continue
                 worst, leak, moved_at_s = 0.0, None, False
                 for s in positions:
@@ -277,24 +345,48 @@ def causal(ctx: CheckContext):
                             leak = (first, s, d)
                     worst = d if math.isnan(d) else (worst if math.isnan(worst) else max(worst, d))
             except Exception as err:
-                hint = (". is_causal was used without a mask: torch raises in grad mode and, under no_grad, its "
-                        "fused path silently drops causality. Pass an explicit causal mask"
-                        if "is_causal" in str(err) else ". A decoder must run in every grad mode")
-                yield ctx.row(FAIL, metric, None, f"<= {tol:.0e}", f"the forward raised under {mode}: {_exc(err)}{hint}")
+                hint = (
+                    ". is_causal was used without a mask: torch raises in grad mode and, under no_grad, its "
+                    "fused path silently drops causality. Pass an explicit causal mask"
+                    if "is_causal" in str(err)
+                    else ". A decoder must run in every grad mode"
+                )
+                yield ctx.row(
+                    FAIL, metric, None, f"<= {tol:.0e}", f"the forward raised under {mode}: {_exc(err)}{hint}"
+                )
                 continue
             if leak is not None:
                 t, s, d = leak
-                yield ctx.row(FAIL, metric, worst, f"<= {tol:.0e}", (
-                    f"changing {side} token {s} moved the output at position {t} (earlier outputs by up to {_fmt(d)}) under {mode}: "
-                    "the model sees the future. Mask keys j > i (e.g. nn.Transformer.generate_square_subsequent_mask) "
-                    "and pass the mask explicitly; is_causal alone is ignored by fused no_grad paths"))
+                yield ctx.row(
+                    FAIL,
+                    metric,
+                    worst,
+                    f"<= {tol:.0e}",
+                    (
+                        f"changing {side} token {s} moved the output at position {t} (earlier outputs by up to {_fmt(d)}) under {mode}: "
+                        "the model sees the future. Mask keys j > i (e.g. nn.Transformer.generate_square_subsequent_mask) "
+                        "and pass the mask explicitly; is_causal alone is ignored by fused no_grad paths"
+                    ),
+                )
             elif not moved_at_s:
-                yield ctx.row(WARN, metric, worst, f"<= {tol:.0e}", (
-                    f"no output moved at all when {side} tokens {positions} changed: the output does not "
-                    "depend on those tokens, so causality could not be tested"))
+                yield ctx.row(
+                    WARN,
+                    metric,
+                    worst,
+                    f"<= {tol:.0e}",
+                    (
+                        f"no output moved at all when {side} tokens {positions} changed: the output does not "
+                        "depend on those tokens, so causality could not be tested"
+                    ),
+                )
             else:
-                yield ctx.row(PASS, metric, worst, f"<= {tol:.0e}",
-                              f"{side} positions {positions} perturbed (length {T}): earlier outputs unchanged")
+                yield ctx.row(
+                    PASS,
+                    metric,
+                    worst,
+                    f"<= {tol:.0e}",
+                    f"{side} positions {positions} perturbed (length {T}): earlier outputs unchanged",
+                )
 
 
 # ------------------------------------------------------------------------------------------
@@ -306,9 +398,16 @@ def padding(ctx: CheckContext):
 
     lm, dev = ctx.model, ctx.device
     if not lm.accepts_attention_mask:
-        yield ctx.row(WARN, "attention_mask", "not accepted", "accepted", (
-            "the model's forward takes no attention_mask, so padded batches cannot be masked: padding "
-            "tokens are attended to like real ones. Add an attention_mask=None argument and hide padded keys"))
+        yield ctx.row(
+            WARN,
+            "attention_mask",
+            "not accepted",
+            "accepted",
+            (
+                "the model's forward takes no attention_mask, so padded batches cannot be masked: padding "
+                "tokens are attended to like real ones. Add an attention_mask=None argument and hide padded keys"
+            ),
+        )
         return
     T = inp.clamp_len(lm, 16)
     if T < 2:
@@ -339,24 +438,42 @@ def padding(ctx: CheckContext):
                 out = inp.forward(lm, padded, mask, mode=mode, seed=ctx.seed, **batch_args)
                 out2 = inp.forward(lm, repadded, mask, mode=mode, seed=ctx.seed, **batch_args)
             except Exception as err:
-                yield ctx.row(FAIL, metric, None, f"<= {tol:.0e}", f"a right-padded batch raised under {mode}: {_exc(err)}")
+                yield ctx.row(
+                    FAIL, metric, None, f"<= {tol:.0e}", f"a right-padded batch raised under {mode}: {_exc(err)}"
+                )
                 continue
             if not bool(torch.isfinite(alone).all()):
-                yield ctx.row(FAIL, metric, float("nan"), "finite", (
-                    f"the outputs hold NaN/Inf for {L} tokens without any padding under {mode}, so padding "
-                    "cannot be judged (see stability)"))
+                yield ctx.row(
+                    FAIL,
+                    metric,
+                    float("nan"),
+                    "finite",
+                    (
+                        f"the outputs hold NaN/Inf for {L} tokens without any padding under {mode}, so padding "
+                        "cannot be judged (see stability)"
+                    ),
+                )
                 continue
             if not (torch.isfinite(real(out)).all() and torch.isfinite(out[0]).all()):
-                yield ctx.row(FAIL, metric, float("nan"), "finite", (
-                    f"NaN/Inf in real positions of a right-padded batch under {mode}: fully masked rows "
-                    "(a query whose keys are all masked gives softmax over nothing = NaN, which then spreads "
-                    "through the next layer). Use a large finite negative instead of -inf, or unmask such rows"))
+                yield ctx.row(
+                    FAIL,
+                    metric,
+                    float("nan"),
+                    "finite",
+                    (
+                        f"NaN/Inf in real positions of a right-padded batch under {mode}: fully masked rows "
+                        "(a query whose keys are all masked gives softmax over nothing = NaN, which then spreads "
+                        "through the next layer). Use a large finite negative instead of -inf, or unmask such rows"
+                    ),
+                )
                 continue
             d_pad = _max_abs_diff(real(out), alone)
             d_fill = _max_abs_diff(real(out2), real(out))
             rel = max(d_pad, d_fill) / _scale(alone)
-            detail = (f"row with {L} real tokens then {T - L} pads vs the same tokens alone: {_fmt(d_pad)}; "
-                      f"other tokens under the padding: {_fmt(d_fill)} (max relative {_fmt(rel)})")
+            detail = (
+                f"row with {L} real tokens then {T - L} pads vs the same tokens alone: {_fmt(d_pad)}; "
+                f"other tokens under the padding: {_fmt(d_fill)} (max relative {_fmt(rel)})"
+            )
             # CHECKS.md says atol 1e-5; judged relative to the output scale (see _scale), with a
             # WARN band up to 1e-3 for kernels that change with the padded length.
             if rel <= tol:
@@ -364,9 +481,17 @@ def padding(ctx: CheckContext):
             elif rel <= 1e-3 * _dtype_scale(lm):
                 yield ctx.row(WARN, metric, rel, f"<= {tol:.0e}", detail + ": more than rounding")
             else:
-                yield ctx.row(FAIL, metric, rel, f"<= {tol:.0e}", detail + (
-                    ": padding changes the real positions, so the attention_mask is not honoured. Turn it into "
-                    "a key padding mask (e.g. src_key_padding_mask = attention_mask == 0) in every attention layer"))
+                yield ctx.row(
+                    FAIL,
+                    metric,
+                    rel,
+                    f"<= {tol:.0e}",
+                    detail
+                    + (
+                        ": padding changes the real positions, so the attention_mask is not honoured. Turn it into "
+                        "a key padding mask (e.g. src_key_padding_mask = attention_mask == 0) in every attention layer"
+                    ),
+                )
 
         if lm.kind == "decoder":
             # Batched generation pads on the left. Values may legitimately shift there (absolute
@@ -380,22 +505,40 @@ def padding(ctx: CheckContext):
             try:
                 out = inp.forward(lm, left, left_mask, mode="no_grad", seed=ctx.seed)
             except Exception as err:
-                yield ctx.row(WARN, metric, None, "finite", f"a left-padded input raised {_exc(err)}: batched "
-                              "generation pads on the left")
+                yield ctx.row(
+                    WARN,
+                    metric,
+                    None,
+                    "finite",
+                    f"a left-padded input raised {_exc(err)}: batched generation pads on the left",
+                )
                 return
-            if bool(torch.isfinite(out[0, T - L:]).all()):
-                yield ctx.row(PASS, metric, "finite", "finite", f"{T - L} pads then {L} real tokens: real positions finite")
+            if bool(torch.isfinite(out[0, T - L :]).all()):
+                yield ctx.row(
+                    PASS, metric, "finite", "finite", f"{T - L} pads then {L} real tokens: real positions finite"
+                )
             else:
-                yield ctx.row(WARN, metric, "NaN/Inf", "finite", (
-                    f"{T - L} pads then {L} real tokens gives NaN/Inf in real positions: the pads' attention rows "
-                    "are fully masked (causal + padding). Batched generation pads on the left; let every query see "
-                    "at least itself, or use a large finite negative instead of -inf"))
+                yield ctx.row(
+                    WARN,
+                    metric,
+                    "NaN/Inf",
+                    "finite",
+                    (
+                        f"{T - L} pads then {L} real tokens gives NaN/Inf in real positions: the pads' attention rows "
+                        "are fully masked (causal + padding). Batched generation pads on the left; let every query see "
+                        "at least itself, or use a large finite negative instead of -inf"
+                    ),
+                )
 
 
 # ------------------------------------------------------------------------------------------
 # stability
 # ------------------------------------------------------------------------------------------
-@register("stability", tier=1, summary="random ids, one repeated token, length 1 and max_len, bf16 autocast: finite, |logit| < 1e4")
+@register(
+    "stability",
+    tier=1,
+    summary="random ids, one repeated token, length 1 and max_len, bf16 autocast: finite, |logit| < 1e4",
+)
 def stability(ctx: CheckContext):
     import torch
 
@@ -442,17 +585,37 @@ def stability(ctx: CheckContext):
                 bad = int((~finite).sum())
                 where = (~finite).any(dim=-1).nonzero()
                 first = tuple(int(v) for v in where[0]) if len(where) else ()
-                yield ctx.row(soft, metric, float("nan"), "finite", (
-                    f"{bad} of {out.numel()} output values are NaN/Inf (first at batch, position {first}) "
-                    f"for {name} (shape {tuple(ids.shape)})"
-                    + ((": bf16 overflow; the same input in the model's own precision is finite" if fp32_finite
-                        else ": the model's own precision fails too (rows above)") if bf16 else "")))
+                yield ctx.row(
+                    soft,
+                    metric,
+                    float("nan"),
+                    "finite",
+                    (
+                        f"{bad} of {out.numel()} output values are NaN/Inf (first at batch, position {first}) "
+                        f"for {name} (shape {tuple(ids.shape)})"
+                        + (
+                            (
+                                ": bf16 overflow; the same input in the model's own precision is finite"
+                                if fp32_finite
+                                else ": the model's own precision fails too (rows above)"
+                            )
+                            if bf16
+                            else ""
+                        )
+                    ),
+                )
                 fp32_finite = fp32_finite and bf16
                 continue
             peak = float(out.abs().max())
             if peak >= 1e4:
-                yield ctx.row(WARN, metric, peak, "< 1e4", f"outputs reach {peak:.3g}: near fp16/bf16 overflow and "
-                              "a saturated softmax; check the output scaling and the init")
+                yield ctx.row(
+                    WARN,
+                    metric,
+                    peak,
+                    "< 1e4",
+                    f"outputs reach {peak:.3g}: near fp16/bf16 overflow and "
+                    "a saturated softmax; check the output scaling and the init",
+                )
             else:
                 yield ctx.row(PASS, metric, peak, "< 1e4", f"finite for {name} (shape {tuple(ids.shape)})")
     if histogram is not None and histogram.numel():
@@ -485,10 +648,17 @@ def determinism(ctx: CheckContext):
     elif d <= tol:
         yield ctx.row(PASS, "max |run1 - run2|", d, f"<= {tol:.0e}", "two eval forwards agree")
     else:
-        yield ctx.row(FAIL, "max |run1 - run2|", d, f"<= {tol:.0e}", (
-            f"two eval forwards on the same input differ by {_fmt(d)}: something random stays on in eval "
-            "(F.dropout(..., training=True), sampling in forward, or uninitialised memory). Use nn.Dropout "
-            "modules or pass training=self.training"))
+        yield ctx.row(
+            FAIL,
+            "max |run1 - run2|",
+            d,
+            f"<= {tol:.0e}",
+            (
+                f"two eval forwards on the same input differ by {_fmt(d)}: something random stays on in eval "
+                "(F.dropout(..., training=True), sampling in forward, or uninitialised memory). Use nn.Dropout "
+                "modules or pass training=self.training"
+            ),
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -498,7 +668,8 @@ def _is_norm(module) -> bool:
     import torch.nn as nn
 
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)) or (
-        "norm" in type(module).__name__.lower() and hasattr(module, "weight"))
+        "norm" in type(module).__name__.lower() and hasattr(module, "weight")
+    )
 
 
 @register("init", tier=1, summary="loss at init vs ln V, norm layers, identical tensors across layers, weight scale")
@@ -522,28 +693,54 @@ def init(ctx: CheckContext):
         out = inp.forward(lm, enc, decoder_ids=dec)
     ln_v = math.log(lm.vocab_size)
     if not inp.output_is_logits(lm, out):
-        yield ctx.row(SKIP, "loss at init", None, "", (
-            f"the output is hidden states of width {out.shape[-1]}, not logits over the {lm.vocab_size}-token "
-            "vocabulary: there is no token loss to compare with ln V"))
+        yield ctx.row(
+            SKIP,
+            "loss at init",
+            None,
+            "",
+            (
+                f"the output is hidden states of width {out.shape[-1]}, not logits over the {lm.vocab_size}-token "
+                "vocabulary: there is no token loss to compare with ln V"
+            ),
+        )
     else:
         loss, what = inp.lm_loss(lm, ids, out, gen)
         L0 = float(loss)
-        detail = (f"{what} on random tokens: L0 = {_fmt(L0)}, ln V = {ln_v:.3f} (a fresh model should predict "
-                  "close to uniform; for a trained model this comparison does not apply)")
+        detail = (
+            f"{what} on random tokens: L0 = {_fmt(L0)}, ln V = {ln_v:.3f} (a fresh model should predict "
+            "close to uniform; for a trained model this comparison does not apply)"
+        )
         if not math.isfinite(L0):
-            yield ctx.row(FAIL, "loss at init", L0, f"<= 2 ln V = {2 * ln_v:.3f}",
-                          detail + ": the loss is not finite because the outputs hold NaN/Inf (see stability)")
-        elif L0 > 2 * ln_v:
-            yield ctx.row(FAIL, "loss at init", L0, f"<= 2 ln V = {2 * ln_v:.3f}", detail + (
-                ": the initial predictions are confidently wrong, usually weights or logits scaled far too large "
-                "(e.g. std >> 1/sqrt(fan_in)); use a small init such as normal(0, 0.02) for the LM head"))
+            yield ctx.row(
+                FAIL,
+                "loss at init",
+                L0,
+                f"<= 2 ln V = {2 * ln_v:.3f}",
+                detail + ": the loss is not finite because the outputs hold NaN/Inf (see stability)",
+            )
+        elif 2 * ln_v < L0:
+            yield ctx.row(
+                FAIL,
+                "loss at init",
+                L0,
+                f"<= 2 ln V = {2 * ln_v:.3f}",
+                detail
+                + (
+                    ": the initial predictions are confidently wrong, usually weights or logits scaled far too large "
+                    "(e.g. std >> 1/sqrt(fan_in)); use a small init such as normal(0, 0.02) for the LM head"
+                ),
+            )
         elif abs(L0 - ln_v) > 0.1 * ln_v:
             yield ctx.row(WARN, "loss at init", L0, f"|L0 - ln V| <= {0.1 * ln_v:.3f}", detail)
         else:
             yield ctx.row(PASS, "loss at init", L0, f"|L0 - ln V| <= {0.1 * ln_v:.3f}", detail)
 
     # 2. norm layers: weight 1 / bias 0 is the normal fresh state, never flagged
-    norms = [(n, m) for n, m in module.named_modules() if _is_norm(m) and isinstance(getattr(m, "weight", None), torch.Tensor)]
+    norms = [
+        (n, m)
+        for n, m in module.named_modules()
+        if _is_norm(m) and isinstance(getattr(m, "weight", None), torch.Tensor)
+    ]
     at_default, zeroed = 0, []
     for n, m in norms:
         w, b = m.weight, getattr(m, "bias", None)
@@ -552,17 +749,29 @@ def init(ctx: CheckContext):
         elif bool((w == 0).all()):
             zeroed.append(n)
     if zeroed:
-        yield ctx.row(WARN, "norm layers", len(norms), "weight not all zero",
-                      "all-zero weight (the layer outputs only its bias): " + ", ".join(zeroed[:20]))
+        yield ctx.row(
+            WARN,
+            "norm layers",
+            len(norms),
+            "weight not all zero",
+            "all-zero weight (the layer outputs only its bias): " + ", ".join(zeroed[:20]),
+        )
     else:
-        yield ctx.row(PASS, "norm layers", len(norms), "", (
-            f"{at_default} of {len(norms)} at weight 1 / bias 0 (the normal fresh state)" if norms
-            else "no normalisation layers found"))
+        yield ctx.row(
+            PASS,
+            "norm layers",
+            len(norms),
+            "",
+            (
+                f"{at_default} of {len(norms)} at weight 1 / bias 0 (the normal fresh state)"
+                if norms
+                else "no normalisation layers found"
+            ),
+        )
 
     # 3. tensors that are exactly identical across layers (constant tensors such as zero biases
     #    and LayerNorm ones are excluded: identical by design)
-    stacks = [n for n, m in module.named_modules()
-              if isinstance(m, (nn.TransformerEncoder, nn.TransformerDecoder))]
+    stacks = [n for n, m in module.named_modules() if isinstance(m, (nn.TransformerEncoder, nn.TransformerDecoder))]
     groups: dict = {}
     for n, p in named:
         if p.numel() < 2 or p.dim() == 0:
@@ -585,13 +794,27 @@ def init(ctx: CheckContext):
         inside = all(any(n.startswith(s + ".") for s in stacks) for g in identical for n in g)
         listing = "; ".join(" = ".join(g[:3]) + (" …" if len(g) > 3 else "") for g in identical[:6])
         if inside:
-            yield ctx.row(PASS, "identical tensors across layers", len(identical), "", (
-                f"{len(identical)} groups, all inside torch nn.TransformerEncoder/Decoder stacks, which deep-copy "
-                f"their layer so every layer starts identical (torch's default; training breaks the symmetry): {listing}"))
+            yield ctx.row(
+                PASS,
+                "identical tensors across layers",
+                len(identical),
+                "",
+                (
+                    f"{len(identical)} groups, all inside torch nn.TransformerEncoder/Decoder stacks, which deep-copy "
+                    f"their layer so every layer starts identical (torch's default; training breaks the symmetry): {listing}"
+                ),
+            )
         else:
-            yield ctx.row(WARN, "identical tensors across layers", len(identical), "0", (
-                f"{len(identical)} groups of exactly equal weights in different layers: {listing}. Layers that start "
-                "identical learn slowly apart; re-initialise each layer (or share on purpose by tying)"))
+            yield ctx.row(
+                WARN,
+                "identical tensors across layers",
+                len(identical),
+                "0",
+                (
+                    f"{len(identical)} groups of exactly equal weights in different layers: {listing}. Layers that start "
+                    "identical learn slowly apart; re-initialise each layer (or share on purpose by tying)"
+                ),
+            )
 
     # 4. scale of each weight matrix: gain = std * sqrt(fan_in). Default torch init gives ~0.58,
     #    xavier ~0.7-1, normal(0, 0.02) less. CHECKS.md's first cut flagged > 4, but a fresh
@@ -613,10 +836,20 @@ def init(ctx: CheckContext):
     if gains:
         gains.sort(reverse=True)
         top = ", ".join(f"{n} std {s:.3g} (gain {g:.2f})" for g, s, n in gains[:5])
-        extra = f"; all-zero matrices (fine if deliberate, e.g. zero-init residual outputs): {', '.join(zero_mats[:10])}" if zero_mats else ""
+        extra = (
+            f"; all-zero matrices (fine if deliberate, e.g. zero-init residual outputs): {', '.join(zero_mats[:10])}"
+            if zero_mats
+            else ""
+        )
         status = WARN if gains[0][0] > 10 else PASS
-        yield ctx.row(status, "max weight gain std*sqrt(fan_in)", gains[0][0], "<= 10",
-                      f"largest: {top}{extra}" + (": activations grow layer by layer; scale the init down" if status is WARN else ""))
+        yield ctx.row(
+            status,
+            "max weight gain std*sqrt(fan_in)",
+            gains[0][0],
+            "<= 10",
+            f"largest: {top}{extra}"
+            + (": activations grow layer by layer; scale the init down" if status is WARN else ""),
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -632,7 +865,11 @@ def _layer_key(name: str) -> str:
     return parts[0] if len(parts) > 1 else "(root)"
 
 
-@register("gradient_flow", tier=1, summary="one backward on an LM loss (on a copy): every parameter reached, finite, and moved by a step")
+@register(
+    "gradient_flow",
+    tier=1,
+    summary="one backward on an LM loss (on a copy): every parameter reached, finite, and moved by a step",
+)
 def gradient_flow(ctx: CheckContext):
     import copy
     import dataclasses
@@ -668,31 +905,68 @@ def gradient_flow(ctx: CheckContext):
     never_ran = [n for n in no_grad if owner(n) not in ran]
     elsewhere = [n for n in no_grad if owner(n) in ran]
     if never_ran:
-        yield ctx.row(FAIL, "parameters without gradient", len(no_grad), "0", (
-            f"disconnected: {', '.join(never_ran[:20])}{' …' if len(never_ran) > 20 else ''} — their modules never run "
-            "in forward, so they never train. Use them in forward or delete them"))
+        yield ctx.row(
+            FAIL,
+            "parameters without gradient",
+            len(no_grad),
+            "0",
+            (
+                f"disconnected: {', '.join(never_ran[:20])}{' …' if len(never_ran) > 20 else ''} — their modules never run "
+                "in forward, so they never train. Use them in forward or delete them"
+            ),
+        )
     elif elsewhere:
-        yield ctx.row(WARN, "parameters without gradient", len(no_grad), "0", (
-            f"used in forward but not connected to the checked output ({what}): {', '.join(elsewhere[:20])}; "
-            "they feed another output (e.g. a pooler) and do not train on this loss"))
+        yield ctx.row(
+            WARN,
+            "parameters without gradient",
+            len(no_grad),
+            "0",
+            (
+                f"used in forward but not connected to the checked output ({what}): {', '.join(elsewhere[:20])}; "
+                "they feed another output (e.g. a pooler) and do not train on this loss"
+            ),
+        )
     else:
-        yield ctx.row(PASS, "parameters without gradient", 0, "0", f"all {len(trainable)} trainable tensors got a gradient from the {what}")
+        yield ctx.row(
+            PASS,
+            "parameters without gradient",
+            0,
+            "0",
+            f"all {len(trainable)} trainable tensors got a gradient from the {what}",
+        )
 
     with_grad = [(n, p) for n, p in trainable if p.grad is not None]
     nonfinite = [n for n, p in with_grad if not bool(torch.isfinite(p.grad).all())]
     if nonfinite:
-        yield ctx.row(FAIL, "non-finite gradients", len(nonfinite), "0", "NaN/Inf gradient in: " + ", ".join(nonfinite[:20]))
+        yield ctx.row(
+            FAIL, "non-finite gradients", len(nonfinite), "0", "NaN/Inf gradient in: " + ", ".join(nonfinite[:20])
+        )
         return
     zero = [n for n, p in with_grad if not bool(p.grad.any())]
-    yield ctx.row(WARN if zero else PASS, "all-zero gradients", len(zero), "0",
-                  ("gradient exactly zero for: " + ", ".join(zero[:20]) + " (dead units, a zero multiplier, or a "
-                   "detached branch)") if zero else "every reached tensor has a non-zero gradient (embedding rows "
-                  "of tokens absent from the batch are zero by nature and not counted)")
+    yield ctx.row(
+        WARN if zero else PASS,
+        "all-zero gradients",
+        len(zero),
+        "0",
+        (
+            "gradient exactly zero for: " + ", ".join(zero[:20]) + " (dead units, a zero multiplier, or a "
+            "detached branch)"
+        )
+        if zero
+        else "every reached tensor has a non-zero gradient (embedding rows "
+        "of tokens absent from the batch are zero by nature and not counted)",
+    )
 
     norms = {n: float(p.grad.float().norm()) for n, p in with_grad}
     total = math.sqrt(sum(v * v for v in norms.values()))
-    yield ctx.row(WARN if total > 1e3 else PASS, "total gradient norm", total, "<= 1e3",
-                  f"loss {float(loss.detach()):.4g} ({what})" + ("; exploding gradients: lower the init scale or clip" if total > 1e3 else ""))
+    yield ctx.row(
+        WARN if total > 1e3 else PASS,
+        "total gradient norm",
+        total,
+        "<= 1e3",
+        f"loss {float(loss.detach()):.4g} ({what})"
+        + ("; exploding gradients: lower the init scale or clip" if total > 1e3 else ""),
+    )
 
     layers: dict = {}
     for n, v in norms.items():
@@ -703,9 +977,14 @@ def gradient_flow(ctx: CheckContext):
         ratio = min(positive) / max(positive)
         lo = min(layers, key=lambda k: layers[k] if layers[k] > 0 else math.inf)
         hi = max(layers, key=layers.get)
-        yield ctx.row(WARN if ratio < 1e-4 else PASS, "min/max layer gradient norm", ratio, ">= 1e-4",
-                      f"smallest {lo} ({_fmt(layers[lo])}), largest {hi} ({_fmt(layers[hi])})"
-                      + ("; vanishing gradients in the smallest layer" if ratio < 1e-4 else ""))
+        yield ctx.row(
+            WARN if ratio < 1e-4 else PASS,
+            "min/max layer gradient norm",
+            ratio,
+            ">= 1e-4",
+            f"smallest {lo} ({_fmt(layers[lo])}), largest {hi} ({_fmt(layers[hi])})"
+            + ("; vanishing gradients in the smallest layer" if ratio < 1e-4 else ""),
+        )
     if layers:
         fig = _figure()
         fig.set_size_inches(6.4, max(2.5, 0.28 * len(layers) + 1))
@@ -725,13 +1004,23 @@ def gradient_flow(ctx: CheckContext):
     unchanged = [n for n, p in with_grad if torch.equal(p.detach(), before[n]) and bool(p.grad.any())]
     moved = sum(1 for n, p in with_grad if not torch.equal(p.detach(), before[n]))
     if moved == 0 and with_grad:
-        yield ctx.row(FAIL, "parameters changed by one Adam step", f"0/{len(with_grad)}", "all with a gradient",
-                      "no parameter changed after an optimizer step")
+        yield ctx.row(
+            FAIL,
+            "parameters changed by one Adam step",
+            f"0/{len(with_grad)}",
+            "all with a gradient",
+            "no parameter changed after an optimizer step",
+        )
     else:
-        yield ctx.row(WARN if unchanged else PASS, "parameters changed by one Adam step", f"{moved}/{len(with_grad)}",
-                      "all with a non-zero gradient",
-                      ("unchanged despite a gradient: " + ", ".join(unchanged[:20])) if unchanged
-                      else "Adam lr 1e-3 on a copy: every tensor with a non-zero gradient moved")
+        yield ctx.row(
+            WARN if unchanged else PASS,
+            "parameters changed by one Adam step",
+            f"{moved}/{len(with_grad)}",
+            "all with a non-zero gradient",
+            ("unchanged despite a gradient: " + ", ".join(unchanged[:20]))
+            if unchanged
+            else "Adam lr 1e-3 on a copy: every tensor with a non-zero gradient moved",
+        )
     del work, wlm, opt, before
 
 
@@ -784,11 +1073,19 @@ def memory(ctx: CheckContext):
     module = lm.module
     param_mb = sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
     buffer_mb = sum(b.numel() * b.element_size() for b in module.buffers()) / 2**20
-    yield ctx.row(PASS, "parameters + buffers MB", round(param_mb + buffer_mb, 3), "",
-                  f"parameters {param_mb:.3f} MB, buffers {buffer_mb:.3f} MB")
-    method = ("CUDA peak allocated above the resident model during a grad-mode forward" if dev.type == "cuda" else
-              "bytes of the tensors autograd saves for backward in a grad-mode forward (saved_tensors_hooks, "
-              "distinct storages, parameters excluded) plus the output; a CPU has no allocator peak to read")
+    yield ctx.row(
+        PASS,
+        "parameters + buffers MB",
+        round(param_mb + buffer_mb, 3),
+        "",
+        f"parameters {param_mb:.3f} MB, buffers {buffer_mb:.3f} MB",
+    )
+    method = (
+        "CUDA peak allocated above the resident model during a grad-mode forward"
+        if dev.type == "cuda"
+        else "bytes of the tensors autograd saves for backward in a grad-mode forward (saved_tensors_hooks, "
+        "distinct storages, parameters excluded) plus the output; a CPU has no allocator peak to read"
+    )
     gen = ctx.generator(9)
     points = []
     with inp.eval_mode(module):
@@ -797,7 +1094,9 @@ def memory(ctx: CheckContext):
             try:
                 mb = _activation_bytes(lm, enc, dec, dev) / 2**20
             except Exception as err:  # the model failing in grad mode is the finding
-                yield ctx.row(FAIL, "peak activation MB", None, "", f"a grad-mode forward (B={B}, T={T}) raised {_exc(err)}")
+                yield ctx.row(
+                    FAIL, "peak activation MB", None, "", f"a grad-mode forward (B={B}, T={T}) raised {_exc(err)}"
+                )
                 return
             points.append((B, T, mb))
     peak = max(mb for _, _, mb in points)
@@ -805,12 +1104,22 @@ def memory(ctx: CheckContext):
     budget = ctx.options.get("memory_budget_mb")
     need = param_mb + buffer_mb + peak
     if budget is None:
-        yield ctx.row(PASS, "peak activation MB", round(peak, 3), "", f"{sweep}. Measured as {method}. "
-                      "No budget given (options={'memory_budget_mb': N} to enforce one)")
+        yield ctx.row(
+            PASS,
+            "peak activation MB",
+            round(peak, 3),
+            "",
+            f"{sweep}. Measured as {method}. No budget given (options={{'memory_budget_mb': N}} to enforce one)",
+        )
     else:
         status = FAIL if need > float(budget) else PASS
-        yield ctx.row(status, "peak activation MB", round(peak, 3), f"model + activations <= {budget} MB",
-                      f"model + peak activations = {need:.2f} MB; {sweep}. Measured as {method}")
+        yield ctx.row(
+            status,
+            "peak activation MB",
+            round(peak, 3),
+            f"model + activations <= {budget} MB",
+            f"model + peak activations = {need:.2f} MB; {sweep}. Measured as {method}",
+        )
     fig = _figure()
     ax = fig.add_subplot()
     for B in sorted({b for b, _, _ in points}):
@@ -823,7 +1132,9 @@ def memory(ctx: CheckContext):
     ctx.save_figure(fig, "memory_sweep")
 
 
-@register("speed", tier=1, summary="forward latency (torch.utils.benchmark, all threads): median, IQR, tokens/s over a sweep")
+@register(
+    "speed", tier=1, summary="forward latency (torch.utils.benchmark, all threads): median, IQR, tokens/s over a sweep"
+)
 def speed(ctx: CheckContext):
     import torch
     from torch.utils import benchmark
@@ -846,14 +1157,24 @@ def speed(ctx: CheckContext):
             step()
             step()  # warm-up: allocator, kernel selection, lazy init
             m = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads).adaptive_autorange(
-                threshold=0.1, min_run_time=0.05, max_run_time=max_run)
+                threshold=0.1, min_run_time=0.05, max_run_time=max_run
+            )
             points.append((B, T, m.median, m.iqr, len(m.times)))
     for B, T, med, iqr, n in points:
         noisy = iqr / med > 0.1
-        yield ctx.row(WARN if noisy else PASS, f"median ms (B={B}, T={T})", round(med * 1e3, 4), "IQR/median <= 0.1",
-                      f"IQR {iqr * 1e3:.3g} ms ({iqr / med:.0%} of the median), {B * T / med:,.0f} tokens/s, {n} "
-                      f"measurements, {threads} threads, {dev.type}" + (": noisy, other work competes for the "
-                      "machine; rerun on an idle one before trusting the number" if noisy else ""))
+        yield ctx.row(
+            WARN if noisy else PASS,
+            f"median ms (B={B}, T={T})",
+            round(med * 1e3, 4),
+            "IQR/median <= 0.1",
+            f"IQR {iqr * 1e3:.3g} ms ({iqr / med:.0%} of the median), {B * T / med:,.0f} tokens/s, {n} "
+            f"measurements, {threads} threads, {dev.type}"
+            + (
+                ": noisy, other work competes for the machine; rerun on an idle one before trusting the number"
+                if noisy
+                else ""
+            ),
+        )
     fig = _figure()
     ax = fig.add_subplot()
     labels = [f"B{B}xT{T}" for B, T, *_ in points]

@@ -14,10 +14,11 @@ Four checks (ids are public, see CHECKS.md):
 Every check runs the model in eval mode (restoring the user's flags afterwards) on seeded inputs
 from tiers/inputs.py. torch, captum and matplotlib are imported inside the checks.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
@@ -45,7 +46,11 @@ MAX_HEATMAP_LAYERS = 12
 # ---------------------------------------------------------------------------------------------
 # attention
 # ---------------------------------------------------------------------------------------------
-@register("attention", tier=2, summary="per-head attention: future-key mass (decoders), entropy, sparsity, redundancy, heatmaps")
+@register(
+    "attention",
+    tier=2,
+    summary="per-head attention: future-key mass (decoders), entropy, sparsity, redundancy, heatmaps",
+)
 def check_attention(ctx: CheckContext) -> Iterator[Row]:
     from tbkit.checks import attention_capture
 
@@ -75,26 +80,40 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
             yield broken
             return
     if not result.maps:
-        yield ctx.row(Status.SKIP, "attention_weights", None, "", attention_capture.describe_nothing_found(model.module))
+        yield ctx.row(
+            Status.SKIP, "attention_weights", None, "", attention_capture.describe_nothing_found(model.module)
+        )
         return
 
     change = result.max_output_change
     scale = max(1.0, float(result.output_without_capture.float().abs().max()))
     sources = sorted({m.source for m in result.maps})
-    how = (f"{len(result.maps)} attention maps from {len({m.layer for m in result.maps})} modules "
-           f"({', '.join(sources)}), inputs {batch}×{length}; captured in grad mode with the "
-           "torch.backends.mha fast path disabled (the fused eval path never calls the attention "
-           "module's Python forward)")
+    how = (
+        f"{len(result.maps)} attention maps from {len({m.layer for m in result.maps})} modules "
+        f"({', '.join(sources)}), inputs {batch}×{length}; captured in grad mode with the "
+        "torch.backends.mha fast path disabled (the fused eval path never calls the attention "
+        "module's Python forward)"
+    )
     if len(result.maps) > MAX_HEATMAP_LAYERS:
         how += f"; heatmaps drawn for the first {MAX_HEATMAP_LAYERS} maps"
     if math.isfinite(change) and change <= CAPTURE_FIDELITY * scale:
-        yield ctx.row(Status.PASS, "capture_output_change", change, f"<= {CAPTURE_FIDELITY:g}·max|out|",
-                      f"{how}; model outputs with and without capture agree (max |Δ| {change:.2e})")
+        yield ctx.row(
+            Status.PASS,
+            "capture_output_change",
+            change,
+            f"<= {CAPTURE_FIDELITY:g}·max|out|",
+            f"{how}; model outputs with and without capture agree (max |Δ| {change:.2e})",
+        )
     else:
-        yield ctx.row(Status.WARN, "capture_output_change", change, f"<= {CAPTURE_FIDELITY:g}·max|out|",
-                      f"{how}; the model's output changed by {change:.3g} when weights were captured, so the "
-                      "weights below may not be those of an ordinary forward (the model may branch on "
-                      "need_weights or on grad mode)")
+        yield ctx.row(
+            Status.WARN,
+            "capture_output_change",
+            change,
+            f"<= {CAPTURE_FIDELITY:g}·max|out|",
+            f"{how}; the model's output changed by {change:.3g} when weights were captured, so the "
+            "weights below may not be those of an ordinary forward (the model may branch on "
+            "need_weights or on grad mode)",
+        )
 
     stats = [_map_stats(m) for m in result.maps]
     _label_repeated_calls(stats)
@@ -103,33 +122,62 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
     square = [s for s in stats if s["tq"] == s["tk"] == self_len]
     if model.kind in ("decoder", "seq2seq"):
         if not square:
-            yield ctx.row(Status.WARN, "future_key_mass", None, f"<= {FUTURE_MASS_TOL:g}",
-                          "no self-attention map of the decoder length was captured, so causality of the "
-                          "attention weights could not be checked")
+            yield ctx.row(
+                Status.WARN,
+                "future_key_mass",
+                None,
+                f"<= {FUTURE_MASS_TOL:g}",
+                "no self-attention map of the decoder length was captured, so causality of the "
+                "attention weights could not be checked",
+            )
         else:
             worst = max(square, key=lambda s: s["future_max"])
-            leaks = [f"{s['label']} head {h}: {v:.3g}" for s in square
-                     for h, v in enumerate(s["future_per_head"]) if v > FUTURE_MASS_TOL]
+            leaks = [
+                f"{s['label']} head {h}: {v:.3g}"
+                for s in square
+                for h, v in enumerate(s["future_per_head"])
+                if v > FUTURE_MASS_TOL
+            ]
             if leaks:
-                yield ctx.row(Status.FAIL, "future_key_mass", worst["future_max"], f"<= {FUTURE_MASS_TOL:g}",
-                              f"attention puts weight on future keys (query t attends to keys after t) in "
-                              f"{len(leaks)} head(s): {'; '.join(leaks[:8])}{' …' if len(leaks) > 8 else ''}. "
-                              "The causal mask is missing or wrong: pass a mask that blocks every key after the "
-                              "query (e.g. torch.ones(T, T, dtype=torch.bool).triu(1) as attn_mask)")
+                yield ctx.row(
+                    Status.FAIL,
+                    "future_key_mass",
+                    worst["future_max"],
+                    f"<= {FUTURE_MASS_TOL:g}",
+                    f"attention puts weight on future keys (query t attends to keys after t) in "
+                    f"{len(leaks)} head(s): {'; '.join(leaks[:8])}{' …' if len(leaks) > 8 else ''}. "
+                    "The causal mask is missing or wrong: pass a mask that blocks every key after the "
+                    "query (e.g. torch.ones(T, T, dtype=torch.bool).triu(1) as attn_mask)",
+                )
             else:
-                yield ctx.row(Status.PASS, "future_key_mass", worst["future_max"], f"<= {FUTURE_MASS_TOL:g}",
-                              f"no weight on future keys in {len(square)} self-attention map(s), every head")
+                yield ctx.row(
+                    Status.PASS,
+                    "future_key_mass",
+                    worst["future_max"],
+                    f"<= {FUTURE_MASS_TOL:g}",
+                    f"no weight on future keys in {len(square)} self-attention map(s), every head",
+                )
     else:
         maxf = max((s["future_max"] for s in square), default=0.0)
-        yield ctx.row(Status.PASS, "future_key_mass", maxf, "n/a (encoder)",
-                      "encoder: attention is bidirectional by design; weight on later keys is expected, not a failure")
+        yield ctx.row(
+            Status.PASS,
+            "future_key_mass",
+            maxf,
+            "n/a (encoder)",
+            "encoder: attention is bidirectional by design; weight on later keys is expected, not a failure",
+        )
 
     # Entropy and sparsity: information rows, one per captured map.
     for s in stats:
-        yield ctx.row(Status.PASS, f"entropy[{s['label']}]", round(s["entropy_mean"], 4), "info",
-                      f"{s['source']} {s['tq']}×{s['tk']}, {s['heads']} heads; entropy / ln(visible keys) per "
-                      f"head: {_fmt_list(s['entropy_per_head'])} (1 = uniform, 0 = one key); sparsity (share of "
-                      f"visible keys outside the top-90 % mass) per head: {_fmt_list(s['sparsity_per_head'])}")
+        yield ctx.row(
+            Status.PASS,
+            f"entropy[{s['label']}]",
+            round(s["entropy_mean"], 4),
+            "info",
+            f"{s['source']} {s['tq']}×{s['tk']}, {s['heads']} heads; entropy / ln(visible keys) per "
+            f"head: {_fmt_list(s['entropy_per_head'])} (1 = uniform, 0 = one key); sparsity (share of "
+            f"visible keys outside the top-90 % mass) per head: {_fmt_list(s['sparsity_per_head'])}",
+        )
 
     # Redundant heads, compared on their departure from uniform attention: untrained heads are all
     # near-uniform, and raw maps would then look "redundant" for every freshly built model.
@@ -140,13 +188,23 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
         uniform += [f"{s['label']} head {h}" for h in u]
     extra = f"; heads with uniform attention (left out of the comparison): {', '.join(uniform[:8])}" if uniform else ""
     if pairs:
-        yield ctx.row(Status.WARN, "redundant_head_pairs", len(pairs), f"cosine > {REDUNDANT_COSINE}",
-                      f"heads that attend the same way (cosine of their maps' departure from uniform): "
-                      f"{'; '.join(pairs[:8])}{' …' if len(pairs) > 8 else ''}; such heads add parameters, not "
-                      f"capacity{extra}")
+        yield ctx.row(
+            Status.WARN,
+            "redundant_head_pairs",
+            len(pairs),
+            f"cosine > {REDUNDANT_COSINE}",
+            f"heads that attend the same way (cosine of their maps' departure from uniform): "
+            f"{'; '.join(pairs[:8])}{' …' if len(pairs) > 8 else ''}; such heads add parameters, not "
+            f"capacity{extra}",
+        )
     else:
-        yield ctx.row(Status.PASS, "redundant_head_pairs", 0, f"cosine > {REDUNDANT_COSINE}",
-                      f"no two heads of a layer attend the same way{extra}")
+        yield ctx.row(
+            Status.PASS,
+            "redundant_head_pairs",
+            0,
+            f"cosine > {REDUNDANT_COSINE}",
+            f"no two heads of a layer attend the same way{extra}",
+        )
 
     _attention_heatmaps(ctx, result.maps)
 
@@ -185,12 +243,19 @@ def _grad_mode_failure(ctx: CheckContext, err: Exception, what: str):
     text = " ".join(str(err).split())
     hint = ""
     if "is_causal" in text:
-        hint = (" The model passes is_causal=True without an attention mask: torch refuses that in grad mode, "
-                "and under eval + no_grad the fused fast path silently ignores causality. Pass an explicit "
-                "causal mask (nn.Transformer.generate_square_subsequent_mask(T)) as mask= / attn_mask=")
-    return ctx.row(Status.FAIL, "forward_in_grad_mode", None, "runs with autograd on",
-                   f"the model runs under no_grad but raises in grad mode (as in training), so {what} "
-                   f"could not be computed: {text[:400]}.{hint}")
+        hint = (
+            " The model passes is_causal=True without an attention mask: torch refuses that in grad mode, "
+            "and under eval + no_grad the fused fast path silently ignores causality. Pass an explicit "
+            "causal mask (nn.Transformer.generate_square_subsequent_mask(T)) as mask= / attn_mask="
+        )
+    return ctx.row(
+        Status.FAIL,
+        "forward_in_grad_mode",
+        None,
+        "runs with autograd on",
+        f"the model runs under no_grad but raises in grad mode (as in training), so {what} "
+        f"could not be computed: {text[:400]}.{hint}",
+    )
 
 
 def _label_repeated_calls(stats) -> None:
@@ -227,11 +292,16 @@ def _map_stats(m) -> dict:
         upper = torch.ones(tq, tk, dtype=torch.bool).triu(1)
         future = (w * upper).sum(dim=-1).amax(dim=(0, 2)).tolist()  # worst query, per head
     return {
-        "layer": m.layer, "source": m.source, "heads": h, "tq": tq, "tk": tk,
+        "layer": m.layer,
+        "source": m.source,
+        "heads": h,
+        "tq": tq,
+        "tk": tk,
         "entropy_per_head": entropy_per_head,
         "entropy_mean": float(sum(entropy_per_head) / max(1, len(entropy_per_head))),
         "sparsity_per_head": sparsity_per_head,
-        "future_per_head": future, "future_max": max(future) if future else 0.0,
+        "future_per_head": future,
+        "future_max": max(future) if future else 0.0,
     }
 
 
@@ -274,17 +344,26 @@ def _attention_heatmaps(ctx: CheckContext, maps) -> None:
 # ---------------------------------------------------------------------------------------------
 # attribution
 # ---------------------------------------------------------------------------------------------
-@register("attribution", tier=2, summary="captum LayerIntegratedGradients on the input embedding; decoders: no attribution to future tokens",
-          needs=("captum>=0.9",))
+@register(
+    "attribution",
+    tier=2,
+    summary="captum LayerIntegratedGradients on the input embedding; decoders: no attribution to future tokens",
+    needs=("captum>=0.9",),
+)
 def check_attribution(ctx: CheckContext) -> Iterator[Row]:
     import torch
 
     try:
         from captum.attr import LayerIntegratedGradients
     except ImportError as err:  # the runner obtains captum first; called directly, say what to do
-        yield ctx.row(Status.SKIP, "attribution", None, "",
-                      f"captum is not importable ({err}); install it through the gate with "
-                      "tbkit.ensure('captum>=0.9') or run the checks with tbkit.run, which does")
+        yield ctx.row(
+            Status.SKIP,
+            "attribution",
+            None,
+            "",
+            f"captum is not importable ({err}); install it through the gate with "
+            "tbkit.ensure('captum>=0.9') or run the checks with tbkit.run, which does",
+        )
         return
 
     model = ctx.model
@@ -328,8 +407,9 @@ def check_attribution(ctx: CheckContext) -> Iterator[Row]:
         lig = LayerIntegratedGradients(score, embedding)
         attempts = []
         for steps in ATTR_STEPS:
-            attr, delta = lig.attribute(ids, baselines=baseline, additional_forward_args=(mask,),
-                                        n_steps=steps, return_convergence_delta=True)
+            attr, delta = lig.attribute(
+                ids, baselines=baseline, additional_forward_args=(mask,), n_steps=steps, return_convergence_delta=True
+            )
             with torch.no_grad():
                 gap = (score(ids, mask) - score(baseline, mask)).abs()
             rel = float((delta.abs() / gap.clamp_min(1e-6)).max())
@@ -342,34 +422,61 @@ def check_attribution(ctx: CheckContext) -> Iterator[Row]:
     steps, rel = attempts[-1]
     tried = ", ".join(f"{s} steps: {r:.3g}" for s, r in attempts)
     status = Status.PASS if rel <= ATTR_REL_DELTA else Status.WARN
-    yield ctx.row(status, "convergence_delta_rel", rel, f"<= {ATTR_REL_DELTA}",
-                  f"LayerIntegratedGradients on {how_found}, baseline all pad tokens ({int(model.pad_token_id)}), "
-                  f"target: output unit ranked first at position {target_pos} of {length}; relative delta "
-                  f"|delta| / |F(x) − F(baseline)| ({tried})"
-                  + ("" if status is Status.PASS else "; the integral has not converged, so per-token scores are "
-                     "approximate (a very sharp model or a poor baseline)"))
+    yield ctx.row(
+        status,
+        "convergence_delta_rel",
+        rel,
+        f"<= {ATTR_REL_DELTA}",
+        f"LayerIntegratedGradients on {how_found}, baseline all pad tokens ({int(model.pad_token_id)}), "
+        f"target: output unit ranked first at position {target_pos} of {length}; relative delta "
+        f"|delta| / |F(x) − F(baseline)| ({tried})"
+        + (
+            ""
+            if status is Status.PASS
+            else "; the integral has not converged, so per-token scores are "
+            "approximate (a very sharp model or a poor baseline)"
+        ),
+    )
 
     share_self = float((per_token[:, target_pos].abs() / total).mean())
     top = per_token[0].abs().argsort(descending=True)[:5].tolist()
-    own = ("source token at the target's index (seq2seq: the decoder input is held fixed)"
-           if model.kind == "seq2seq" else "target position's own token")
-    yield ctx.row(Status.PASS, "target_token_share", round(share_self, 4), "info",
-                  f"share of |attribution| on the {own} (mean over {batch} sequences); "
-                  f"most attributed positions in sequence 0: {top}")
+    own = (
+        "source token at the target's index (seq2seq: the decoder input is held fixed)"
+        if model.kind == "seq2seq"
+        else "target position's own token"
+    )
+    yield ctx.row(
+        Status.PASS,
+        "target_token_share",
+        round(share_self, 4),
+        "info",
+        f"share of |attribution| on the {own} (mean over {batch} sequences); "
+        f"most attributed positions in sequence 0: {top}",
+    )
 
     if model.kind == "decoder" and target_pos < length - 1:
-        after = per_token[:, target_pos + 1:].abs()
+        after = per_token[:, target_pos + 1 :].abs()
         leak = float((after.sum(dim=1) / total).max())
         where = (after.amax(dim=0) > ATTR_LEAK_TOL * float(total.min())).nonzero().flatten()
         positions = [int(p) + target_pos + 1 for p in where.tolist()]
         if leak > ATTR_LEAK_TOL:
-            yield ctx.row(Status.FAIL, "future_attribution_share", leak, f"<= {ATTR_LEAK_TOL:g}",
-                          f"the prediction at position {target_pos} depends on later tokens (positions "
-                          f"{positions[:10]}): {leak:.3g} of the attribution lies after the target. A decoder must "
-                          "not see the future: fix the causal mask")
+            yield ctx.row(
+                Status.FAIL,
+                "future_attribution_share",
+                leak,
+                f"<= {ATTR_LEAK_TOL:g}",
+                f"the prediction at position {target_pos} depends on later tokens (positions "
+                f"{positions[:10]}): {leak:.3g} of the attribution lies after the target. A decoder must "
+                "not see the future: fix the causal mask",
+            )
         else:
-            yield ctx.row(Status.PASS, "future_attribution_share", leak, f"<= {ATTR_LEAK_TOL:g}",
-                          f"no attribution to the {length - target_pos - 1} tokens after position {target_pos}")
+            yield ctx.row(
+                Status.PASS,
+                "future_attribution_share",
+                leak,
+                f"<= {ATTR_LEAK_TOL:g}",
+                f"no attribution to the {length - target_pos - 1} tokens after position {target_pos}",
+            )
 
 
 def find_input_embedding(model):
@@ -388,15 +495,19 @@ def find_input_embedding(model):
     for name, m in module.named_modules():
         if isinstance(m, torch.nn.Embedding) and int(m.num_embeddings) == int(model.vocab_size):
             return m, f"the input embedding {name} ({m.num_embeddings}×{m.embedding_dim})"
-    return None, (f"no input embedding found: the model has no get_input_embeddings() and no nn.Embedding "
-                  f"with {model.vocab_size} rows (the vocabulary size), so integrated gradients cannot be taken "
-                  "on token embeddings; expose get_input_embeddings() on the model")
+    return None, (
+        f"no input embedding found: the model has no get_input_embeddings() and no nn.Embedding "
+        f"with {model.vocab_size} rows (the vocabulary size), so integrated gradients cannot be taken "
+        "on token embeddings; expose get_input_embeddings() on the model"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # robustness
 # ---------------------------------------------------------------------------------------------
-@register("robustness", tier=2, summary="token substitution at 1/5/10/20 % of positions: KL and top-1 agreement elsewhere")
+@register(
+    "robustness", tier=2, summary="token substitution at 1/5/10/20 % of positions: KL and top-1 agreement elsewhere"
+)
 def check_robustness(ctx: CheckContext) -> Iterator[Row]:
     model = ctx.model
     if int(model.vocab_size) < 2:
@@ -421,22 +532,43 @@ def check_robustness(ctx: CheckContext) -> Iterator[Row]:
     metric = "top1_agreement" if logits else "cosine_similarity"
     for p, k, agree, kl, n in curve:
         if n == 0:
-            yield ctx.row(Status.SKIP, f"{metric}@{p:.0%}", None, "",
-                          f"{k} of {length} positions substituted left no position to compare")
+            yield ctx.row(
+                Status.SKIP,
+                f"{metric}@{p:.0%}",
+                None,
+                "",
+                f"{k} of {length} positions substituted left no position to compare",
+            )
             continue
         warn = logits and p == ROBUST_PS[0] and agree < ROBUST_WARN_AGREEMENT
-        what = (f"KL(clean‖perturbed) {kl:.4g} nats" if logits else
-                "the output is hidden states, so agreement is the mean cosine similarity of output vectors")
-        where = ("positions after the first substitution and not substituted (decoder)" if model.kind == "decoder"
-                 else "all decoder positions (source substituted)" if model.kind == "seq2seq"
-                 else "positions not substituted")
-        detail = (f"{k} of {length} positions per sequence substituted with a different token (seeded); "
-                  f"{what}; compared at {n} positions: {where}" + (f"; {note}" if note else ""))
+        what = (
+            f"KL(clean‖perturbed) {kl:.4g} nats"
+            if logits
+            else "the output is hidden states, so agreement is the mean cosine similarity of output vectors"
+        )
+        where = (
+            "positions after the first substitution and not substituted (decoder)"
+            if model.kind == "decoder"
+            else "all decoder positions (source substituted)"
+            if model.kind == "seq2seq"
+            else "positions not substituted"
+        )
+        detail = (
+            f"{k} of {length} positions per sequence substituted with a different token (seeded); "
+            f"{what}; compared at {n} positions: {where}" + (f"; {note}" if note else "")
+        )
         if warn:
-            detail += ("; a 1 % substitution changes most predictions elsewhere: the model is very sensitive to "
-                       "single tokens (or its outputs are close to ties)")
-        yield ctx.row(Status.WARN if warn else Status.PASS, f"{metric}@{p:.0%}", round(agree, 4),
-                      f">= {ROBUST_WARN_AGREEMENT} at 1 %" if logits else "info", detail)
+            detail += (
+                "; a 1 % substitution changes most predictions elsewhere: the model is very sensitive to "
+                "single tokens (or its outputs are close to ties)"
+            )
+        yield ctx.row(
+            Status.WARN if warn else Status.PASS,
+            f"{metric}@{p:.0%}",
+            round(agree, 4),
+            f">= {ROBUST_WARN_AGREEMENT} at 1 %" if logits else "info",
+            detail,
+        )
     _robustness_plot(ctx, curve, logits, length)
 
 
@@ -495,8 +627,13 @@ def _robustness_plot(ctx: CheckContext, curve, logits: bool, length: int) -> Non
         return
     fig = Figure(figsize=(5, 3.2))
     ax = fig.add_subplot(1, 1, 1)
-    lines = ax.plot([x for x, _, _ in pts], [a for _, a, _ in pts], "o-", color="tab:blue",
-                    label="top-1 agreement" if logits else "cosine similarity")
+    lines = ax.plot(
+        [x for x, _, _ in pts],
+        [a for _, a, _ in pts],
+        "o-",
+        color="tab:blue",
+        label="top-1 agreement" if logits else "cosine similarity",
+    )
     ax.set_xlabel("positions substituted (%)")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("agreement")
@@ -527,14 +664,24 @@ def check_capacity(ctx: CheckContext) -> Iterator[Row]:
         worst = min(weights, key=lambda w: w[2])
         listed = "; ".join(f"{n} {s[0]}×{s[1]}: erank {e:.1f} ({r:.3f})" for n, e, r, s in low[:8])
         if low:
-            yield ctx.row(Status.WARN, "weight_erank_ratio_min", round(worst[2], 4), f">= {ERANK_RATIO_WARN}",
-                          f"{len(low)} of {len(weights)} weight matrices use under {ERANK_RATIO_WARN:.0%} of their "
-                          f"rank (effective rank / min dimension): {listed}. Such matrices behave like much "
-                          "smaller ones (collapsed or badly initialised)")
+            yield ctx.row(
+                Status.WARN,
+                "weight_erank_ratio_min",
+                round(worst[2], 4),
+                f">= {ERANK_RATIO_WARN}",
+                f"{len(low)} of {len(weights)} weight matrices use under {ERANK_RATIO_WARN:.0%} of their "
+                f"rank (effective rank / min dimension): {listed}. Such matrices behave like much "
+                "smaller ones (collapsed or badly initialised)",
+            )
         else:
-            yield ctx.row(Status.PASS, "weight_erank_ratio_min", round(worst[2], 4), f">= {ERANK_RATIO_WARN}",
-                          f"{len(weights)} weight matrices; lowest effective rank / min dimension is {worst[0]} "
-                          f"{worst[3][0]}×{worst[3][1]} (erank {worst[1]:.1f})")
+            yield ctx.row(
+                Status.PASS,
+                "weight_erank_ratio_min",
+                round(worst[2], 4),
+                f">= {ERANK_RATIO_WARN}",
+                f"{len(weights)} weight matrices; lowest effective rank / min dimension is {worst[0]} "
+                f"{worst[3][0]}×{worst[3][1]} (erank {worst[1]:.1f})",
+            )
     else:
         yield ctx.row(Status.SKIP, "weight_erank_ratio_min", None, "", "the model has no 2-D weight matrices")
 
@@ -550,6 +697,7 @@ def check_capacity(ctx: CheckContext) -> Iterator[Row]:
                 t = output[0] if isinstance(output, (tuple, list)) else output
                 if isinstance(t, torch.Tensor) and t.dim() >= 2 and name not in captured:
                     captured[name] = t.detach().float().reshape(-1, t.shape[-1]).cpu()
+
             return hook
 
         handles = [m.register_forward_hook(hook_for(n)) for n, m in layers]
@@ -570,23 +718,42 @@ def check_capacity(ctx: CheckContext) -> Iterator[Row]:
         first, last = hidden[0], hidden[-1]
         collapsing = len(hidden) >= 2 and last[1] < ERANK_COLLAPSE_RATIO * first[1]
         per_layer = ", ".join(f"{n}: {e:.1f}" for n, e, _ in hidden)
-        detail = (f"effective rank of the {len(hidden)} per-layer hidden states ({how}), tokens × width "
-                  f"matrices from {CAPACITY_BATCH}×{inputs.clamp_len(model, CAPACITY_LEN)} inputs: {per_layer}")
+        detail = (
+            f"effective rank of the {len(hidden)} per-layer hidden states ({how}), tokens × width "
+            f"matrices from {CAPACITY_BATCH}×{inputs.clamp_len(model, CAPACITY_LEN)} inputs: {per_layer}"
+        )
         if low or collapsing:
             why = []
             if low:
                 why.append(f"{', '.join(n for n, _, _ in low)} below {ERANK_RATIO_WARN:.0%} of the possible rank")
             if collapsing:
-                why.append(f"rank falls from {first[1]:.1f} to {last[1]:.1f} with depth (toward 1: every token "
-                           "gets the same representation — rank collapse)")
-            yield ctx.row(Status.WARN, "hidden_erank_ratio_min", round(min(h[2] for h in hidden), 4),
-                          f">= {ERANK_RATIO_WARN}; last >= {ERANK_COLLAPSE_RATIO}·first", f"{detail}; {'; '.join(why)}")
+                why.append(
+                    f"rank falls from {first[1]:.1f} to {last[1]:.1f} with depth (toward 1: every token "
+                    "gets the same representation — rank collapse)"
+                )
+            yield ctx.row(
+                Status.WARN,
+                "hidden_erank_ratio_min",
+                round(min(h[2] for h in hidden), 4),
+                f">= {ERANK_RATIO_WARN}; last >= {ERANK_COLLAPSE_RATIO}·first",
+                f"{detail}; {'; '.join(why)}",
+            )
         else:
-            yield ctx.row(Status.PASS, "hidden_erank_ratio_min", round(min(h[2] for h in hidden), 4),
-                          f">= {ERANK_RATIO_WARN}; last >= {ERANK_COLLAPSE_RATIO}·first", detail)
+            yield ctx.row(
+                Status.PASS,
+                "hidden_erank_ratio_min",
+                round(min(h[2] for h in hidden), 4),
+                f">= {ERANK_RATIO_WARN}; last >= {ERANK_COLLAPSE_RATIO}·first",
+                detail,
+            )
     else:
-        yield ctx.row(Status.SKIP, "hidden_erank_ratio_min", None, "",
-                      how or "no per-layer hidden states were produced by the layers found")
+        yield ctx.row(
+            Status.SKIP,
+            "hidden_erank_ratio_min",
+            None,
+            "",
+            how or "no per-layer hidden states were produced by the layers found",
+        )
     _capacity_plot(ctx, weights, hidden)
 
 
@@ -630,13 +797,17 @@ def _hidden_layers(root):
         names = [s[0][0].rsplit(".", 1)[0] for s in stacks]
         outer = [s for s, n in zip(stacks, names) if not any(n != o and n.startswith(o + ".") for o in names)]
         layers = [item for s in outer for item in s]
-        return layers, f"outputs of the repeated blocks {', '.join(sorted({n for n in names}))}"
-    norms = [(n, m) for n, m in root.named_modules()
-             if isinstance(m, torch.nn.LayerNorm) or type(m).__name__.lower().endswith(("rmsnorm", "layernorm"))]
+        return layers, f"outputs of the repeated blocks {', '.join(sorted(set(names)))}"
+    norms = [
+        (n, m)
+        for n, m in root.named_modules()
+        if isinstance(m, torch.nn.LayerNorm) or type(m).__name__.lower().endswith(("rmsnorm", "layernorm"))
+    ]
     if len(norms) >= 2:
         return norms, "outputs of the normalisation layers in order (no repeated block list was found)"
-    return [], ("no per-layer hidden states found: no list of repeated blocks and fewer than two normalisation "
-                "layers to hook")
+    return [], (
+        "no per-layer hidden states found: no list of repeated blocks and fewer than two normalisation layers to hook"
+    )
 
 
 def _capacity_plot(ctx: CheckContext, weights, hidden) -> None:
@@ -664,4 +835,3 @@ def _capacity_plot(ctx: CheckContext, weights, hidden) -> None:
 
 def _fmt_list(values, digits: int = 2) -> str:
     return "[" + ", ".join(f"{v:.{digits}f}" for v in values) + "]"
-

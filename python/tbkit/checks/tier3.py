@@ -13,13 +13,15 @@ or ``ctx.options["synthetic"] = True``; without either they are SKIP rows that s
 Options read (all optional): batch_size, max_len, train_epochs, train_max_steps, hpo_trials,
 hpo_epochs, storage, study_name, baseline_seeds, baseline_steps, lr.
 """
+
 from __future__ import annotations
 
 import copy
 import inspect
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
@@ -35,8 +37,9 @@ PARAM_MATCH_TOL = 0.10
 ALPHA = 0.05
 PRACTICAL_GAP = 0.01  # share of the reference's loss
 
-NO_DATA = ("no training data given: pass data=… or --data FILE (or synthetic=True to try it on "
-           "synthetic data, labelled so)")
+NO_DATA = (
+    "no training data given: pass data=… or --data FILE (or synthetic=True to try it on synthetic data, labelled so)"
+)
 
 
 def _opt(ctx: CheckContext, key: str, default):
@@ -50,8 +53,10 @@ def _why_not_trainable(ctx: CheckContext) -> Optional[str]:
     if ctx.options.get("data") is None and not ctx.options.get("synthetic", False):
         return NO_DATA
     if ctx.model.kind != "decoder":
-        return (f"trains a causal language model; this model is a {ctx.model.kind} ({ctx.model.kind_reason}). "
-                "Declare kind='decoder' if it is one")
+        return (
+            f"trains a causal language model; this model is a {ctx.model.kind} ({ctx.model.kind_reason}). "
+            "Declare kind='decoder' if it is one"
+        )
     return None
 
 
@@ -84,9 +89,13 @@ def check_overfit(ctx: CheckContext) -> Iterator[Row]:
     with torch.no_grad():
         probe = model.forward(ids)
     if not inputs.output_is_logits(model, probe):
-        yield ctx.row(Status.SKIP, detail=(
-            f"the model returns hidden states of width {probe.shape[-1]}, not logits over its {model.vocab_size} "
-            "token vocabulary: there is no token loss to overfit"))
+        yield ctx.row(
+            Status.SKIP,
+            detail=(
+                f"the model returns hidden states of width {probe.shape[-1]}, not logits over its {model.vocab_size} "
+                "token vocabulary: there is no token loss to overfit"
+            ),
+        )
         return
     next_token = model.kind in ("decoder", "seq2seq")
 
@@ -97,7 +106,7 @@ def check_overfit(ctx: CheckContext) -> Iterator[Row]:
         else:  # encoders with an LM head: reconstruct the token at each position
             logits, target = out, ids
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-        hits = (logits.argmax(-1) == target)
+        hits = logits.argmax(-1) == target
         return loss, int(hits.sum()), hits.numel()
 
     torch.manual_seed(ctx.seed)
@@ -122,22 +131,40 @@ def check_overfit(ctx: CheckContext) -> Iterator[Row]:
     first, last = losses[0], losses[-1]
     drop = (first - last) / first if first > 0 and math.isfinite(last) else float("nan")
     how = "teacher-forced argmax at each position" if next_token else "argmax reconstruction of each input token"
-    setup = (f"batch {OVERFIT_BATCH}x{length} of seeded random ids, Adam {OVERFIT_LR}, clip 1.0, eval mode "
-             f"(dropout off), on a copy of the model")
+    setup = (
+        f"batch {OVERFIT_BATCH}x{length} of seeded random ids, Adam {OVERFIT_LR}, clip 1.0, eval mode "
+        f"(dropout off), on a copy of the model"
+    )
     if not math.isfinite(last):
-        yield ctx.row(Status.FAIL, "loss_drop", drop, f"> {OVERFIT_DROP}",
-                      f"loss became non-finite ({last}) after {steps} steps; {setup}")
+        yield ctx.row(
+            Status.FAIL,
+            "loss_drop",
+            drop,
+            f"> {OVERFIT_DROP}",
+            f"loss became non-finite ({last}) after {steps} steps; {setup}",
+        )
     else:
         status = Status.PASS if drop > OVERFIT_DROP else Status.FAIL
-        why = "" if status is Status.PASS else (
-            "; the model cannot fit one fixed batch: check that its output depends on its input and that "
-            "gradients reach all layers (Tier 1 gradient_flow)")
-        yield ctx.row(status, "loss_drop", round(drop, 4), f"> {OVERFIT_DROP}",
-                      f"loss {first:.3f} -> {last:.3f} in {steps} steps; {setup}{why}")
+        why = (
+            ""
+            if status is Status.PASS
+            else (
+                "; the model cannot fit one fixed batch: check that its output depends on its input and that "
+                "gradients reach all layers (Tier 1 gradient_flow)"
+            )
+        )
+        yield ctx.row(
+            status,
+            "loss_drop",
+            round(drop, 4),
+            f"> {OVERFIT_DROP}",
+            f"loss {first:.3f} -> {last:.3f} in {steps} steps; {setup}{why}",
+        )
         label = "reproduces_sequence" if next_token else "reproduces_tokens"
         rep = Status.PASS if hits == total else Status.FAIL
-        yield ctx.row(rep, label, f"{hits}/{total}", "all",
-                      f"{how} matches {hits} of {total} target tokens after {steps} steps")
+        yield ctx.row(
+            rep, label, f"{hits}/{total}", "all", f"{how} matches {hits} of {total} target tokens after {steps} steps"
+        )
     _overfit_figure(ctx, losses)
 
 
@@ -158,18 +185,31 @@ def _overfit_figure(ctx: CheckContext, losses) -> None:
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
-@register("train", tier=3, summary="fine-tune with lightning on the user's data: val loss / perplexity per epoch",
-          needs=("lightning",), applies=_why_not_trainable)
+@register(
+    "train",
+    tier=3,
+    summary="fine-tune with lightning on the user's data: val loss / perplexity per epoch",
+    needs=("lightning",),
+    applies=_why_not_trainable,
+)
 def check_train(ctx: CheckContext) -> Iterator[Row]:
     from tbkit.training import trainer as training
 
     data, synthetic = _data(ctx)
     ckdir = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / "train"
     result = training.train(
-        ctx.model, data, synthetic=synthetic, epochs=int(_opt(ctx, "train_epochs", 2)),
-        batch_size=int(_opt(ctx, "batch_size", 16)), lr=float(_opt(ctx, "lr", 1e-3)),
-        max_len=ctx.options.get("max_len"), max_steps=ctx.options.get("train_max_steps"),
-        checkpoint_dir=ckdir, resume=False, device=ctx.device, seed=ctx.seed,
+        ctx.model,
+        data,
+        synthetic=synthetic,
+        epochs=int(_opt(ctx, "train_epochs", 2)),
+        batch_size=int(_opt(ctx, "batch_size", 16)),
+        lr=float(_opt(ctx, "lr", 1e-3)),
+        max_len=ctx.options.get("max_len"),
+        max_steps=ctx.options.get("train_max_steps"),
+        checkpoint_dir=ckdir,
+        resume=False,
+        device=ctx.device,
+        seed=ctx.seed,
     )
     label = _label(result.synthetic)
     for note in result.notes:
@@ -178,8 +218,13 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
         val = rec.get("val_loss")
         if val is None or val != val:
             continue
-        yield ctx.row(Status.PASS, f"val_loss_epoch_{int(rec['epoch'])}", round(val, 4), "",
-                      f"{label}perplexity {rec['val_ppl']:.2f}, train loss {rec['train_loss']:.4f}, step {int(rec['step'])}")
+        yield ctx.row(
+            Status.PASS,
+            f"val_loss_epoch_{int(rec['epoch'])}",
+            round(val, 4),
+            "",
+            f"{label}perplexity {rec['val_ppl']:.2f}, train loss {rec['train_loss']:.4f}, step {int(rec['step'])}",
+        )
     start, best = result.initial_val_loss, result.best_val_loss
     if not math.isfinite(best):
         status, why = Status.FAIL, "validation loss is not finite"
@@ -187,9 +232,14 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
         status, why = Status.WARN, "validation loss never went below its value before training"
     else:
         status, why = Status.PASS, "validation loss fell"
-    yield ctx.row(status, "best_val_loss", round(best, 4), f"< {start:.4f} (before training)",
-                  f"{label}{why}: {start:.4f} -> best {best:.4f}, final {result.final_val_loss:.4f} after "
-                  f"{result.global_step} steps ({result.precision}); checkpoints in {result.checkpoints[0].parent if result.checkpoints else 'none'}")
+    yield ctx.row(
+        status,
+        "best_val_loss",
+        round(best, 4),
+        f"< {start:.4f} (before training)",
+        f"{label}{why}: {start:.4f} -> best {best:.4f}, final {result.final_val_loss:.4f} after "
+        f"{result.global_step} steps ({result.precision}); checkpoints in {result.checkpoints[0].parent if result.checkpoints else 'none'}",
+    )
     fig = training.loss_curve_figure(result)
     ctx.save_figure(fig, "loss_curve")
 
@@ -197,26 +247,48 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
 # ---------------------------------------------------------------------------------------------
 # hpo
 # ---------------------------------------------------------------------------------------------
-@register("hpo", tier=3, summary="Optuna TPE + median pruning (Lightning callback): trials, best params, plots",
-          needs=("optuna", "optuna-integration", "lightning"), applies=_why_not_trainable)
+@register(
+    "hpo",
+    tier=3,
+    summary="Optuna TPE + median pruning (Lightning callback): trials, best params, plots",
+    needs=("optuna", "optuna-integration", "lightning"),
+    applies=_why_not_trainable,
+)
 def check_hpo(ctx: CheckContext) -> Iterator[Row]:
     from tbkit.training import search as hpo
 
     data, synthetic = _data(ctx)
     res = hpo.search(
-        ctx.model, data, synthetic=synthetic, n_trials=int(_opt(ctx, "hpo_trials", 6)),
-        epochs=int(_opt(ctx, "hpo_epochs", 3)), batch_size=int(_opt(ctx, "batch_size", 16)),
-        max_len=ctx.options.get("max_len"), storage=ctx.options.get("storage"),
-        study_name=ctx.options.get("study_name"), device=ctx.device, seed=ctx.seed,
+        ctx.model,
+        data,
+        synthetic=synthetic,
+        n_trials=int(_opt(ctx, "hpo_trials", 6)),
+        epochs=int(_opt(ctx, "hpo_epochs", 3)),
+        batch_size=int(_opt(ctx, "batch_size", 16)),
+        max_len=ctx.options.get("max_len"),
+        storage=ctx.options.get("storage"),
+        study_name=ctx.options.get("study_name"),
+        device=ctx.device,
+        seed=ctx.seed,
     )
     label = _label(res.synthetic)
     status = Status.PASS if res.n_complete >= 1 else Status.FAIL
-    yield ctx.row(status, "trials_completed", res.n_complete, ">= 1",
-                  f"{label}{res.n_complete} completed, {res.n_pruned} pruned, {res.n_failed} failed of "
-                  f"{len(res.trials_df)} trials in study {res.study.study_name!r} ({res.storage_display})"
-                  + (f"; failures: {res.failures[0]}" if res.failures else ""))
-    yield ctx.row(Status.PASS, "trials_pruned", res.n_pruned, "",
-                  f"{label}MedianPruner through optuna_integration.PyTorchLightningPruningCallback on val_loss per epoch")
+    yield ctx.row(
+        status,
+        "trials_completed",
+        res.n_complete,
+        ">= 1",
+        f"{label}{res.n_complete} completed, {res.n_pruned} pruned, {res.n_failed} failed of "
+        f"{len(res.trials_df)} trials in study {res.study.study_name!r} ({res.storage_display})"
+        + (f"; failures: {res.failures[0]}" if res.failures else ""),
+    )
+    yield ctx.row(
+        Status.PASS,
+        "trials_pruned",
+        res.n_pruned,
+        "",
+        f"{label}MedianPruner through optuna_integration.PyTorchLightningPruningCallback on val_loss per epoch",
+    )
     if res.n_complete:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.best_params.items())
         yield ctx.row(Status.PASS, "best_val_loss", round(res.best_value, 4), "", f"{label}best params: {params}")
@@ -229,8 +301,13 @@ def check_hpo(ctx: CheckContext) -> Iterator[Row]:
 # ---------------------------------------------------------------------------------------------
 # baseline
 # ---------------------------------------------------------------------------------------------
-@register("baseline", tier=3, summary="vs uniform, unigram and a parameter-matched reference decoder (>=3 seeds, paired t-test)",
-          needs=("lightning",), applies=_why_not_trainable)
+@register(
+    "baseline",
+    tier=3,
+    summary="vs uniform, unigram and a parameter-matched reference decoder (>=3 seeds, paired t-test)",
+    needs=("lightning",),
+    applies=_why_not_trainable,
+)
 def check_baseline(ctx: CheckContext) -> Iterator[Row]:
     import numpy as np
 
@@ -244,8 +321,14 @@ def check_baseline(ctx: CheckContext) -> Iterator[Row]:
     batch = int(_opt(ctx, "batch_size", 16))
     lr = float(_opt(ctx, "lr", 1e-3))
     block = training.block_length(model, ctx.options.get("max_len"))
-    td = tdata.prepare(data, vocab_size=model.vocab_size, block_len=block, pad_id=model.pad_token_id,
-                       synthetic=synthetic, seed=ctx.seed)
+    td = tdata.prepare(
+        data,
+        vocab_size=model.vocab_size,
+        block_len=block,
+        pad_id=model.pad_token_id,
+        synthetic=synthetic,
+        seed=ctx.seed,
+    )
     train_data, val_data = tdata.split(td, 0.1, ctx.seed)
     label = _label(td.synthetic)
     V = model.vocab_size
@@ -253,15 +336,23 @@ def check_baseline(ctx: CheckContext) -> Iterator[Row]:
     uniform = tdata.uniform_cross_entropy(V)
     unigram = tdata.unigram_cross_entropy(train_data, val_data, V)
     yield ctx.row(Status.PASS, "uniform_loss", round(uniform, 4), "", f"{label}ln V, V = {V}")
-    yield ctx.row(Status.PASS, "unigram_loss", round(unigram, 4), "",
-                  f"{label}cross entropy on validation of the add-one-smoothed unigram distribution of the training tokens")
+    yield ctx.row(
+        Status.PASS,
+        "unigram_loss",
+        round(unigram, 4),
+        "",
+        f"{label}cross entropy on validation of the add-one-smoothed unigram distribution of the training tokens",
+    )
 
     n_params = sum(p.numel() for p in model.module.parameters())
     ref_cfg = match_reference(n_params, V, block)
     fresh = _fresh_builder(model.module)
-    how_seeded = ("each seed rebuilds the model with its own constructor (fresh init)" if fresh else
-                  "the model's constructor needs arguments, so each seed starts from its current weights "
-                  "and differs only in data order")
+    how_seeded = (
+        "each seed rebuilds the model with its own constructor (fresh init)"
+        if fresh
+        else "the model's constructor needs arguments, so each seed starts from its current weights "
+        "and differs only in data order"
+    )
     model_losses, ref_losses = [], []
     for seed in seeds:
         for which, losses in (("model", model_losses), ("reference", ref_losses)):
@@ -273,33 +364,62 @@ def check_baseline(ctx: CheckContext) -> Iterator[Row]:
             else:
                 lm = training.copy_loaded(model, module=ReferenceDecoder(V, block, **ref_cfg))
             lm.module.to(ctx.device)
-            training.fit(lm, train_data, val_data, epochs=10**6, max_steps=steps, batch_size=batch, lr=lr,
-                         weight_decay=0.01, warmup_steps=max(1, steps // 10), device=ctx.device, seed=seed,
-                         save_checkpoints=False)
+            training.fit(
+                lm,
+                train_data,
+                val_data,
+                epochs=10**6,
+                max_steps=steps,
+                batch_size=batch,
+                lr=lr,
+                weight_decay=0.01,
+                warmup_steps=max(1, steps // 10),
+                device=ctx.device,
+                seed=seed,
+                save_checkpoints=False,
+            )
             losses.append(training.evaluate(lm, val_data, batch, device=ctx.device))
     ref_params = ref_cfg.pop("params")
     m, r = np.array(model_losses), np.array(ref_losses)
     budget = f"{steps} steps of batch {batch}, AdamW lr {lr} with warmup + cosine, seeds {seeds}"
-    yield ctx.row(Status.PASS, "model_loss", round(float(m.mean()), 4), "",
-                  f"{label}validation loss per seed {np.round(m, 4).tolist()}; {budget}; {how_seeded}")
+    yield ctx.row(
+        Status.PASS,
+        "model_loss",
+        round(float(m.mean()), 4),
+        "",
+        f"{label}validation loss per seed {np.round(m, 4).tolist()}; {budget}; {how_seeded}",
+    )
     match = ref_params / n_params
-    yield ctx.row(Status.PASS if abs(match - 1) <= PARAM_MATCH_TOL else Status.WARN, "reference_loss",
-                  round(float(r.mean()), 4), "",
-                  f"{label}per seed {np.round(r, 4).tolist()}; reference decoder (nn.TransformerEncoder + causal mask) "
-                  f"d_model {ref_cfg['d_model']}, {ref_cfg['layers']} layers, {ref_cfg['nhead']} heads: {ref_params:,} "
-                  f"parameters vs the model's {n_params:,} (ratio {match:.3f}, tolerance {PARAM_MATCH_TOL:.0%})")
+    yield ctx.row(
+        Status.PASS if abs(match - 1) <= PARAM_MATCH_TOL else Status.WARN,
+        "reference_loss",
+        round(float(r.mean()), 4),
+        "",
+        f"{label}per seed {np.round(r, 4).tolist()}; reference decoder (nn.TransformerEncoder + causal mask) "
+        f"d_model {ref_cfg['d_model']}, {ref_cfg['layers']} layers, {ref_cfg['nhead']} heads: {ref_params:,} "
+        f"parameters vs the model's {n_params:,} (ratio {match:.3f}, tolerance {PARAM_MATCH_TOL:.0%})",
+    )
     test = paired_t_test(m, r)
     worse = test["p"] < ALPHA and test["mean"] > PRACTICAL_GAP * float(r.mean())
-    yield ctx.row(Status.FAIL if worse else Status.PASS, "model_minus_reference", round(test["mean"], 4),
-                  f"FAIL if p < {ALPHA} and gap > {PRACTICAL_GAP:.0%} of reference loss",
-                  f"{label}paired t-test over {len(seeds)} seeds (model - reference validation loss): mean "
-                  f"{test['mean']:+.4f}, t = {test['t']:.3f}, df = {test['df']}, two-sided p = {test['p']:.4f}, "
-                  f"95% CI [{test['lo']:+.4f}, {test['hi']:+.4f}]"
-                  + ("; the model is significantly worse than a plain reference of the same size" if worse else ""))
+    yield ctx.row(
+        Status.FAIL if worse else Status.PASS,
+        "model_minus_reference",
+        round(test["mean"], 4),
+        f"FAIL if p < {ALPHA} and gap > {PRACTICAL_GAP:.0%} of reference loss",
+        f"{label}paired t-test over {len(seeds)} seeds (model - reference validation loss): mean "
+        f"{test['mean']:+.4f}, t = {test['t']:.3f}, df = {test['df']}, two-sided p = {test['p']:.4f}, "
+        f"95% CI [{test['lo']:+.4f}, {test['hi']:+.4f}]"
+        + ("; the model is significantly worse than a plain reference of the same size" if worse else ""),
+    )
     better = float(m.mean()) < unigram
-    yield ctx.row(Status.PASS if better else Status.WARN, "model_vs_unigram", round(float(m.mean()) - unigram, 4), "< 0",
-                  f"{label}model {m.mean():.4f} vs unigram {unigram:.4f} nats/token"
-                  + ("" if better else ": the model has not learned more than token frequencies on this budget"))
+    yield ctx.row(
+        Status.PASS if better else Status.WARN,
+        "model_vs_unigram",
+        round(float(m.mean()) - unigram, 4),
+        "< 0",
+        f"{label}model {m.mean():.4f} vs unigram {unigram:.4f} nats/token"
+        + ("" if better else ": the model has not learned more than token frequencies on this budget"),
+    )
 
 
 def _fresh_builder(module):
@@ -321,7 +441,10 @@ def _fresh_builder(module):
             trial = cls()
     except Exception:  # a constructor we cannot call on our own: the row says seeds keep the weights
         return None
-    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+    def shapes(m):
+        return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
     return cls if shapes(trial) == shapes(module) else None
 
 
@@ -339,8 +462,9 @@ def _reference_class():
             super().__init__()
             self.tok = nn.Embedding(vocab, d_model)
             self.pos = nn.Embedding(max_len, d_model)
-            layer = nn.TransformerEncoderLayer(d_model, nhead, 4 * d_model, dropout=0.0, activation="gelu",
-                                               batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                d_model, nhead, 4 * d_model, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
             self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
             self.ln = nn.LayerNorm(d_model)
             self.head = nn.Linear(d_model, vocab)
@@ -403,7 +527,14 @@ def paired_t_test(a, b) -> dict:
         return {"mean": mean, "t": t, "df": df, "p": p, "lo": mean, "hi": mean}
     se = sd / math.sqrt(n)
     t = mean / se
-    return {"mean": mean, "t": t, "df": df, "p": 2.0 * t_sf(abs(t), df), "lo": mean - tcrit * se, "hi": mean + tcrit * se}
+    return {
+        "mean": mean,
+        "t": t,
+        "df": df,
+        "p": 2.0 * t_sf(abs(t), df),
+        "lo": mean - tcrit * se,
+        "hi": mean + tcrit * se,
+    }
 
 
 def t_sf(t: float, df: int) -> float:
@@ -442,7 +573,10 @@ def _betainc(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, 500):
         m2 = 2 * m
-        for num in (m * (b - m) * x / ((a + m2 - 1) * (a + m2)), -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))):
+        for num in (
+            m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1)),
+        ):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c

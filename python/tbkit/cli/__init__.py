@@ -5,6 +5,7 @@
 Exit codes shared by all subcommands: 0 success (PASS/WARN), 1 the thing checked failed,
 2 usage or loading errors.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ submodules, which is exactly what breaks in a half-replaced install).
 
 Exit code: 0 when no restart is required, 1 when it is.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,7 @@ def torch_facts(report) -> dict:
         return {"torch": "not imported: restart required first (importing it now could crash)"}
     try:
         import torch
-    except Exception as err:  # noqa: BLE001 - a fact to show, not a failure of doctor
+    except Exception as err:
         return {"torch": f"not importable ({type(err).__name__}: {err})"}
     facts = {"torch": torch.__version__, "cuda available": torch.cuda.is_available()}
     facts["cuda (torch built with)"] = torch.version.cuda or "none (CPU build)"
@@ -84,5 +85,5 @@ def installed_version(name: str):
                             if line.lower().startswith("version:"):
                                 return line.split(":", 1)[1].strip()
                 except OSError:
-                    return item[len(prefix):-len(".dist-info")]
+                    return item[len(prefix) : -len(".dist-info")]
     return None

@@ -3,6 +3,7 @@
 It protects the interpreter it runs in (``sys.executable``); exit status 0 installed or already
 satisfied (or, with --dry-run, the plan is safe), 1 refused or pip failed, 2 a bad requirement.
 """
+
 from __future__ import annotations
 
 import sys
@@ -13,8 +14,12 @@ def configure(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="show the plan (pip dry run) and change nothing")
     parser.add_argument("--index-url", help="pip index URL (default: pip's configuration, or $TBKIT_PIP_INDEX_URL)")
     parser.add_argument("--extra-index-url", action="append", help="an additional index (repeatable)")
-    parser.add_argument("--find-links", action="append", metavar="DIR_OR_URL",
-                        help="a local wheel folder or page of links (repeatable; or $TBKIT_PIP_FIND_LINKS)")
+    parser.add_argument(
+        "--find-links",
+        action="append",
+        metavar="DIR_OR_URL",
+        help="a local wheel folder or page of links (repeatable; or $TBKIT_PIP_FIND_LINKS)",
+    )
     parser.add_argument("--no-index", action="store_true", help="use only --find-links (or $TBKIT_PIP_NO_INDEX=1)")
     parser.add_argument("--pre", action="store_true", help="allow pre-releases")
     parser.add_argument("-U", "--upgrade", action="store_true", help="upgrade requested packages if newer exist")
@@ -35,9 +40,16 @@ def main(args) -> int:
             raise
         print(_message(err), file=sys.stderr)
         return 2
-    options = dict(allow_urls=args.allow_urls, allow_paths=args.allow_paths, index_url=args.index_url,
-                   find_links=args.find_links, no_index=args.no_index, extra_index_url=args.extra_index_url,
-                   pre=args.pre, upgrade=args.upgrade)
+    options = dict(
+        allow_urls=args.allow_urls,
+        allow_paths=args.allow_paths,
+        index_url=args.index_url,
+        find_links=args.find_links,
+        no_index=args.no_index,
+        extra_index_url=args.extra_index_url,
+        pre=args.pre,
+        upgrade=args.upgrade,
+    )
     try:
         if args.dry_run:
             the_plan = plan(*args.requirements, **options)
@@ -66,5 +78,8 @@ def _warn_other_processes(the_plan) -> None:
     replaced = [i for i in getattr(the_plan, "items", ()) if i.action != "new"]
     if replaced:
         names = ", ".join(f"{i.name} {i.installed_version} -> {i.version}" for i in replaced)
-        print(f"tbkit: note: this replaces installed {names}; a notebook kernel or other Python process that "
-              "has imported them must restart afterwards.", file=sys.stderr)
+        print(
+            f"tbkit: note: this replaces installed {names}; a notebook kernel or other Python process that "
+            "has imported them must restart afterwards.",
+            file=sys.stderr,
+        )

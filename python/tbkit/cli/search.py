@@ -7,6 +7,7 @@ on this machine or others; ``--trials`` is the study's total over all of them.
 Exit status: 0 when the study has at least one completed trial, 1 when none completed, 2 for
 usage or loading errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,20 +16,35 @@ from pathlib import Path
 
 
 def configure(parser) -> None:
-    parser.add_argument("source", nargs="?", default=None,
-                        help="model: folder, .py file, gist id/URL or bundled example (default: the bundled example)")
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help="model: folder, .py file, gist id/URL or bundled example (default: the bundled example)",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--data", metavar="FILE", help="training text file (char-level tokenizer built from it)")
     group.add_argument("--synthetic", action="store_true", help="train on synthetic data (labelled so everywhere)")
-    parser.add_argument("--trials", type=int, default=20, help="total trials of the study, over all workers (default 20)")
-    parser.add_argument("--storage", metavar="URL",
-                        help="Optuna storage: sqlite:///study.db or postgresql://user@host/db (default: in memory)")
+    parser.add_argument(
+        "--trials", type=int, default=20, help="total trials of the study, over all workers (default 20)"
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: sqlite:///study.db or postgresql://user@host/db (default: in memory)",
+    )
     parser.add_argument("--study", metavar="NAME", default=None, help="study name (default tbkit-search)")
-    parser.add_argument("--worker", action="store_true", help="join an existing study in --storage instead of starting one")
+    parser.add_argument(
+        "--worker", action="store_true", help="join an existing study in --storage instead of starting one"
+    )
     parser.add_argument("--out", metavar="DIR", help="write trials.csv, best_params.json and plots here")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per trial; pruning decides after each (default 3)")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs per trial; pruning decides after each (default 3)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-len", type=int, default=None, help="block length in tokens (default: min(model max, 128))")
+    parser.add_argument(
+        "--max-len", type=int, default=None, help="block length in tokens (default: min(model max, 128))"
+    )
     parser.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
@@ -37,17 +53,29 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     from tbkit.errors import UsageError
-    from tbkit.training.search import search
     from tbkit.sources import load
+    from tbkit.training.search import search
 
     if args.data is None and not args.synthetic:
         raise UsageError("no training data given", "Pass --data FILE, or --synthetic to try it on synthetic data.")
     model = load(args.source, kind=args.kind, log=lambda line: print(line, file=sys.stderr))
     out = Path(args.out) if args.out else None
-    result = search(model, args.data, synthetic=args.synthetic, n_trials=args.trials, storage=args.storage,
-                    study_name=args.study, worker=args.worker, timeout=args.timeout, epochs=args.epochs,
-                    batch_size=args.batch_size, max_len=args.max_len, seed=args.seed, device=args.device,
-                    kind=args.kind)
+    result = search(
+        model,
+        args.data,
+        synthetic=args.synthetic,
+        n_trials=args.trials,
+        storage=args.storage,
+        study_name=args.study,
+        worker=args.worker,
+        timeout=args.timeout,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        seed=args.seed,
+        device=args.device,
+        kind=args.kind,
+    )
     print(result.summary())
     if out is not None:
         _write(out, result)
@@ -67,10 +95,17 @@ def _write(out: Path, result) -> None:
         os.replace(tmp, out / name)
 
     put("trials.csv", lambda p: result.trials_df.to_csv(p, index=False))
-    summary = {"study": result.study.study_name, "storage": result.storage_display, "best_value": result.best_value
-               if result.n_complete else None, "best_params": result.best_params, "completed": result.n_complete,
-               "pruned": result.n_pruned, "failed": result.n_failed, "synthetic": result.synthetic,
-               "notes": result.notes}
+    summary = {
+        "study": result.study.study_name,
+        "storage": result.storage_display,
+        "best_value": result.best_value if result.n_complete else None,
+        "best_params": result.best_params,
+        "completed": result.n_complete,
+        "pruned": result.n_pruned,
+        "failed": result.n_failed,
+        "synthetic": result.synthetic,
+        "notes": result.notes,
+    }
     put("best_params.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
     for name, fig in result.figures.items():
         put(f"{name}.png", lambda p, f=fig: f.savefig(p, format="png", dpi=100, bbox_inches="tight"))

@@ -3,6 +3,7 @@
 They are data, not imports: ``tbkit.load("tiny_gpt")`` builds them through the same folder
 loader as any user export, so the example exercises exactly the path users take.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ reads ``sys.modules`` entries' ``__dict__`` from Rust, ``/proc/self/maps``, ``st
 ``*.dist-info`` files. Every failure to look becomes a ``probe_degraded`` finding, never an
 exception.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,15 @@ class Finding:
 
     __slots__ = ("distribution", "loaded_version", "disk_version", "change", "paths", "severity")
 
-    def __init__(self, distribution: str, loaded_version: Optional[str], disk_version: Optional[str],
-                 change: str, paths: Optional[list] = None, severity: str = "restart_required") -> None:
+    def __init__(
+        self,
+        distribution: str,
+        loaded_version: Optional[str],
+        disk_version: Optional[str],
+        change: str,
+        paths: Optional[list] = None,
+        severity: str = "restart_required",
+    ) -> None:
         self.distribution = distribution  # canonical name, e.g. "numpy"; "(probe)" for the probe's own limits
         self.loaded_version = loaded_version
         self.disk_version = disk_version
@@ -115,8 +123,7 @@ class IntegrityReport:
         parts = [f'<div><b style="color:{colour}">tbkit integrity: {escape(self.headline())}</b>']
         if self.findings:
             parts.append(
-                "<table><tr><th>distribution</th><th>loaded</th><th>on disk</th><th>change</th>"
-                "<th>severity</th></tr>"
+                "<table><tr><th>distribution</th><th>loaded</th><th>on disk</th><th>change</th><th>severity</th></tr>"
             )
             for f in self.findings:
                 parts.append(
@@ -183,7 +190,7 @@ def take_baseline() -> None:
         _PROBE.observe()
     except _PASS_THROUGH:
         raise
-    except BaseException as err:  # noqa: BLE001 - never break `import tbkit`; check() reports it
+    except BaseException as err:
         _START_ERROR = repr(err)
 
 
@@ -193,7 +200,7 @@ def report_of(probe) -> IntegrityReport:
         raw = probe.check()
     except _PASS_THROUGH:
         raise
-    except BaseException as err:  # noqa: BLE001 - degrade, never raise
+    except BaseException as err:
         return IntegrityReport(
             findings=[Finding("(probe)", None, None, f"the integrity probe failed: {err!r}", [], "probe_degraded")]
         )
@@ -208,8 +215,11 @@ def check() -> IntegrityReport:
         take_baseline()
     if _PROBE is None:
         report = IntegrityReport(
-            findings=[Finding("(probe)", None, None, f"the integrity probe could not start ({_START_ERROR})", [],
-                              "probe_degraded")]
+            findings=[
+                Finding(
+                    "(probe)", None, None, f"the integrity probe could not start ({_START_ERROR})", [], "probe_degraded"
+                )
+            ]
         )
     else:
         report = report_of(_PROBE)

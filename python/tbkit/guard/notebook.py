@@ -13,6 +13,7 @@ Three hooks, identical in Colab, Jupyter and VS Code (nothing front-end specific
   the gate refuses every install.
 * the ``%tbkit`` line magic: ``doctor``, ``install PKG…``, ``mode strict|warn``.
 """
+
 from __future__ import annotations
 
 import html
@@ -31,7 +32,9 @@ _ESCAPED = re.compile(r"^(?P<indent>[ \t]*)(?P<escape>[!%])(?P<cmd>(?![!%]).*?)(
 # The launchers we route: pip/pip3/pip3.11, [path/]python[3[.11]] -m pip, {sys.executable} -m pip, uv pip.
 _BANG_INSTALL = re.compile(
     r"^\s*(?:(?:\S*/)?python[\d.]*\s+-m\s+pip|\{sys\.executable\}\s+-m\s+pip|(?:\S*/)?pip[\d.]*|uv\s+pip)\s"
-    r".*\binstall\b", re.S)
+    r".*\binstall\b",
+    re.S,
+)
 _MAGIC_INSTALL = re.compile(r"^\s*pip\s.*\binstall\b", re.S)
 _EXPANSIONS = re.compile(r"[`${}]")  # expanded by IPython or the shell, even inside quotes
 _PYTHON_CELL_MAGICS = ("%%capture", "%%time")  # cell magics whose body is still Python
@@ -54,15 +57,42 @@ class CellInstall:
     dry_run: bool = False
 
 
-_GLOBAL_FLAGS = {"-q", "-qq", "-qqq", "--quiet", "-v", "-vv", "--verbose", "--no-input", "--no-color",
-                 "--disable-pip-version-check", "--isolated"}
-_IGNORED_FLAGS = {"-v", "-vv", "--verbose", "--no-cache-dir", "--no-cache", "--no-warn-script-location",
-                  "--disable-pip-version-check", "--no-input", "--no-color", "--system", "--break-system-packages",
-                  "--no-warn-conflicts"}
+_GLOBAL_FLAGS = {
+    "-q",
+    "-qq",
+    "-qqq",
+    "--quiet",
+    "-v",
+    "-vv",
+    "--verbose",
+    "--no-input",
+    "--no-color",
+    "--disable-pip-version-check",
+    "--isolated",
+}
+_IGNORED_FLAGS = {
+    "-v",
+    "-vv",
+    "--verbose",
+    "--no-cache-dir",
+    "--no-cache",
+    "--no-warn-script-location",
+    "--disable-pip-version-check",
+    "--no-input",
+    "--no-color",
+    "--system",
+    "--break-system-packages",
+    "--no-warn-conflicts",
+}
 # (`uv pip install --system` is Colab's usual recipe: there the system interpreter is the kernel's own.)
 _IGNORED_WITH_VALUE = {"--progress-bar", "--root-user-action", "--timeout", "--retries"}
-_VALUE_OPTIONS = {"-i": "index_url", "--index-url": "index_url", "--extra-index-url": "extra_index_url",
-                  "-f": "find_links", "--find-links": "find_links"}
+_VALUE_OPTIONS = {
+    "-i": "index_url",
+    "--index-url": "index_url",
+    "--extra-index-url": "extra_index_url",
+    "-f": "find_links",
+    "--find-links": "find_links",
+}
 
 
 def parse_install_args(args: list, *, allow_dry_run: bool = False) -> CellInstall:
@@ -98,8 +128,10 @@ def parse_install_args(args: list, *, allow_dry_run: bool = False) -> CellInstal
             else:
                 opts.setdefault(key, []).append(value)
         elif arg.startswith("-"):
-            raise CannotPlan(f"the pip option {arg} is not one the gate can plan (it understands -q, -U, --pre, "
-                             "--no-deps, --no-index, --index-url, --extra-index-url, --find-links)")
+            raise CannotPlan(
+                f"the pip option {arg} is not one the gate can plan (it understands -q, -U, --pre, "
+                "--no-deps, --no-index, --index-url, --extra-index-url, --find-links)"
+            )
         else:
             reqs.append(arg)
     if not reqs:
@@ -125,7 +157,7 @@ def parse_cell_command(escape: str, cmd: str) -> Optional[CellInstall]:
     ops = [i for i, tok in enumerate(tokens) if tok and all(c in "();<>|&" for c in tok)]
     expands = bool(_EXPANSIONS.search(text))
     if ops:
-        tokens = tokens[:ops[0]]
+        tokens = tokens[: ops[0]]
     if escape == "%":
         rest = tokens[1:] if tokens[:1] == ["pip"] else None
     elif tokens and re.fullmatch(r"pip[\d.]*", os.path.basename(tokens[0])):
@@ -141,9 +173,11 @@ def parse_cell_command(escape: str, cmd: str) -> Optional[CellInstall]:
     if not rest or rest[0] != "install":
         return None
     if ops or expands:
-        raise CannotPlan("it contains shell syntax (a pipe, redirection, `;`, `&&`, `$VAR`, backticks or a "
-                         "{python} expansion; note that an unquoted `>` in `six>=1` is a redirection), so what "
-                         "it would install cannot be known in advance")
+        raise CannotPlan(
+            "it contains shell syntax (a pipe, redirection, `;`, `&&`, `$VAR`, backticks or a "
+            "{python} expansion; note that an unquoted `>` in `six>=1` is a redirection), so what "
+            "it would install cannot be known in advance"
+        )
     return parse_install_args(rest[1:])
 
 
@@ -192,8 +226,10 @@ class Extension:
                 nl = "\n" if lines[j].endswith("\n") else ""
                 j += 1
             if looks_like_install(m["escape"], cmd):
-                out.append(f"{m['indent']}__import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command("
-                           f"{m['escape']!r}, {cmd.strip()!r}){nl}")
+                out.append(
+                    f"{m['indent']}__import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command("
+                    f"{m['escape']!r}, {cmd.strip()!r}){nl}"
+                )
                 i = j
             else:
                 out.append(line)
@@ -211,8 +247,11 @@ class Extension:
         except Exception as err:  # the hook must never break the user's cell
             if not self.check_broken:
                 self.check_broken = True
-                print(f"tbkit: the integrity check failed ({type(err).__name__}: {err}); installs will be "
-                      "refused until it works again.", file=sys.stderr)
+                print(
+                    f"tbkit: the integrity check failed ({type(err).__name__}: {err}); installs will be "
+                    "refused until it works again.",
+                    file=sys.stderr,
+                )
             return
         if report.restart_required:
             self.banner_shown = True
@@ -247,8 +286,9 @@ class Extension:
                 return None
             from tbkit.guard.gate import install
 
-            result = install(*parsed.requirements, dry_run=parsed.dry_run, allow_urls=True, allow_paths=True,
-                             **parsed.options)
+            result = install(
+                *parsed.requirements, dry_run=parsed.dry_run, allow_urls=True, allow_paths=True, **parsed.options
+            )
             if parsed.dry_run:
                 print(result)
             return None
@@ -268,9 +308,11 @@ class Extension:
             bundle["text/html"] = report._repr_html_()
         display(bundle, raw=True)
         pip = pip_version()
-        print(f"tbkit: python {sys.version.split()[0]} at {sys.executable}; pip "
-              f"{'.'.join(map(str, pip)) if pip else 'not installed'}; gate mode {self.mode}; "
-              f"front end {'Colab' if in_colab() else 'Jupyter/IPython'}")
+        print(
+            f"tbkit: python {sys.version.split()[0]} at {sys.executable}; pip "
+            f"{'.'.join(map(str, pip)) if pip else 'not installed'}; gate mode {self.mode}; "
+            f"front end {'Colab' if in_colab() else 'Jupyter/IPython'}"
+        )
         return None
 
 
@@ -305,12 +347,14 @@ def banner_text(report):
     ] or [str(report)]
     from tbkit.guard.gate.runtime import restart_hint
 
-    text = "\n".join([
-        "tbkit: RESTART REQUIRED. Files of packages loaded in this process changed on disk:",
-        *(f"  - {r}" for r in rows),
-        restart_hint(),
-        "Until then tbkit refuses every install.",
-    ])
+    text = "\n".join(
+        [
+            "tbkit: RESTART REQUIRED. Files of packages loaded in this process changed on disk:",
+            *(f"  - {r}" for r in rows),
+            restart_hint(),
+            "Until then tbkit refuses every install.",
+        ]
+    )
     return text, rows
 
 
@@ -329,8 +373,9 @@ def gate_cell_command(escape: str, cmd: str) -> None:
         if mode == "strict":
             raise InstallRefused(
                 f"tbkit refused the cell command `{shown}`: {err}",
-                "Name the packages plainly (`%tbkit install PKG…` or tbkit.install(\"PKG\")), or run "
-                "`%tbkit mode warn` to let such commands run unchecked (watch for the restart banner).") from None
+                'Name the packages plainly (`%tbkit install PKG…` or tbkit.install("PKG")), or run '
+                "`%tbkit mode warn` to let such commands run unchecked (watch for the restart banner).",
+            ) from None
         print(f"tbkit (warn mode): running `{shown}` unchecked: {err}", file=sys.stderr)
         return _run_original(escape, cmd)
     if parsed is None:

@@ -12,6 +12,7 @@ Source forms, tried in this order:
 Modules: gist.py (API client), cache.py (per-revision cache), build.py (run the code, pick and
 construct the class), inspect_model.py (facts from the real modules, forward contract).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,17 +96,37 @@ def load(
         return _from_path(path, **opts)
     if text in examples.names():
         _no_revision(revision, "a bundled example")
-        return _from_files(_read_folder(examples.path(text)), "model.py", "example", text,
-                           examples.path(text), require_config=True, **opts)
+        return _from_files(
+            _read_folder(examples.path(text)),
+            "model.py",
+            "example",
+            text,
+            examples.path(text),
+            require_config=True,
+            **opts,
+        )
 
     from tbkit.sources import gist
 
     if gist.looks_like_gist(text):
-        return _from_gist(text, revision=revision, cache_dir=cache_dir, api_url=api_url, token=token,
-                          timeout=timeout, max_file_bytes=max_file_bytes, retries=retries, backoff=backoff,
-                          max_rate_wait=max_rate_wait, offline=offline, **opts)
+        return _from_gist(
+            text,
+            revision=revision,
+            cache_dir=cache_dir,
+            api_url=api_url,
+            token=token,
+            timeout=timeout,
+            max_file_bytes=max_file_bytes,
+            retries=retries,
+            backoff=backoff,
+            max_rate_wait=max_rate_wait,
+            offline=offline,
+            **opts,
+        )
     if text.endswith(".py") or os.sep in text or text.startswith((".", "~")):
-        raise SourceError(f"no such file or folder: {_short(text)}", "Check the path (relative paths start at the current directory).")
+        raise SourceError(
+            f"no such file or folder: {_short(text)}", "Check the path (relative paths start at the current directory)."
+        )
     raise SourceError(
         f"{_short(text)} is not an existing path, a bundled example ({', '.join(examples.names())}), "
         "a gist id (20 to 32 hexadecimal characters) or a gist URL",
@@ -134,7 +155,9 @@ def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as err:
-        raise SourceError(f"cannot read {path}: {err.strerror or err}", "Check the file exists and is readable.") from None
+        raise SourceError(
+            f"cannot read {path}: {err.strerror or err}", "Check the file exists and is readable."
+        ) from None
 
 
 def _read_folder(folder: Path) -> dict:
@@ -143,7 +166,8 @@ def _read_folder(folder: Path) -> dict:
     if not model.is_file():
         present = sorted(p.name for p in folder.glob("*.py"))
         raise SourceError(
-            f"the folder {folder} has no model.py" + (f" (Python files there: {', '.join(present)})" if present else ""),
+            f"the folder {folder} has no model.py"
+            + (f" (Python files there: {', '.join(present)})" if present else ""),
             "Put the exported model code in model.py, or pass the .py file itself to tbkit.load.",
         )
     files["model.py"] = _read_file(model)
@@ -194,9 +218,21 @@ def _from_module(obj, *, kind, config_arg, expected_sha256, log) -> LoadedModel:
 
 
 # ---- everything that comes as files --------------------------------------------------------
-def _from_files(files: dict, main: str, source: str, location: str, base: Optional[Path], *, require_config: bool,
-                kind, config_arg, expected_sha256, log, provenance: Optional[Provenance] = None,
-                notes: Optional[list] = None) -> LoadedModel:
+def _from_files(
+    files: dict,
+    main: str,
+    source: str,
+    location: str,
+    base: Optional[Path],
+    *,
+    require_config: bool,
+    kind,
+    config_arg,
+    expected_sha256,
+    log,
+    provenance: Optional[Provenance] = None,
+    notes: Optional[list] = None,
+) -> LoadedModel:
     from tbkit.sources import build, inspect_model
 
     notes = list(notes or [])
@@ -238,14 +274,34 @@ def _from_files(files: dict, main: str, source: str, location: str, base: Option
         raise
 
 
-def _from_gist(text: str, *, revision, cache_dir, api_url, token, timeout, max_file_bytes, retries, backoff,
-               max_rate_wait, offline, **opts) -> LoadedModel:
+def _from_gist(
+    text: str,
+    *,
+    revision,
+    cache_dir,
+    api_url,
+    token,
+    timeout,
+    max_file_bytes,
+    retries,
+    backoff,
+    max_rate_wait,
+    offline,
+    **opts,
+) -> LoadedModel:
     from tbkit.sources import cache, gist
 
     api_url = api_url or os.environ.get("TBKIT_GITHUB_API") or None
     token = token if token is not None else (os.environ.get("GITHUB_TOKEN") or None)
-    client = gist.GistClient(api_url, token, timeout=timeout, retries=retries, backoff=backoff,
-                             max_file_bytes=max_file_bytes, max_rate_wait=max_rate_wait)
+    client = gist.GistClient(
+        api_url,
+        token,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        max_file_bytes=max_file_bytes,
+        max_rate_wait=max_rate_wait,
+    )
     gist_id, ref_revision = gist.parse_ref(text, client.api_url)
     revision = gist.check_revision(revision)
     if revision and ref_revision and revision != ref_revision:
@@ -262,13 +318,25 @@ def _from_gist(text: str, *, revision, cache_dir, api_url, token, timeout, max_f
         snapshot, cached = _fetch_or_cached(client, root, gist_id, revision, offline, notes)
     if snapshot is not None:
         files = snapshot.files
-        provenance = Provenance(source="gist", location=f"{gist_id}@{snapshot.revision}", owner=snapshot.owner,
-                                gist_id=gist_id, revision=snapshot.revision, fetched_at=snapshot.fetched_at)
+        provenance = Provenance(
+            source="gist",
+            location=f"{gist_id}@{snapshot.revision}",
+            owner=snapshot.owner,
+            gist_id=gist_id,
+            revision=snapshot.revision,
+            fetched_at=snapshot.fetched_at,
+        )
     else:
         files, meta, _folder = cached
-        provenance = Provenance(source="gist", location=f"{gist_id}@{meta.get('revision')}", owner=meta.get("owner"),
-                                gist_id=gist_id, revision=meta.get("revision"), fetched_at=meta.get("fetched_at"),
-                                from_cache=True)
+        provenance = Provenance(
+            source="gist",
+            location=f"{gist_id}@{meta.get('revision')}",
+            owner=meta.get("owner"),
+            gist_id=gist_id,
+            revision=meta.get("revision"),
+            fetched_at=meta.get("fetched_at"),
+            from_cache=True,
+        )
     if "model.py" not in files:
         raise SourceError(
             f"gist {gist_id} at revision {provenance.revision} has no model.py (files: {', '.join(sorted(files)) or 'none'})",
@@ -279,15 +347,35 @@ def _from_gist(text: str, *, revision, cache_dir, api_url, token, timeout, max_f
         expected = opts.get("expected_sha256")
         if expected is None or expected == content_sha256(files):  # never cache content the caller rejected
             try:
-                base = cache.write_revision(root, gist_id, snapshot.revision, files,
-                                            {"gist_id": gist_id, "revision": snapshot.revision,
-                                             "owner": snapshot.owner, "fetched_at": snapshot.fetched_at})
+                base = cache.write_revision(
+                    root,
+                    gist_id,
+                    snapshot.revision,
+                    files,
+                    {
+                        "gist_id": gist_id,
+                        "revision": snapshot.revision,
+                        "owner": snapshot.owner,
+                        "fetched_at": snapshot.fetched_at,
+                    },
+                )
             except OSError as err:
-                notes.append(f"could not write the cache in {root} ({err.strerror or err}); the code was loaded from memory")
+                notes.append(
+                    f"could not write the cache in {root} ({err.strerror or err}); the code was loaded from memory"
+                )
     else:
         base = cached[2]
-    return _from_files(files, "model.py", "gist", provenance.location, base, require_config=True,
-                       provenance=provenance, notes=notes, **opts)
+    return _from_files(
+        files,
+        "model.py",
+        "gist",
+        provenance.location,
+        base,
+        require_config=True,
+        provenance=provenance,
+        notes=notes,
+        **opts,
+    )
 
 
 def _fetch_or_cached(client, root: Path, gist_id: str, revision: Optional[str], offline: bool, notes: list) -> tuple:
@@ -312,8 +400,10 @@ def _fetch_or_cached(client, root: Path, gist_id: str, revision: Optional[str], 
         newest = None if revision else cache.newest_cached(root, gist_id)
         if newest is None:
             raise SourceError(f"{err.cause}, and no cached copy of {what} exists in {root}", err.fix) from None
-        notes.append(f"GitHub could not be reached ({err.cause}); used the newest cached revision {newest}, "
-                     "which may be older than the gist's latest")
+        notes.append(
+            f"GitHub could not be reached ({err.cause}); used the newest cached revision {newest}, "
+            "which may be older than the gist's latest"
+        )
         return None, cache.read_revision(root, gist_id, newest)
     except SourceError as err:  # rate limit, 404, …
         newest = cache.newest_cached(root, gist_id)

@@ -6,6 +6,7 @@ globals — under a unique name ``tbkit_user_model_<hash>``. The module is regis
 ``sys.modules`` because classes defined in it must be importable by name for ``pickle`` /
 ``torch.save(model)`` / dataclasses; the hash makes the name unique per content.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,18 @@ from typing import Optional
 from tbkit.errors import SourceError
 
 # Config keys that describe the export rather than constructor arguments.
-META_KEYS = {"model_name", "kind", "nodes", "edges", "connections", "description", "name", "version", "exporter", "metadata"}
+META_KEYS = {
+    "model_name",
+    "kind",
+    "nodes",
+    "edges",
+    "connections",
+    "description",
+    "name",
+    "version",
+    "exporter",
+    "metadata",
+}
 SEED = 0  # construction is seeded so a load is reproducible (inside fork_rng: the caller's RNG is untouched)
 
 
@@ -51,7 +63,15 @@ _NODE_ALIASES = {
     "vocab_size": ("vocab_size", "num_embeddings", "vocabSize", "n_vocab"),
     "d_model": ("d_model", "embedding_dim", "embed_dim", "dModel", "hidden_size", "n_embd"),
     "nhead": ("nhead", "num_heads", "n_heads", "heads", "numHeads", "n_head"),
-    "max_len": ("max_len", "max_seq_len", "max_position_embeddings", "num_positions", "block_size", "context_length", "maxLen"),
+    "max_len": (
+        "max_len",
+        "max_seq_len",
+        "max_position_embeddings",
+        "num_positions",
+        "block_size",
+        "context_length",
+        "maxLen",
+    ),
     "dim_feedforward": ("dim_feedforward", "d_ff", "ffn_dim", "hidden_dim", "intermediate_size"),
 }
 
@@ -102,7 +122,9 @@ def flatten_config(config: dict, notes: list) -> dict:
         derived.setdefault("num_layers", attention_nodes)
     for key, value in derived.items():
         if key in flat and flat[key] != value:
-            notes.append(f"config.json says {key}={flat[key]!r} but its nodes imply {value!r}; the top-level value was kept")
+            notes.append(
+                f"config.json says {key}={flat[key]!r} but its nodes imply {value!r}; the top-level value was kept"
+            )
         flat.setdefault(key, value)
     return flat
 
@@ -175,7 +197,8 @@ def defined_modules(module: types.ModuleType) -> dict:
     import torch.nn as nn
 
     return {
-        k: v for k, v in vars(module).items()
+        k: v
+        for k, v in vars(module).items()
         if inspect.isclass(v) and issubclass(v, nn.Module) and v.__module__ == module.__name__
     }
 
@@ -204,7 +227,7 @@ def pick_builder(module: types.ModuleType, config: dict, label: str) -> tuple:
     if inspect.isfunction(build):
         return build, "build_model", "the build_model() function"
     if len(candidates) == 1:
-        (name, cls), = candidates.items()
+        ((name, cls),) = candidates.items()
         return cls, name, "the only nn.Module subclass defined in the file"
     if not candidates:
         raise SourceError(
@@ -239,8 +262,11 @@ def construct(builder, name: str, flat: dict, notes: list):
         unused = sorted(set(flat) - set(kwargs))
         if unused:
             notes.append(f"config keys not taken by {name}(): {', '.join(unused)} (not passed to the constructor)")
-    missing = [k for k, p in params.items()
-               if p.default is P.empty and p.kind not in (P.VAR_KEYWORD, P.VAR_POSITIONAL) and k not in kwargs]
+    missing = [
+        k
+        for k, p in params.items()
+        if p.default is P.empty and p.kind not in (P.VAR_KEYWORD, P.VAR_POSITIONAL) and k not in kwargs
+    ]
     if missing:
         raise SourceError(
             f"{name}() requires {', '.join(missing)}, which the config does not provide",

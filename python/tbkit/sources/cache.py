@@ -7,6 +7,7 @@ exists is complete: it only ever appears through one ``rename`` of a fully writt
 ``<root>`` is the ``cache_dir`` argument, else ``$TBKIT_CACHE_DIR/gists``, else
 ``$XDG_CACHE_HOME/tbkit/gists``, else ``~/.cache/tbkit/gists``.
 """
+
 from __future__ import annotations
 
 import json

@@ -11,6 +11,7 @@ What it does and why:
   that, and a blind loop would only burn the remaining quota.
 - The token goes only to the API host, is never printed and is redacted from every message.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -47,7 +48,6 @@ class _DropAuthOnCrossHostRedirect(urllib.request.HTTPRedirectHandler):
         return new
 
 
-
 class GistUnreachable(SourceError):
     """The API could not be reached after the retries (network down, timeouts, 5xx).
     The loader may fall back to a cached revision, saying so."""
@@ -64,7 +64,11 @@ class GistSnapshot:
 
 def looks_like_gist(text: str) -> bool:
     t = text.strip()
-    return bool(_BARE.match(t)) or "://" in t or t.startswith(("gist.github.com", "api.github.com", "gist.githubusercontent.com"))
+    return (
+        bool(_BARE.match(t))
+        or "://" in t
+        or t.startswith(("gist.github.com", "api.github.com", "gist.githubusercontent.com"))
+    )
 
 
 def parse_ref(text: str, api_url: Optional[str] = None) -> tuple:
@@ -95,8 +99,8 @@ def parse_ref(text: str, api_url: Optional[str] = None) -> tuple:
         # /<owner>/<id>/raw/<sha>/<file>
         gist_id = segs[1]
         sha = segs[3] if len(segs) >= 4 and segs[2] == "raw" else None
-    elif (host == "api.github.com" or (api_url and host == (api_host.hostname or "").lower())):
-        rest = segs[len(api_prefix):] if host != "api.github.com" else segs
+    elif host == "api.github.com" or (api_url and host == (api_host.hostname or "").lower()):
+        rest = segs[len(api_prefix) :] if host != "api.github.com" else segs
         if len(rest) >= 2 and rest[0] == "gists":
             gist_id = rest[1]
             sha = rest[2] if len(rest) >= 3 else None
@@ -215,7 +219,9 @@ class GistClient:
                     "Check the gist in a browser; re-export it if the file is damaged.",
                 )
             same_host = urllib.parse.urlsplit(raw_url).netloc == urllib.parse.urlsplit(self.api_url).netloc
-            data = self._get(raw_url, f"the raw content of {name} in gist {gist_id}", limit=self.max_file_bytes, auth=same_host)
+            data = self._get(
+                raw_url, f"the raw content of {name} in gist {gist_id}", limit=self.max_file_bytes, auth=same_host
+            )
         else:
             data = str(content).encode("utf-8", "surrogateescape")
         if len(data) > self.max_file_bytes:
@@ -305,7 +311,7 @@ class GistClient:
                     "Check the network connection (in Colab: is the runtime online?) and try again; "
                     "a revision fetched before can be loaded offline by passing revision=<sha>.",
                 ) from None
-            self._sleep(min(self.backoff * (2 ** attempt), 8.0))
+            self._sleep(min(self.backoff * (2**attempt), 8.0))
             attempt += 1
 
     def _rate_limit_error(self, status: int, hdrs, what: str) -> SourceError:
@@ -317,9 +323,13 @@ class GistClient:
         if self._token:
             fix = f"The token's own limit is used up; wait until the reset {when.split(' (')[0]}, or load a cached revision with revision=<sha>."
         else:
-            fix = ("Set GITHUB_TOKEN to lift the limit (60 requests/hour without a token, 5000 with one), "
-                   "or wait until the reset, or load a cached revision with revision=<sha>.")
-        return self._error(f"GitHub's API rate limit was hit (HTTP {status}) while fetching {what}; the limit resets {when}", fix)
+            fix = (
+                "Set GITHUB_TOKEN to lift the limit (60 requests/hour without a token, 5000 with one), "
+                "or wait until the reset, or load a cached revision with revision=<sha>."
+            )
+        return self._error(
+            f"GitHub's API rate limit was hit (HTTP {status}) while fetching {what}; the limit resets {when}", fix
+        )
 
     # ---- helpers -----------------------------------------------------------------------------
     def _host(self, url: str) -> str:

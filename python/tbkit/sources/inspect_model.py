@@ -3,6 +3,7 @@ forward honours tbkit's contract (checked by reading the signature and by one ti
 
 The model is the truth; the config is only compared against it (disagreements become notes).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -13,14 +14,28 @@ from tbkit.errors import SourceError
 from tbkit.sources.loaded import KINDS, LoadedModel, Provenance
 
 _POSITION_NAME = re.compile(r"(^|[._])(pe|wpe|pos\w*|position\w*)$", re.IGNORECASE)
-_DECODER_INPUTS = ("decoder_input_ids", "tgt", "tgt_ids", "target_ids", "decoder_ids", "decoder_inputs", "tgt_input_ids")
+_DECODER_INPUTS = (
+    "decoder_input_ids",
+    "tgt",
+    "tgt_ids",
+    "target_ids",
+    "decoder_ids",
+    "decoder_inputs",
+    "tgt_input_ids",
+)
 _INTERMEDIATE = re.compile(r"_(output|out|outputs|hidden|hidden_states|residual)$")
 # Code that builds or requests a causal mask. Deliberately specific: a comment saying "not causal"
 # or an ``is_causal=False`` must not count as evidence.
-_CAUSAL_CODE = re.compile(
-    r"is_causal\s*=\s*True|\btriu_?\(|\btril_?\(|generate_square_subsequent_mask|causal_mask"
+_CAUSAL_CODE = re.compile(r"is_causal\s*=\s*True|\btriu_?\(|\btril_?\(|generate_square_subsequent_mask|causal_mask")
+_DECLARED_LIMITS = (
+    "max_len",
+    "max_seq_len",
+    "block_size",
+    "max_position_embeddings",
+    "context_length",
+    "n_positions",
+    "n_ctx",
 )
-_DECLARED_LIMITS = ("max_len", "max_seq_len", "block_size", "max_position_embeddings", "context_length", "n_positions", "n_ctx")
 
 
 # ---- vocabulary ----------------------------------------------------------------------------
@@ -51,10 +66,17 @@ def find_max_len(model, flat: dict, token_embedding: Optional[str], notes: list)
             # Some tables reserve leading rows (HF BART's learned positions keep `offset = 2`):
             # the usable length is the rows minus that offset, or length rows+1 breaks the model.
             offset = emb.__dict__.get("offset")
-            offset = offset if isinstance(offset, int) and not isinstance(offset, bool) and 0 < offset < emb.num_embeddings else 0
+            offset = (
+                offset
+                if isinstance(offset, int) and not isinstance(offset, bool) and 0 < offset < emb.num_embeddings
+                else 0
+            )
             rows = emb.num_embeddings - offset
-            found = (rows, f"learned position table {name} ({emb.num_embeddings} rows"
-                     + (f", first {offset} reserved)" if offset else ")"))
+            found = (
+                rows,
+                f"learned position table {name} ({emb.num_embeddings} rows"
+                + (f", first {offset} reserved)" if offset else ")"),
+            )
             break
     if found is None:
         for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
@@ -75,7 +97,9 @@ def find_max_len(model, flat: dict, token_embedding: Optional[str], notes: list)
             return config_value, "from config (no positional table or declared limit in the model)"
         return None, "no limit found (no positional table, declared limit or config value)"
     if config_value is not None and config_value != found[0]:
-        notes.append(f"config max length {config_value} disagrees with the model's {found[1]}; the model's value is used")
+        notes.append(
+            f"config max length {config_value} disagrees with the model's {found[1]}; the model's value is used"
+        )
     return found
 
 
@@ -91,13 +115,17 @@ def check_forward_signature(model, params: dict) -> bool:
     """Raise for a forward tbkit cannot call; return True if it takes a decoder input (seq2seq)."""
     P = inspect.Parameter
     cls = type(model).__name__
-    positional = [p for p in params.values() if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD, P.VAR_POSITIONAL)]
+    positional = [
+        p for p in params.values() if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD, P.VAR_POSITIONAL)
+    ]
     if params and not positional:
         raise SourceError(
             f"{cls}.forward takes no positional input, so it cannot be called as forward(input_ids)",
             "Define forward(self, input_ids, attention_mask=None) returning logits (B, S, V).",
         )
-    required = [n for n, p in params.items() if p.default is P.empty and p.kind not in (P.VAR_KEYWORD, P.VAR_POSITIONAL)]
+    required = [
+        n for n, p in params.items() if p.default is P.empty and p.kind not in (P.VAR_KEYWORD, P.VAR_POSITIONAL)
+    ]
     intermediate = [n for n in required[1:] if _INTERMEDIATE.search(n)]
     if intermediate:
         raise SourceError(
@@ -168,7 +196,9 @@ def _has_encoder_and_decoder(model) -> bool:
 
 
 # ---- the whole inspection ------------------------------------------------------------------
-def inspect_and_wrap(model, config: dict, flat: dict, provenance: Provenance, notes: list, kind: Optional[str] = None) -> LoadedModel:
+def inspect_and_wrap(
+    model, config: dict, flat: dict, provenance: Provenance, notes: list, kind: Optional[str] = None
+) -> LoadedModel:
     """Check the forward contract, find vocab/max_len/kind from the real modules, run one tiny
     forward (B=1, T=2), and return the LoadedModel."""
     import torch
@@ -180,8 +210,14 @@ def inspect_and_wrap(model, config: dict, flat: dict, provenance: Provenance, no
     declared = kind if kind is not None else config.get("kind")
     if declared is not None and declared not in KINDS:
         where = "kind=" if kind is not None else "config.json 'kind'"
-        raise SourceError(f"{where} {declared!r} is not a model kind", f"Use one of {', '.join(KINDS)}, or leave it out to infer it.")
-    if declared == "seq2seq" and not takes_decoder_input and len([p for p in params if p not in ("attention_mask",)]) < 2:
+        raise SourceError(
+            f"{where} {declared!r} is not a model kind", f"Use one of {', '.join(KINDS)}, or leave it out to infer it."
+        )
+    if (
+        declared == "seq2seq"
+        and not takes_decoder_input
+        and len([p for p in params if p not in ("attention_mask",)]) < 2
+    ):
         raise SourceError(
             f"the model is declared seq2seq but {cls}.forward takes no decoder input",
             "Add a decoder_input_ids argument to forward, or declare the right kind (decoder or encoder).",
@@ -199,7 +235,9 @@ def inspect_and_wrap(model, config: dict, flat: dict, provenance: Provenance, no
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     ids = torch.tensor([[1 % probe_vocab, 2 % probe_vocab]], device=device)
 
-    provisional = LoadedModel(model, config, "seq2seq" if seq2seq else (declared or "decoder"), "", probe_vocab, None, provenance, notes)
+    provisional = LoadedModel(
+        model, config, "seq2seq" if seq2seq else (declared or "decoder"), "", probe_vocab, None, provenance, notes
+    )
     out, fed = _tiny_forward(provisional, ids)
 
     # The embedding that actually received the ids is the input embedding (beats name guessing).
@@ -222,7 +260,9 @@ def inspect_and_wrap(model, config: dict, flat: dict, provenance: Provenance, no
     else:
         final_kind, reason = _infer_kind(model, params, seq2seq, width, vocab)
     if final_kind == "decoder" and width != vocab:
-        notes.append(f"a decoder whose output width {width} is not the vocabulary size {vocab}: checks treat it as hidden states")
+        notes.append(
+            f"a decoder whose output width {width} is not the vocabulary size {vocab}: checks treat it as hidden states"
+        )
 
     if not bool(torch.isfinite(out).all()):
         notes.append("the load-time forward (B=1, T=2) produced NaN/Inf; the stability checks will show where")
@@ -246,8 +286,10 @@ def _infer_kind(model, params: dict, seq2seq: bool, width: int, vocab: int) -> t
     if evidence:
         return "decoder", f"inferred: {evidence}"
     if width == vocab:
-        return "decoder", (f"inferred: output size {width} equals the vocabulary (a language-model head); "
-                           "pass kind='encoder' if this is a masked LM")
+        return "decoder", (
+            f"inferred: output size {width} equals the vocabulary (a language-model head); "
+            "pass kind='encoder' if this is a masked LM"
+        )
     reason = f"inferred: no causal masking in the code and the output is hidden states of size {width}"
     if _has_encoder_and_decoder(model):
         reason += " (it has encoder and decoder stacks, but forward takes no decoder input)"
@@ -262,9 +304,11 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
     fed = set()
     hooks = []
     for name, emb in embeddings(model):
+
         def hook(mod, args, _name=name):
             if args and isinstance(args[0], torch.Tensor) and args[0].shape == ids.shape and torch.equal(args[0], ids):
                 fed.add(_name)
+
         hooks.append(emb.register_forward_pre_hook(hook))
     was_training = model.training
     cls = type(model).__name__
@@ -274,7 +318,9 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
             out = loaded.forward(ids)
     except TypeError as err:
         if "holds no logits tensor" in str(err):
-            raise SourceError(f"the output of {cls}.forward cannot be used: {err}", "Return the logits tensor (B, S, V) from forward.") from None
+            raise SourceError(
+                f"the output of {cls}.forward cannot be used: {err}", "Return the logits tensor (B, S, V) from forward."
+            ) from None
         raise SourceError(
             f"calling {cls}.forward on token ids of shape (1, 2) raised TypeError: {' '.join(str(err).split())}",
             "Make forward(input_ids, attention_mask=None) accept a (batch, seq) LongTensor.",

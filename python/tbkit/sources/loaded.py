@@ -1,4 +1,5 @@
 """What every source produces: a model, the facts taken from its real modules, and where it came from."""
+
 from __future__ import annotations
 
 import inspect

@@ -10,6 +10,7 @@ Synthetic data exists for trying the checks out, is produced only when asked for
 
 torch and numpy are imported inside functions: ``import tbkit`` must stay light.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,21 +57,26 @@ def build_tokenizer(text: str, vocab_size: int, level: str = "char", source: str
         raise UsageError(f"tokenizer level {level!r} is not known", "Use level='char' or level='word'.")
     units = list(text) if level == "char" else text.split()
     if len(units) < 2:
-        raise UsageError(f"{source} holds fewer than 2 {level} tokens, nothing to train on",
-                         "Give a text file with some content.")
+        raise UsageError(
+            f"{source} holds fewer than 2 {level} tokens, nothing to train on", "Give a text file with some content."
+        )
     counts = Counter(units)
     ranked = [s for s, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     what = "characters" if level == "char" else "whitespace-separated words"
     if len(ranked) <= vocab_size:
-        note = (f"{level}-level tokenizer built from {source}: {len(ranked)} distinct {what} -> ids "
-                f"0-{len(ranked) - 1} of the model's {vocab_size}")
+        note = (
+            f"{level}-level tokenizer built from {source}: {len(ranked)} distinct {what} -> ids "
+            f"0-{len(ranked) - 1} of the model's {vocab_size}"
+        )
         return TextTokenizer(level, ranked, None, note)
     kept = ranked[: vocab_size - 1]
-    dropped = sum(counts[s] for s in ranked[vocab_size - 1:])
-    note = (f"{level}-level tokenizer built from {source}: {len(ranked)} distinct {what}, more than the "
-            f"model's vocabulary of {vocab_size}; the {vocab_size - 1} most frequent keep their own id and "
-            f"the other {len(ranked) - len(kept)} share <unk> = id {vocab_size - 1} "
-            f"({100.0 * dropped / len(units):.1f}% of the tokens)")
+    dropped = sum(counts[s] for s in ranked[vocab_size - 1 :])
+    note = (
+        f"{level}-level tokenizer built from {source}: {len(ranked)} distinct {what}, more than the "
+        f"model's vocabulary of {vocab_size}; the {vocab_size - 1} most frequent keep their own id and "
+        f"the other {len(ranked) - len(kept)} share <unk> = id {vocab_size - 1} "
+        f"({100.0 * dropped / len(units):.1f}% of the tokens)"
+    )
     return TextTokenizer(level, kept + ["<unk>"], vocab_size - 1, note)
 
 
@@ -93,13 +99,28 @@ class TokenData:
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def subset(self, index) -> "TokenData":
-        return TokenData(self.input_ids[index], self.attention_mask[index], self.description,
-                         self.synthetic, list(self.notes), self.tokenizer)
+    def subset(self, index) -> TokenData:
+        return TokenData(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.description,
+            self.synthetic,
+            list(self.notes),
+            self.tokenizer,
+        )
 
 
-def prepare(data, *, vocab_size: int, block_len: int, pad_id: int = 0, synthetic: bool = False,
-            seed: int = 0, synthetic_blocks: int = 64, level: str = "char") -> TokenData:
+def prepare(
+    data,
+    *,
+    vocab_size: int,
+    block_len: int,
+    pad_id: int = 0,
+    synthetic: bool = False,
+    seed: int = 0,
+    synthetic_blocks: int = 64,
+    level: str = "char",
+) -> TokenData:
     """Whatever the user gave as ``data`` -> ``TokenData`` of blocks at most ``block_len`` long.
 
     - ``str`` / ``Path``: a UTF-8 text file, tokenized by ``build_tokenizer``.
@@ -112,13 +133,16 @@ def prepare(data, *, vocab_size: int, block_len: int, pad_id: int = 0, synthetic
         raise UsageError(f"block length {block_len} is too short for a next-token loss", "Use max_len of 2 or more.")
     if data is None:
         if not synthetic:
-            raise UsageError("no training data given",
-                             "Pass data=<text file or token ids> (CLI: --data FILE), or synthetic=True to try it "
-                             "on synthetic data, labelled so.")
+            raise UsageError(
+                "no training data given",
+                "Pass data=<text file or token ids> (CLI: --data FILE), or synthetic=True to try it "
+                "on synthetic data, labelled so.",
+            )
         return synthetic_data(vocab_size, synthetic_blocks, block_len, seed)
     if synthetic:
-        raise UsageError("both data and synthetic=True were given",
-                         "Pass either your data or synthetic=True, not both.")
+        raise UsageError(
+            "both data and synthetic=True were given", "Pass either your data or synthetic=True, not both."
+        )
     if isinstance(data, (str, Path)):
         return _from_text_file(Path(data), vocab_size, block_len, pad_id, level)
     mask = None
@@ -141,13 +165,20 @@ def _from_text_file(path: Path, vocab_size: int, block_len: int, pad_id: int, le
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise UsageError(f"training data file {path} is not UTF-8 text ({err.reason} at byte {err.start})",
-                         "Give a UTF-8 text file, or token ids as an array.") from None
+        raise UsageError(
+            f"training data file {path} is not UTF-8 text ({err.reason} at byte {err.start})",
+            "Give a UTF-8 text file, or token ids as an array.",
+        ) from None
     tok = build_tokenizer(text, vocab_size, level, source=path.name)
     stream = torch.tensor(tok.encode(text), dtype=torch.long)
     ids, mask = _blocks(stream, block_len, pad_id)
-    td = TokenData(ids, mask, f"text file {path} ({len(stream)} tokens, {len(ids)} blocks of {block_len})",
-                   notes=[tok.note], tokenizer=tok)
+    td = TokenData(
+        ids,
+        mask,
+        f"text file {path} ({len(stream)} tokens, {len(ids)} blocks of {block_len})",
+        notes=[tok.note],
+        tokenizer=tok,
+    )
     return td
 
 
@@ -159,27 +190,41 @@ def _from_ids(ids, mask, vocab_size: int, block_len: int, pad_id: int) -> TokenD
     try:
         t = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids))
     except (TypeError, ValueError) as err:
-        raise UsageError(f"the data ({what}) cannot be read as token ids: {err}",
-                         "Pass a text file path, or an integer array/tensor of shape (N, T) or (L,).") from None
+        raise UsageError(
+            f"the data ({what}) cannot be read as token ids: {err}",
+            "Pass a text file path, or an integer array/tensor of shape (N, T) or (L,).",
+        ) from None
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
-        raise UsageError(f"the token ids have dtype {t.dtype}, not an integer type",
-                         "Pass integer token ids (e.g. torch.long or numpy int64).")
+        raise UsageError(
+            f"the token ids have dtype {t.dtype}, not an integer type",
+            "Pass integer token ids (e.g. torch.long or numpy int64).",
+        )
     t = t.detach().to("cpu", torch.long)
     if t.numel() == 0 or t.dim() not in (1, 2):
-        raise UsageError(f"the token ids have shape {tuple(t.shape)}; expected (N, T) or a 1-D stream",
-                         "Pass a non-empty array of shape (N, T) or (L,).")
+        raise UsageError(
+            f"the token ids have shape {tuple(t.shape)}; expected (N, T) or a 1-D stream",
+            "Pass a non-empty array of shape (N, T) or (L,).",
+        )
     m = None
     if mask is not None:
-        m = (mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))).detach().to("cpu", torch.long)
+        m = (
+            (mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask)))
+            .detach()
+            .to("cpu", torch.long)
+        )
         if m.shape != t.shape:
-            raise UsageError(f"attention_mask shape {tuple(m.shape)} differs from input_ids shape {tuple(t.shape)}",
-                             "Give a mask of the same shape (1 = real token, 0 = padding).")
+            raise UsageError(
+                f"attention_mask shape {tuple(m.shape)} differs from input_ids shape {tuple(t.shape)}",
+                "Give a mask of the same shape (1 = real token, 0 = padding).",
+            )
     real = t if m is None else t[m != 0]
     bad = (real < 0) | (real >= vocab_size)
     if bool(bad.any()):
-        raise UsageError(f"{int(bad.sum())} token ids lie outside [0, {vocab_size}) (min {int(real.min())}, max "
-                         f"{int(real.max())}); the model's input embedding has {vocab_size} rows",
-                         "Re-tokenize with a vocabulary that fits the model, or build the model with a larger vocabulary.")
+        raise UsageError(
+            f"{int(bad.sum())} token ids lie outside [0, {vocab_size}) (min {int(real.min())}, max "
+            f"{int(real.max())}); the model's input embedding has {vocab_size} rows",
+            "Re-tokenize with a vocabulary that fits the model, or build the model with a larger vocabulary.",
+        )
     if t.dim() == 1:
         stream = t if m is None else t[m != 0]
         out_ids, out_mask = _blocks(stream, block_len, pad_id)
@@ -192,7 +237,7 @@ def _from_ids(ids, mask, vocab_size: int, block_len: int, pad_id: int) -> TokenD
         else:  # cut long rows into blocks; the tail of each row becomes a padded block
             pieces_i, pieces_m = [], []
             for start in range(0, width, block_len):
-                pi, pm = t[:, start:start + block_len], m[:, start:start + block_len]
+                pi, pm = t[:, start : start + block_len], m[:, start : start + block_len]
                 if pi.shape[1] < block_len:
                     pad = block_len - pi.shape[1]
                     pi = torch.nn.functional.pad(pi, (0, pad), value=pad_id)
@@ -216,7 +261,7 @@ def _blocks(stream, block_len: int, pad_id: int):
     n_full = len(stream) // block_len
     ids = [stream[: n_full * block_len].view(n_full, block_len)]
     mask = [torch.ones(n_full, block_len, dtype=torch.long)]
-    rest = stream[n_full * block_len:]
+    rest = stream[n_full * block_len :]
     if len(rest) >= 2:
         tail = torch.full((1, block_len), pad_id, dtype=torch.long)
         tail[0, : len(rest)] = rest
@@ -235,8 +280,10 @@ def split(data: TokenData, val_fraction: float, seed: int = 0):
         raise UsageError(f"val_fraction {val_fraction} is not between 0 and 1", "Use e.g. val_fraction=0.1.")
     n = len(data)
     if n < 2:
-        raise UsageError(f"the data make only {n} block(s); a train/validation split needs 2 or more",
-                         "Give more data or a smaller max_len.")
+        raise UsageError(
+            f"the data make only {n} block(s); a train/validation split needs 2 or more",
+            "Give more data or a smaller max_len.",
+        )
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g)
     n_val = min(n - 1, max(1, round(n * val_fraction)))
@@ -271,11 +318,18 @@ def synthetic_data(vocab_size: int, n_blocks: int, block_len: int, seed: int = 0
         pi = pi @ trans
     h_cond = float(-(pi[:, None] * trans * trans.log()).sum())
     h_uni = float(-(pi * pi.log()).sum())
-    note = (f"SYNTHETIC data (asked for): first-order Markov chain over {k} of {vocab_size} ids, seed {seed}; "
-            f"entropy rate {h_cond:.3f} nats, unigram entropy {h_uni:.3f} nats")
+    note = (
+        f"SYNTHETIC data (asked for): first-order Markov chain over {k} of {vocab_size} ids, seed {seed}; "
+        f"entropy rate {h_cond:.3f} nats, unigram entropy {h_uni:.3f} nats"
+    )
     ids = stream.view(n_blocks, block_len)
-    return TokenData(ids, torch.ones_like(ids), f"synthetic Markov chain, {n_blocks} blocks of {block_len}",
-                     synthetic=True, notes=[note])
+    return TokenData(
+        ids,
+        torch.ones_like(ids),
+        f"synthetic Markov chain, {n_blocks} blocks of {block_len}",
+        synthetic=True,
+        notes=[note],
+    )
 
 
 # ---- losses ------------------------------------------------------------------------------------
@@ -293,8 +347,9 @@ def lm_loss(logits, input_ids, attention_mask=None, reduction: str = "mean"):
 
     labels = lm_labels(input_ids, attention_mask)
     v = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, v).float(), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction=reduction)
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, v).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
+    )
 
 
 def unigram_cross_entropy(train: TokenData, val: TokenData, vocab_size: int) -> float:

@@ -15,6 +15,7 @@
 
 optuna, optuna-integration and lightning come through the install gate when missing.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -52,8 +53,10 @@ class SearchResult:
     trials_run_here: int = 0
 
     def summary(self) -> str:
-        lines = [f"study {self.study.study_name!r} ({self.storage_display}): {self.n_complete} completed, "
-                 f"{self.n_pruned} pruned, {self.n_failed} failed; this process ran {self.trials_run_here}"]
+        lines = [
+            f"study {self.study.study_name!r} ({self.storage_display}): {self.n_complete} completed, "
+            f"{self.n_pruned} pruned, {self.n_failed} failed; this process ran {self.trials_run_here}"
+        ]
         if self.n_complete:
             lines.append(f"best val loss {self.best_value:.4f} with {self.best_params}")
         if self.synthetic:
@@ -101,22 +104,33 @@ def _open_study(optuna, storage: Optional[str], study_name: str, worker: bool, s
     try:
         if worker:
             if storage is None:
-                raise UsageError("worker=True joins a study kept in a shared storage, but no storage was given",
-                                 "Pass storage='postgresql://…' (CLI: --storage URL) naming the study's database.")
+                raise UsageError(
+                    "worker=True joins a study kept in a shared storage, but no storage was given",
+                    "Pass storage='postgresql://…' (CLI: --storage URL) naming the study's database.",
+                )
             try:
                 return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
             except KeyError:
-                raise UsageError(f"there is no study named {study_name!r} in {shown} to join",
-                                 "Start it first without --worker (or worker=False), or check --study.") from None
-        return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                   direction="minimize", load_if_exists=True)
+                raise UsageError(
+                    f"there is no study named {study_name!r} in {shown} to join",
+                    "Start it first without --worker (or worker=False), or check --study.",
+                ) from None
+        return optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction="minimize",
+            load_if_exists=True,
+        )
     except TbkitError:
         raise
     except Exception as err:  # SQLAlchemy / driver errors: one paragraph, password hidden
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise TbkitError(f"could not open the Optuna storage {shown}: {type(err).__name__}: {first}",
-                         "Check the URL, that the database server runs and accepts this user, and that the "
-                         "database exists.") from None
+        raise TbkitError(
+            f"could not open the Optuna storage {shown}: {type(err).__name__}: {first}",
+            "Check the URL, that the database server runs and accepts this user, and that the database exists.",
+        ) from None
 
 
 def _model_maker(model_factory_or_source, kind: Optional[str]):
@@ -153,11 +167,27 @@ def _model_maker(model_factory_or_source, kind: Optional[str]):
     return make, has_dropout, base
 
 
-def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: Optional[str] = None,
-           study_name: Optional[str] = None, worker: bool = False, timeout: Optional[float] = None,
-           epochs: int = 3, batch_size: int = 16, max_len: Optional[int] = None, val_fraction: float = 0.1,
-           synthetic: bool = False, seed: int = 0, device=None, search_space: Optional[dict] = None,
-           kind: Optional[str] = None, n_startup_trials: int = 3, tokenizer_level: str = "char") -> SearchResult:
+def search(
+    model_factory_or_source,
+    data=None,
+    *,
+    n_trials: int = 20,
+    storage: Optional[str] = None,
+    study_name: Optional[str] = None,
+    worker: bool = False,
+    timeout: Optional[float] = None,
+    epochs: int = 3,
+    batch_size: int = 16,
+    max_len: Optional[int] = None,
+    val_fraction: float = 0.1,
+    synthetic: bool = False,
+    seed: int = 0,
+    device=None,
+    search_space: Optional[dict] = None,
+    kind: Optional[str] = None,
+    n_startup_trials: int = 3,
+    tokenizer_level: str = "char",
+) -> SearchResult:
     """Search lr / weight decay / warmup (/ dropout) for a causal LM; minimises validation loss.
 
     ``model_factory_or_source``: a callable returning a fresh model (called once per trial, with
@@ -180,11 +210,20 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
     make, dropout_ok, base = _model_maker(model_factory_or_source, kind)
     probe = base if base is not None else make({})
     if probe.kind != "decoder":
-        raise UsageError(f"tbkit.search trains causal language models; this model's kind is {probe.kind}",
-                         "Pass a decoder, or declare kind='decoder' if it is one.")
+        raise UsageError(
+            f"tbkit.search trains causal language models; this model's kind is {probe.kind}",
+            "Pass a decoder, or declare kind='decoder' if it is one.",
+        )
     block = training.block_length(probe, max_len)
-    td = tdata.prepare(data, vocab_size=probe.vocab_size, block_len=block, pad_id=probe.pad_token_id,
-                       synthetic=synthetic, seed=seed, level=tokenizer_level)
+    td = tdata.prepare(
+        data,
+        vocab_size=probe.vocab_size,
+        block_len=block,
+        pad_id=probe.pad_token_id,
+        synthetic=synthetic,
+        seed=seed,
+        level=tokenizer_level,
+    )
     train_data, val_data = tdata.split(td, val_fraction, seed)
     space = dict(DEFAULT_SPACE)
     space.update(search_space or {})
@@ -208,10 +247,20 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
         trial.set_user_attr("warmup_steps", warmup)  # what the scheduler was given
         trial.set_user_attr("worker", worker_id)  # which process ran it (several may share a study)
         lm = make(params)
-        out = training.fit(lm, train_data, val_data, epochs=epochs, batch_size=batch_size, lr=params.get("lr", 1e-3),
-                           weight_decay=params.get("weight_decay", 0.0), warmup_steps=warmup, device=device,
-                           seed=seed + trial.number, save_checkpoints=False,
-                           callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_loss")])
+        out = training.fit(
+            lm,
+            train_data,
+            val_data,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=params.get("lr", 1e-3),
+            weight_decay=params.get("weight_decay", 0.0),
+            warmup_steps=warmup,
+            device=device,
+            seed=seed + trial.number,
+            save_checkpoints=False,
+            callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_loss")],
+        )
         vals = [r["val_loss"] for r in out.history.epochs if "val_loss" in r]
         if not vals or not all(math.isfinite(v) for v in vals):
             raise FloatingPointError(f"validation loss not finite: {vals}")
@@ -239,10 +288,19 @@ def search(model_factory_or_source, data=None, *, n_trials: int = 20, storage: O
     if imp_note:
         notes.append(imp_note)
     return SearchResult(
-        study=study, trials_df=study.trials_dataframe(), best_params=dict(best.params) if best else {},
-        figures=figures, best_value=float(best.value) if best else float("nan"), n_complete=len(complete),
-        n_pruned=len(pruned), n_failed=len(failed), synthetic=td.synthetic, storage_display=display_url(storage),
-        notes=notes, failures=failures, trials_run_here=ran,
+        study=study,
+        trials_df=study.trials_dataframe(),
+        best_params=dict(best.params) if best else {},
+        figures=figures,
+        best_value=float(best.value) if best else float("nan"),
+        n_complete=len(complete),
+        n_pruned=len(pruned),
+        n_failed=len(failed),
+        synthetic=td.synthetic,
+        storage_display=display_url(storage),
+        notes=notes,
+        failures=failures,
+        trials_run_here=ran,
     )
 
 
@@ -302,8 +360,12 @@ def history_figure(study, synthetic: bool = False):
         ax.step(xs, ys, where="post", label="best so far")
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
     if pruned:
-        ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-                "x", label="pruned (last reported)")
+        ax.plot(
+            [t.number for t in pruned],
+            [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+            "x",
+            label="pruned (last reported)",
+        )
     ax.set_xlabel("trial")
     ax.set_ylabel("validation loss")
     ax.set_title("optimization history" + (" [SYNTHETIC DATA]" if synthetic else ""))

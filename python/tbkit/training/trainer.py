@@ -7,6 +7,7 @@ optimizer and warmup schedule, AMP on GPU only, and checkpoints that a later cal
 The caller's model is never touched unless ``in_place=True``: training runs on a deep copy.
 lightning is obtained through the install gate (`tbkit.guard.gate.ensure`) when missing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,12 @@ def require(*requirements: str) -> None:
     Raises ``InstallRefused`` (from the gate) when installing would break this process."""
     import importlib
 
-    modules = {"lightning": "lightning.pytorch", "optuna": "optuna", "optuna-integration": "optuna_integration",
-               "psycopg2-binary": "psycopg2"}
+    modules = {
+        "lightning": "lightning.pytorch",
+        "optuna": "optuna",
+        "optuna-integration": "optuna_integration",
+        "psycopg2-binary": "psycopg2",
+    }
     missing = []
     for req in requirements:
         try:
@@ -85,8 +90,9 @@ def block_length(loaded, max_len: Optional[int]) -> int:
     if max_len is None:
         return min(limit, 128) if limit else 128
     if limit is not None and max_len > limit:
-        raise UsageError(f"max_len {max_len} exceeds the model's maximum sequence length {limit}",
-                         f"Use max_len={limit} or less.")
+        raise UsageError(
+            f"max_len {max_len} exceeds the model's maximum sequence length {limit}", f"Use max_len={limit} or less."
+        )
     return int(max_len)
 
 
@@ -119,8 +125,8 @@ def evaluate(loaded, data, batch_size: int = 32, device=None) -> float:
     try:
         with torch.no_grad():
             for i in range(0, len(data), batch_size):
-                ids = data.input_ids[i:i + batch_size].to(device)
-                mask = data.attention_mask[i:i + batch_size].to(device)
+                ids = data.input_ids[i : i + batch_size].to(device)
+                mask = data.attention_mask[i : i + batch_size].to(device)
                 logits = loaded.forward(ids, attention_mask=mask)
                 total += float(lm_loss(logits, ids, mask, reduction="sum"))
                 count += int(mask[:, 1:].sum())
@@ -179,8 +185,10 @@ def _lightning_classes():
             # no weight decay on biases and norm weights (1-D tensors): the usual AdamW practice
             decay = [p for p in self.net.parameters() if p.requires_grad and p.dim() >= 2]
             other = [p for p in self.net.parameters() if p.requires_grad and p.dim() < 2]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                     {"params": other, "weight_decay": 0.0}], lr=self.lr)
+            opt = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": self.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                lr=self.lr,
+            )
             sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps, self.total_steps))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -193,13 +201,21 @@ def _lightning_classes():
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            self.steps.append({"step": trainer.global_step, "train_loss": float(loss),
-                               "lr": float(trainer.optimizers[0].param_groups[0]["lr"])})
+            self.steps.append(
+                {
+                    "step": trainer.global_step,
+                    "train_loss": float(loss),
+                    "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+                }
+            )
 
         def on_train_epoch_end(self, trainer, pl_module):
             m = trainer.callback_metrics
-            row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                   "train_loss": float(m["train_loss_epoch"]) if "train_loss_epoch" in m else float("nan")}
+            row = {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "train_loss": float(m["train_loss_epoch"]) if "train_loss_epoch" in m else float("nan"),
+            }
             if "val_loss" in m:
                 row["val_loss"] = float(m["val_loss"])
                 row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
@@ -253,10 +269,26 @@ class FitOutcome:
     precision: str
 
 
-def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
-        warmup_steps: int = 0, max_steps: Optional[int] = None, checkpoint_dir: Optional[Path] = None,
-        resume: bool = False, device=None, seed: int = 0, callbacks=(), checkpoint_every_n_steps: Optional[int] = None,
-        progress: bool = False, save_checkpoints: bool = True) -> FitOutcome:
+def fit(
+    loaded,
+    train_data,
+    val_data,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    max_steps: Optional[int] = None,
+    checkpoint_dir: Optional[Path] = None,
+    resume: bool = False,
+    device=None,
+    seed: int = 0,
+    callbacks=(),
+    checkpoint_every_n_steps: Optional[int] = None,
+    progress: bool = False,
+    save_checkpoints: bool = True,
+) -> FitOutcome:
     """Train ``loaded.module`` in place with Lightning. The shared engine of train, search and baseline."""
     import torch
 
@@ -281,10 +313,18 @@ def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float
         ckdir = ckdir if ckdir is not None else Path(tempfile.mkdtemp(prefix="tbkit-train-"))
         ckdir.mkdir(parents=True, exist_ok=True)
         # the latest state (for resume) and the best by validation loss
-        cbs.append(ModelCheckpoint(dirpath=ckdir, filename="latest-{epoch}-{step}", save_last=True, save_top_k=1,
-                                   every_n_train_steps=checkpoint_every_n_steps))
-        cbs.append(ModelCheckpoint(dirpath=ckdir, filename="best-{epoch}-{step}", monitor="val_loss", mode="min",
-                                   save_top_k=1))
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=ckdir,
+                filename="latest-{epoch}-{step}",
+                save_last=True,
+                save_top_k=1,
+                every_n_train_steps=checkpoint_every_n_steps,
+            )
+        )
+        cbs.append(
+            ModelCheckpoint(dirpath=ckdir, filename="best-{epoch}-{step}", monitor="val_loss", mode="min", save_top_k=1)
+        )
     resume_path = ckdir / "last.ckpt" if (resume and save_checkpoints and (ckdir / "last.ckpt").is_file()) else None
     resumed_step = None
     if resume_path is not None:
@@ -293,12 +333,19 @@ def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float
         del state
     with quiet_lightning(resuming=resume_path is not None):
         trainer = pl.Trainer(
-            max_epochs=epochs, max_steps=max_steps if max_steps else -1,
+            max_epochs=epochs,
+            max_steps=max_steps if max_steps else -1,
             accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=[device.index or 0] if device.type == "cuda" else 1,
-            precision=precision, gradient_clip_val=1.0, logger=False, callbacks=cbs,
-            enable_checkpointing=save_checkpoints, enable_progress_bar=progress, enable_model_summary=False,
-            num_sanity_val_steps=0, deterministic=False,
+            precision=precision,
+            gradient_clip_val=1.0,
+            logger=False,
+            callbacks=cbs,
+            enable_checkpointing=save_checkpoints,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic=False,
         )
     # Seed torch for this run only: the caller's global RNG state (torch, and numpy / random, which
     # Lightning's seed_everything would also reset) is left as it was.
@@ -309,8 +356,10 @@ def fit(loaded, train_data, val_data, *, epochs: int, batch_size: int, lr: float
             trainer.fit(lit, train_dl, val_dl, ckpt_path=str(resume_path) if resume_path else None)
         except RuntimeError as err:
             if resume_path is not None and ("state_dict" in str(err) or "size mismatch" in str(err)):
-                raise TbkitError(f"the checkpoint {resume_path} does not fit this model ({str(err).splitlines()[0]})",
-                                 "Pass resume=False, or a checkpoint_dir of its own for this model.") from None
+                raise TbkitError(
+                    f"the checkpoint {resume_path} does not fit this model ({str(err).splitlines()[0]})",
+                    "Pass resume=False, or a checkpoint_dir of its own for this model.",
+                ) from None
             raise
     return FitOutcome(trainer, history, ckdir, resume_path, resumed_step, precision)
 
@@ -335,21 +384,41 @@ class TrainResult:
     loaded: Any = None  # the LoadedModel around ``model``
 
     def summary(self) -> str:
-        lines = [f"trained on {self.data_description}" + (" [SYNTHETIC]" if self.synthetic else ""),
-                 f"{self.global_step} steps, precision {self.precision}; best val loss {self.best_val_loss:.4f} "
-                 f"(perplexity {math.exp(min(self.best_val_loss, 50)):.2f}), final {self.final_val_loss:.4f}"]
+        lines = [
+            f"trained on {self.data_description}" + (" [SYNTHETIC]" if self.synthetic else ""),
+            f"{self.global_step} steps, precision {self.precision}; best val loss {self.best_val_loss:.4f} "
+            f"(perplexity {math.exp(min(self.best_val_loss, 50)):.2f}), final {self.final_val_loss:.4f}",
+        ]
         if self.resumed_from is not None:
             lines.append(f"resumed from {self.resumed_from} at step {self.resumed_step}")
         lines += self.notes
         return "\n".join(lines)
 
 
-def train(model_or_source, data=None, *, epochs: int = 3, batch_size: int = 16, lr: float = 1e-3,
-          weight_decay: float = 0.01, warmup_steps: int = 0, max_len: Optional[int] = None,
-          val_fraction: float = 0.1, checkpoint_dir=None, resume: bool = True, synthetic: bool = False,
-          device=None, seed: int = 0, in_place: bool = False, max_steps: Optional[int] = None,
-          checkpoint_every_n_steps: Optional[int] = None, tokenizer_level: str = "char", callbacks=(),
-          progress: bool = False, kind: Optional[str] = None) -> TrainResult:
+def train(
+    model_or_source,
+    data=None,
+    *,
+    epochs: int = 3,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    warmup_steps: int = 0,
+    max_len: Optional[int] = None,
+    val_fraction: float = 0.1,
+    checkpoint_dir=None,
+    resume: bool = True,
+    synthetic: bool = False,
+    device=None,
+    seed: int = 0,
+    in_place: bool = False,
+    max_steps: Optional[int] = None,
+    checkpoint_every_n_steps: Optional[int] = None,
+    tokenizer_level: str = "char",
+    callbacks=(),
+    progress: bool = False,
+    kind: Optional[str] = None,
+) -> TrainResult:
     """Fine-tune a causal LM on ``data`` (a text file path, or token ids (N, T) / a 1-D stream).
 
     Trains a deep copy unless ``in_place=True``. Synthetic data only with ``synthetic=True`` (and
@@ -367,19 +436,42 @@ def train(model_or_source, data=None, *, epochs: int = 3, batch_size: int = 16, 
         raise UsageError(f"lr={lr} must be positive", "Pass e.g. lr=1e-3.")
     loaded = as_loaded(model_or_source, kind)
     if loaded.kind != "decoder":
-        raise UsageError(f"tbkit.train trains causal language models; this model's kind is {loaded.kind} "
-                         f"({loaded.kind_reason})", "Pass a decoder, or declare kind='decoder' if it is one.")
+        raise UsageError(
+            f"tbkit.train trains causal language models; this model's kind is {loaded.kind} ({loaded.kind_reason})",
+            "Pass a decoder, or declare kind='decoder' if it is one.",
+        )
     block = block_length(loaded, max_len)
-    td = tdata.prepare(data, vocab_size=loaded.vocab_size, block_len=block, pad_id=loaded.pad_token_id,
-                       synthetic=synthetic, seed=seed, level=tokenizer_level)
+    td = tdata.prepare(
+        data,
+        vocab_size=loaded.vocab_size,
+        block_len=block,
+        pad_id=loaded.pad_token_id,
+        synthetic=synthetic,
+        seed=seed,
+        level=tokenizer_level,
+    )
     train_data, val_data = tdata.split(td, val_fraction, seed)
     require("lightning")
     work = loaded if in_place else copy_loaded(loaded)
     initial = evaluate(work, val_data, batch_size, device=pick_device(device))
-    out = fit(work, train_data, val_data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-              warmup_steps=warmup_steps, max_steps=max_steps, checkpoint_dir=checkpoint_dir, resume=resume,
-              device=device, seed=seed, callbacks=callbacks, checkpoint_every_n_steps=checkpoint_every_n_steps,
-              progress=progress)
+    out = fit(
+        work,
+        train_data,
+        val_data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        max_steps=max_steps,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        device=device,
+        seed=seed,
+        callbacks=callbacks,
+        checkpoint_every_n_steps=checkpoint_every_n_steps,
+        progress=progress,
+    )
     final = evaluate(work, val_data, batch_size, device=pick_device(device))
     epochs_df = pd.DataFrame(out.history.epochs, columns=["epoch", "step", "train_loss", "val_loss", "val_ppl"])
     vals = [v for v in epochs_df["val_loss"].tolist() if v == v] + [final]
@@ -387,10 +479,20 @@ def train(model_or_source, data=None, *, epochs: int = 3, batch_size: int = 16, 
     ckpts = sorted(out.checkpoint_dir.glob("*.ckpt"))
     work.module.eval()
     return TrainResult(
-        model=work.module, metrics=epochs_df, checkpoints=ckpts, best_val_loss=min(vals), synthetic=td.synthetic,
+        model=work.module,
+        metrics=epochs_df,
+        checkpoints=ckpts,
+        best_val_loss=min(vals),
+        synthetic=td.synthetic,
         step_metrics=pd.DataFrame(out.history.steps, columns=["step", "train_loss", "lr"]),
-        global_step=int(out.trainer.global_step), final_val_loss=final, initial_val_loss=initial, resumed_from=out.resumed_from,
-        resumed_step=out.resumed_step, precision=out.precision, data_description=td.description, notes=notes,
+        global_step=int(out.trainer.global_step),
+        final_val_loss=final,
+        initial_val_loss=initial,
+        resumed_from=out.resumed_from,
+        resumed_step=out.resumed_step,
+        precision=out.precision,
+        data_description=td.description,
+        notes=notes,
         loaded=work,
     )
 

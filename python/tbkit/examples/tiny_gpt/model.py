@@ -11,11 +11,11 @@ Masking is done properly, because this model is what `tbkit run` checks when no 
 - every query may always see itself, so no attention row is ever fully masked. Real queries never
   see padded keys either way; this only keeps padded (or all-padding) rows finite instead of NaN.
 """
+
 import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class CustomTransformer(nn.Module):

@@ -9,6 +9,7 @@ explicit use, chatty when nothing is needed), ``plan(...)`` (the dry run alone).
 ``tbkit.errors.InstallRefused``; pip failures ``tbkit.errors.InstallFailed``; both read as one
 paragraph with the fix.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -69,7 +70,8 @@ def _restart_refusal(report, what: str) -> InstallRefused:
         f"tbkit refused to install {what}: this {where} must restart first, because files of loaded "
         f"distributions changed on disk — {detail}. Until it restarts, every install is refused, since "
         "each one would build on a broken state",
-        restart_hint(), distributions=names,
+        restart_hint(),
+        distributions=names,
     )
 
 
@@ -85,7 +87,8 @@ def check_process(what: str):
         raise InstallRefused(
             f"tbkit refused to install {what}: the integrity check failed ({type(err).__name__}: {err}), so it "
             "cannot tell whether this process is still intact; nothing was installed",
-            "Run `tbkit doctor` (or `%tbkit doctor`) and report its output.") from None
+            "Run `tbkit doctor` (or `%tbkit doctor`) and report its output.",
+        ) from None
     if report.restart_required:
         raise _restart_refusal(report, what)
     return report
@@ -100,16 +103,28 @@ def loaded_distributions() -> dict:
             f"tbkit cannot tell which distributions this process has loaded (the integrity probe failed: "
             f"{type(err).__name__}: {err}), so it cannot plan an install that keeps them; nothing was installed",
             "Run `tbkit doctor` (or `%tbkit doctor`) and report its output; meanwhile install what you need "
-            "before importing anything, in a fresh process.") from None
+            "before importing anything, in a fresh process.",
+        ) from None
 
 
 def _options(index_url, find_links, no_index, extra_index_url, pre) -> pipmod.IndexOptions:
-    return pipmod.IndexOptions.resolve(index_url=index_url, find_links=find_links, no_index=no_index,
-                                       extra_index_url=extra_index_url, pre=pre)
+    return pipmod.IndexOptions.resolve(
+        index_url=index_url, find_links=find_links, no_index=no_index, extra_index_url=extra_index_url, pre=pre
+    )
 
 
-def plan(*requirements, allow_urls=False, allow_paths=False, index_url=None, find_links=None, no_index=False,
-         extra_index_url=None, pre=False, upgrade=False, no_deps=False) -> Plan:
+def plan(
+    *requirements,
+    allow_urls=False,
+    allow_paths=False,
+    index_url=None,
+    find_links=None,
+    no_index=False,
+    extra_index_url=None,
+    pre=False,
+    upgrade=False,
+    no_deps=False,
+) -> Plan:
     """The plan the gate would carry out (a pip dry run), with ``.refusal`` set if it would refuse.
 
     Raises InstallRefused for bad requirements or a process that must restart, InstallFailed when
@@ -120,8 +135,19 @@ def plan(*requirements, allow_urls=False, allow_paths=False, index_url=None, fin
     return make_plan(reqs, index, loaded_distributions(), upgrade=upgrade, no_deps=no_deps)
 
 
-def ensure(*requirements, allow_urls=False, allow_paths=False, index_url=None, find_links=None, no_index=False,
-           quiet=False, extra_index_url=None, pre=False, upgrade=False, no_deps=False) -> InstallResult:
+def ensure(
+    *requirements,
+    allow_urls=False,
+    allow_paths=False,
+    index_url=None,
+    find_links=None,
+    no_index=False,
+    quiet=False,
+    extra_index_url=None,
+    pre=False,
+    upgrade=False,
+    no_deps=False,
+) -> InstallResult:
     """Make ``requirements`` importable without breaking this process, or raise saying why not."""
     say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     reqs = validate_all(requirements, allow_urls=allow_urls, allow_paths=allow_paths)
@@ -163,23 +189,38 @@ def _execute(reqs, the_plan: Plan, say, quiet: bool) -> InstallResult:
     if not run.ok:
         from tbkit.guard.gate.installed import installed_version
 
-        landed = [f"{i.name}=={i.version}" for i in the_plan.items if installed_version(i.name) == i.version
-                  and i.installed_version != i.version]
-        state = ("the running process is still intact" if not report.restart_required
-                 else f"the running process is now damaged ({report})")
-        partial = f"; of the plan, {', '.join(landed)} did get installed" if landed else "; none of the plan got installed"
+        landed = [
+            f"{i.name}=={i.version}"
+            for i in the_plan.items
+            if installed_version(i.name) == i.version and i.installed_version != i.version
+        ]
+        state = (
+            "the running process is still intact"
+            if not report.restart_required
+            else f"the running process is now damaged ({report})"
+        )
+        partial = (
+            f"; of the plan, {', '.join(landed)} did get installed" if landed else "; none of the plan got installed"
+        )
         raise InstallFailed(
             f"pip failed while installing {', '.join(pins)} (exit status {run.returncode}): "
             f"{_summary(run)}{partial}; {state}",
             "Read pip's message above; the plan itself was checked against the loaded packages, so this is "
             "usually a download, build or packaging problem."
-            + (f" Remove the partial install with `{sys.executable} -m pip uninstall -y "
-               f"{' '.join(n.split('==')[0] for n in landed)}`." if landed else "")
-            + (" " + restart_hint() if report.restart_required else ""))
+            + (
+                f" Remove the partial install with `{sys.executable} -m pip uninstall -y "
+                f"{' '.join(n.split('==')[0] for n in landed)}`."
+                if landed
+                else ""
+            )
+            + (" " + restart_hint() if report.restart_required else ""),
+        )
     if report.restart_required:
         raise InstallFailed(
             f"the install of {', '.join(pins)} changed distributions loaded in this process although the plan "
-            f"did not include them: {report}", restart_hint())
+            f"did not include them: {report}",
+            restart_hint(),
+        )
     modules = sorted({m for item in the_plan.items for m in top_level_modules(item.name)})
     _import_in_fresh_process(modules, pins)
     installed = [f"{i.name}=={i.version}" for i in the_plan.items]
@@ -208,8 +249,13 @@ def _import_in_fresh_process(modules: list, pins: list) -> None:
     """Import the new top-level modules in a child interpreter before anything imports them here."""
     if not modules:
         return
-    proc = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, *modules], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK, *modules],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         failed = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -220,4 +266,5 @@ def _import_in_fresh_process(modules: list, pins: list) -> None:
             f"{', '.join(pins)} installed, but a fresh Python process could not import it: {detail}. "
             "Nothing has imported it in this process, which is still intact",
             "The installed package is broken or needs something missing; fix or uninstall it "
-            "(python -m pip uninstall NAME) before importing it here.")
+            "(python -m pip uninstall NAME) before importing it here.",
+        )

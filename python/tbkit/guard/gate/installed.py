@@ -3,6 +3,7 @@
 Importing a package to learn its version is exactly what must not happen in a process whose files
 may have been replaced; ``importlib.metadata`` only reads ``*.dist-info`` files.
 """
+
 from __future__ import annotations
 
 import importlib.metadata as md

@@ -4,6 +4,7 @@ Index settings come from keyword arguments first, then from TBKIT_PIP_INDEX_URL,
 TBKIT_PIP_FIND_LINKS (``os.pathsep``-separated) and TBKIT_PIP_NO_INDEX=1, so a test or a mirror
 can point tbkit at a local wheelhouse without touching pip's own configuration.
 """
+
 from __future__ import annotations
 
 import os
@@ -105,16 +106,30 @@ class PipRun:
 
 def run_captured(argv: list, timeout: float = 900) -> PipRun:
     """Run pip quietly, keeping its output for the error report."""
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=pip_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=pip_env(),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return PipRun(argv, proc.returncode, proc.stdout, proc.stdout.splitlines()[-40:])
 
 
 def run_streamed(argv: list, echo: Optional[Callable[[str], None]]) -> PipRun:
     """Run pip, passing each output line to ``echo`` as it arrives (progress in the notebook)."""
     tail: deque = deque(maxlen=40)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=pip_env(), stdin=subprocess.DEVNULL, bufsize=1)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=pip_env(),
+        stdin=subprocess.DEVNULL,
+        bufsize=1,
+    )
     assert proc.stdout is not None
     try:
         for line in proc.stdout:

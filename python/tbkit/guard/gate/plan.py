@@ -5,6 +5,7 @@ cannot resolve with those pins, the same dry run without them tells the two fail
 "impossible without replacing something loaded" (refuse, and show what pip would have done) versus
 "impossible at all" (unknown package, unreachable index: a plain failure, nothing changed).
 """
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,18 @@ class Plan:
         return {
             "requirements": [str(r) for r in self.requirements],
             "index": self.index.describe(),
-            "items": [dict(name=i.name, version=i.version, action=i.action, installed_version=i.installed_version,
-                           loaded_version=i.loaded_version, requested=i.requested, url=i.url) for i in self.items],
+            "items": [
+                dict(
+                    name=i.name,
+                    version=i.version,
+                    action=i.action,
+                    installed_version=i.installed_version,
+                    loaded_version=i.loaded_version,
+                    requested=i.requested,
+                    url=i.url,
+                )
+                for i in self.items
+            ],
             "constrained": self.constrained,
             "refusal": self.refusal,
         }
@@ -114,7 +125,8 @@ def require_pip() -> None:
             f"tbkit cannot plan an install: pip {found} in this interpreter, and the gate needs pip "
             f"{MIN_PIP[0]}.{MIN_PIP[1]} or newer for `pip install --dry-run --report`; nothing was installed",
             "Install a current pip into this environment from a fresh process (python -m ensurepip --upgrade, "
-            "or python -m pip install -U pip), then restart and try again.")
+            "or python -m pip install -U pip), then restart and try again.",
+        )
 
 
 def _constraints_file(pinned: dict, directory: str) -> str:
@@ -177,8 +189,16 @@ def _items(data: dict, loaded: dict) -> list:
         url = None
         if entry.get("is_direct"):
             url = (entry.get("download_info") or {}).get("url")
-        items.append(PlanItem(name=name, version=str(meta["version"]), installed_version=installed_version(name),
-                              loaded_version=loaded.get(name), requested=bool(entry.get("requested")), url=url))
+        items.append(
+            PlanItem(
+                name=name,
+                version=str(meta["version"]),
+                installed_version=installed_version(name),
+                loaded_version=loaded.get(name),
+                requested=bool(entry.get("requested")),
+                url=url,
+            )
+        )
     return items
 
 
@@ -202,8 +222,9 @@ def make_plan(requirements, index, loaded: dict, *, upgrade: bool = False, no_de
             plan.items = _items(data, loaded)
             if plan.loaded_conflicts:
                 names = ", ".join(f"{i.name} {i.loaded_version}" for i in plan.loaded_conflicts)
-                plan.refusal = (f"the plan replaces {names}, loaded in this process; the running code would "
-                                "mix old and new files")
+                plan.refusal = (
+                    f"the plan replaces {names}, loaded in this process; the running code would mix old and new files"
+                )
             held = [r for r in requirements if upgrade and r.name in pinned]
             if not plan.refusal and held:
                 # `-U numpy` with NumPy loaded: the pin kept it, so say whether an upgrade was held back.
@@ -211,9 +232,11 @@ def make_plan(requirements, index, loaded: dict, *, upgrade: bool = False, no_de
                 blocked = [i for i in _items(free_data or {}, loaded) if i.touches_loaded] if free_run.ok else []
                 if blocked:
                     plan.items, plan.constrained = _items(free_data, loaded), False
-                    plan.refusal = ("upgrading " + ", ".join(f"{i.name} {i.loaded_version} -> {i.version}"
-                                                             for i in blocked)
-                                    + " would replace a distribution loaded in this process")
+                    plan.refusal = (
+                        "upgrading "
+                        + ", ".join(f"{i.name} {i.loaded_version} -> {i.version}" for i in blocked)
+                        + " would replace a distribution loaded in this process"
+                    )
             return plan
         # Pinned resolution failed: is it the pins, or is the requirement impossible anyway?
         free_run, free_data = _dry_run(requirements, index, None, flags, tmp, "free")
@@ -222,14 +245,17 @@ def make_plan(requirements, index, loaded: dict, *, upgrade: bool = False, no_de
         plan.constrained = False
         blocked = plan.loaded_conflicts
         names = ", ".join(f"{i.name} {i.loaded_version} -> {i.version}" for i in blocked) or "a loaded distribution"
-        plan.refusal = (f"{' '.join(map(str, requirements))} cannot be installed while keeping the loaded "
-                        f"versions: pip would have to change {names} (pinned: {pip_error_summary(run)})")
+        plan.refusal = (
+            f"{' '.join(map(str, requirements))} cannot be installed while keeping the loaded "
+            f"versions: pip would have to change {names} (pinned: {pip_error_summary(run)})"
+        )
         return plan
     raise InstallFailed(
         f"pip could not plan {' '.join(map(str, requirements))} from {index.describe()}: "
         f"{pip_error_summary(free_run)}. Nothing was installed and this environment is unchanged",
         "Check the package name and version, and that the index is reachable (offline? behind a mirror? "
-        "pass index_url= / find_links=, or set TBKIT_PIP_INDEX_URL / TBKIT_PIP_FIND_LINKS).")
+        "pass index_url= / find_links=, or set TBKIT_PIP_INDEX_URL / TBKIT_PIP_FIND_LINKS).",
+    )
 
 
 def refused(plan: Plan) -> InstallRefused:
@@ -238,7 +264,9 @@ def refused(plan: Plan) -> InstallRefused:
         f"tbkit refused to install {' '.join(map(str, plan.requirements))}: {plan.refusal}. "
         f"The plan was: {'; '.join(i.line() for i in plan.items) or 'nothing'}. Nothing was installed",
         "Pick versions compatible with what is loaded (for example a release that supports the loaded "
-        "NumPy), or install it before importing the packages it changes: " + restart_hint()
+        "NumPy), or install it before importing the packages it changes: "
+        + restart_hint()
         + " Then install it in the first cell, before anything else is imported.",
-        plan=plan, distributions=names,
+        plan=plan,
+        distributions=names,
     )

@@ -3,6 +3,7 @@
 Detection never imports anything: Colab is recognised by ``google.colab`` already being in
 ``sys.modules`` or by the ``COLAB_RELEASE_TAG`` variable its runtime sets.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,6 +23,8 @@ def restart_hint() -> str:
     if in_colab():
         return "Restart the runtime: in Colab, Runtime → Restart session, then run the notebook again from the top."
     if in_kernel():
-        return ("Restart the kernel (Jupyter: Kernel → Restart Kernel; VS Code: the Restart button in the "
-                "notebook toolbar), then run the notebook again from the top.")
+        return (
+            "Restart the kernel (Jupyter: Kernel → Restart Kernel; VS Code: the Restart button in the "
+            "notebook toolbar), then run the notebook again from the top."
+        )
     return "Start a new Python process (exit this one and run it again)."
