@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from decoy import ADDING, CLOBBERING, build_wheel
 from project_version import cargo_version
 
@@ -68,7 +69,10 @@ def test_doctor_names_a_decoy_that_adds_files_and_its_advice_fixes_it(tmp_path, 
     assert "CONFLICT" in doctor.stdout and "`tbkit` 9.9.9" in doctor.stdout
     assert "tbkit/tightbinding.py" in doctor.stdout
     fix = [ln.strip() for ln in doctor.stdout.splitlines() if ln.startswith("    python -m pip")]
-    assert fix == ["python -m pip uninstall -y tbkit", f"python -m pip install --no-deps --force-reinstall tbkit-ml=={cargo_version()}"]
+    assert fix == [
+        "python -m pip uninstall -y tbkit",
+        f"python -m pip install --no-deps --force-reinstall tbkit-ml=={cargo_version()}",
+    ]
 
     # Following the advice (from the local wheel instead of the index) leaves a whole, single-owner tbkit.
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-q", "-y", "tbkit"], check=True)

@@ -29,7 +29,9 @@ def build_wheel(out_dir: Path, name: str, version: str, files: dict) -> Path:
     info = f"{dist}-{version}.dist-info"
     contents = {path: text.encode() for path, text in files.items()}
     contents[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
-    contents[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    contents[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     record = [f"{path},{_digest(data)},{len(data)}" for path, data in contents.items()]
     record.append(f"{info}/RECORD,,")
     contents[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()

@@ -38,7 +38,9 @@ class SimpleIndex:
             for f in files:
                 shutil.copy2(f, folder / f.name)
                 links.append(f'<a href="{html.escape(f.name)}">{html.escape(f.name)}</a><br>')
-            (folder / "index.html").write_text("<!DOCTYPE html><html><body>\n" + "\n".join(links) + "\n</body></html>\n")
+            (folder / "index.html").write_text(
+                "<!DOCTYPE html><html><body>\n" + "\n".join(links) + "\n</body></html>\n"
+            )
         projects = "".join(f'<a href="{p}/">{p}</a><br>\n' for p in sorted(by_project))
         (simple / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{projects}</body></html>\n")
         handler = functools.partial(_Quiet, directory=str(root))

@@ -77,7 +77,9 @@ class OwnershipReport:
         parts = []
         for o in self.owners:
             shown = ", ".join(o.files[:3]) + (f", … ({len(o.files)} files)" if len(o.files) > 3 else "")
-            parts.append(f"the distribution `{o.name}` {o.version} also installs files into the `tbkit` package ({shown})")
+            parts.append(
+                f"the distribution `{o.name}` {o.version} also installs files into the `tbkit` package ({shown})"
+            )
         if self.changed:
             shown = ", ".join(self.changed[:3]) + (" …" if len(self.changed) > 3 else "")
             parts.append(f"{len(self.changed)} file(s) of {DISTRIBUTION} were replaced or removed ({shown})")
@@ -177,7 +179,9 @@ def _other_owners(site: str, dist_infos: list, ours: Optional[str]) -> list:
         if d == ours:
             continue
         # Compiled caches are listed too, but name nothing the user would recognise.
-        files = [p for p, _ in _record_lines(os.path.join(site, d)) if p.startswith(prefix) and "/__pycache__/" not in p]
+        files = [
+            p for p, _ in _record_lines(os.path.join(site, d)) if p.startswith(prefix) and "/__pycache__/" not in p
+        ]
         if files:
             name, version = _split_dist_info(d)
             owners.append(Owner(_metadata_name(os.path.join(site, d)) or name, version, files))
