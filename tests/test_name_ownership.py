@@ -88,3 +88,13 @@ def test_record_paths_with_commas_are_quoted_csv(tmp_path):
 def test_the_imported_package_is_checked_by_default():
     report = ownership.check()
     assert Path(report.site, "tbkit") == Path(ownership.__file__).parents[1]
+
+
+def test_the_check_at_import_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = "import sys; before = set(sys.modules); import tbkit; print(sorted(set(sys.modules) - before))"
+    new = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for heavy in ("importlib.metadata", "email", "csv", "zipfile", "torch", "numpy"):
+        assert f"'{heavy}'" not in new, new

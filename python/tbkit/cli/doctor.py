@@ -29,16 +29,33 @@ def main(args) -> int:
     report = integrity.check()  # before any import below
     owners = ownership.check(thorough=True)
     facts = collect_facts(report, owners, cuda=getattr(args, "cuda", False))
+    note = shared_name_note(report, owners)
     if getattr(args, "json", False):
         payload = {"integrity": report.to_dict(), "ownership": owners.to_dict(), "facts": facts}
+        if note:
+            payload["ownership"]["note"] = note
         print(json.dumps(payload, indent=2, default=str))
     else:
         print(str(report))
         print(owners.advice())
+        if note:
+            print(note)
         print()
         for key, value in facts.items():
             print(f"{key:>24}: {value}")
     return 1 if report.restart_required or not owners.ok else 0
+
+
+def shared_name_note(report, owners) -> str:
+    """The probe matches the loaded `tbkit` module with the dist-info named `tbkit` (the other project),
+    so a second owner also shows up as a version mismatch: say where that finding comes from."""
+    names = {o.name.lower() for o in owners.owners}
+    if any((f.distribution or "").lower() in names for f in report.findings):
+        return (
+            "note: the integrity finding for `tbkit` above compares this tbkit with the other distribution's "
+            "metadata; it goes away once that distribution is removed as shown."
+        )
+    return ""
 
 
 def collect_facts(report, owners, cuda: bool = False) -> dict:

@@ -122,11 +122,15 @@ def _split_dist_info(name: str) -> tuple:
     return dist, version
 
 
-def _record_lines(dist_info: str):
+def _record_lines(dist_info: str, mentioning: str = ""):
+    """(path, size) of each RECORD line; none at all when the text does not contain ``mentioning``
+    (torch's RECORD alone has thousands of lines: a substring test is much cheaper than parsing)."""
     try:
         with open(os.path.join(dist_info, "RECORD"), encoding="utf-8", errors="replace") as fh:
             text = fh.read()
     except OSError:
+        return
+    if mentioning not in text:
         return
     for line in text.splitlines():
         # path,hash,size; the path may contain commas (then it is quoted, with "" for a quote)
@@ -179,9 +183,8 @@ def _other_owners(site: str, dist_infos: list, ours: Optional[str]) -> list:
         if d == ours:
             continue
         # Compiled caches are listed too, but name nothing the user would recognise.
-        files = [
-            p for p, _ in _record_lines(os.path.join(site, d)) if p.startswith(prefix) and "/__pycache__/" not in p
-        ]
+        lines = _record_lines(os.path.join(site, d), mentioning=prefix)
+        files = [p for p, _ in lines if p.startswith(prefix) and "/__pycache__/" not in p]
         if files:
             name, version = _split_dist_info(d)
             owners.append(Owner(_metadata_name(os.path.join(site, d)) or name, version, files))
