@@ -86,12 +86,19 @@ class OwnershipReport:
         pin = f"=={self.version}" if self.version else ""
         fix = [f"python -m pip uninstall -y {o.name}" for o in self.owners]
         fix.append(f"python -m pip install --no-deps --force-reinstall {DISTRIBUTION}{pin}")
+        if self.owners:
+            what = (
+                f". `{PACKAGE}` on PyPI is an unrelated project; this one is published as `{DISTRIBUTION}`. "
+                "Remove the other distribution, then reinstall tbkit so that its files are whole again "
+                "(uninstalling the other one deletes the files they share):"
+            )
+        else:
+            what = ". Reinstall tbkit so that its files are whole again:"
         return (
-            f"package ownership: CONFLICT in {self.site}: "
+            f"package ownership: {'CONFLICT' if self.owners else 'INCOMPLETE'} in {self.site}: "
             + "; ".join(parts)
-            + f". `{PACKAGE}` on PyPI is an unrelated project; this one is published as `{DISTRIBUTION}`. "
-            "Remove the other distribution, then reinstall tbkit so that its files are whole again "
-            "(uninstalling the other one deletes the files they share):\n    "
+            + what
+            + "\n    "
             + "\n    ".join(fix)
             + "\nIn a notebook, run them with %pip and then restart the runtime."
         )
