@@ -28,7 +28,7 @@ rm -rf target/wheels
 # maturin's script sits beside the interpreter, or (venv over system site-packages) on PATH.
 MATURIN="$("$PY" -c 'import os, shutil, sysconfig; p = os.path.join(sysconfig.get_path("scripts"), "maturin"); print(p if os.path.exists(p) else shutil.which("maturin") or "maturin")')"
 "$MATURIN" build --release --quiet --out target/wheels
-export TBKIT_WHEEL="$(ls "$PWD"/target/wheels/tbkit-*.whl | head -n 1)"  # absolute: tests chdir
+export TBKIT_WHEEL="$(ls "$PWD"/target/wheels/tbkit_ml-*.whl | head -n 1)"  # absolute: tests chdir
 
 echo "== fetching test wheels once per machine (tests install only from this local wheelhouse)"
 "$PY" tests/support/wheelhouse.py

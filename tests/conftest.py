@@ -25,7 +25,7 @@ def tbkit_wheel(tmp_path_factory) -> Path:
     beside = Path(sysconfig.get_path("scripts")) / "maturin"
     maturin = str(beside) if beside.exists() else shutil.which("maturin") or "maturin"
     subprocess.run([maturin, "build", "--release", "--quiet", "--out", str(out)], cwd=ROOT, check=True)
-    (wheel,) = out.glob("tbkit-*.whl")
+    (wheel,) = out.glob("tbkit_ml-*.whl")  # the distribution is tbkit-ml
     return wheel
 
 

@@ -22,7 +22,8 @@ def test_doctor_text_on_a_clean_interpreter():
     proc = subprocess.run([sys.executable, "-m", "tbkit", "doctor"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "tbkit integrity: OK" in proc.stdout
-    for key in ("python", "platform", "numpy loaded", "numpy on disk", "torch"):
+    assert "package ownership: OK" in proc.stdout
+    for key in ("python", "platform", "numpy loaded", "numpy on disk", "torch on disk"):
         assert key in proc.stdout
 
 
@@ -34,7 +35,18 @@ def test_doctor_json_on_a_clean_interpreter():
     facts = payload["facts"]
     assert facts["numpy loaded"] == "not loaded"  # doctor itself never imports NumPy for this
     assert facts["numpy on disk"][0].isdigit()
-    assert "cuda available" in facts  # torch imported after the report, since no restart is needed
+    assert facts["torch on disk"][0].isdigit()  # read from metadata
+    assert payload["ownership"]["ok"] is True
+    assert proc.stdout.split("TORCH_LOADED")[1].strip() == "False"  # doctor imports torch only with --cuda
+
+
+def test_doctor_cuda_imports_torch_for_the_cuda_facts():
+    proc = _doctor("doctor", "--json", "--cuda")
+    assert proc.returncode == 0, proc.stderr
+    out, torch_line = proc.stdout.split("TORCH_LOADED")
+    facts = json.loads(out)["facts"]
+    assert "cuda available" in facts and facts["torch"][0].isdigit()
+    assert torch_line.strip() == "True"
 
 
 def test_doctor_exits_non_zero_when_a_restart_is_required(tmp_path):
@@ -50,7 +62,7 @@ def test_doctor_exits_non_zero_when_a_restart_is_required(tmp_path):
         f"FakeSite.write_package(types.SimpleNamespace(site=Path({str(fake.site)!r})), 'fakenative', '2.0', native=True)\n"
     )
     fake.write_maps(deleted=True)
-    proc = _doctor("doctor", "--json", env={"TBKIT_PROBE_MAPS": str(fake.maps)}, pre=pre)
+    proc = _doctor("doctor", "--json", "--cuda", env={"TBKIT_PROBE_MAPS": str(fake.maps)}, pre=pre)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out, torch_line = proc.stdout.split("TORCH_LOADED")
     payload = json.loads(out)

@@ -126,5 +126,5 @@ def test_loaded_distributions_in_a_venv(venv_202):
     with Child(venv_202) as child:
         loaded = child.ask("loaded")["loaded"]
         assert loaded["numpy"] == "2.0.2"
-        assert loaded["tbkit"] == "0.1.0"
+        assert loaded["tbkit-ml"] == "0.1.0"  # the distribution is tbkit-ml (docs/release.md)
         assert "pip" not in loaded  # installed, but no module of it is loaded

@@ -11,7 +11,8 @@ import pytest
 
 
 @pytest.mark.slow
-def test_release_wheel_runs_doctor_and_run_from_a_fresh_venv(tmp_path, tbkit_wheel):
+def test_release_wheel_runs_doctor_and_run_from_a_fresh_venv(tmp_path, tbkit_wheel, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the venv must import the wheel, not a checkout
     # --system-site-packages supplies torch & co. (several GB, installed once per machine);
     # tbkit itself comes only from the wheel.
     venv = tmp_path / "venv"
@@ -42,7 +43,8 @@ def test_release_wheel_runs_doctor_and_run_from_a_fresh_venv(tmp_path, tbkit_whe
 
     doctor = subprocess.run([str(tbkit), "doctor", "--json"], capture_output=True, text=True, cwd=tmp_path)
     assert doctor.returncode == 0, doctor.stderr
-    json.loads(doctor.stdout)
+    ownership = json.loads(doctor.stdout)["ownership"]
+    assert ownership["ok"] and ownership["dist_info"] == tbkit_wheel.name.split("-cp")[0] + ".dist-info"
 
     out = tmp_path / "report"
     run = subprocess.run(

@@ -1,17 +1,34 @@
 """tbkit: check and train notebook-built transformer models without breaking the notebook.
 
 ``import tbkit`` is deliberately light: it loads the compiled probe and takes the integrity
-baseline (well under a millisecond), and nothing else. torch, pandas and matplotlib are
-imported only when a function that needs them is called.
+baseline (well under a millisecond), reads its own RECORD to notice another distribution
+sharing the `tbkit` folder, and nothing else. torch, pandas and matplotlib are imported only
+when a function that needs them is called.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from tbkit.guard import integrity
+# One version, one place: rust/probe/Cargo.toml, compiled into the probe (tests/test_release_version.py).
+from tbkit._probe import __version__
+from tbkit.guard import integrity, ownership
 
 integrity.take_baseline()
+
+
+def _warn_if_shared() -> None:
+    # `tbkit` on PyPI is another project with the same top-level package; pip lets both write here.
+    try:
+        report = ownership.check()
+    except Exception:  # a diagnosis must never stop the import
+        return
+    if not report.ok:
+        import warnings
+
+        # warn_explicit with no source file: one line, whoever imported us; still filterable.
+        warnings.warn_explicit(report.warning_line(), RuntimeWarning, "tbkit", 0)
+
+
+_warn_if_shared()
 
 # Public names resolved on first use, so that `import tbkit` imports no heavy library.
 _LAZY = {

@@ -15,14 +15,14 @@ import sys
 
 COMMANDS = {
     "run": "run the tiered checks on a model and write a report",
-    "doctor": "is what this interpreter has loaded still what is on disk? (plus facts for bug reports)",
+    "doctor": "is what this interpreter has loaded still what is on disk, and is tbkit installed whole? (plus facts for bug reports)",
     "install": "install packages through the gate that refuses anything that would break this process",
     "search": "hyperparameter search (Optuna) on a model; several workers can share one study",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tbkit import __version__
+    from tbkit._probe import __version__  # compiled from rust/probe/Cargo.toml: the one version
 
     parser = argparse.ArgumentParser(prog="tbkit", description="Check and train transformer models safely.")
     parser.add_argument("--version", action="version", version=f"tbkit {__version__}")

@@ -1,11 +1,14 @@
-"""`tbkit doctor [--json]`: is what this interpreter has loaded still what is on disk, plus the
-facts a user needs when asking for help (Python, platform, torch and CUDA, NumPy loaded vs on disk).
+"""`tbkit doctor [--json] [--cuda]`: is what this interpreter has loaded still what is on disk, does
+another distribution share the `tbkit` package, plus the facts a user needs when asking for help
+(Python, platform, versions of tbkit, torch and NumPy).
 
-The integrity report is taken FIRST, before anything else is imported. torch is imported only
-afterwards, and only when the report does not require a restart (importing torch pulls in NumPy
-submodules, which is exactly what breaks in a half-replaced install).
+The integrity report is taken FIRST, before anything else is imported. Versions come from the
+installed metadata (plain file reads), so doctor answers in well under a second: torch is imported
+only with ``--cuda`` (for the CUDA facts), and never when the report requires a restart (importing
+torch pulls in NumPy submodules, which is exactly what breaks in a half-replaced install).
 
-Exit code: 0 when no restart is required, 1 when it is.
+Exit code: 0 when all is well, 1 when a restart is required or another distribution owns files of
+the `tbkit` package.
 """
 
 from __future__ import annotations
@@ -17,38 +20,64 @@ import sys
 
 def configure(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--cuda", action="store_true", help="also import torch and report CUDA (takes seconds)")
 
 
 def main(args) -> int:
-    from tbkit.guard import integrity
+    from tbkit.guard import integrity, ownership
 
     report = integrity.check()  # before any import below
-    facts = collect_facts(report)
+    owners = ownership.check(thorough=True)
+    facts = collect_facts(report, owners, cuda=getattr(args, "cuda", False))
+    note = shared_name_note(report, owners)
     if getattr(args, "json", False):
-        print(json.dumps({"integrity": report.to_dict(), "facts": facts}, indent=2, default=str))
+        payload = {"integrity": report.to_dict(), "ownership": owners.to_dict(), "facts": facts}
+        if note:
+            payload["ownership"]["note"] = note
+        print(json.dumps(payload, indent=2, default=str))
     else:
         print(str(report))
+        print(owners.advice())
+        if note:
+            print(note)
         print()
         for key, value in facts.items():
             print(f"{key:>24}: {value}")
-    return 1 if report.restart_required else 0
+    return 1 if report.restart_required or not owners.ok else 0
 
 
-def collect_facts(report) -> dict:
+def shared_name_note(report, owners) -> str:
+    """The probe matches the loaded `tbkit` module with the dist-info named `tbkit` (the other project),
+    so a second owner also shows up as a version mismatch: say where that finding comes from."""
+    names = {o.name.lower() for o in owners.owners}
+    if any((f.distribution or "").lower() in names for f in report.findings):
+        return (
+            "note: the integrity finding for `tbkit` above compares this tbkit with the other distribution's "
+            "metadata; it goes away once that distribution is removed as shown."
+        )
+    return ""
+
+
+def collect_facts(report, owners, cuda: bool = False) -> dict:
     import platform
 
-    from tbkit import __version__
+    from tbkit._probe import __version__  # the compiled module: right even if tbkit/__init__.py was replaced
     from tbkit.guard import integrity
 
     loaded = integrity.loaded_distributions()
     facts = {
         "tbkit": __version__,
+        "tbkit-ml installed": owners.version or f"no dist-info beside {owners.site} (source checkout?)",
         "python": f"{platform.python_version()} ({sys.executable})",
         "platform": platform.platform(),
         "numpy loaded": loaded.get("numpy", "not loaded"),
         "numpy on disk": installed_version("numpy") or "not installed",
+        "torch on disk": installed_version("torch") or "not installed",
     }
-    facts.update(torch_facts(report))
+    if cuda:
+        facts.update(torch_facts(report))
+    else:
+        facts["cuda"] = "not checked (`tbkit doctor --cuda` imports torch to report it)"
     return facts
 
 
