@@ -19,6 +19,13 @@ fi
 
 # Python dependencies and an editable build of the extension (maturin, from source). pip leaves
 # already-installed packages alone, so torch is downloaded once per machine, not per run.
+# A distribution named `tbkit` (this project's name before 0.1.0 was published as tbkit-ml, or the
+# unrelated tight-binding package) owns the same import package `tbkit/`: it must not sit beside ours.
+if "$PY" -m pip show -q tbkit >/dev/null 2>&1; then
+  echo "== removing the distribution 'tbkit' (it shares the import package tbkit/ with tbkit-ml)"
+  "$PY" -m pip uninstall -y -q tbkit
+fi
+
 echo "== pip install -e .[test,all]  (builds tbkit._probe from source)"
 "$PY" -m pip install -q --disable-pip-version-check "maturin>=1.9.4,<2" -e ".[test,all]"
 
