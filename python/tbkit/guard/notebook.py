@@ -163,9 +163,9 @@ def judge(commands: list[CellCommand], cwd: Optional[str] = None) -> None:
     parsed = pip_cli.parse_pip([(pip_cli.pip_argv(s), s.env) for _, s in pip_lines], cwd=cwd) if pip_lines else []
     for (command, cmd), result in zip(pip_lines, parsed):
         _judge_pip(cmd, command, result)
-    for command, cmd in zip(commands, shells):
-        if cmd is not None and cmd.launcher == "conda":
-            _judge_conda(cmd, command)
+    for command, shell in zip(commands, shells):
+        if shell is not None and shell.launcher == "conda":
+            _judge_conda(shell, command)
 
 
 def _judge_pip(cmd: ShellCommand, command: CellCommand, parsed: pip_cli.ParsedPip) -> None:
@@ -373,10 +373,10 @@ class TbkitMagics(Magics):
     """``%tbkit doctor | install … | mode [strict|warn]``."""
 
     def __init__(self, shell: Any, gate: NotebookGate) -> None:
-        super().__init__(shell)
+        super().__init__(shell)  # type: ignore[no-untyped-call]  # IPython's Magics is not annotated
         self.gate = gate
 
-    @line_magic
+    @line_magic  # type: ignore[untyped-decorator]
     def tbkit(self, line: str = "") -> None:
         try:
             args = shlex.split(line)
@@ -418,7 +418,7 @@ def doctor(mode: str) -> None:
     bundle = {"text/plain": str(report)}
     if hasattr(report, "_repr_html_"):
         bundle["text/html"] = report._repr_html_()
-    display(bundle, raw=True)
+    display(bundle, raw=True)  # type: ignore[no-untyped-call]
     pip = pip_version()
     print(
         f"tbkit: python {sys.version.split()[0]} at {sys.executable}; pip "
@@ -445,7 +445,7 @@ def show_banner(report: Any) -> None:
     try:
         from IPython.display import display
 
-        display({"text/plain": text, "text/html": body}, raw=True)
+        display({"text/plain": text, "text/html": body}, raw=True)  # type: ignore[no-untyped-call]
     except Exception:  # no IPython display machinery (plain Python): text is enough
         print(text, file=sys.stderr)
 
@@ -521,16 +521,16 @@ def run_shell_cell(token: int) -> None:
     for command in cell.commands:
         if command.action == "refuse":  # warn mode
             print(f"tbkit (warn mode): running `{command.shown}` anyway: {command.refusal}", file=sys.stderr)
-    from IPython import get_ipython
+    from IPython.core.getipython import get_ipython
 
     name, _, args = (cell.shell_magic or "bash").partition(" ")
-    get_ipython().run_cell_magic(name, args, "".join(cell.shell_body))
+    get_ipython().run_cell_magic(name, args, "".join(cell.shell_body))  # type: ignore[no-untyped-call]
 
 
 def _run_original(command: CellCommand) -> None:
-    from IPython import get_ipython
+    from IPython.core.getipython import get_ipython
 
-    ip = get_ipython()
+    ip = get_ipython()  # type: ignore[no-untyped-call]
     if command.escape == "%":
         name, _, rest = command.text.strip().partition(" ")
         ip.run_line_magic(name, rest)

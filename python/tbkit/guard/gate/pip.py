@@ -69,7 +69,7 @@ class IndexOptions:
         if not no_index and env.get("TBKIT_PIP_NO_INDEX", "").strip().lower() in _TRUE:
             no_index = True
         if isinstance(find_links, (str, os.PathLike)):
-            find_links = [find_links]
+            find_links = [os.fspath(find_links)]
         if isinstance(extra_index_url, (str, os.PathLike)):
             extra_index_url = [extra_index_url]
         return cls(

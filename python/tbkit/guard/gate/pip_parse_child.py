@@ -20,12 +20,13 @@ import io
 import json
 import os
 import sys
+from typing import Any
 
 # the current directory may hold a pip.py or a packaging/ folder: never import from it
 sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
 
 
-def _jsonable(value):
+def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -37,14 +38,16 @@ def _jsonable(value):
     return str(value)
 
 
-def _record_typed(parser, typed):
+def _record_typed(parser: Any, typed: list[dict[str, Any]]) -> None:
     """Wrap each option's ``process`` so the flags as given (after optparse resolves ``-qU`` and
     abbreviations) are recorded in order, with their values."""
     for option in parser._get_all_options():
         if not option.dest:
             continue
 
-        def process(opt, value, values, p, _option=option, _orig=option.process):
+        def process(
+            opt: str, value: Any, values: Any, p: Any, _option: Any = option, _orig: Any = option.process
+        ) -> Any:
             typed.append(
                 {"dest": _option.dest, "flag": opt, "value": _jsonable(value), "takes_value": _option.takes_value()}
             )
@@ -53,7 +56,7 @@ def _record_typed(parser, typed):
         option.process = process
 
 
-def _from_environment(parser, env):
+def _from_environment(parser: Any, env: dict[str, str]) -> list[dict[str, Any]]:
     """Options the ``NAME=value`` prefix sets through pip's PIP_* configuration variables."""
     if not any(k.startswith("PIP_") for k in env):
         return []
@@ -65,7 +68,7 @@ def _from_environment(parser, env):
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    out = []
+    out: list[dict[str, Any]] = []
     for option in parser._get_all_options():
         dest = option.dest
         if dest and getattr(with_env, dest, None) != getattr(base, dest, None):
@@ -75,7 +78,7 @@ def _from_environment(parser, env):
     return out
 
 
-def _file_lines(filename, constraint):
+def _file_lines(filename: str, constraint: bool) -> list[dict[str, Any]]:
     """Every line of a requirements/constraints file (nested -r/-c followed), as pip reads it."""
     from pip._internal.network.session import PipSession
     from pip._internal.req.req_file import RequirementsFileParser, build_parser, get_line_parser
@@ -105,12 +108,12 @@ def _file_lines(filename, constraint):
     return lines
 
 
-def parse_one(argv, env):
+def parse_one(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     from pip._internal.cli.main_parser import parse_command
     from pip._internal.commands import commands_dict, create_command
 
     name, rest = parse_command(argv)
-    out = {"command": name, "args": [], "typed": [], "env_options": [], "lines": [], "error": None}
+    out: dict[str, Any] = {"command": name, "args": [], "typed": [], "env_options": [], "lines": [], "error": None}
     if name not in commands_dict:
         return out
     command = create_command(name, isolated=("--isolated" in rest))
@@ -126,7 +129,7 @@ def parse_one(argv, env):
     return out
 
 
-def main():
+def main() -> None:
     request = json.load(sys.stdin)
     os.environ["_PIP_RUNNING_IN_SUBPROCESS"] = "1"  # pip --python must never re-execute from here
     results = []

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from tbkit.errors import InstallRefused
 
@@ -51,13 +52,13 @@ class Req:
     text: str
     kind: str
     name: Optional[str] = None  # canonical name; None for a bare URL or path (pip's plan names it)
-    requirement: object = None  # packaging.requirements.Requirement for kind == "name"
+    requirement: Any = None  # packaging.requirements.Requirement for kind == "name"
 
     def __str__(self) -> str:
         return self.text
 
 
-def packaging_modules():
+def packaging_modules() -> tuple[Any, Any, Any, Any]:
     """`packaging` (everywhere pip is), falling back to the copy pip vendors."""
     try:
         from packaging import requirements, specifiers, utils, version
@@ -67,7 +68,7 @@ def packaging_modules():
 
 
 def canonical(name: str) -> str:
-    return packaging_modules()[2].canonicalize_name(name)
+    return str(packaging_modules()[2].canonicalize_name(name))
 
 
 def _refuse(text: str, why: str, fix: str) -> InstallRefused:
@@ -216,7 +217,7 @@ def _validate_path(text: str, allow: bool) -> Req:
     return Req(text=str(path.resolve()), kind="path")
 
 
-def validate_all(requirements, *, allow_urls: bool = False, allow_paths: bool = False) -> list:
+def validate_all(requirements: Sequence[object], *, allow_urls: bool = False, allow_paths: bool = False) -> list[Req]:
     if not requirements:
         raise InstallRefused(
             "tbkit was asked to install nothing: no requirement was given",
