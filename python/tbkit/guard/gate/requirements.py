@@ -9,9 +9,9 @@ character hides a second argument in what looks like one. Each is refused with t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Optional
 
 from tbkit.errors import InstallRefused
