@@ -180,3 +180,13 @@ def test_the_parse_does_not_import_pip_here():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_a_command_without_options_needs_no_child_process():
+    spawned = []
+    sys.addaudithook(lambda ev, args: spawned.append(ev) if ev == "subprocess.Popen" else None)
+    cmd = pip_cli.shell_command("pip install six 'numpy>=2'")
+    (parsed,) = pip_cli.parse_pip([(pip_cli.pip_argv(cmd), cmd.env)])
+    assert pip_cli.install_request(cmd, parsed).requirements == ["six", "numpy>=2"] and spawned == []
+    pip_cli.parse_pip([(["install", "-q", "six"], {})])
+    assert spawned == ["subprocess.Popen"]  # an option: pip's parser reads it

@@ -132,10 +132,26 @@ def pip_argv(cmd: ShellCommand) -> list[str]:
     return [a for a in cmd.args if not (cmd.launcher == "uv" and a in _UV_ONLY)]
 
 
+def _without_options(argv: list[str], env: dict[str, str]) -> Optional[ParsedPip]:
+    """``pip install six numpy`` — no word starts with ``-`` and no PIP_* variable is set: pip's parser can
+    only read the words after the sub-command as requirements, so the answer needs no child process
+    (a satisfied ``!pip install six`` then starts no process at all)."""
+    if argv[:1] not in (["install"], ["uninstall"]) or any(a.startswith("-") for a in argv):
+        return None
+    if any(k.startswith("PIP_") for k in env):
+        return None
+    return ParsedPip(command=argv[0], args=argv[1:])
+
+
 def parse_pip(commands: list[tuple[list[str], dict[str, str]]], cwd: Optional[str] = None) -> list[ParsedPip]:
-    """Parse each ``(pip arguments, environment prefix)`` with pip's parser; one child for all of them."""
-    if not commands:
-        return []
+    """Parse each ``(pip arguments, environment prefix)`` as pip does; one child for all that need pip's parser."""
+    quick = [_without_options(argv, env) for argv, env in commands]
+    rest = [c for c, q in zip(commands, quick) if q is None]
+    parsed = iter(_parse_in_child(rest, cwd) if rest else [])
+    return [q if q is not None else next(parsed) for q in quick]
+
+
+def _parse_in_child(commands: list[tuple[list[str], dict[str, str]]], cwd: Optional[str]) -> list[ParsedPip]:
     source = Path(__file__).with_name("pip_parse_child.py").read_text(encoding="utf-8")
     request = {"commands": [{"argv": argv, "env": env} for argv, env in commands]}
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE")}
