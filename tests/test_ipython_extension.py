@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from tbkit.guard.notebook import NotebookGate
-
 IPython = pytest.importorskip("IPython")
+
+from tbkit.guard.notebook import NotebookGate  # noqa: E402  (needs IPython)
 
 
 @pytest.fixture(scope="module")

@@ -66,9 +66,11 @@ class CellCommand:
         text = str(err)
         self.reason = text[len(head) :] if head and text.startswith(head) else text
 
+    label: str = ""  # how the user typed it, when that was not `escape + text` (%tbkit install)
+
     @property
     def shown(self) -> str:
-        return f"{self.escape}{self.text.strip()}"
+        return self.label or f"{self.escape}{self.text.strip()}"
 
 
 def _cannot_plan(shown: str, reason: str) -> InstallRefused:
@@ -400,7 +402,7 @@ class TbkitMagics(Magics):
             raise UsageError(f"tbkit: unknown subcommand {cmd!r}\n{USAGE}")
 
     def _install(self, rest: str) -> None:
-        command = CellCommand("%tbkit ", f"pip install {rest.strip()}")
+        command = CellCommand("", f"pip install {rest.strip()}", label=f"%tbkit install {rest.strip()}")
         judge([command])
         if command.action == "refuse" and command.refusal is not None:
             raise command.refusal
