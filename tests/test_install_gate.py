@@ -161,6 +161,8 @@ def test_replacing_loaded_numpy_is_refused_and_the_plan_is_shown(gate_venv, whee
     assert out["error"] == "InstallRefused", out
     assert "numpy 2.0.2 -> 2.2.6" in out["plan"] and "LOADED in this process" in out["plan"]
     assert "numpy" in out["distributions"] and "Nothing was installed" in out["message"]
+    assert "numpy 2.0.2 is loaded and the plan wanted 2.2.6" in out["message"]
+    assert "keep the loaded numpy 2.0.2: leave it out of the request" in out["message"]
     assert out["spawned"] >= 1  # pip's dry run did run ...
     assert out["numpy_unchanged"] and out["integrity_ok"]  # ... and nothing changed
     up = both["upgrade"]  # `pip install -U numpy`: the pin would hide the upgrade, so it is refused, not skipped
@@ -178,7 +180,10 @@ def test_a_dependency_that_needs_numpy_below_2_is_refused_as_unsatisfiable(gate_
     assert "numpy 2.0.2 -> 1.26.4" in out["message"] and "\x1b" not in out["message"] + out["plan"]
     # the advice names the package in conflict, its loaded version, what the plan wanted, and both ways out
     assert "In conflict: numpy 2.0.2 is loaded and the plan wanted 1.26.4" in out["message"]
-    assert "(1) keep the loaded numpy" in out["message"] and "(2) Start a new Python process" in out["message"]
+    assert (
+        "(1) keep the loaded numpy 2.0.2: ask for a version of needsoldnumpy" in out["message"]
+        and "(2) Start a new Python process" in out["message"]
+    )
     assert "NumPy" not in out["message"].split("In conflict")[1]  # no canned advice about another package
     assert "+ needsoldnumpy 1.0 (new)" in out["plan"] and "numpy 2.0.2 -> 1.26.4 (downgrade)" in out["plan"]
     assert out["numpy_unchanged"] and out["integrity_ok"] and out["imported_here"] == []

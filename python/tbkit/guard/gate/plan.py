@@ -324,10 +324,17 @@ def advice(plan: Plan) -> str:
     if not conflicts:
         return f"{restart_hint()} Then install {asked} in the first cell, before anything else is imported."
     wanted = ", ".join(f"{i.name} {i.loaded_version} is loaded and the plan wanted {i.version}" for i in conflicts)
-    keep = " ".join(f'"{i.name}=={i.loaded_version}"' for i in conflicts)
     names = ", ".join(i.name for i in conflicts)
     return (
-        f"In conflict: {wanted}. Two ways out: (1) keep the loaded {names}: ask for a version of {asked} that "
-        f"works with it, and pin it next to the request (e.g. `pip install {asked} {keep}`) to see which; or "
-        f"(2) {restart_hint()} Then install {asked} in the first cell, before anything imports {names}."
+        f"In conflict: {wanted}. Two ways out: (1) {_keep_loaded(asked, conflicts)}; or (2) {restart_hint()} Then "
+        + (f"install {asked} in the first cell, before anything imports {names}.")
     )
+
+
+def _keep_loaded(asked: str, conflicts: list[PlanItem]) -> str:
+    """Way out (1): what to ask for instead so that the loaded versions stay."""
+    loaded = ", ".join(f"{i.name} {i.loaded_version}" for i in conflicts)
+    if all(i.requested for i in conflicts):  # the request itself names the loaded distribution
+        return f"keep the loaded {loaded}: leave it out of the request, or ask for exactly the loaded version"
+    pins = " ".join(f'"{i.name}=={i.loaded_version}"' for i in conflicts)
+    return f"keep the loaded {loaded}: ask for a version of {asked} that works with it (`pip install {asked} {pins}`)"
