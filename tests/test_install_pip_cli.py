@@ -57,6 +57,7 @@ TABLE = [
     ("pip install -r req.txt", {"requirements": ["six>=1", "packaging"], "constraints": ["numpy<3"]}),
     ("pip install -r cons-only.txt -c cons.txt six", {"requirements": ["six"], "constraints": ["numpy<3", "numpy<3"]}),
     ("pip install -r idx.txt", {"requirements": ["six"], "options": {"extra_index_url": ["http://127.0.0.1:3/s"]}}),
+    ("pip install -r markers.txt", {"requirements": ["six>=1", "packaging"]}),
     ("pip install -r editable.txt", ("refused", "editable.txt line 1 is `-e ./proj`")),
     ("pip install -r hashed.txt", ("refused", "--hash")),
     ("pip install -r missing.txt", ("refused", "missing.txt")),
@@ -86,6 +87,7 @@ def judged(tmp_path_factory):
     (d / "cons-only.txt").write_text("-c cons.txt\n")
     (d / "idx.txt").write_text("--extra-index-url http://127.0.0.1:3/s\nsix\n")
     (d / "editable.txt").write_text("-e ./proj\n")
+    (d / "markers.txt").write_text('six>=1; python_version >= "3"\nnever; python_version < "3"\npackaging\n')
     (d / "hashed.txt").write_text("six==1.17.0 --hash=sha256:" + "0" * 64 + "\n")
     cmds = [pip_cli.shell_command(line) for line, _ in TABLE]
     parsed = pip_cli.parse_pip([(pip_cli.pip_argv(c), c.env) for c in cmds], cwd=str(d))

@@ -341,9 +341,27 @@ def _file_line(request: InstallRequest, line: dict[str, PipValue], version: str)
                 "option on the command line instead"
             )
         _apply_planned(request, dest, value)
-    requirement = line.get("requirement")
+    requirement = _for_this_interpreter(str(line.get("requirement") or ""))
     if requirement:
-        (request.constraints if line.get("constraint") else request.requirements).append(str(requirement))
+        (request.constraints if line.get("constraint") else request.requirements).append(requirement)
+
+
+def _for_this_interpreter(text: str) -> Optional[str]:
+    """A requirements-file line with an environment marker (``six; python_version < "3.12"``): pip skips it
+    when the marker is false here, and installs it without the marker otherwise — so does the gate."""
+    if ";" not in text:
+        return text or None
+    from tbkit.guard.gate.requirements import packaging_modules
+
+    requirements = packaging_modules()[0]
+    try:
+        req = requirements.Requirement(text)
+    except requirements.InvalidRequirement:
+        return text  # the gate's own validation names what is wrong with it
+    if req.marker is not None and not req.marker.evaluate():
+        return None
+    req.marker = None
+    return str(req)
 
 
 def install_request(cmd: ShellCommand, parsed: ParsedPip) -> InstallRequest:
