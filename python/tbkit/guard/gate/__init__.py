@@ -292,14 +292,16 @@ def ensure(
 
 def run_request(req: Request, *, quiet: bool = False) -> InstallResult:
     """prepare + carry_out, printing the plan when it is safe (a refusal carries the plan, said once)."""
-    say = _say(quiet)
+    say = printer(quiet)
     prepared = prepare(req)
     if prepared.plan is not None and prepared.plan.safe:
         say(str(prepared.plan))
     return carry_out(prepared, say, quiet)
 
 
-def _say(quiet: bool) -> Say:
+def printer(quiet: bool) -> Say:
+    """Where the gate says what it does: stdout, flushed (progress in a notebook), or nowhere."""
+
     def say(line: str) -> None:
         if not quiet:
             print(line, flush=True)
