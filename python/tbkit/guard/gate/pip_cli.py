@@ -244,7 +244,7 @@ PASSED_ON = {
     "features_enabled",
     "deprecated_features_enabled",
     "use_user_site",  # only --no-user arrives here: --user is refused in refusal()
-    "group",  # pip 25.1+ --group: dependency groups from pyproject.toml are requirements pip reads itself
+    "build_constraints",  # pip 25.3 --build-constraint: constrains build dependencies only
 }
 _WHERE = "the kernel's own environment, whose loaded packages the gate protects"
 REFUSED = {
@@ -263,6 +263,8 @@ REFUSED = {
     "that carry no hashes",
     "json_report_file": "--report names pip's own report file, and the gate's dry run writes its report there; "
     "use --dry-run to see the plan",
+    "dependency_groups": "--group reads requirements from pyproject.toml's dependency groups, which the gate "
+    "does not expand; name the packages (or put them in a -r file)",
     "help": "--help prints pip's help (run it without the gate: `%tbkit mode warn`)",
     "version": "--version prints pip's version",
 }
