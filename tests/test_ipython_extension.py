@@ -51,9 +51,10 @@ def test_a_refused_command_replaces_the_whole_cell_before_anything_runs(tmp_path
     assert len(out) == 1 and ".refuse_cell(" in out[0]
     (command,) = next(iter(gate.cells.values())).commands
     assert command.action == "refuse" and "development mode" in command.reason
-    shell = ["%%bash\n", "echo one\n", "pip install --target /tmp/x \\\n", "  six\n"]
-    out = gate.transform(shell)
-    assert len(out) == 1 and ".refuse_cell(" in out[0]
+    for magic in ("%%bash", "%%sh", "%%shell", "%%script bash", "%%script /bin/sh"):  # %%shell: Colab's
+        shell = [f"{magic}\n", "echo one\n", "pip install --target /tmp/x \\\n", "  six\n"]
+        out = gate.transform(shell)
+        assert len(out) == 1 and ".refuse_cell(" in out[0], magic
 
 
 def test_warn_mode_keeps_the_cell_and_routes_each_command():

@@ -39,7 +39,7 @@ from tbkit.guard.gate.pip_cli import CannotPlan
 MODES = ("strict", "warn")
 _ESCAPED = re.compile(r"^(?P<indent>[ \t]*)(?P<escape>[!%])(?P<cmd>(?![!%]).*?)(?P<nl>\r?\n?)$", re.S)
 _PYTHON_CELL_MAGICS = ("%%capture", "%%time")  # cell magics whose body is still Python
-_SHELL_CELL = re.compile(r"^%%(?:bash|sh|script\s+(?:\S*/)?(?:bash|sh))\b")
+_SHELL_CELL = re.compile(r"^%%(?:bash|sh|shell|script\s+(?:\S*/)?(?:bash|sh))\b")  # %%shell: Colab's
 _KEYWORDS = ("install", "remove", "update", "upgrade")  # cheap test before anything else runs
 _CALL = "__import__('tbkit.guard.notebook', fromlist=['_'])"
 
