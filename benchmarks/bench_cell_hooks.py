@@ -56,9 +56,9 @@ def main() -> int:
         ip.run_line_magic("unload_ext", "tbkit")
 
     # the hooks alone, to show where the time goes
-    from tbkit.guard.notebook import Extension
+    from tbkit.guard.notebook import NotebookGate
 
-    ext = Extension(ip)
+    ext = NotebookGate(ip)
     lines = [c + "\n" for c in cells[1].split("\n")]
     t_transform = []
     for _ in range(2000):

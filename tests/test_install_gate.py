@@ -161,6 +161,8 @@ def test_replacing_loaded_numpy_is_refused_and_the_plan_is_shown(gate_venv, whee
     assert out["error"] == "InstallRefused", out
     assert "numpy 2.0.2 -> 2.2.6" in out["plan"] and "LOADED in this process" in out["plan"]
     assert "numpy" in out["distributions"] and "Nothing was installed" in out["message"]
+    assert "numpy 2.0.2 is loaded and the plan wanted 2.2.6" in out["message"]
+    assert "keep the loaded numpy 2.0.2: leave it out of the request" in out["message"]
     assert out["spawned"] >= 1  # pip's dry run did run ...
     assert out["numpy_unchanged"] and out["integrity_ok"]  # ... and nothing changed
     up = both["upgrade"]  # `pip install -U numpy`: the pin would hide the upgrade, so it is refused, not skipped
@@ -169,17 +171,29 @@ def test_replacing_loaded_numpy_is_refused_and_the_plan_is_shown(gate_venv, whee
 
 
 def test_a_dependency_that_needs_numpy_below_2_is_refused_as_unsatisfiable(gate_venv, wheelhouse, local_wheels):
-    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("needsoldnumpy")')
+    # FORCE_COLOR=1 as ipykernel sets it: pip's ERROR lines quoted in the refusal must carry no colour codes
+    out = run_scenario(
+        gate_venv, [wheelhouse, local_wheels], 'out = attempt("needsoldnumpy")', env={"FORCE_COLOR": "1"}
+    )
     assert out["error"] == "InstallRefused", out
     assert "cannot be installed while keeping the loaded versions" in out["message"]
-    assert "numpy 2.0.2 -> 1.26.4" in out["message"]
+    assert "numpy 2.0.2 -> 1.26.4" in out["message"] and "\x1b" not in out["message"] + out["plan"]
+    # the advice names the package in conflict, its loaded version, what the plan wanted, and both ways out
+    assert "In conflict: numpy 2.0.2 is loaded and the plan wanted 1.26.4" in out["message"]
+    assert (
+        "(1) keep the loaded numpy 2.0.2: ask for a version of needsoldnumpy" in out["message"]
+        and "(2) Start a new Python process" in out["message"]
+    )
+    assert "NumPy" not in out["message"].split("In conflict")[1]  # no canned advice about another package
     assert "+ needsoldnumpy 1.0 (new)" in out["plan"] and "numpy 2.0.2 -> 1.26.4 (downgrade)" in out["plan"]
     assert out["numpy_unchanged"] and out["integrity_ok"] and out["imported_here"] == []
 
 
 def test_unknown_package_is_a_clear_failure_and_nothing_changes(gate_venv, wheelhouse, local_wheels):
-    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("no-such-package-tbkit")')
+    env = {"FORCE_COLOR": "1"}
+    out = run_scenario(gate_venv, [wheelhouse, local_wheels], 'out = attempt("no-such-package-tbkit")', env=env)
     assert out["error"] == "InstallFailed", out
+    assert "\x1b" not in out["message"]
     assert "No matching distribution found for no-such-package-tbkit" in out["message"]
     assert "environment is unchanged" in out["message"]
     assert out["numpy_unchanged"] and out["integrity_ok"]

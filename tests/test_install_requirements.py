@@ -208,3 +208,50 @@ def test_loaded_versions_are_pinned_as_pip_sees_them_installed():
     assert "legacy" not in pins
     different = pinnable({"pip": "0.1"})
     assert different["pip"] == "0.1"  # a different release is never papered over
+
+
+# pip's ARCHIVE_EXTENSIONS (pip/_internal/utils/filetypes.py): pip reads any of these as a file, any case
+PIP_ARCHIVES = (".whl", ".zip", ".tar.bz2", ".tbz", ".tar.gz", ".tgz", ".tar", ".tar.xz", ".txz", ".tlz", ".tar.lz")
+PIP_ARCHIVES += (".tar.lzma",)
+
+
+@pytest.mark.parametrize("suffix", [s for base in PIP_ARCHIVES for s in (base, base.upper())])
+@pytest.mark.parametrize("where", ["bare", "relative", "absolute"])
+def test_every_archive_name_pip_reads_as_a_path_needs_allow_paths(tmp_path, monkeypatch, suffix, where):
+    monkeypatch.chdir(tmp_path)
+    name = f"pkg-1.0{suffix}"
+    text = {"bare": name, "relative": f"./sub/{name}", "absolute": str(tmp_path / name)}[where]
+    before = len(_SPAWNED)
+    with pytest.raises(InstallRefused, match="allow_paths=True"):  # existing or not: refused before pip
+        ensure(text, no_index=True)
+    assert len(_SPAWNED) == before
+
+
+def test_pip_list_of_archive_suffixes_is_the_gates():
+    pytest.importorskip("pip")
+    from pip._internal.utils.filetypes import ARCHIVE_EXTENSIONS  # the test only: the gate never imports pip
+
+    from tbkit.guard.gate.requirements import ARCHIVE_SUFFIXES
+
+    assert set(ARCHIVE_EXTENSIONS) <= set(ARCHIVE_SUFFIXES) and set(PIP_ARCHIVES) == set(ARCHIVE_SUFFIXES)
+
+
+def test_a_local_tgz_in_the_working_directory_is_refused_and_nothing_is_built(tmp_path, monkeypatch):
+    """tbkit.ensure("pkg-1.0.tgz") with that sdist in cwd: pip would build and install it; the gate refuses."""
+    import io
+    import tarfile
+
+    import tbkit
+
+    monkeypatch.chdir(tmp_path)
+    setup = b"open('BUILT', 'w').write('x')\nfrom setuptools import setup\nsetup(name='pkg', version='1.0')\n"
+    with tarfile.open(tmp_path / "pkg-1.0.tgz", "w:gz") as tar:
+        info = tarfile.TarInfo("pkg-1.0/setup.py")
+        info.size = len(setup)
+        tar.addfile(info, io.BytesIO(setup))
+    before = len(_SPAWNED)
+    with pytest.raises(InstallRefused, match="installs from a local path") as err:
+        tbkit.ensure("pkg-1.0.tgz", no_index=True)
+    assert "allow_paths=True" in str(err.value)
+    assert len(_SPAWNED) == before and sorted(p.name for p in tmp_path.iterdir()) == ["pkg-1.0.tgz"]
+    assert validate("pkg-1.0.tgz", allow_paths=True).kind == "path"  # allowed only when asked for

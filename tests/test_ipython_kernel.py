@@ -191,3 +191,89 @@ def test_notebook_install_gate_in_a_real_kernel(kernel_venv, wheelhouse, tmp_pat
         assert kernel.km.is_alive()
     finally:
         kernel.close()
+
+
+def refusal_text(seen: dict) -> str:
+    return "\n".join(seen["error"]["traceback"]) if seen["error"] else ""
+
+
+def test_every_spelling_that_runs_pip_is_gated_in_a_real_kernel(kernel_venv, wheelhouse, tmp_path):
+    """Env prefixes, %%bash/%%sh/%%script bash cells, -qU, -r with -c, pip uninstall and conda, and whole-cell
+    planning, in one real kernel with NumPy 2.0.2 loaded (ipykernel sets FORCE_COLOR=1: no escape may show)."""
+    from tiny_wheels import make_wheel
+
+    local = tmp_path / "local-wheels"
+    for name in ("tinyone", "tinytwo", "tinythree", "tinyfour"):
+        make_wheel(local, name, "1.0")
+    make_wheel(local, "needsoldnumpy", "1.0", requires=["numpy<2"])
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "req.txt").write_text("tinythree\n-c cons.txt\n")
+    (work / "cons.txt").write_text("numpy==2.0.2\n")
+    (work / "bad-req.txt").write_text("tinyfour\nnumpy\n-c bad-cons.txt\n")
+    (work / "bad-cons.txt").write_text("numpy>2.1\n")
+    links = f"--no-index --find-links {wheelhouse} --find-links {local}"
+    kernel = Kernel(kernel_venv, work)
+    try:
+        assert kernel.run("import numpy")["status"] == "ok"
+        assert kernel.run("%load_ext tbkit")["status"] == "ok"
+        before = numpy_on_disk(kernel_venv)
+
+        def refused(code: str, *words: str) -> str:
+            seen = kernel.run(code)
+            assert seen["status"] == "error" and seen["error"]["ename"] == "InstallRefused", (code, seen)
+            text = refusal_text(seen)
+            assert "\x1b" not in text + seen["stdout"] + seen["stderr"], text  # no colour codes anywhere
+            assert "Traceback" not in text and "nothing in it ran" in text, text
+            for word in words:
+                assert word in text, (word, text)
+            return text
+
+        # whole-cell planning: line 3 refused, so line 1's side effect never happens
+        text = refused(
+            f"open('line1', 'w').write('ran')\nx = 2\n!pip install {links} numpy==2.2.6",
+            "numpy 2.0.2 is loaded and the plan wanted 2.2.6",
+            "Two ways out",
+            "Restart the kernel",
+        )
+        assert text.count("LOADED in this process") == 1  # the refusal is said once
+        assert not (work / "line1").exists()
+        assert kernel.run("print('x' in dir())")["stdout"].strip() == "False"
+        refused(f"!pip install {links} needsoldnumpy", "numpy 2.0.2 is loaded and the plan wanted 1.26.4")
+
+        # environment prefix: gated like the plain spelling, and a safe one installs
+        refused(f"!PIP_NO_CACHE_DIR=1 pip install {links} numpy==2.2.6", "numpy 2.0.2")
+        seen = kernel.run(f"!PIP_NO_CACHE_DIR=1 pip install -qU {links} tinyone\nimport tinyone")
+        assert seen["status"] == "ok", seen
+        seen = kernel.run(f"!pip install -Uq {links} tinyone")
+        assert seen["status"] == "ok" and "\x1b" not in seen["stdout"], seen
+
+        # -r with a constraints file: planned (the user's constraint and the loaded pins together) ...
+        seen = kernel.run(f"!pip install {links} -r req.txt\nimport tinythree")
+        assert seen["status"] == "ok" and "+ tinythree 1.0 (new)" in seen["stdout"], seen
+        # ... and refused when the constraint would move the loaded NumPy
+        refused(
+            f"!pip install {links} --extra-index-url http://127.0.0.1:9/simple -r bad-req.txt",
+            "numpy 2.0.2 is loaded and the plan wanted 2.2.6",
+        )
+
+        # %%bash / %%sh / %%script bash: refused cells run nothing, a safe one installs exactly its plan
+        for magic in ("%%bash", "%%sh", "%%script bash"):
+            refused(f"{magic}\necho ran > shell1\npip install {links} numpy==2.2.6\n", "numpy 2.0.2")
+            assert not (work / "shell1").exists(), magic
+        seen = kernel.run(f"%%bash\necho before > shell2\nPIP_NO_CACHE_DIR=1 pip install {links} tinytwo\n")
+        assert seen["status"] == "ok" and "+ tinytwo 1.0 (new)" in seen["stdout"], seen
+        assert kernel.run("import tinytwo; print(tinytwo.VERSION)")["stdout"].strip() == "1.0"
+
+        # uninstalling the loaded NumPy, and conda/mamba: refused, nothing touched
+        refused("!pip uninstall -y numpy", "it removes numpy 2.0.2, loaded in this process")
+        refused("!conda install -y numpy", "it would change numpy 2.0.2")
+        refused("%%bash\nmamba install -y tinyfour\n", "cannot plan conda/mamba")
+        seen = kernel.run("!pip uninstall -y tinyfour")  # nothing loaded: runs as typed
+        assert seen["status"] == "ok", seen
+
+        assert numpy_on_disk(kernel_venv) == before
+        seen = kernel.run("print(numpy.__version__)")
+        assert seen["stdout"].strip() == "2.0.2" and not banners(seen)
+    finally:
+        kernel.close()

@@ -2,242 +2,167 @@
 
 Three hooks, identical in Colab, Jupyter and VS Code (nothing front-end specific is assumed):
 
-* an input transformer (``input_transformers_cleanup``) rewrites each ``!pip install``,
-  ``%pip install``, ``!python -m pip install`` and ``!uv pip install`` line into a call to
-  ``gate_cell_command`` *before* IPython turns it into a shell call. A ``pre_run_cell`` hook could
-  only watch: it cannot stop the shell command from running. Rewritten lines go through the gate;
-  in strict mode a refusal raises (the shell command never runs, the rest of the cell is skipped);
-  in warn mode the original command runs after the warning. Other cells are returned untouched.
-* ``post_run_cell`` runs the probe's fast ``integrity.check()``; the first time it says a restart is
-  required it shows ONE banner (a mimebundle: the front end picks HTML or text) and from then on
-  the gate refuses every install.
-* the ``%tbkit`` line magic: ``doctor``, ``install PKG…``, ``mode strict|warn``.
+* an input transformer (``input_transformers_cleanup``, so it runs before IPython turns ``!``/``%``
+  lines into calls) sees the WHOLE cell. It finds every command that would change packages — ``!pip
+  install``, ``%pip install``, ``!python -m pip``, ``!uv pip``, ``!PIP_X=1 pip …`` prefixes, ``pip
+  uninstall``, ``conda``/``mamba``, and the same lines inside ``%%bash``/``%%sh``/``%%script bash``
+  cells — and plans all of them before any line of the cell runs. In strict mode one refusal
+  replaces the cell with the refusal: nothing in it runs. Otherwise each install line is replaced by
+  a call that installs exactly its plan (in a shell cell: by a pip command installing the plan's pins).
+  A ``pre_run_cell`` hook could only watch; it cannot stop a shell command.
+* ``post_run_cell`` (``ip.events``) runs the probe's fast ``integrity.check()``; the first time it says
+  a restart is required it shows ONE banner, and from then on the gate refuses every install.
+* the ``%tbkit`` line magic (a ``Magics`` class): ``doctor``, ``install PKG…``, ``mode strict|warn``.
+
+Reading pip's command line (tbkit.guard.gate.pip_cli) and deciding each command (tbkit.guard.gate.commands)
+are the gate's job; this module finds the commands in a cell and wires the decisions into IPython.
 """
 
 from __future__ import annotations
 
 import html
-import os
+import itertools
 import re
 import shlex
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
 
 from tbkit.errors import InstallRefused
+from tbkit.guard.gate import pip_cli
+from tbkit.guard.gate.commands import PackageCommand, carry_out_command, cell_refusal, judge, shell_replacement
+from tbkit.guard.gate.pip_cli import CannotPlan
 
 MODES = ("strict", "warn")
-
 _ESCAPED = re.compile(r"^(?P<indent>[ \t]*)(?P<escape>[!%])(?P<cmd>(?![!%]).*?)(?P<nl>\r?\n?)$", re.S)
-# The launchers we route: pip/pip3/pip3.11, [path/]python[3[.11]] -m pip, {sys.executable} -m pip, uv pip.
-_BANG_INSTALL = re.compile(
-    r"^\s*(?:(?:\S*/)?python[\d.]*\s+-m\s+pip|\{sys\.executable\}\s+-m\s+pip|(?:\S*/)?pip[\d.]*|uv\s+pip)\s"
-    r".*\binstall\b",
-    re.S,
-)
-_MAGIC_INSTALL = re.compile(r"^\s*pip\s.*\binstall\b", re.S)
-_EXPANSIONS = re.compile(r"[`${}]")  # expanded by IPython or the shell, even inside quotes
 _PYTHON_CELL_MAGICS = ("%%capture", "%%time")  # cell magics whose body is still Python
+_SHELL_CELL = re.compile(r"^%%(?:bash|sh|shell|script\s+(?:\S*/)?(?:bash|sh))\b")  # %%shell: Colab's
+_KEYWORDS = ("install", "remove", "update", "upgrade")  # cheap test before anything else runs
+_CALL = "__import__('tbkit.guard.notebook', fromlist=['_'])"
 
 USAGE = """%tbkit doctor                  is what this kernel has loaded still what is on disk?
-%tbkit install PKG... [--dry-run] [--no-index] [--find-links DIR] [--index-url URL] [-U] [--pre] [-q]
+%tbkit install PKG... [pip install options, e.g. --dry-run -qU -r FILE --index-url URL]
                                install through the gate (refused if it would break this kernel)
 %tbkit mode [strict|warn]      strict (default): refuse unsafe `!pip install` cells; warn: run them after a warning"""
 
 
-# ---- parsing install commands ---------------------------------------------------------------------
-class CannotPlan(Exception):
-    """The cell's install command is something the gate cannot turn into a plan."""
-
-
+# ---- the cell: finding package commands, and rewriting it -------------------------------------------------
 @dataclass
-class CellInstall:
-    requirements: list
-    options: dict = field(default_factory=dict)  # keyword arguments for tbkit.guard.gate.ensure
-    dry_run: bool = False
+class CellPlan:
+    commands: list[PackageCommand] = field(default_factory=list)
+    shell_magic: Optional[str] = None  # "bash", "sh", "script bash": the first line of a shell cell
+    shell_body: list[str] = field(default_factory=list)
 
 
-_GLOBAL_FLAGS = {
-    "-q",
-    "-qq",
-    "-qqq",
-    "--quiet",
-    "-v",
-    "-vv",
-    "--verbose",
-    "--no-input",
-    "--no-color",
-    "--disable-pip-version-check",
-    "--isolated",
-}
-_IGNORED_FLAGS = {
-    "-v",
-    "-vv",
-    "--verbose",
-    "--no-cache-dir",
-    "--no-cache",
-    "--no-warn-script-location",
-    "--disable-pip-version-check",
-    "--no-input",
-    "--no-color",
-    "--system",
-    "--break-system-packages",
-    "--no-warn-conflicts",
-}
-# (`uv pip install --system` is Colab's usual recipe: there the system interpreter is the kernel's own.)
-_IGNORED_WITH_VALUE = {"--progress-bar", "--root-user-action", "--timeout", "--retries"}
-_VALUE_OPTIONS = {
-    "-i": "index_url",
-    "--index-url": "index_url",
-    "--extra-index-url": "extra_index_url",
-    "-f": "find_links",
-    "--find-links": "find_links",
-}
+def _joined(lines: list[str], i: int, first: str) -> tuple[str, str, int]:
+    """A command continued with a trailing backslash, as one line: (text, newline, next index)."""
+    cmd, nl, j = first, "\n" if lines[i].endswith("\n") else "", i + 1
+    while cmd.rstrip("\r\n").endswith("\\") and j < len(lines):
+        cmd = cmd.rstrip("\r\n")[:-1] + " " + lines[j].rstrip("\r\n")
+        nl = "\n" if lines[j].endswith("\n") else ""
+        j += 1
+    return cmd.rstrip("\r\n"), nl, j
 
 
-def parse_install_args(args: list, *, allow_dry_run: bool = False) -> CellInstall:
-    """Arguments after ``install`` → requirements and gate options; unknown options are refused."""
-    reqs, opts, dry_run = [], {}, False
-    it = iter(args)
-    for arg in it:
-        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if arg in ("-q", "-qq", "-qqq", "--quiet"):
-            opts["quiet"] = True
-        elif arg in _IGNORED_FLAGS:
-            continue
-        elif name in _IGNORED_WITH_VALUE:
-            if not eq:
-                next(it, None)
-        elif arg in ("-U", "--upgrade"):
-            opts["upgrade"] = True
-        elif arg == "--pre":
-            opts["pre"] = True
-        elif arg == "--no-deps":
-            opts["no_deps"] = True
-        elif arg == "--no-index":
-            opts["no_index"] = True
-        elif allow_dry_run and arg == "--dry-run":
-            dry_run = True
-        elif name in _VALUE_OPTIONS:
-            value = inline if eq else next(it, None)
-            if value is None:
-                raise CannotPlan(f"the option {arg} needs a value")
-            key = _VALUE_OPTIONS[name]
-            if key == "index_url":
-                opts[key] = value
-            else:
-                opts.setdefault(key, []).append(value)
-        elif arg.startswith("-"):
-            raise CannotPlan(
-                f"the pip option {arg} is not one the gate can plan (it understands -q, -U, --pre, "
-                "--no-deps, --no-index, --index-url, --extra-index-url, --find-links)"
-            )
-        else:
-            reqs.append(arg)
-    if not reqs:
-        raise CannotPlan("no package was named")
-    return CellInstall(reqs, opts, dry_run)
-
-
-def looks_like_install(escape: str, cmd: str) -> bool:
-    return bool((_BANG_INSTALL if escape == "!" else _MAGIC_INSTALL).match(cmd))
-
-
-def parse_cell_command(escape: str, cmd: str) -> Optional[CellInstall]:
-    """``!``/``%`` command text → CellInstall; None when it is not an install after all
-    (``!pip list | grep install``); CannotPlan when it is one the gate cannot read."""
-    text = re.sub(r"^\s*\{sys\.executable\}", "python", cmd)
+def _is_package_command(escape: str, text: str) -> bool:
+    if escape == "%" and not re.match(r"^\s*(?:pip|conda|mamba)\s", text):
+        return False
     try:
-        lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
-        lexer.whitespace_split = True
-        tokens = list(lexer)
-    except ValueError as err:
-        raise CannotPlan(f"its quoting cannot be read ({err})") from None
-    # An unquoted |, &, ;, <, >, ( or ) comes back as a token of its own: the command ends there.
-    ops = [i for i, tok in enumerate(tokens) if tok and all(c in "();<>|&" for c in tok)]
-    expands = bool(_EXPANSIONS.search(text))
-    if ops:
-        tokens = tokens[: ops[0]]
-    if escape == "%":
-        rest = tokens[1:] if tokens[:1] == ["pip"] else None
-    elif tokens and re.fullmatch(r"pip[\d.]*", os.path.basename(tokens[0])):
-        rest = tokens[1:]
-    elif tokens and re.fullmatch(r"python[\d.]*", os.path.basename(tokens[0])) and tokens[1:3] == ["-m", "pip"]:
-        rest = tokens[3:]
-    elif tokens[:2] == ["uv", "pip"]:
-        rest = tokens[2:]
-    else:
-        rest = None
-    while rest and rest[0] in _GLOBAL_FLAGS:
-        rest = rest[1:]
-    if not rest or rest[0] != "install":
-        return None
-    if ops or expands:
-        raise CannotPlan(
-            "it contains shell syntax (a pipe, redirection, `;`, `&&`, `$VAR`, backticks or a "
-            "{python} expansion; note that an unquoted `>` in `six>=1` is a redirection), so what "
-            "it would install cannot be known in advance"
-        )
-    return parse_install_args(rest[1:])
+        return pip_cli.changes_packages(pip_cli.shell_command(text))
+    except CannotPlan:
+        return bool(re.match(r"^\s*(?:\S*/)?(?:pip|python|uv|conda|mamba)", text))  # unreadable quoting
 
 
-# ---- the extension ---------------------------------------------------------------------------------
-class Extension:
-    def __init__(self, ip) -> None:
+class NotebookGate:
+    """The extension's state and hooks; one per IPython shell."""
+
+    def __init__(self, ip: Any) -> None:
         self.ip = ip
         self.mode = "strict"
         self.banner_shown = False
         self.check_broken = False  # the probe itself raised: said once, then quiet
+        self.cells: dict[int, CellPlan] = {}
+        self._tokens = itertools.count(1)
 
-    # registration
-    def register(self) -> None:
-        if self.transform not in self.ip.input_transformers_cleanup:
-            self.ip.input_transformers_cleanup.append(self.transform)
-        self.ip.events.register("post_run_cell", self.post_run_cell)
-        self.ip.register_magic_function(self.magic, magic_kind="line", magic_name="tbkit")
-
-    def unregister(self) -> None:
-        if self.transform in self.ip.input_transformers_cleanup:
-            self.ip.input_transformers_cleanup.remove(self.transform)
-        try:
-            self.ip.events.unregister("post_run_cell", self.post_run_cell)
-        except ValueError:
-            pass
-        self.ip.magics_manager.magics["line"].pop("tbkit", None)
-
-    # the input transformer: must be cheap for every cell that installs nothing
-    def transform(self, lines: list) -> list:
-        if not any("install" in line for line in lines):
+    # -- the input transformer: must be cheap for every cell that changes no package --
+    def transform(self, lines: list[str]) -> list[str]:
+        if not any(word in line for line in lines for word in _KEYWORDS):
             return lines
         first = next((line.strip() for line in lines if line.strip()), "")
+        if _SHELL_CELL.match(first):
+            return self._shell_cell(lines)
         if first.startswith("%%") and not first.startswith(_PYTHON_CELL_MAGICS):
-            return lines  # %%bash, %%writefile…: not Python, and not ours to rewrite
-        out, i = [], 0
-        while i < len(lines):
-            line = lines[i]
-            m = _ESCAPED.match(line)
-            if not m:
-                out.append(line)
-                i += 1
-                continue
-            cmd, nl, j = m["cmd"], m["nl"], i + 1
-            while cmd.endswith("\\") and j < len(lines):  # `!pip install a \` continued on the next line
-                cmd = cmd[:-1] + " " + lines[j].rstrip("\r\n")
-                nl = "\n" if lines[j].endswith("\n") else ""
-                j += 1
-            if looks_like_install(m["escape"], cmd):
-                out.append(
-                    f"{m['indent']}__import__('tbkit.guard.notebook', fromlist=['_']).gate_cell_command("
-                    f"{m['escape']!r}, {cmd.strip()!r}){nl}"
-                )
-                i = j
-            else:
-                out.append(line)
-                i += 1
-        return out
+            return lines  # %%writefile, %%html…: not commands
+        return self._python_cell(lines)
 
-    # post_run_cell: the fast probe check, one banner
-    def post_run_cell(self, result=None) -> None:
+    transform.has_side_effects = True  # type: ignore[attr-defined]  # IPython's check_complete skips it
+
+    def _python_cell(self, lines: list[str]) -> list[str]:
+        found: list[tuple[int, int, str, str, str, str]] = []  # start, end, indent, escape, text, newline
+        i = 0
+        while i < len(lines):
+            m = _ESCAPED.match(lines[i])
+            if m:
+                text, nl, j = _joined(lines, i, m["cmd"])
+                if _is_package_command(m["escape"], text):
+                    found.append((i, j, m["indent"], m["escape"], text, nl))
+                    i = j
+                    continue
+            i += 1
+        if not found:
+            return lines
+        cell = CellPlan([PackageCommand(escape, text) for _, _, _, escape, text, _ in found])
+        token = self._plan(cell)
+        if token < 0:
+            return [f"{_CALL}.refuse_cell({-token})\n"]
+        out, pos = [], 0
+        for n, (start, end, indent, _, _, nl) in enumerate(found):
+            out += lines[pos:start]
+            out.append(f"{indent}{_CALL}.run_command({token}, {n}){nl}")
+            pos = end
+        return out + lines[pos:]
+
+    def _shell_cell(self, lines: list[str]) -> list[str]:
+        head_index = next(i for i, line in enumerate(lines) if line.strip())
+        magic = lines[head_index].strip()[2:]
+        body = lines[head_index + 1 :]
+        cell = CellPlan(shell_magic=magic)
+        spans: list[tuple[int, int]] = []
+        i = 0
+        while i < len(body):
+            text, _, j = _joined(body, i, body[i])
+            if text.strip() and not text.lstrip().startswith("#") and _is_package_command("", text):
+                cell.commands.append(PackageCommand("", text))
+                spans.append((i, j))
+            i = j
+        if not cell.commands:
+            return lines
+        token = self._plan(cell)
+        if token < 0:
+            return [f"{_CALL}.refuse_cell({-token})\n"]
+        out, pos = [], 0
+        for n, (start, end) in enumerate(spans):
+            out += body[pos:start]
+            out.append(shell_replacement(cell.commands[n]) + "\n")
+            pos = end
+        cell.shell_body = out + body[pos:]
+        return [f"{_CALL}.run_shell_cell({token})\n"]
+
+    def _plan(self, cell: CellPlan) -> int:
+        """Judge every command; store the cell. A negative token: the cell is refused as a whole."""
+        judge(cell.commands)
+        token = next(self._tokens)
+        self.cells[token] = cell
+        for old in [t for t in self.cells if t < token - 64]:  # cells in loops re-run: keep recent ones
+            del self.cells[old]
+        refused = any(c.action == "refuse" for c in cell.commands)
+        return -token if refused and self.mode == "strict" else token
+
+    # -- post_run_cell: the fast probe check, one banner --
+    def post_run_cell(self, result: Any = None) -> None:
         if self.banner_shown:
             return
         try:
@@ -257,66 +182,84 @@ class Extension:
             self.banner_shown = True
             show_banner(report)
 
-    # %tbkit
-    def magic(self, line: str = ""):
+    # -- registration, through IPython's public lists and events --
+    def register(self) -> None:
+        if self.transform not in self.ip.input_transformers_cleanup:
+            self.ip.input_transformers_cleanup.append(self.transform)
+        self.ip.events.register("post_run_cell", self.post_run_cell)
+        self.ip.register_magics(TbkitMagics(self.ip, self))
+
+    def unregister(self) -> None:
+        if self.transform in self.ip.input_transformers_cleanup:
+            self.ip.input_transformers_cleanup.remove(self.transform)
+        if self.post_run_cell in self.ip.events.callbacks["post_run_cell"]:
+            self.ip.events.unregister("post_run_cell", self.post_run_cell)
+        # IPython has no public call that removes a magic; these are the two tables register_magics filled
+        self.ip.magics_manager.magics["line"].pop("tbkit", None)
+        self.ip.magics_manager.registry.pop("TbkitMagics", None)
+
+
+# ---- the magic --------------------------------------------------------------------------------------------
+@magics_class
+class TbkitMagics(Magics):
+    """``%tbkit doctor | install … | mode [strict|warn]``."""
+
+    def __init__(self, shell: Any, gate: NotebookGate) -> None:
+        super().__init__(shell)  # type: ignore[no-untyped-call]  # IPython's Magics is not annotated
+        self.gate = gate
+
+    @line_magic  # type: ignore[untyped-decorator]
+    def tbkit(self, line: str = "") -> None:
         try:
             args = shlex.split(line)
         except ValueError as err:
-            print(f"tbkit: cannot read the arguments ({err})\n{USAGE}", file=sys.stderr)
-            return None
+            raise UsageError(f"tbkit: cannot read the arguments ({err})\n{USAGE}") from None
         if not args or args[0] in ("help", "-h", "--help"):
             print(USAGE)
-            return None
+            return
         cmd, rest = args[0], args[1:]
         if cmd == "doctor":
-            return self.doctor()
-        if cmd == "mode":
+            doctor(self.gate.mode)
+        elif cmd == "mode":
             if rest:
                 if rest[0] not in MODES or len(rest) > 1:
-                    print(f"tbkit: mode must be one of {', '.join(MODES)}", file=sys.stderr)
-                    return None
-                self.mode = rest[0]
-            print(f"tbkit: install gate mode is {self.mode}")
-            return None
-        if cmd == "install":
-            try:
-                parsed = parse_install_args(rest, allow_dry_run=True)
-            except CannotPlan as err:
-                print(f"tbkit: {err}\n{USAGE}", file=sys.stderr)
-                return None
-            from tbkit.guard.gate import install
+                    raise UsageError(f"tbkit: mode must be one of {', '.join(MODES)}")
+                self.gate.mode = rest[0]
+            print(f"tbkit: install gate mode is {self.gate.mode}")
+        elif cmd == "install":
+            self._install(line.split("install", 1)[1])
+        else:
+            raise UsageError(f"tbkit: unknown subcommand {cmd!r}\n{USAGE}")
 
-            result = install(
-                *parsed.requirements, dry_run=parsed.dry_run, allow_urls=True, allow_paths=True, **parsed.options
-            )
-            if parsed.dry_run:
-                print(result)
-            return None
-        print(f"tbkit: unknown subcommand {cmd!r}\n{USAGE}", file=sys.stderr)
-        return None
-
-    def doctor(self):
-        from tbkit.guard import integrity
-        from tbkit.guard.gate.pip import pip_version
-        from tbkit.guard.gate.runtime import in_colab
-
-        report = integrity.check()
-        from IPython.display import display
-
-        bundle = {"text/plain": str(report)}
-        if hasattr(report, "_repr_html_"):
-            bundle["text/html"] = report._repr_html_()
-        display(bundle, raw=True)
-        pip = pip_version()
-        print(
-            f"tbkit: python {sys.version.split()[0]} at {sys.executable}; pip "
-            f"{'.'.join(map(str, pip)) if pip else 'not installed'}; gate mode {self.mode}; "
-            f"front end {'Colab' if in_colab() else 'Jupyter/IPython'}"
-        )
-        return None
+    def _install(self, rest: str) -> None:
+        command = PackageCommand("", f"pip install {rest.strip()}", label=f"%tbkit install {rest.strip()}")
+        judge([command])
+        if command.action == "refuse" and command.refusal is not None:
+            raise command.refusal
+        carry_out_command(command)
 
 
-def show_banner(report) -> None:
+def doctor(mode: str) -> None:
+    from IPython.display import display
+
+    from tbkit.guard import integrity
+    from tbkit.guard.gate.pip import pip_version
+    from tbkit.guard.gate.runtime import in_colab
+
+    report = integrity.check()
+    bundle = {"text/plain": str(report)}
+    if hasattr(report, "_repr_html_"):
+        bundle["text/html"] = report._repr_html_()
+    display(bundle, raw=True)  # type: ignore[no-untyped-call]
+    pip = pip_version()
+    print(
+        f"tbkit: python {sys.version.split()[0]} at {sys.executable}; pip "
+        f"{'.'.join(map(str, pip)) if pip else 'not installed'}; gate mode {mode}; "
+        f"front end {'Colab' if in_colab() else 'Jupyter/IPython'}"
+    )
+
+
+def show_banner(report: Any) -> None:
     """The restart banner: one mimebundle, so notebooks render HTML and terminals print text."""
     from tbkit.guard.gate.runtime import restart_hint
 
@@ -334,19 +277,19 @@ def show_banner(report) -> None:
     try:
         from IPython.display import display
 
-        display({"text/plain": text, "text/html": body}, raw=True)
+        display({"text/plain": text, "text/html": body}, raw=True)  # type: ignore[no-untyped-call]
     except Exception:  # no IPython display machinery (plain Python): text is enough
         print(text, file=sys.stderr)
 
 
-def banner_text(report):
-    findings = [f for f in getattr(report, "findings", ()) if getattr(f, "severity", "") == "restart_required"]
-    rows = [
-        f"{f.distribution}: {f.loaded_version or '?'} loaded, {f.disk_version or 'missing'} on disk — {f.change}"
-        for f in findings
-    ] or [str(report)]
+def banner_text(report: Any) -> tuple[str, list[str]]:
+    from tbkit.guard.gate import restart_findings
     from tbkit.guard.gate.runtime import restart_hint
 
+    rows = [
+        f"{f.distribution}: {f.loaded_version or '?'} loaded, {f.disk_version or 'missing'} on disk — {f.change}"
+        for f in restart_findings(report)
+    ] or [str(report)]
     text = "\n".join(
         [
             "tbkit: RESTART REQUIRED. Files of packages loaded in this process changed on disk:",
@@ -358,60 +301,68 @@ def banner_text(report):
     return text, rows
 
 
-# ---- what rewritten cells call ----------------------------------------------------------------------
-_EXTENSION: Optional[Extension] = None
+# ---- what rewritten cells call ------------------------------------------------------------------------------
+_GATE: Optional[NotebookGate] = None
 
 
-def gate_cell_command(escape: str, cmd: str) -> None:
-    """Run one ``!pip install …`` / ``%pip install …`` line through the gate (see the module doc)."""
-    ext = _EXTENSION
-    mode = ext.mode if ext is not None else "strict"
-    shown = f"{escape}{cmd}"
-    try:
-        parsed = parse_cell_command(escape, cmd)
-    except CannotPlan as err:
-        if mode == "strict":
-            raise InstallRefused(
-                f"tbkit refused the cell command `{shown}`: {err}",
-                'Name the packages plainly (`%tbkit install PKG…` or tbkit.install("PKG")), or run '
-                "`%tbkit mode warn` to let such commands run unchecked (watch for the restart banner).",
-            ) from None
-        print(f"tbkit (warn mode): running `{shown}` unchecked: {err}", file=sys.stderr)
-        return _run_original(escape, cmd)
-    if parsed is None:
-        return _run_original(escape, cmd)
-    from tbkit.guard.gate import install
-
-    if mode == "strict":
-        install(*parsed.requirements, allow_urls=True, allow_paths=True, **parsed.options)
-        return None
-    try:
-        install(*parsed.requirements, allow_urls=True, allow_paths=True, **parsed.options)
-    except InstallRefused as err:
-        print(f"tbkit (warn mode): the gate would refuse this, running it anyway: {err}", file=sys.stderr)
-        return _run_original(escape, cmd)
-    return None
+def _cell(token: int) -> CellPlan:
+    if _GATE is None or token not in _GATE.cells:
+        raise InstallRefused(
+            "tbkit: this cell was planned by a tbkit extension that is no longer loaded; nothing was run",
+            "Run `%load_ext tbkit` and run the cell again.",
+        )
+    return _GATE.cells[token]
 
 
-def _run_original(escape: str, cmd: str):
-    from IPython import get_ipython
-
-    ip = get_ipython()
-    if escape == "%":
-        name, _, rest = cmd.strip().partition(" ")
-        return ip.run_line_magic(name, rest)
-    ip.system(cmd)
-    return None
+def refuse_cell(token: int) -> None:
+    """The whole cell was refused (strict mode): raise the refusal; no line of the cell has run."""
+    raise cell_refusal(_cell(token).commands)
 
 
-def load_ipython_extension(ip) -> None:
-    global _EXTENSION
-    if _EXTENSION is not None and _EXTENSION.ip is ip:
+def run_command(token: int, index: int) -> None:
+    """One package command of a Python cell, as judged when the cell was planned."""
+    command = _cell(token).commands[index]
+    if command.action == "refuse":  # only in warn mode: strict refused the whole cell
+        print(f"tbkit (warn mode): running `{command.shown}` anyway: {command.refusal}", file=sys.stderr)
+        _run_original(command)
+        return
+    if command.action == "run":
+        _run_original(command)
+        return
+    carry_out_command(command)
+
+
+def run_shell_cell(token: int) -> None:
+    """A shell cell whose package commands were planned: run it with each replaced by its plan's pins."""
+    cell = _cell(token)
+    for command in cell.commands:
+        if command.action == "refuse":  # warn mode
+            print(f"tbkit (warn mode): running `{command.shown}` anyway: {command.refusal}", file=sys.stderr)
+    from IPython.core.getipython import get_ipython
+
+    name, _, args = (cell.shell_magic or "bash").partition(" ")
+    get_ipython().run_cell_magic(name, args, "".join(cell.shell_body))  # type: ignore[no-untyped-call]
+
+
+def _run_original(command: PackageCommand) -> None:
+    from IPython.core.getipython import get_ipython
+
+    ip = get_ipython()  # type: ignore[no-untyped-call]
+    if command.escape == "%":
+        name, _, rest = command.text.strip().partition(" ")
+        ip.run_line_magic(name, rest)
+    else:
+        ip.system(command.text)
+
+
+def load_ipython_extension(ip: Any) -> None:
+    global _GATE
+    if _GATE is not None and _GATE.ip is ip:
         return  # %load_ext twice: one set of hooks
-    if _EXTENSION is not None:
-        _EXTENSION.unregister()
-    _EXTENSION = Extension(ip)
-    _EXTENSION.register()
+    if _GATE is not None:
+        _GATE.unregister()
+    _GATE = NotebookGate(ip)
+    _GATE.register()
     from tbkit.guard import integrity
 
     sticky = None
@@ -419,16 +370,16 @@ def load_ipython_extension(ip) -> None:
         sticky = integrity.first_restart_report()
     except Exception:
         pass
-    print(f"tbkit: install gate on (mode {_EXTENSION.mode}); `%tbkit` for help.")
+    print(f"tbkit: install gate on (mode {_GATE.mode}); `%tbkit` for help.")
     if sticky is not None:
-        _EXTENSION.banner_shown = True
+        _GATE.banner_shown = True
         show_banner(sticky)
     else:
-        _EXTENSION.post_run_cell()
+        _GATE.post_run_cell()
 
 
-def unload_ipython_extension(ip) -> None:
-    global _EXTENSION
-    if _EXTENSION is not None and _EXTENSION.ip is ip:
-        _EXTENSION.unregister()
-        _EXTENSION = None
+def unload_ipython_extension(ip: Any) -> None:
+    global _GATE
+    if _GATE is not None and _GATE.ip is ip:
+        _GATE.unregister()
+        _GATE = None

@@ -7,7 +7,10 @@ may have been replaced; ``importlib.metadata`` only reads ``*.dist-info`` files.
 from __future__ import annotations
 
 import importlib.metadata as md
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from tbkit.guard.gate.requirements import Req
 
 
 def installed_version(name: str) -> Optional[str]:
@@ -17,9 +20,11 @@ def installed_version(name: str) -> Optional[str]:
         return None
 
 
-def satisfied(req) -> bool:
+def satisfied(req: Req) -> bool:
     """Is a name requirement (``Req`` of kind "name") met by what is on disk, extras included?"""
     requirement = req.requirement
+    if req.name is None or requirement is None:
+        return False  # a URL or a path: only pip can say what it is
     version = installed_version(req.name)
     if version is None or not requirement.specifier.contains(version, prereleases=True):
         return False
@@ -40,7 +45,7 @@ def satisfied(req) -> bool:
     return True
 
 
-def top_level_modules(name: str) -> list:
+def top_level_modules(name: str) -> list[str]:
     """The importable top-level names a distribution provides (top_level.txt, else its RECORD)."""
     try:
         dist = md.distribution(name)

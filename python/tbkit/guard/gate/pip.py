@@ -7,17 +7,39 @@ can point tbkit at a local wheelhouse without touching pip's own configuration.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from tbkit.guard.gate.requirements import check_option_value
 
 _TRUE = {"1", "true", "yes", "on"}
+# CSI/OSC sequences and lone escapes: ipykernel sets FORCE_COLOR=1, and pip's rich output keeps colour even
+# with --no-color in a few places (older pips); no escape may reach a message.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]?")
+_EXTRA_ENV: dict[str, str] = {}  # a `NAME=value pip install …` prefix, for the pip runs of one request
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+@contextlib.contextmanager
+def extra_env(env: Mapping[str, str]) -> Iterator[None]:
+    """Give pip the environment prefix the user typed (``PIP_NO_CACHE_DIR=1 pip install …``)."""
+    saved = dict(_EXTRA_ENV)
+    _EXTRA_ENV.update(env)
+    try:
+        yield
+    finally:
+        _EXTRA_ENV.clear()
+        _EXTRA_ENV.update(saved)
 
 
 @dataclass(frozen=True)
@@ -25,13 +47,20 @@ class IndexOptions:
     """Where pip looks for packages. Same options for the plan and for the install."""
 
     index_url: Optional[str] = None
-    extra_index_urls: tuple = ()
-    find_links: tuple = ()
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
     no_index: bool = False
     pre: bool = False
 
     @classmethod
-    def resolve(cls, index_url=None, find_links=None, no_index=False, extra_index_url=None, pre=False):
+    def resolve(
+        cls,
+        index_url: Optional[str] = None,
+        find_links: Union[None, str, os.PathLike[str], list[str]] = None,
+        no_index: bool = False,
+        extra_index_url: Union[None, str, list[str]] = None,
+        pre: bool = False,
+    ) -> IndexOptions:
         env = os.environ
         if index_url is None and env.get("TBKIT_PIP_INDEX_URL"):
             index_url = env["TBKIT_PIP_INDEX_URL"]
@@ -40,7 +69,7 @@ class IndexOptions:
         if not no_index and env.get("TBKIT_PIP_NO_INDEX", "").strip().lower() in _TRUE:
             no_index = True
         if isinstance(find_links, (str, os.PathLike)):
-            find_links = [find_links]
+            find_links = [os.fspath(find_links)]
         if isinstance(extra_index_url, (str, os.PathLike)):
             extra_index_url = [extra_index_url]
         return cls(
@@ -51,8 +80,8 @@ class IndexOptions:
             pre=bool(pre),
         )
 
-    def args(self) -> list:
-        out = []
+    def args(self) -> list[str]:
+        out: list[str] = []
         if self.no_index:
             out.append("--no-index")
         if self.index_url:
@@ -81,12 +110,16 @@ def redact(url: str) -> str:
     return re.sub(r"(://)[^/@\s]+@", r"\1***@", url)
 
 
-def base_argv() -> list:
-    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+def base_argv() -> list[str]:
+    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-color"]
 
 
-def pip_env() -> dict:
+def pip_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.update(_EXTRA_ENV)
+    for name in ("FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS"):  # set by ipykernel and CI runners
+        env.pop(name, None)
+    env["NO_COLOR"] = "1"
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env.setdefault("PYTHONIOENCODING", "utf-8")
     return env
@@ -94,17 +127,17 @@ def pip_env() -> dict:
 
 @dataclass
 class PipRun:
-    argv: list
+    argv: list[str]
     returncode: int
     output: str = ""
-    tail: list = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0
 
 
-def run_captured(argv: list, timeout: float = 900) -> PipRun:
+def run_captured(argv: list[str], timeout: float = 900) -> PipRun:
     """Run pip quietly, keeping its output for the error report."""
     proc = subprocess.run(
         argv,
@@ -115,12 +148,13 @@ def run_captured(argv: list, timeout: float = 900) -> PipRun:
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-    return PipRun(argv, proc.returncode, proc.stdout, proc.stdout.splitlines()[-40:])
+    output = strip_ansi(proc.stdout)
+    return PipRun(argv, proc.returncode, output, output.splitlines()[-40:])
 
 
-def run_streamed(argv: list, echo: Optional[Callable[[str], None]]) -> PipRun:
+def run_streamed(argv: list[str], echo: Optional[Callable[[str], None]]) -> PipRun:
     """Run pip, passing each output line to ``echo`` as it arrives (progress in the notebook)."""
-    tail: deque = deque(maxlen=40)
+    tail: deque[str] = deque(maxlen=40)
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -133,7 +167,7 @@ def run_streamed(argv: list, echo: Optional[Callable[[str], None]]) -> PipRun:
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
-            line = line.rstrip("\n")
+            line = strip_ansi(line.rstrip("\n"))
             tail.append(line)
             if echo is not None:
                 echo(line)
@@ -144,7 +178,7 @@ def run_streamed(argv: list, echo: Optional[Callable[[str], None]]) -> PipRun:
     return PipRun(argv, proc.returncode, "\n".join(tail), list(tail))
 
 
-def pip_version() -> Optional[tuple]:
+def pip_version() -> Optional[tuple[int, ...]]:
     """pip's version in this interpreter, read from its dist-info (pip is never imported here)."""
     from tbkit.guard.gate.installed import installed_version
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from tbkit.errors import InstallFailed, InstallRefused
 from tbkit.guard.gate import pip as pipmod
 from tbkit.guard.gate.installed import installed_version
-from tbkit.guard.gate.requirements import canonical
+from tbkit.guard.gate.requirements import Req, canonical
 from tbkit.guard.gate.runtime import restart_hint
 
 MIN_PIP = (22, 2)  # first pip with `install --dry-run --report`
@@ -69,19 +70,20 @@ class PlanItem:
 class Plan:
     """What pip would install for ``requirements``; ``refusal`` says why it must not, if it must not."""
 
-    requirements: list
+    requirements: list[Req]
     index: pipmod.IndexOptions
-    items: list = field(default_factory=list)
+    items: list[PlanItem] = field(default_factory=list)
     constrained: bool = True  # False: the items come from the unconstrained retry (shown for the refusal)
-    pinned: dict = field(default_factory=dict)  # loaded distributions pinned in the dry run
+    pinned: dict[str, str] = field(default_factory=dict)  # loaded distributions pinned in the dry run
     refusal: Optional[str] = None
+    pip_args: list[str] = field(default_factory=list)  # options passed on to pip unchanged (pip_cli.PASSED_ON)
 
     @property
     def safe(self) -> bool:
         return self.refusal is None
 
     @property
-    def loaded_conflicts(self) -> list:
+    def loaded_conflicts(self) -> list[PlanItem]:
         return [i for i in self.items if i.touches_loaded]
 
     def __str__(self) -> str:
@@ -96,7 +98,7 @@ class Plan:
             body.append(f"  REFUSED: {self.refusal}")
         return "\n".join([head, *body])
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "requirements": [str(r) for r in self.requirements],
             "index": self.index.describe(),
@@ -129,7 +131,7 @@ def require_pip() -> None:
         )
 
 
-def _constraints_file(pinned: dict, directory: str) -> str:
+def _constraints_file(pinned: dict[str, str], directory: str) -> str:
     path = os.path.join(directory, "loaded-constraints.txt")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("# every distribution loaded in the running process, pinned to its loaded version\n")
@@ -138,7 +140,17 @@ def _constraints_file(pinned: dict, directory: str) -> str:
     return path
 
 
-def pinnable(loaded: dict) -> dict:
+def _user_constraints_file(constraints: Sequence[str], directory: str) -> Optional[str]:
+    """The lines of the user's own -c files (read by pip's parser), applied to every dry run."""
+    if not constraints:
+        return None
+    path = os.path.join(directory, "user-constraints.txt")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(f"{line}\n" for line in constraints)
+    return path
+
+
+def pinnable(loaded: dict[str, str]) -> dict[str, str]:
     """Loaded distributions pinned the way pip will see them installed.
 
     The pin is the dist-info's spelling whenever it is the same release as the loaded one: torch says
@@ -149,7 +161,7 @@ def pinnable(loaded: dict) -> dict:
     from tbkit.guard.gate.requirements import packaging_modules
 
     Version = packaging_modules()[3].Version
-    out = {}
+    out: dict[str, str] = {}
     for name, version in loaded.items():
         try:
             loaded_v = Version(str(version))
@@ -167,11 +179,24 @@ def pinnable(loaded: dict) -> dict:
     return out
 
 
-def _dry_run(requirements, index, constraints: Optional[str], flags: list, workdir: str, tag: str):
-    report = os.path.join(workdir, f"report-{tag}.json")
-    argv = pipmod.base_argv() + ["--dry-run", "--quiet", "--report", report, *flags, *index.args()]
-    if constraints:
-        argv += ["-c", constraints]
+@dataclass(frozen=True)
+class DryRun:
+    """The parts of every dry run of one plan: requirements, index, flags and the user's constraints."""
+
+    requirements: Sequence[Req]
+    index: pipmod.IndexOptions
+    flags: Sequence[str]
+    user_constraints: Optional[str]
+    workdir: str
+
+
+def _dry_run(d: DryRun, pins: Optional[str], tag: str) -> tuple[pipmod.PipRun, Optional[dict[str, Any]]]:
+    report = os.path.join(d.workdir, f"report-{tag}.json")
+    argv = pipmod.base_argv() + ["--dry-run", "--quiet", "--report", report, *d.flags, *d.index.args()]
+    for constraints in (pins, d.user_constraints):
+        if constraints:
+            argv += ["-c", constraints]
+    requirements = d.requirements
     argv += [r.text for r in requirements]
     run = pipmod.run_captured(argv)
     data = None
@@ -181,7 +206,7 @@ def _dry_run(requirements, index, constraints: Optional[str], flags: list, workd
     return run, data
 
 
-def _items(data: dict, loaded: dict) -> list:
+def _items(data: dict[str, Any], loaded: dict[str, str]) -> list[PlanItem]:
     items = []
     for entry in data.get("install", []):
         meta = entry.get("metadata", {})
@@ -202,44 +227,43 @@ def _items(data: dict, loaded: dict) -> list:
     return items
 
 
-def pip_error_summary(run) -> str:
+def pip_error_summary(run: pipmod.PipRun) -> str:
     """The lines of pip's output that say what went wrong (ERROR lines first)."""
     errors = [l.strip() for l in run.tail if l.strip().startswith("ERROR")]
     lines = errors or [l.strip() for l in run.tail if l.strip()][-6:]
     return " | ".join(lines[-6:]) or f"pip exited with status {run.returncode} and printed nothing"
 
 
-def make_plan(requirements, index, loaded: dict, *, upgrade: bool = False, no_deps: bool = False) -> Plan:
+def make_plan(
+    requirements: Sequence[Req],
+    index: pipmod.IndexOptions,
+    loaded: dict[str, str],
+    *,
+    upgrade: bool = False,
+    no_deps: bool = False,
+    upgrade_strategy: Optional[str] = None,
+    constraints: Sequence[str] = (),
+    pip_args: Sequence[str] = (),
+) -> Plan:
     """Run the dry run(s) and return a Plan; raise InstallFailed when pip cannot plan at all."""
     require_pip()
     pinned = pinnable(loaded)
-    flags = (["--upgrade"] if upgrade else []) + (["--no-deps"] if no_deps else [])
-    plan = Plan(list(requirements), index, pinned=pinned)
+    flags = (
+        (["--upgrade"] if upgrade else [])
+        + (["--no-deps"] if no_deps else [])
+        + (["--upgrade-strategy", upgrade_strategy] if upgrade_strategy else [])
+        + list(pip_args)
+    )
+    plan = Plan(list(requirements), index, pinned=pinned, pip_args=list(pip_args))
     with tempfile.TemporaryDirectory(prefix="tbkit-plan-") as tmp:
-        constraints = _constraints_file(pinned, tmp)
-        run, data = _dry_run(requirements, index, constraints, flags, tmp, "pinned")
+        d = DryRun(requirements, index, flags, _user_constraints_file(constraints, tmp), tmp)
+        run, data = _dry_run(d, _constraints_file(pinned, tmp), "pinned")
         if run.ok and data is not None:
             plan.items = _items(data, loaded)
-            if plan.loaded_conflicts:
-                names = ", ".join(f"{i.name} {i.loaded_version}" for i in plan.loaded_conflicts)
-                plan.refusal = (
-                    f"the plan replaces {names}, loaded in this process; the running code would mix old and new files"
-                )
-            held = [r for r in requirements if upgrade and r.name in pinned]
-            if not plan.refusal and held:
-                # `-U numpy` with NumPy loaded: the pin kept it, so say whether an upgrade was held back.
-                free_run, free_data = _dry_run(requirements, index, None, flags, tmp, "free")
-                blocked = [i for i in _items(free_data or {}, loaded) if i.touches_loaded] if free_run.ok else []
-                if blocked:
-                    plan.items, plan.constrained = _items(free_data, loaded), False
-                    plan.refusal = (
-                        "upgrading "
-                        + ", ".join(f"{i.name} {i.loaded_version} -> {i.version}" for i in blocked)
-                        + " would replace a distribution loaded in this process"
-                    )
+            _judge_pinned(plan, d, loaded, upgrade)
             return plan
         # Pinned resolution failed: is it the pins, or is the requirement impossible anyway?
-        free_run, free_data = _dry_run(requirements, index, None, flags, tmp, "free")
+        free_run, free_data = _dry_run(d, None, "free")
     if free_run.ok and free_data is not None:
         plan.items = _items(free_data, loaded)
         plan.constrained = False
@@ -258,15 +282,59 @@ def make_plan(requirements, index, loaded: dict, *, upgrade: bool = False, no_de
     )
 
 
+def _judge_pinned(plan: Plan, d: DryRun, loaded: dict[str, str], upgrade: bool) -> None:
+    """The pinned dry run resolved: refuse if it still touches a loaded distribution, or if `-U` of a
+    loaded one was only held back by the pin."""
+    if plan.loaded_conflicts:
+        names = ", ".join(f"{i.name} {i.loaded_version}" for i in plan.loaded_conflicts)
+        plan.refusal = (
+            f"the plan replaces {names}, loaded in this process; the running code would mix old and new files"
+        )
+        return
+    held = [r for r in d.requirements if upgrade and r.name in plan.pinned]
+    if not held:
+        return
+    # `-U numpy` with NumPy loaded: the pin kept it, so say whether an upgrade was held back.
+    free_run, free_data = _dry_run(d, None, "free")
+    blocked = [i for i in _items(free_data or {}, loaded) if i.touches_loaded] if free_run.ok else []
+    if blocked and free_data is not None:
+        plan.items, plan.constrained = _items(free_data, loaded), False
+        plan.refusal = (
+            "upgrading "
+            + ", ".join(f"{i.name} {i.loaded_version} -> {i.version}" for i in blocked)
+            + " would replace a distribution loaded in this process"
+        )
+
+
 def refused(plan: Plan) -> InstallRefused:
-    names = [i.name for i in plan.loaded_conflicts]
+    """The refusal, said once: what was asked, why not, the plan, and the two ways out."""
     return InstallRefused(
         f"tbkit refused to install {' '.join(map(str, plan.requirements))}: {plan.refusal}. "
         f"The plan was: {'; '.join(i.line() for i in plan.items) or 'nothing'}. Nothing was installed",
-        "Pick versions compatible with what is loaded (for example a release that supports the loaded "
-        "NumPy), or install it before importing the packages it changes: "
-        + restart_hint()
-        + " Then install it in the first cell, before anything else is imported.",
+        advice(plan),
         plan=plan,
-        distributions=names,
+        distributions=[i.name for i in plan.loaded_conflicts],
     )
+
+
+def advice(plan: Plan) -> str:
+    """Name each loaded distribution in the way, its loaded version and what the plan wanted, then the ways out."""
+    asked = " ".join(map(str, plan.requirements))
+    conflicts = plan.loaded_conflicts
+    if not conflicts:
+        return f"{restart_hint()} Then install {asked} in the first cell, before anything else is imported."
+    wanted = ", ".join(f"{i.name} {i.loaded_version} is loaded and the plan wanted {i.version}" for i in conflicts)
+    names = ", ".join(i.name for i in conflicts)
+    return (
+        f"In conflict: {wanted}. Two ways out: (1) {_keep_loaded(asked, conflicts)}; or (2) {restart_hint()} Then "
+        + (f"install {asked} in the first cell, before anything imports {names}.")
+    )
+
+
+def _keep_loaded(asked: str, conflicts: list[PlanItem]) -> str:
+    """Way out (1): what to ask for instead so that the loaded versions stay."""
+    loaded = ", ".join(f"{i.name} {i.loaded_version}" for i in conflicts)
+    if all(i.requested for i in conflicts):  # the request itself names the loaded distribution
+        return f"keep the loaded {loaded}: leave it out of the request, or ask for exactly the loaded version"
+    pins = " ".join(f'"{i.name}=={i.loaded_version}"' for i in conflicts)
+    return f"keep the loaded {loaded}: ask for a version of {asked} that works with it (`pip install {asked} {pins}`)"

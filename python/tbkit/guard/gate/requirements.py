@@ -9,9 +9,10 @@ character hides a second argument in what looks like one. Each is refused with t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from tbkit.errors import InstallRefused
 
@@ -21,7 +22,27 @@ _PLAIN = re.compile(r"^[A-Za-z0-9._\-\[\],<>=!~*+ ]+$")
 _URL_SCHEMES = ("https://", "http://", "file://", "git+https://")
 _SHELL_CHARS = set("`$|&;<>(){}'\"\\#*?!")
 _NEVER_IN_NAMES = set("`$|&;(){}'\"\\#?")  # shell syntax that no requirement or plain path needs
-_WHEEL_OR_SDIST = (".whl", ".tar.gz", ".zip", ".tar.bz2")
+# pip's own list (pip/_internal/utils/filetypes.py ARCHIVE_EXTENSIONS): a requirement ending in one of these,
+# in any case, is read by pip as a file path whether or not the file exists, so it is a path here too.
+ARCHIVE_SUFFIXES = (
+    ".whl",
+    ".zip",
+    ".tar.bz2",
+    ".tbz",
+    ".tar.gz",
+    ".tgz",
+    ".tar",
+    ".tar.xz",
+    ".txz",
+    ".tlz",
+    ".tar.lz",
+    ".tar.lzma",
+)
+
+
+def looks_like_path(text: str) -> bool:
+    """Would pip read this requirement as a local path (pip's ``_looks_like_path`` or an archive name)?"""
+    return "/" in text or text.startswith((".", "~")) or text.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -31,13 +52,13 @@ class Req:
     text: str
     kind: str
     name: Optional[str] = None  # canonical name; None for a bare URL or path (pip's plan names it)
-    requirement: object = None  # packaging.requirements.Requirement for kind == "name"
+    requirement: Any = None  # packaging.requirements.Requirement for kind == "name"
 
     def __str__(self) -> str:
         return self.text
 
 
-def packaging_modules():
+def packaging_modules() -> tuple[Any, Any, Any, Any]:
     """`packaging` (everywhere pip is), falling back to the copy pip vendors."""
     try:
         from packaging import requirements, specifiers, utils, version
@@ -47,14 +68,14 @@ def packaging_modules():
 
 
 def canonical(name: str) -> str:
-    return packaging_modules()[2].canonicalize_name(name)
+    return str(packaging_modules()[2].canonicalize_name(name))
 
 
 def _refuse(text: str, why: str, fix: str) -> InstallRefused:
     return InstallRefused(f"tbkit refused the requirement {text!r}: {why}", fix)
 
 
-def validate(text, *, allow_urls: bool = False, allow_paths: bool = False) -> Req:
+def validate(text: object, *, allow_urls: bool = False, allow_paths: bool = False) -> Req:
     """Check one requirement string; return a ``Req`` or raise ``InstallRefused`` saying why."""
     if not isinstance(text, str):
         raise _refuse(
@@ -62,49 +83,60 @@ def validate(text, *, allow_urls: bool = False, allow_paths: bool = False) -> Re
             f"it is a {type(text).__name__}, not a string",
             'Pass requirement strings such as "captum>=0.9".',
         )
-    shown = text
+    _check_characters(text)
+    if text.startswith(_URL_SCHEMES) or re.match(r"^[A-Za-z0-9._\-\[\], ]+@", text) or "://" in text:
+        return _validate_url(text, allow_urls)
+    _check_shell_text(text)
+    if looks_like_path(text):
+        return _validate_path(text, allow_paths)
+    return _validate_name(text)
+
+
+def _check_characters(text: str) -> None:
+    """Empty, invisible, non-ASCII, padded or option-like text: refused before anything reads it."""
     if not text.strip():
-        raise _refuse(shown, "it is empty", 'Pass a package name such as "six" or "captum>=0.9".')
+        raise _refuse(text, "it is empty", 'Pass a package name such as "six" or "captum>=0.9".')
     if any(not c.isascii() or not c.isprintable() for c in text):
         bad = next(c for c in text if not c.isascii() or not c.isprintable())
         raise _refuse(
-            shown,
+            text,
             f"it contains the character {bad!r} (control, whitespace other than a space, "
             "or non-ASCII), which can hide a second argument or a look-alike package name",
             "Type the requirement with plain ASCII letters, digits and version operators.",
         )
     if text != text.strip():
-        raise _refuse(shown, "it has leading or trailing spaces", "Remove the surrounding spaces.")
+        raise _refuse(text, "it has leading or trailing spaces", "Remove the surrounding spaces.")
     if text.startswith("-"):
         raise _refuse(
-            shown,
+            text,
             "it is a pip option, not a package; options cannot be passed as requirements",
             "Pass only package requirements; index settings go in the keyword arguments "
             "index_url=, find_links=, no_index=.",
         )
 
-    if text.startswith(_URL_SCHEMES) or re.match(r"^[A-Za-z0-9._\-\[\], ]+@", text) or "://" in text:
-        return _validate_url(text, allow_urls)
+
+def _check_shell_text(text: str) -> None:
     if ";" in text:
         raise _refuse(
-            shown,
+            text,
             "`;` starts an environment marker (or a second shell command), and neither is accepted here",
             "Evaluate the condition in Python and call ensure() only when it holds.",
         )
     if any(c in _NEVER_IN_NAMES for c in text):
         bad = sorted({c for c in text if c in _NEVER_IN_NAMES})
         raise _refuse(
-            shown,
+            text,
             f"it contains {' '.join(bad)}, which is shell syntax and has no place in a package "
             "requirement (no shell ever runs it; it is refused rather than passed on)",
             "Write the requirement as NAME, NAME[extra] or NAME>=VERSION.",
         )
-    if "/" in text or text.startswith((".", "~")) or text.endswith(_WHEEL_OR_SDIST):
-        return _validate_path(text, allow_paths)
+
+
+def _validate_name(text: str) -> Req:
     if not _PLAIN.match(text):
         bad = sorted({c for c in text if not _PLAIN.match(c)})
         raise _refuse(
-            shown,
+            text,
             f"it contains {' '.join(bad)}, which has no place in a package requirement "
             "(shell text is never run, and is refused rather than passed on)",
             "Write the requirement as NAME, NAME[extra] or NAME>=VERSION.",
@@ -114,7 +146,7 @@ def validate(text, *, allow_urls: bool = False, allow_paths: bool = False) -> Re
         req = requirements.Requirement(text)
     except requirements.InvalidRequirement as err:
         raise _refuse(
-            shown,
+            text,
             f"it is not a valid requirement ({' '.join(str(err).split())})",
             "Write it as NAME, NAME[extra] or NAME>=VERSION (PEP 508).",
         ) from None
@@ -176,16 +208,16 @@ def _validate_path(text: str, allow: bool) -> Req:
             "no such file or folder",
             f"Check the path; relative paths are taken from the current directory ({Path.cwd()}).",
         )
-    elif not text.endswith(_WHEEL_OR_SDIST):
+    elif not text.lower().endswith(ARCHIVE_SUFFIXES):
         raise _refuse(
             text,
-            "the file is not a wheel (.whl) or source archive (.tar.gz/.zip)",
+            "the file is not a wheel (.whl) or a source archive pip reads (.tar.gz, .zip, .tgz, .tar.xz, …)",
             "Point at a .whl file, an sdist archive or a project folder.",
         )
     return Req(text=str(path.resolve()), kind="path")
 
 
-def validate_all(requirements, *, allow_urls: bool = False, allow_paths: bool = False) -> list:
+def validate_all(requirements: Sequence[object], *, allow_urls: bool = False, allow_paths: bool = False) -> list[Req]:
     if not requirements:
         raise InstallRefused(
             "tbkit was asked to install nothing: no requirement was given",
