@@ -66,6 +66,9 @@ class LoadedModel:
     provenance: Provenance
     notes: list = field(default_factory=list)  # human-readable findings made while loading
     pad_token_id: int = 0
+    # set when forward returns every position only when given targets (nanoGPT style): the name of
+    # that parameter; forward() then passes the input ids (the decoder ids for seq2seq) as targets
+    targets_argument: Optional[str] = None
 
     # ---- the forward contract -------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
@@ -76,15 +79,18 @@ class LoadedModel:
         ``decoder_input_ids`` defaults to ``input_ids`` and T is the decoder length.
         """
         kwargs = {}
+        targets = input_ids
         params = self._forward_params()
         if attention_mask is not None and "attention_mask" in params:
             kwargs["attention_mask"] = attention_mask
         if self.kind == "seq2seq":
             dec = input_ids if decoder_input_ids is None else decoder_input_ids
             name = "decoder_input_ids" if "decoder_input_ids" in params else _second_positional(params)
-            kwargs[name] = dec
+            kwargs[name] = targets = dec
             if decoder_attention_mask is not None and "decoder_attention_mask" in params:
                 kwargs["decoder_attention_mask"] = decoder_attention_mask
+        if self.targets_argument:
+            kwargs[self.targets_argument] = targets
         return unwrap_output(self.module(input_ids, **kwargs))
 
     __call__ = forward
