@@ -9,10 +9,12 @@ Why this design (and not a watchdog thread alone, or a subprocess):
   swallows the first exception (``except BaseException: pass``) is interrupted again.
 - Elsewhere (a worker thread, Windows) the watchdog raises ``_Expired`` in the loading thread
   with ``PyThreadState_SetAsyncExc``: also at the next bytecode.
-- Neither reaches code stuck inside one C call (e.g. ``sum(itertools.repeat(1, 10**13))``).
-  For that, a process that owns itself (the CLI sets ``exit_process_when_stuck``) gets a last
-  resort: ``GRACE_S`` after the limit the watchdog prints the message and ends the process with
-  exit status 2. A notebook is never ended; there the limit is best effort, as documented.
+- Neither reaches code stuck inside one C call that holds the GIL (e.g.
+  ``sum(itertools.repeat(1, 10**13))``): no Python thread can even run then. For that, a process
+  that owns itself (the CLI sets ``exit_process_when_stuck``) gets a last resort outside the
+  interpreter: a forked watchdog process that, ``GRACE_S`` after the limit, prints the message
+  and kills the stuck process (exit status 137, "killed"). A notebook is never ended; there the
+  limit is best effort, as documented.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Optional
@@ -103,13 +104,36 @@ def _start_watchdog(seconds: float, label: str, done: threading.Event, thread_id
         if thread_id is not None:
             fired.append("watchdog")
             _async_raise(thread_id)
-        if not exit_process_when_stuck or done.wait(GRACE_S):
-            return
-        # Stuck inside one C call: the exception cannot be delivered. The CLI owns its process.
-        print(f"tbkit: {_message(label, seconds)}", file=sys.stderr, flush=True)
-        os._exit(2)
 
     threading.Thread(target=watch, name="tbkit-import-limit", daemon=True).start()
+    if exit_process_when_stuck and hasattr(os, "fork"):
+        _fork_killer(seconds + GRACE_S, f"tbkit: {_message(label, seconds)}\n".encode(), done)
+
+
+def _fork_killer(deadline: float, message: bytes, done: threading.Event) -> None:
+    """A child process that kills this one if ``done`` is not set by ``deadline`` seconds. It
+    runs only os-level calls (this process may hold locks in other threads when it forks)."""
+    import select
+
+    read_end, write_end = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: wait for the pipe to close (done) or the deadline
+        os.close(write_end)
+        ready, _, _ = select.select([read_end], [], [], deadline)
+        if not ready:
+            os.write(2, message)
+            os.kill(parent, signal.SIGKILL)
+        os._exit(0)
+    os.close(read_end)
+
+    def release() -> None:
+        done.wait()
+        os.close(write_end)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    threading.Thread(target=release, name="tbkit-import-limit-release", daemon=True).start()
 
 
 def _async_raise(thread_id: int) -> None:
