@@ -191,9 +191,13 @@ def test_bad_inputs_exit_2_with_one_short_paragraph_and_no_password(tmp_path, mo
         assert PASSWORD not in err and PASSWORD not in proc.stdout
         assert not (tmp_path / "tbkit-report").exists(), args
     # stuck inside one C call (no signal reaches it): the watchdog process prints the paragraph and
-    # kills the run (137) instead of letting it hang
+    # kills the run (SIGKILL: -9 here, 137 in a shell) instead of letting it hang
     proc = tbkit_cmd("run", "stuck.py", "--import-timeout", "1", "--no-progress", cwd=tmp_path)
-    assert proc.returncode == 137 and "tbkit: importing stuck.py" in proc.stderr and "time limit of 1 s" in proc.stderr
+    assert (
+        proc.returncode in (-9, 137)
+        and "tbkit: importing stuck.py" in proc.stderr
+        and "time limit of 1 s" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 
