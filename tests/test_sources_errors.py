@@ -295,9 +295,7 @@ def _(env):
     return str(env.folder("exp", {"model.py": "import tbkit_no_such_module.layers\n", "config.json": TINY})), {}
 
 
-@case(
-    "import_of_a_package_above", "imports 'mypkg'", "import-path problem", "Add --path", "mypkg.model:ClassName"
-)
+@case("import_of_a_package_above", "imports 'mypkg'", "import-path problem", "Add --path", "mypkg.model:ClassName")
 def _(env):
     env.folder("proj/mypkg", {"__init__.py": "", "layers.py": "Block = 1\n"})
     (env.inputs / "proj" / "mypkg" / "model.py").write_text("from mypkg.layers import Block\n")

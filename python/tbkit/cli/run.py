@@ -13,7 +13,14 @@ from pathlib import Path
 
 
 def configure(parser) -> None:
-    """Every option of `tbkit run`, in one block (argument groups by purpose)."""
+    """Every option of `tbkit run`: the source and how to load it, the checks, Tier 3 training.
+    The three functions below are the one place where options are defined, group by group."""
+    _source_options(parser)
+    _check_options(parser)
+    _tier3_options(parser)
+
+
+def _source_options(parser) -> None:
     parser.add_argument(
         "source",
         nargs="?",
@@ -43,6 +50,17 @@ def configure(parser) -> None:
         action="store_true",
         help="run model files even if they train or read data at top level",
     )
+    source.add_argument("--revision", default=None, help="gist revision (commit sha) to pin")
+    source.add_argument(
+        "--sha256",
+        default=None,
+        metavar="HEX",
+        help="refuse to run the model code unless its content sha256 (shown on load) is this",
+    )
+    source.add_argument("--offline", action="store_true", help="use only cached gist revisions (no network)")
+
+
+def _check_options(parser) -> None:
     parser.add_argument("--tier", default="1", help="tiers to run, comma separated (default 1)")
     parser.add_argument("--checks", default=None, help="only these check ids, comma separated (any tier)")
     parser.add_argument(
@@ -54,14 +72,6 @@ def configure(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--out", default="tbkit-report", help="output folder (default ./tbkit-report)")
     parser.add_argument("--json", action="store_true", help="print only the report JSON on stdout")
-    parser.add_argument("--revision", default=None, help="gist revision (commit sha) to pin")
-    parser.add_argument(
-        "--sha256",
-        default=None,
-        metavar="HEX",
-        help="refuse to run the model code unless its content sha256 (shown on load) is this",
-    )
-    parser.add_argument("--offline", action="store_true", help="use only cached gist revisions (no network)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every generated input (default 0)")
     parser.add_argument(
         "--memory-budget-mb",
@@ -70,6 +80,9 @@ def configure(parser) -> None:
         help="fail the memory check when model + peak activations exceed this many MB",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _tier3_options(parser) -> None:
     # Tier 3 (train, hpo, baseline) needs data; without --data or --synthetic those checks SKIP
     tier3 = parser.add_argument_group("Tier 3 (training)")
     data = tier3.add_mutually_exclusive_group()

@@ -58,15 +58,11 @@ def load(
 ) -> LoadedModel:
     """Load a model and the facts tbkit needs about it; SourceError (one paragraph) if it cannot.
 
-    ``config`` overrides keys of the source's config.json. ``model_name`` picks the class (the
-    same as ``SOURCE:ClassName``). ``path``: folder(s) put on ``sys.path`` for this load only
-    (for ``package.module:Class``, and for model files importing a package). ``import_timeout``
-    bounds running the model code (default 60 s, ``TBKIT_IMPORT_TIMEOUT``; 0 = none);
-    ``import_guard=False`` runs files that train or read data at top level. ``expected_sha256``
-    is checked against ``Provenance.content_sha256`` before any code runs. ``offline`` (default:
-    ``TBKIT_OFFLINE=1``) uses only cached gist revisions. ``log`` receives the provenance text
-    before the model code runs (pass ``print`` to show it). ``GITHUB_TOKEN`` and
-    ``TBKIT_GITHUB_API`` are read from the environment when ``token`` / ``api_url`` are not given.
+    ``config`` overrides config.json; ``model_name`` picks the class (= ``SOURCE:Class``); ``path``:
+    folder(s) on ``sys.path`` for this load only; ``import_timeout`` bounds running the model code
+    (default 60 s, 0 = none); ``import_guard=False`` runs files that train or read data at import;
+    ``expected_sha256`` is checked before any code runs; ``log`` gets the provenance before the code
+    runs. Gist options: docs/sources.md (``GITHUB_TOKEN``, ``TBKIT_GITHUB_API``, ``TBKIT_OFFLINE``).
     """
     from tbkit import examples
     from tbkit.sources import pipeline, time_limit
@@ -92,17 +88,9 @@ def load(
         return _load_local(ref, opts)
     from tbkit.sources import remote
 
+    offline = os.environ.get("TBKIT_OFFLINE") == "1" if offline is None else bool(offline)
     g = remote.GistOptions(
-        revision=revision,
-        cache_dir=cache_dir,
-        api_url=api_url,
-        token=token,
-        timeout=timeout,
-        max_file_bytes=max_file_bytes,
-        retries=retries,
-        backoff=backoff,
-        max_rate_wait=max_rate_wait,
-        offline=os.environ.get("TBKIT_OFFLINE") == "1" if offline is None else bool(offline),
+        revision, cache_dir, api_url, token, timeout, max_file_bytes, retries, backoff, max_rate_wait, offline
     )
     return remote.load_gist(ref.text, g, opts)
 
