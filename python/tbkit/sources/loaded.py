@@ -33,7 +33,11 @@ class Provenance:
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
-        return asdict(self)
+        from tbkit.errors import mask_credentials
+
+        out = asdict(self)
+        out["location"] = mask_credentials(self.location)  # a URL's user:password@ is never recorded
+        return out
 
     def __str__(self) -> str:
         where = self.location
@@ -41,7 +45,9 @@ class Provenance:
             where = f"gist {self.gist_id} by {self.owner or 'unknown owner'} at revision {self.revision}"
             if self.from_cache:
                 where += " (from cache)"
-        lines = [f"model code from {where}"]
+        from tbkit.errors import mask_credentials
+
+        lines = [f"model code from {mask_credentials(where)}"]
         if self.content_sha256:
             lines.append(f"content sha256 {self.content_sha256}")
         lines += [f"  {f.name}: {f.size} bytes, sha256 {f.sha256}" for f in self.files]
