@@ -44,6 +44,10 @@ def test_nanogpt_style_folder_loads_with_its_dataclass_config_and_passes_tier1()
     assert lm(ids).shape == (2, 7, 96)  # every position, although forward(idx) alone gives (2, 1, 96)
     assert lm.module(ids)[0].shape == (2, 1, 96)
     assert tier1_failures(lm) == []
+    rows = tbkit.run(lm, checks=["summary"], out_dir=None, progress=False, stream=io.StringIO()).rows
+    summary = next(r for r in rows if r.metric == "model")
+    assert "config object: GPT(config=GPTConfig(...))" in summary.detail  # said in the summary row
+    assert "targets=" in summary.detail
 
 
 def test_class_named_by_suffix_flag_or_argument():
@@ -161,6 +165,18 @@ def test_tiny_hugging_face_model_from_a_plain_config_json(name, tmp_path):
     again = tbkit.load(folder / "config.json")  # the file itself works too; the init is seeded
     first = next(iter(lm.module.state_dict().values()))
     assert torch.equal(first, next(iter(again.module.state_dict().values())))
+
+
+def test_hugging_face_config_without_transformers_says_so(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed: import fails
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    with pytest.raises(SourceError) as info:
+        tbkit.load(tmp_path)
+    msg = str(info.value)
+    assert "Hugging Face config (model_type)" in msg and "transformers package is not installed" in msg
+    assert "tbkit.install('transformers')" in msg
 
 
 # ---- code that trains at import ----------------------------------------------------------------
