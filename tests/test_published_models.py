@@ -239,3 +239,22 @@ def test_folder_siblings_import_and_never_leak_between_models(tmp_path):
     assert one.module.emb.embedding_dim == 8 and two.module.emb.embedding_dim == 12  # each its own layers.py
     assert str(tmp_path / "one") not in __import__("sys").path
     shutil.rmtree(tmp_path / "one")
+
+
+def test_time_limit_also_holds_when_loading_from_a_worker_thread(tmp_path):
+    """Off the main thread no SIGALRM can be used: the watchdog raises in the loading thread."""
+    import threading
+
+    (tmp_path / "slow.py").write_text("import time\nfor _ in range(600):\n    time.sleep(0.1)\n")
+    caught = []
+
+    def load():
+        try:
+            tbkit.load(tmp_path / "slow.py", import_timeout=1)
+        except SourceError as err:
+            caught.append(str(err))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and caught and "time limit of 1 s" in caught[0]

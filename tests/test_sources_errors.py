@@ -457,6 +457,23 @@ def _(env):
     return str(env.folder("exp", {"model.py": code + DATACLASS_MODEL})), {"import_timeout": 0.5}
 
 
+@case("module_form_trains_at_import", "module pkg.model has a training loop", "at line 6")
+def _(env):
+    code = (
+        "import torch\nimport torch.nn as nn\nmodel = nn.Linear(2, 2)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n\n"
+        "while True:\n    model(torch.ones(1, 2)).sum().backward()\n    opt.step()\n"
+    )
+    env.folder("proj/pkg", {"__init__.py": "", "model.py": code})
+    return "pkg.model:Net", {"path": str(env.inputs / "proj")}
+
+
+@case("module_form_time_limit", "importing module pkg.model did not finish within the time limit of 1 s")
+def _(env):
+    env.folder("proj/pkg", {"__init__.py": "", "model.py": "import time\ntime.sleep(60)\n"})
+    return "pkg.model:Net", {"path": str(env.inputs / "proj"), "import_timeout": 1}
+
+
 @case("relative_import_in_a_file", "relative import", "tbkit run pkg.model:ClassName --path")
 def _(env):
     env.folder("proj/pkg", {"__init__.py": "", "layers.py": "Block = 1\n", "model.py": "from .layers import Block\n"})
