@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -123,3 +124,102 @@ def test_sha256_pin_refuses_other_code_before_it_runs(tmp_path):
         "run", "model.py", "--kind", "decoder", "--checks", "summary", "--no-progress", "--sha256", good, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
+
+
+# ---- entry points (issue 12) ----------------------------------------------------------------
+PUBLISHED = ROOT / "tests" / "fixtures" / "published"
+
+
+def test_entry_point_forms_run_without_glue(tmp_path):
+    forms = [
+        (f"{PUBLISHED / 'three_classes.py'}:TinyLM",),
+        (str(PUBLISHED / "three_classes.py"), "--model-name", "TinyLM"),
+        ("mingpt_like.model:GPT", "--path", str(PUBLISHED)),
+        (str(PUBLISHED / "nanogpt_like"),),
+    ]
+    for form in forms:
+        proc = tbkit_cmd("run", *form, "--checks", "summary", "--no-progress", "--out", "rep", cwd=tmp_path)
+        assert proc.returncode == 0, (form, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert "verdict: PASS" in proc.stdout
+
+
+# ---- bad inputs to `tbkit run` (issue 17 item 6): one paragraph, exit 2, nothing written ----------
+PASSWORD = "hunter2-CLI-PASSWORD"
+MAX_MESSAGE = 2000
+TINY_MODEL = (PUBLISHED / "three_classes.py").read_text()
+
+
+def _bad_cli_inputs(tmp_path: Path) -> list:
+    """(arguments, words in the message) for each bad input; files are made here."""
+    (tmp_path / "report.txt").write_text("not a folder")
+    fifo = tmp_path / "fifo_model"
+    fifo.mkdir()
+    os.mkfifo(fifo / "model.py")
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "model.py").write_text(TINY_MODEL)
+    (deep / "config.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    nul = tmp_path / "nul.py"
+    nul.write_bytes(b"import torch\n\x00\n")
+    stuck = tmp_path / "stuck.py"  # stuck inside one C call: no signal can interrupt it
+    stuck.write_text("import itertools\nsum(itertools.repeat(1, 10**13))\n" + TINY_MODEL)
+    return [
+        (("--out", "report.txt"), "is a regular file, not a folder"),
+        (("--out", "report.txt/sub"), "cannot be created"),
+        (("--data", "no_such.txt", "--tier", "3"), "--data 'no_such.txt' is missing"),
+        ((str(fifo),), "named pipe (FIFO)"),
+        ((str(deep),), "more than 64 levels deep"),
+        ((str(nul),), "contains a NUL byte"),
+        ((f"{PUBLISHED / 'three_classes.py'}:Nope",), "names no nn.Module class"),
+        ((str(PUBLISHED / "trains_at_import.py"),), "at line 18"),
+        ((f"https://alice:{PASSWORD}@gist.github.com/alice/{'ab' * 10}", "--offline"), "not in the cache"),
+        ((f"https://alice:{PASSWORD}@example.com/x",), "***@example.com"),
+        (("mypkg.model:GPT", "--path", "no_such_dir"), "is missing, not a folder"),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_bad_inputs_exit_2_with_one_short_paragraph_and_no_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("TBKIT_CACHE_DIR", str(tmp_path / "cache"))
+    for args, words in _bad_cli_inputs(tmp_path):
+        proc = tbkit_cmd("run", *args, "--no-progress", cwd=tmp_path)
+        err = proc.stderr
+        assert proc.returncode == 2, (args, proc.stdout[-1000:], err[-2000:])
+        assert words in err, (args, err)
+        assert "Traceback" not in err and err.startswith("tbkit: ") and err.count("\n") == 1, (args, err)
+        assert len(err) <= MAX_MESSAGE, (args, len(err))
+        assert PASSWORD not in err and PASSWORD not in proc.stdout
+        assert not (tmp_path / "tbkit-report").exists(), args
+    # stuck inside one C call (no signal reaches it): the watchdog process prints the paragraph and
+    # kills the run (SIGKILL: -9 here, 137 in a shell) instead of letting it hang
+    proc = tbkit_cmd("run", "stuck.py", "--import-timeout", "1", "--no-progress", cwd=tmp_path)
+    assert (
+        proc.returncode in (-9, 137)
+        and "tbkit: importing stuck.py" in proc.stderr
+        and "time limit of 1 s" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_usage_and_path_errors_answer_before_torch_is_imported(tmp_path):
+    """Issue 13 item 4: arguments, paths, gist ids and options are checked before torch loads."""
+    (tmp_path / "file.txt").write_text("x")
+    cases = [
+        ["run", "./no_such_folder"],
+        ["run", "zz-not-a-gist!"],
+        ["run", "https://gist.github.com/alice"],
+        ["run", "--out", "file.txt"],
+        ["run", "--data", "missing.txt"],
+        ["run", "--checks", "causal,casual"],
+        ["run", "pkg.mod:Cls", "--path", "nowhere"],
+        ["run", "nosuchpkg.mod:Cls"],
+        ["run", "file.txt"],
+    ]
+    script = (
+        "import sys, json\nfrom tbkit.cli import main\nout = []\n"
+        f"for argv in {cases!r}:\n    rc = main(argv)\n    out.append((rc, 'torch' in sys.modules))\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results == [[2, False]] * len(cases), (results, proc.stderr)

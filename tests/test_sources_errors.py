@@ -8,6 +8,7 @@ after the failing load.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -18,13 +19,15 @@ import pytest
 
 import tbkit
 from gist_server import FakeGitHub
-from tbkit.errors import SourceError
+from tbkit.errors import TbkitError
 
 # platform-independent: also run against each built wheel by the release workflow (-m quick)
 pytestmark = pytest.mark.quick
 
 EXPORTS = Path(__file__).parent / "fixtures" / "exports"
 SECRET = "ghp_CORPUSSECRET0123456789abcdef"
+PASSWORD = "hunter2-CORPUS-PASSWORD"  # given in URLs; must never be echoed
+MAX_MESSAGE = 2000
 GID = "c0ffee00c0ffee00c0ff"
 OTHER_SHA = "f" * 40
 GOOD_MODEL = (EXPORTS / "gpt_rotary" / "model.py").read_text()
@@ -78,7 +81,7 @@ def _(env):
     return "abc123", {}
 
 
-@case("overlong_source_string", "is not an existing path", "…'")
+@case("overlong_source_string", "is not an existing path", "characters omitted")
 def _(env):
     return "a" * 5000, {}  # too long for a path; the message quotes only its start
 
@@ -237,7 +240,7 @@ def _(env):
     return env.gist({"train.py": GOOD_MODEL, "config.json": GOOD_CONFIG})
 
 
-@case("gist_missing_config", "has no config.json", "config={")
+@case("gist_missing_config", "requires vocab_size", "Add vocab_size to config.json")
 def _(env):
     return env.gist({"model.py": GOOD_MODEL})
 
@@ -260,7 +263,7 @@ def _(env):
     return str(env.folder("exp", {"network.py": GOOD_MODEL, "config.json": GOOD_CONFIG})), {}
 
 
-@case("folder_missing_config", "has no config.json", "config={")
+@case("folder_missing_config", "requires vocab_size", "Add vocab_size to config.json")
 def _(env):
     return str(env.folder("exp", {"model.py": GOOD_MODEL})), {}
 
@@ -292,11 +295,11 @@ def _(env):
     return str(env.folder("exp", {"model.py": "import tbkit_no_such_module.layers\n", "config.json": TINY})), {}
 
 
-@case("import_of_a_sibling_file", "imports 'layers', which is a file of the same source", "Paste the code of layers.py")
+@case("import_of_a_package_above", "imports 'mypkg'", "import-path problem", "Add --path", "mypkg.model:ClassName")
 def _(env):
-    return str(
-        env.folder("exp", {"model.py": "from layers import Block\n", "layers.py": "Block = 1\n", "config.json": TINY})
-    ), {}
+    env.folder("proj/mypkg", {"__init__.py": "", "layers.py": "Block = 1\n"})
+    (env.inputs / "proj" / "mypkg" / "model.py").write_text("from mypkg.layers import Block\n")
+    return str(env.inputs / "proj" / "mypkg" / "model.py"), {}
 
 
 @case("code_raises_while_defining", "raised RuntimeError: exporter bug", "(line 2)")
@@ -353,7 +356,7 @@ def _(env):
     return str(env.folder("exp", {"model.py": code, "config.json": TINY})), {}
 
 
-@case("forward_crashes_at_load", "load-time forward", "NameError", "at line 73 of model.py", "Fix the model's forward")
+@case("forward_crashes_at_load", "load-time forward", "NameError", "at line 74 of model.py", "Fix the model's forward")
 def _(env):
     code = GOOD_MODEL.replace("return self.lm_head(self.layernorm_final(x))", "return self.lm_head(undefined_name)")
     return str(env.folder("exp", {"model.py": code, "config.json": TINY})), {}
@@ -381,6 +384,196 @@ def _(env):
 @case("declared_seq2seq_without_decoder_input", "declared seq2seq", "decoder_input_ids")
 def _(env):
     return str(EXPORTS / "gpt_rotary"), {"kind": "seq2seq"}
+
+
+# ---- real model code in the ecosystem's styles (issue 12) -----------------------------------
+DATACLASS_MODEL = """
+from dataclasses import dataclass
+import torch.nn as nn
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50
+    n_embd: int = 16
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size)
+
+    def forward(self, idx):
+        return self.head(self.wte(idx))
+"""
+
+
+@case(
+    "unknown_config_keys", "config keys bogus, n_layers are not fields of GPTConfig", "vocab_size", "Remove or rename"
+)
+def _(env):
+    cfg = '{"vocab_size": 50, "bogus": 1, "n_layers": 2}'
+    return str(env.folder("exp", {"model.py": DATACLASS_MODEL, "config.json": cfg})), {}
+
+
+@case("class_name_not_found", "model name 'Nope' names no nn.Module class", "(nn.Module classes defined there: GPT)")
+def _(env):
+    return str(env.folder("exp", {"model.py": DATACLASS_MODEL}) / "model.py") + ":Nope", {}
+
+
+@case("class_name_twice_different", "names class 'GPT' but the model name says 'Other'", "Name the class once")
+def _(env):
+    return str(env.folder("exp", {"model.py": DATACLASS_MODEL}) / "model.py") + ":GPT", {"model_name": "Other"}
+
+
+@case("guard_training_loop_at_import", "has a training loop (it calls", "at line 6", '__name__ == "__main__"')
+def _(env):
+    marker = env.inputs / "trained.txt"  # the snapshot shows it was never written: nothing ran
+    code = (
+        "import torch\nimport torch.nn as nn\nmodel = nn.Linear(2, 2)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "for step in range(100000):\n    loss = model(torch.ones(1, 2)).sum()\n    loss.backward()\n    opt.step()\n"
+    )
+    return str(env.folder("exp", {"model.py": code + DATACLASS_MODEL})), {}
+
+
+@case("guard_data_read_at_import", "reads the data file 'input.txt' with open() at line 2", "import_guard=False")
+def _(env):
+    code = "import torch.nn as nn\ntext = open('input.txt', 'r').read()\n" + DATACLASS_MODEL
+    return str(env.folder("exp", {"model.py": code})), {}
+
+
+@case("import_time_limit", "did not finish within the time limit of 1 s", "--import-timeout")
+def _(env):
+    code = "import time\ntime.sleep(60)\n" + DATACLASS_MODEL
+    return str(env.folder("exp", {"model.py": code})), {"import_timeout": 1}
+
+
+@case("import_time_limit_swallowed", "did not finish within the time limit of 0.5 s")
+def _(env):
+    code = "import time\nfor _ in range(600):\n    try:\n        time.sleep(0.1)\n    except Exception:\n        pass\n"
+    return str(env.folder("exp", {"model.py": code + DATACLASS_MODEL})), {"import_timeout": 0.5}
+
+
+@case("module_form_trains_at_import", "module pkg.model has a training loop", "at line 6")
+def _(env):
+    code = (
+        "import torch\nimport torch.nn as nn\nmodel = nn.Linear(2, 2)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n\n"
+        "while True:\n    model(torch.ones(1, 2)).sum().backward()\n    opt.step()\n"
+    )
+    env.folder("proj/pkg", {"__init__.py": "", "model.py": code})
+    return "pkg.model:Net", {"path": str(env.inputs / "proj")}
+
+
+@case("module_form_time_limit", "importing module pkg.model did not finish within the time limit of 1 s")
+def _(env):
+    env.folder("proj/pkg", {"__init__.py": "", "model.py": "import time\ntime.sleep(60)\n"})
+    return "pkg.model:Net", {"path": str(env.inputs / "proj"), "import_timeout": 1}
+
+
+@case("relative_import_in_a_file", "relative import", "tbkit run pkg.model:ClassName --path")
+def _(env):
+    env.folder("proj/pkg", {"__init__.py": "", "layers.py": "Block = 1\n", "model.py": "from .layers import Block\n"})
+    return str(env.inputs / "proj" / "pkg" / "model.py"), {}
+
+
+@case("module_form_package_missing", "no module 'nosuchpkg'", "--path DIR")
+def _(env):
+    return "nosuchpkg.model:GPT", {"path": str(env.inputs)}
+
+
+@case("path_option_not_a_folder", "--path", "is missing, not a folder")
+def _(env):
+    return "mypkg.model:GPT", {"path": str(env.inputs / "nope")}
+
+
+@case("last_position_only_without_targets", "returned shape (1, 1, 50)", "last position only")
+def _(env):
+    code = DATACLASS_MODEL.replace("return self.head(self.wte(idx))", "return self.head(self.wte(idx))[:, -1:, :]")
+    return str(env.folder("exp", {"model.py": code})), {}
+
+
+@case("three_classes_two_roots", "several nn.Module classes (A, B, Block)", "FILE.py:ClassName")
+def _(env):
+    code = (
+        "import torch.nn as nn\n\nclass Block(nn.Module):\n    pass\n\n"
+        "class A(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.b = Block()\n\n"
+        "class B(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.b = Block()\n"
+    )
+    return str(env.folder("exp", {"model.py": code})), {}
+
+
+@case("hf_unknown_model_type", "model_type 'no-such-arch'", "cannot build")
+def _(env):
+    return str(env.folder("hf", {"config.json": '{"model_type": "no-such-arch", "vocab_size": 10}'})), {}
+
+
+@case("hf_unknown_architecture", "architecture 'GPT2NoSuchHead'", "Fix architectures")
+def _(env):
+    cfg = '{"model_type": "gpt2", "architectures": ["GPT2NoSuchHead"], "n_embd": 8, "n_layer": 1, "n_head": 2}'
+    return str(env.folder("hf", {"config.json": cfg})), {}
+
+
+# ---- hostile or damaged inputs (issue 17) --------------------------------------------------
+@case("config_nested_100000_deep", "more than 64 levels deep", "Flatten the config")
+def _(env):
+    deep = '{"a": ' * 100_000 + "1" + "}" * 100_000
+    return str(env.folder("exp", {"model.py": DATACLASS_MODEL, "config.json": deep})), {}
+
+
+@case("config_huge", "larger than the limit of 8388608 bytes", "Check this is the right file")
+def _(env):
+    huge = '{"vocab_size": 50, "pad": "' + "x" * (9 * 1024 * 1024) + '"}'
+    return str(env.folder("exp", {"model.py": DATACLASS_MODEL, "config.json": huge})), {}
+
+
+@case("constructor_error_quotes_5mb_value", "building", "characters omitted", "raised")
+def _(env):
+    big = '{"vocab_size": 50, "n_embd": "' + "y" * (5 * 1024 * 1024) + '"}'
+    return str(env.folder("exp", {"model.py": DATACLASS_MODEL, "config.json": big})), {}
+
+
+@case("model_py_is_a_named_pipe", "is a named pipe (FIFO), not a regular file", "ordinary file")
+def _(env):
+    folder = env.folder("exp", {"config.json": TINY})
+    os.mkfifo(folder / "model.py")  # opening it for reading would block forever: it must never be opened
+    return str(folder), {}
+
+
+@case("source_file_is_a_named_pipe", "is a named pipe (FIFO)", "ordinary file")
+def _(env):
+    os.mkfifo(env.inputs / "pipe.py")
+    return str(env.inputs / "pipe.py"), {}
+
+
+@case("config_json_is_a_named_pipe", "is a named pipe (FIFO)", "ordinary file")
+def _(env):
+    folder = env.folder("exp", {"model.py": DATACLASS_MODEL})
+    os.mkfifo(folder / "config.json")
+    return str(folder), {}
+
+
+@case("nul_bytes_in_model_code", "contains a NUL byte (line 2", "remove the NUL bytes")
+def _(env):
+    return str(env.folder("exp", {"model.py": b"import torch\nx = 1\x00\x00\n"})), {}
+
+
+@case("password_in_gist_url", "not found, or it is private")
+def _(env):
+    return f"https://alice:{PASSWORD}@gist.github.com/alice/{GID}", env.kw()
+
+
+@case("password_in_foreign_url", "not a gist URL", "***@")
+def _(env):
+    return f"https://bob:{PASSWORD}@example.com/alice/{GID}", {}
+
+
+@case("password_in_malformed_gist_url", "could not find a gist id", "***@")
+def _(env):
+    return f"https://bob:{PASSWORD}@gist.github.com/alice", {}
 
 
 # ---- the test ------------------------------------------------------------------------------
@@ -417,20 +610,20 @@ def test_bad_input_gives_one_paragraph_and_writes_nothing(case_id, tmp_path, mon
         env = Env(server, inputs, cache)
         source, kwargs = setup(env)
         before = _snapshot(tmp_path, cache)
-        with pytest.raises(SourceError) as info:
+        with pytest.raises(TbkitError) as info:
             tbkit.load(source, **kwargs)
         after = _snapshot(tmp_path, cache)
 
     err = info.value
     msg = str(err)
     assert "\n" not in msg and "Traceback" not in msg, msg
-    assert len(msg) < 1200, f"not a paragraph: {len(msg)} characters"
+    assert len(msg) <= MAX_MESSAGE, f"not a paragraph: {len(msg)} characters"
     for fragment in fragments:
         assert fragment in msg, f"{fragment!r} not in: {msg}"
     assert err.cause and err.fix, "the message must name both the cause and the fix"
     captured = capsys.readouterr()
     for text in (msg, repr(err), captured.out, captured.err):
-        assert SECRET not in text
+        assert SECRET not in text and PASSWORD not in text
     assert after == before, "something was written outside the cache directory"
     # Inside the cache only complete revisions may exist: <id>/<40-hex sha>/<plain file names>.
     if cache.exists():

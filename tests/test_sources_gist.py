@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from pathlib import Path
 
@@ -243,3 +244,18 @@ def test_token_does_not_follow_a_redirect_to_another_host(server, tmp_path, monk
     first, *redirected = [h for p, h in server.requests if p.startswith(f"/gists/{GIST_ID}")]
     assert first.get("Authorization") == f"Bearer {secret}"
     assert len(redirected) == 2 and all("Authorization" not in h for h in redirected)
+
+
+def test_credentials_in_a_gist_url_never_reach_logs_provenance_or_report(server, tmp_path):
+    """Issue 17: a URL with user:password@ loads (the id is what counts) and the password appears
+    nowhere: not in the log, the provenance (text or dict) or the report written from it."""
+    password = "hunter2-GIST-PASSWORD"
+    server.add_folder(GIST_ID, EXPORTS / "gpt_rotary", owner="alice")
+    lines = []
+    url = f"https://alice:{password}@gist.github.com/alice/{GIST_ID}"
+    m = tbkit.load(url, log=lines.append, **kw(server, tmp_path))
+    assert m.provenance.gist_id == GIST_ID
+    report = tbkit.run(m, checks=["summary"], out_dir=tmp_path / "rep", progress=False, stream=io.StringIO())
+    written = "".join(p.read_text(errors="replace") for p in (tmp_path / "rep").rglob("*") if p.is_file())
+    for text in ("\n".join(lines), str(m.provenance), repr(m.provenance.to_dict()), report.to_json(), written):
+        assert password not in text

@@ -7,17 +7,60 @@ With --json only the report JSON goes to stdout; provenance, progress and the su
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+from pathlib import Path
 
 
 def configure(parser) -> None:
+    """Every option of `tbkit run`: the source and how to load it, the checks, Tier 3 training.
+    The three functions below are the one place where options are defined, group by group."""
+    _source_options(parser)
+    _check_options(parser)
+    _tier3_options(parser)
+
+
+def _source_options(parser) -> None:
     parser.add_argument(
         "source",
         nargs="?",
         default=None,
-        help="gist id or URL, folder with model.py + config.json, a .py file, or an example name "
+        help="FOLDER (model.py + optional config.json, or a Hugging Face config.json), FILE.py[:Class], "
+        "package.module:Class (with --path), CONFIG.json, a gist id or URL, or an example name "
         "(default: the bundled example)",
     )
+    source = parser.add_argument_group("model source")
+    source.add_argument("--model-name", metavar="NAME", default=None, help="the model class (same as SOURCE:NAME)")
+    source.add_argument(
+        "--path",
+        metavar="DIR",
+        action="append",
+        default=None,
+        help="folder put on sys.path for this load (repeatable); package.module:Class defaults to the current one",
+    )
+    source.add_argument(
+        "--import-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="limit on running the model code at import (default 60, or $TBKIT_IMPORT_TIMEOUT; 0 = none)",
+    )
+    source.add_argument(
+        "--no-import-guard",
+        action="store_true",
+        help="run model files even if they train or read data at top level",
+    )
+    source.add_argument("--revision", default=None, help="gist revision (commit sha) to pin")
+    source.add_argument(
+        "--sha256",
+        default=None,
+        metavar="HEX",
+        help="refuse to run the model code unless its content sha256 (shown on load) is this",
+    )
+    source.add_argument("--offline", action="store_true", help="use only cached gist revisions (no network)")
+
+
+def _check_options(parser) -> None:
     parser.add_argument("--tier", default="1", help="tiers to run, comma separated (default 1)")
     parser.add_argument("--checks", default=None, help="only these check ids, comma separated (any tier)")
     parser.add_argument(
@@ -29,14 +72,6 @@ def configure(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--out", default="tbkit-report", help="output folder (default ./tbkit-report)")
     parser.add_argument("--json", action="store_true", help="print only the report JSON on stdout")
-    parser.add_argument("--revision", default=None, help="gist revision (commit sha) to pin")
-    parser.add_argument(
-        "--sha256",
-        default=None,
-        metavar="HEX",
-        help="refuse to run the model code unless its content sha256 (shown on load) is this",
-    )
-    parser.add_argument("--offline", action="store_true", help="use only cached gist revisions (no network)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every generated input (default 0)")
     parser.add_argument(
         "--memory-budget-mb",
@@ -45,6 +80,9 @@ def configure(parser) -> None:
         help="fail the memory check when model + peak activations exceed this many MB",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _tier3_options(parser) -> None:
     # Tier 3 (train, hpo, baseline) needs data; without --data or --synthetic those checks SKIP
     tier3 = parser.add_argument_group("Tier 3 (training)")
     data = tier3.add_mutually_exclusive_group()
@@ -60,12 +98,65 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
-    import tbkit
-    from tbkit.checks.base import Status
+    """Validate everything that can be checked without torch first (a wrong path answers at once),
+    then load and run."""
     from tbkit.checks.runner import parse_tiers, select_checks
+    from tbkit.sources import resolve, time_limit
 
     tiers = parse_tiers(args.tier)
     select_checks(tiers, args.checks)  # unknown ids are a usage error before anything loads
+    _check_out_dir(args.out)
+    _check_data_file(args.data)
+    resolve(args.source, model_name=args.model_name, path=args.path)
+    time_limit.resolve(args.import_timeout)
+    time_limit.exit_process_when_stuck = True  # this process is ours: code stuck in C must not hang it
+    return _run(args, tiers)
+
+
+def _check_out_dir(out: str) -> None:
+    """--out must be a folder that exists or can be created; nothing is created here."""
+    from tbkit.errors import UsageError
+    from tbkit.sources.files import what_is
+
+    path = Path(out).expanduser()
+    kind = what_is(path)
+    if kind not in ("missing", "a folder"):
+        raise UsageError(
+            f"--out {out!r} is {kind}, not a folder", "Give a folder for the report (it is created if missing)."
+        )
+    probe = path
+    while what_is(probe) == "missing" and probe.parent != probe:
+        probe = probe.parent
+    if what_is(probe) != "a folder":
+        raise UsageError(
+            f"--out {out!r} cannot be created: {probe} is {what_is(probe)}, not a folder",
+            "Give a folder path whose parents are folders.",
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--out {out!r} cannot be {'written' if probe == path else 'created'}: {probe} is not writable",
+            "Give a folder you can write to.",
+        )
+
+
+def _check_data_file(data) -> None:
+    from tbkit.errors import UsageError
+    from tbkit.sources.files import what_is
+
+    if data is None:
+        return
+    kind = what_is(Path(data).expanduser())
+    if kind != "a regular file":
+        raise UsageError(
+            f"--data {data!r} is {'missing' if kind == 'missing' else kind}, not a readable text file",
+            "Give the training text file (or use --synthetic to try training on synthetic data).",
+        )
+
+
+def _run(args, tiers) -> int:
+    import tbkit
+    from tbkit.checks.base import Status
+
     info = sys.stderr if args.json else sys.stdout
     options = {}
     if args.memory_budget_mb is not None:
@@ -84,6 +175,10 @@ def main(args) -> int:
             ("revision", args.revision),
             ("expected_sha256", args.sha256),
             ("offline", True if args.offline else None),
+            ("model_name", args.model_name),
+            ("path", args.path),
+            ("import_timeout", args.import_timeout),
+            ("import_guard", False if args.no_import_guard else None),
         )
         if v is not None
     } or None

@@ -1,25 +1,18 @@
-"""From source files to an ``nn.Module``: read the config, run model.py in its own module, pick
-the class, construct it.
+"""From a config and a module of model code to an ``nn.Module``: flatten the config, pick the
+class (or builder function), construct it — with a config object when the constructor takes one.
 
-model.py is executed as a fresh ``types.ModuleType`` — never in the caller's (notebook's)
-globals — under a unique name ``tbkit_user_model_<hash>``. The module is registered in
-``sys.modules`` because classes defined in it must be importable by name for ``pickle`` /
-``torch.save(model)`` / dataclasses; the hash makes the name unique per content.
+Running the code is execute.py's job; parsing config.json is configs.py's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
-import linecache
 import re
-import sys
-import traceback
 import types
 from typing import Optional
 
-from tbkit.errors import SourceError
+from tbkit.errors import SourceError, shorten
+from tbkit.sources import configs
 
 # Config keys that describe the export rather than constructor arguments.
 META_KEYS = {
@@ -35,28 +28,6 @@ META_KEYS = {
     "metadata",
 }
 SEED = 0  # construction is seeded so a load is reproducible (inside fork_rng: the caller's RNG is untouched)
-
-
-# ---- config --------------------------------------------------------------------------------
-def parse_config(raw: Optional[bytes], where: str) -> dict:
-    """config.json bytes → dict; SourceError naming the problem."""
-    if raw is None:
-        return {}
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SourceError(f"{where} is not UTF-8 text", "Re-save config.json as UTF-8 JSON.") from None
-    except json.JSONDecodeError as err:
-        raise SourceError(
-            f"{where} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})",
-            "Fix the JSON (or export the model again), or pass config={...} to tbkit.load.",
-        ) from None
-    if not isinstance(data, dict):
-        raise SourceError(
-            f"{where} holds a JSON {type(data).__name__}, but a config must be a JSON object",
-            'Write it as {"vocab_size": ..., "d_model": ..., ...} or with a "nodes" list.',
-        )
-    return data
 
 
 _NODE_ALIASES = {
@@ -129,68 +100,6 @@ def flatten_config(config: dict, notes: list) -> dict:
     return flat
 
 
-# ---- model code ----------------------------------------------------------------------------
-def exec_model_code(raw: bytes, filename: str, label: str, siblings=()) -> types.ModuleType:
-    """Run model.py in a fresh module; SourceError for non-UTF-8, syntax errors, missing imports,
-    or anything the code raises while being defined. ``siblings``: the other file names of the
-    source, to tell "imports a file next to it" apart from "needs a package installed"."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise SourceError(
-            f"{label} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})",
-            "Re-save the file as UTF-8 (Python source must be UTF-8).",
-        ) from None
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    name = f"tbkit_user_model_{digest}"
-    # Let tracebacks and inspect.getsource show the code even when it lives only in memory.
-    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
-    try:
-        code = compile(text, filename, "exec", dont_inherit=True)
-    except SyntaxError as err:
-        raise SourceError(
-            f"{label} has a syntax error at line {err.lineno}: {err.msg}",
-            "Fix that line (or export the model again); tbkit runs the file unchanged.",
-        ) from None
-    module = types.ModuleType(name, f"model code loaded by tbkit from {label}")
-    module.__file__ = filename
-    sys.modules[name] = module
-    try:
-        exec(code, module.__dict__)
-    except ModuleNotFoundError as err:
-        sys.modules.pop(name, None)
-        missing = err.name or str(err)
-        top = missing.split(".")[0]
-        if f"{top}.py" in siblings or top in siblings:
-            raise SourceError(
-                f"{label} imports {top!r}, which is a file of the same source, not an installed package; tbkit runs "
-                "model.py as one self-contained module and does not put its folder on sys.path (a second model "
-                f"with its own {top}.py would silently get the first one's)",
-                f"Paste the code of {top}.py into model.py (Transformer Builder exports are a single file).",
-            ) from None
-        raise SourceError(
-            f"{label} imports {missing!r}, which is not installed in this Python",
-            f"Install it through the gate with tbkit.install({missing.split('.')[0]!r}) (it refuses installs that would break "
-            "this session), or remove the import from the model code.",
-        ) from None
-    except (Exception, SystemExit) as err:
-        sys.modules.pop(name, None)
-        raise SourceError(
-            f"running {label} raised {type(err).__name__}: {_one_line(err)}{_where(err, filename)}",
-            "Fix the model code at that line; it must only define the model when run.",
-        ) from None
-    return module
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300] or "(no message)"
-
-
-def _where(err: BaseException, filename: str) -> str:
-    lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == filename]
-    return f" (line {lines[-1]})" if lines else ""
-
-
 # ---- picking and constructing --------------------------------------------------------------
 def defined_modules(module: types.ModuleType) -> dict:
     """nn.Module subclasses defined in this file (not imported into it)."""
@@ -203,23 +112,14 @@ def defined_modules(module: types.ModuleType) -> dict:
     }
 
 
-def pick_builder(module: types.ModuleType, config: dict, label: str) -> tuple:
-    """(callable, name, how): config model_name, then CustomTransformer / Model / build_model(),
-    then the single nn.Module subclass defined in the file."""
-    import torch.nn as nn
-
+def pick_builder(module: types.ModuleType, config: dict, label: str, model_name: Optional[str] = None) -> tuple:
+    """(callable, name, how): the name asked for (``:Class`` / model_name=, then config
+    model_name), then CustomTransformer / Model / build_model(), then the single nn.Module class
+    defined in the file, then the single one no other class of the file uses (the top model)."""
     candidates = defined_modules(module)
-    listed = ", ".join(sorted(candidates)) or "none"
-    wanted = config.get("model_name")
+    wanted, asked_by = (model_name, "model name") if model_name is not None else (config.get("model_name"), None)
     if wanted is not None:
-        obj = vars(module).get(wanted) if isinstance(wanted, str) else None
-        if obj is None or not callable(obj) or (inspect.isclass(obj) and not issubclass(obj, nn.Module)):
-            raise SourceError(
-                f"config model_name {wanted!r} names no nn.Module class or builder function in {label} "
-                f"(nn.Module classes defined there: {listed})",
-                "Set model_name in config.json (or pass config={'model_name': ...}) to one of those.",
-            )
-        return obj, wanted, "config model_name"
+        return _named(module, wanted, asked_by or "config model_name", candidates, label)
     for name in ("CustomTransformer", "Model"):
         if name in candidates:
             return candidates[name], name, f"the conventional class name {name}"
@@ -234,19 +134,56 @@ def pick_builder(module: types.ModuleType, config: dict, label: str) -> tuple:
             f"{label} defines no nn.Module subclass (classes imported into it do not count) and no build_model() function",
             "Check this is the model file; it must define the model class, e.g. class CustomTransformer(nn.Module).",
         )
+    roots = _unused_by_others(candidates)
+    if len(roots) == 1:
+        return candidates[roots[0]], roots[0], "the only nn.Module class in the file that no other class uses"
     raise SourceError(
-        f"{label} defines several nn.Module classes ({listed}) and none is named CustomTransformer or Model, "
-        "so tbkit cannot tell which one is the model",
-        "Choose one with \"model_name\" in config.json or config={'model_name': '<class>'} in tbkit.load.",
+        f"{label} defines several nn.Module classes ({', '.join(sorted(candidates))}) and none is named "
+        "CustomTransformer or Model, so tbkit cannot tell which one is the model",
+        "Name it: tbkit run FILE.py:ClassName (or --model-name ClassName), tbkit.load(..., model_name='ClassName'), "
+        'or "model_name" in config.json.',
     )
 
 
-def construct(builder, name: str, flat: dict, notes: list):
-    """Call the builder: without arguments if it takes none (the exporter's style), else with the
-    config keys its signature names (unknown keys noted, missing required ones named)."""
-    import torch
+def _named(module, wanted, asked_by: str, candidates: dict, label: str) -> tuple:
     import torch.nn as nn
 
+    obj = vars(module).get(wanted) if isinstance(wanted, str) else None
+    if obj is None or not callable(obj) or (inspect.isclass(obj) and not issubclass(obj, nn.Module)):
+        listed = ", ".join(sorted(candidates)) or "none"
+        raise SourceError(
+            f"{asked_by} {shorten(repr(wanted), 80)} names no nn.Module class or builder function in {label} "
+            f"(nn.Module classes defined there: {listed})",
+            'Use one of those: FILE.py:ClassName, --model-name ClassName, model_name= or "model_name" in config.json.',
+        )
+    return obj, wanted, asked_by
+
+
+def _unused_by_others(candidates: dict) -> list:
+    """Candidate classes whose name appears in no other candidate's source (read from the file)."""
+    sources = {}
+    for name, cls in candidates.items():
+        try:
+            sources[name] = inspect.getsource(cls)
+        except (OSError, TypeError):
+            return []
+    return sorted(
+        name
+        for name in candidates
+        if not any(re.search(rf"\b{re.escape(name)}\b", src) for other, src in sources.items() if other != name)
+    )
+
+
+def _keyword_arguments(builder, name: str, flat: dict, notes: list, module) -> dict:
+    """The arguments for the builder: a config object when it takes one, else the config keys its
+    signature names (unknown keys noted, missing required ones named)."""
+    found = configs.config_class(builder, module)
+    if found is not None:
+        param, cls = found
+        obj = configs.build_object(cls, flat, f"{name}()")
+        given = ", ".join(sorted(flat)) or "none; the class defaults"
+        notes.append(f"config object: {name}({param}={cls.__name__}(...)) built from the config keys ({given})")
+        return {param: obj}
     try:
         params = dict(inspect.signature(builder).parameters)
     except (TypeError, ValueError):
@@ -254,14 +191,10 @@ def construct(builder, name: str, flat: dict, notes: list):
     P = inspect.Parameter
     takes_var_kw = any(p.kind is P.VAR_KEYWORD for p in params.values())
     named = {k: p for k, p in params.items() if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)}
-    if takes_var_kw:
-        kwargs = dict(flat)
-    else:
-        kwargs = {k: v for k, v in flat.items() if k in named}
-    if named or takes_var_kw:
-        unused = sorted(set(flat) - set(kwargs))
-        if unused:
-            notes.append(f"config keys not taken by {name}(): {', '.join(unused)} (not passed to the constructor)")
+    kwargs = dict(flat) if takes_var_kw else {k: v for k, v in flat.items() if k in named}
+    unused = sorted(set(flat) - set(kwargs))
+    if (named or takes_var_kw) and unused:
+        notes.append(f"config keys not taken by {name}(): {', '.join(unused)} (not passed to the constructor)")
     missing = [
         k
         for k, p in params.items()
@@ -272,6 +205,15 @@ def construct(builder, name: str, flat: dict, notes: list):
             f"{name}() requires {', '.join(missing)}, which the config does not provide",
             f"Add {', '.join(missing)} to config.json, or pass config={{...}} to tbkit.load with those keys.",
         )
+    return kwargs
+
+
+def construct(builder, name: str, flat: dict, notes: list, module=None):
+    """Call the builder (seeded) with the arguments ``_keyword_arguments`` chose."""
+    import torch
+    import torch.nn as nn
+
+    kwargs = _keyword_arguments(builder, name, flat, notes, module)
     try:
         with torch.random.fork_rng(devices=[]):
             # Only the CPU generator: fork_rng(devices=[]) restores just that one, and
@@ -279,9 +221,9 @@ def construct(builder, name: str, flat: dict, notes: list):
             torch.random.default_generator.manual_seed(SEED)
             model = builder(**kwargs)
     except Exception as err:
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        shown = ", ".join(f"{k}={shorten(repr(v), 60)}" for k, v in kwargs.items())
         raise SourceError(
-            f"building {name}({shown}) raised {type(err).__name__}: {_one_line(err)}",
+            f"building {name}({shorten(shown, 300)}) raised {type(err).__name__}: {shorten(' '.join(str(err).split()), 300)}",
             "Check the constructor against config.json (names and values), or export the model again.",
         ) from None
     if not isinstance(model, nn.Module):

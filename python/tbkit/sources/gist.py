@@ -236,6 +236,7 @@ class GistClient:
 
     # ---- HTTP with retries -------------------------------------------------------------------
     def _get(self, url: str, what: str, *, limit: int, auth: bool) -> bytes:
+        """GET with bounded retries (timeouts, connection errors, 5xx); final errors raised at once."""
         headers = {
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": "2022-11-28",
@@ -243,65 +244,25 @@ class GistClient:
         }
         if auth and self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        waited_for_rate_limit = False
-        failures = []
+        rate_wait = {"used": False}
+        failures: list = []
         attempt = 0
         while True:
             try:
-                req = urllib.request.Request(url, headers=headers, method="GET")
-                with self._opener.open(req, timeout=self.timeout) as resp:
-                    body = resp.read(limit + 1)
-                if len(body) > limit:
-                    raise self._error(
-                        f"{what} is larger than the limit of {limit} bytes",
-                        "Check you have the right gist, or raise max_file_bytes=... if you trust it.",
-                    )
-                return body
+                return self._once(url, headers, what, limit)
             except urllib.error.HTTPError as err:
-                status, hdrs = err.code, err.headers
-                err.close()
-                if status == 404:
-                    raise self._error(
-                        f"{what} was not found, or it is private (HTTP 404 from {self._host(url)})",
-                        "Check the id or URL; for a gist only your account can see, set GITHUB_TOKEN to a token of that account.",
-                    ) from None
-                if status == 401:
-                    raise self._error(
-                        f"GitHub rejected the credentials while fetching {what} (HTTP 401)",
-                        "Set GITHUB_TOKEN to a valid token, or unset it for public gists.",
-                    ) from None
-                if status in (403, 429) and _is_rate_limited(status, hdrs):
-                    wait = _retry_after_seconds(hdrs)
-                    reset = _reset_time(hdrs)
-                    if wait is None and reset is not None:  # the primary limit resets within seconds
-                        wait = max(0.0, (reset - _dt.datetime.now(_dt.timezone.utc)).total_seconds()) + 1.0
-                    if not waited_for_rate_limit and wait is not None and wait <= self.max_rate_wait:
-                        waited_for_rate_limit = True  # a short, explicit retry-after: honour it once
-                        self._sleep(wait)
-                        continue
-                    raise self._rate_limit_error(status, hdrs, what) from None
-                if status == 403:
-                    raise self._error(
-                        f"GitHub refused access to {what} (HTTP 403, not a rate limit)",
-                        "Check the gist is public, or set GITHUB_TOKEN to a token allowed to read it.",
-                    ) from None
-                if 500 <= status < 600:
-                    failures.append(f"HTTP {status}")
-                else:
-                    raise self._error(
-                        f"unexpected HTTP {status} from {self._host(url)} while fetching {what}",
-                        "Check api_url / TBKIT_GITHUB_API and try again.",
-                    ) from None
-            except (TimeoutError, socket.timeout):
-                failures.append(f"timed out after {self.timeout:g} s")
-            except urllib.error.URLError as err:
-                reason = err.reason
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    failures.append(f"timed out after {self.timeout:g} s")
-                else:
-                    failures.append(f"connection failed: {reason}")
-            except (ConnectionError, http.client.HTTPException) as err:
-                failures.append(f"connection failed: {type(err).__name__}")
+                failure = self._http_failure(err, url, what, rate_wait)
+                if failure is None:
+                    continue  # waited out a short rate limit: try again at once
+                failures.append(failure)
+            except (
+                TimeoutError,
+                socket.timeout,
+                urllib.error.URLError,
+                ConnectionError,
+                http.client.HTTPException,
+            ) as err:
+                failures.append(self._network_failure(err))
             if attempt >= self.retries:
                 tried = "; ".join(dict.fromkeys(failures))
                 raise GistUnreachable(
@@ -313,6 +274,62 @@ class GistClient:
                 ) from None
             self._sleep(min(self.backoff * (2**attempt), 8.0))
             attempt += 1
+
+    def _once(self, url: str, headers: dict, what: str, limit: int) -> bytes:
+        req = urllib.request.Request(url, headers=headers, method="GET")
+        with self._opener.open(req, timeout=self.timeout) as resp:
+            body = resp.read(limit + 1)
+        if len(body) > limit:
+            raise self._error(
+                f"{what} is larger than the limit of {limit} bytes",
+                "Check you have the right gist, or raise max_file_bytes=... if you trust it.",
+            )
+        return body
+
+    def _network_failure(self, err: BaseException) -> str:
+        reason = getattr(err, "reason", err) if isinstance(err, urllib.error.URLError) else err
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return f"timed out after {self.timeout:g} s"
+        if isinstance(err, urllib.error.URLError):
+            return f"connection failed: {reason}"
+        return f"connection failed: {type(err).__name__}"
+
+    def _http_failure(self, err: urllib.error.HTTPError, url: str, what: str, rate_wait: dict) -> Optional[str]:
+        """A retryable failure's description (5xx), None after waiting out a short rate limit once;
+        raises SourceError for final answers (404, 401, 403, rate limits, other statuses)."""
+        status, hdrs = err.code, err.headers
+        err.close()
+        if status == 404:
+            raise self._error(
+                f"{what} was not found, or it is private (HTTP 404 from {self._host(url)})",
+                "Check the id or URL; for a gist only your account can see, set GITHUB_TOKEN to a token of that account.",
+            ) from None
+        if status == 401:
+            raise self._error(
+                f"GitHub rejected the credentials while fetching {what} (HTTP 401)",
+                "Set GITHUB_TOKEN to a valid token, or unset it for public gists.",
+            ) from None
+        if status in (403, 429) and _is_rate_limited(status, hdrs):
+            wait = _retry_after_seconds(hdrs)
+            reset = _reset_time(hdrs)
+            if wait is None and reset is not None:  # the primary limit resets within seconds
+                wait = max(0.0, (reset - _dt.datetime.now(_dt.timezone.utc)).total_seconds()) + 1.0
+            if not rate_wait["used"] and wait is not None and wait <= self.max_rate_wait:
+                rate_wait["used"] = True  # a short, explicit retry-after: honour it once
+                self._sleep(wait)
+                return None
+            raise self._rate_limit_error(status, hdrs, what) from None
+        if status == 403:
+            raise self._error(
+                f"GitHub refused access to {what} (HTTP 403, not a rate limit)",
+                "Check the gist is public, or set GITHUB_TOKEN to a token allowed to read it.",
+            ) from None
+        if 500 <= status < 600:
+            return f"HTTP {status}"
+        raise self._error(
+            f"unexpected HTTP {status} from {self._host(url)} while fetching {what}",
+            "Check api_url / TBKIT_GITHUB_API and try again.",
+        ) from None
 
     def _rate_limit_error(self, status: int, hdrs, what: str) -> SourceError:
         reset = _reset_time(hdrs)

@@ -196,80 +196,154 @@ def _has_encoder_and_decoder(model) -> bool:
 
 
 # ---- the whole inspection ------------------------------------------------------------------
+_TARGET_NAMES = ("targets", "labels")
+
+
 def inspect_and_wrap(
-    model, config: dict, flat: dict, provenance: Provenance, notes: list, kind: Optional[str] = None
+    model,
+    config: dict,
+    flat: dict,
+    provenance: Provenance,
+    notes: list,
+    kind: Optional[str] = None,
+    kind_reason: Optional[str] = None,
 ) -> LoadedModel:
     """Check the forward contract, find vocab/max_len/kind from the real modules, run one tiny
-    forward (B=1, T=2), and return the LoadedModel."""
-    import torch
-
-    cls = type(model).__name__
+    forward (B=1, T=2), and return the LoadedModel. ``kind_reason`` says where a given ``kind``
+    came from (default: declared by the caller)."""
     params = forward_params(model)
     takes_decoder_input = check_forward_signature(model, params)
-
-    declared = kind if kind is not None else config.get("kind")
-    if declared is not None and declared not in KINDS:
-        where = "kind=" if kind is not None else "config.json 'kind'"
-        raise SourceError(
-            f"{where} {declared!r} is not a model kind", f"Use one of {', '.join(KINDS)}, or leave it out to infer it."
-        )
-    if (
-        declared == "seq2seq"
-        and not takes_decoder_input
-        and len([p for p in params if p not in ("attention_mask",)]) < 2
-    ):
-        raise SourceError(
-            f"the model is declared seq2seq but {cls}.forward takes no decoder input",
-            "Add a decoder_input_ids argument to forward, or declare the right kind (decoder or encoder).",
-        )
-    seq2seq = declared == "seq2seq" or (declared is None and takes_decoder_input)
-
+    declared, declared_reason = _declared_kind(kind, kind_reason, config)
+    seq2seq = _seq2seq(model, declared, takes_decoder_input, params)
     guess = guess_input_embedding(model)
     config_vocab = flat.get("vocab_size") if isinstance(flat.get("vocab_size"), int) else None
-    probe_vocab = guess[1].num_embeddings if guess else config_vocab
-    if probe_vocab is None:
-        raise SourceError(
-            f"{cls} has no nn.Embedding and the config gives no vocab_size, so tbkit cannot tell which token ids are valid",
-            "Add vocab_size to config.json (or config={'vocab_size': ...}).",
-        )
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    ids = torch.tensor([[1 % probe_vocab, 2 % probe_vocab]], device=device)
-
-    provisional = LoadedModel(
-        model, config, "seq2seq" if seq2seq else (declared or "decoder"), "", probe_vocab, None, provenance, notes
+    probe = LoadedModel(
+        model,
+        config,
+        "seq2seq" if seq2seq else (declared or "decoder"),
+        "",
+        _probe_vocab(model, guess, config_vocab),
+        None,
+        provenance,
+        notes,
     )
-    out, fed = _tiny_forward(provisional, ids)
-
-    # The embedding that actually received the ids is the input embedding (beats name guessing).
-    hit = next((n for n, _ in embeddings(model) if n in fed), None)
-    token_name, token_emb = (hit, dict(embeddings(model))[hit]) if hit else (guess if guess else (None, None))
-    if token_emb is not None:
-        vocab = token_emb.num_embeddings
-        if config_vocab is not None and config_vocab != vocab:
-            notes.append(
-                f"config vocab_size {config_vocab} disagrees with the input embedding {token_name} ({vocab} rows); "
-                f"the embedding is used: token ids are drawn from [0, {vocab})"
-            )
-    else:
-        vocab = config_vocab
-        notes.append(f"no input nn.Embedding found; vocabulary size {vocab} taken from the config")
-
+    out, fed = _adapted_forward(probe, params, notes)
+    token_name, vocab = _input_vocab(model, fed, guess, config_vocab, notes)
     width = out.shape[-1]
     if declared is not None:
-        final_kind, reason = declared, "declared" if kind is not None else "from config 'kind'"
+        final_kind, reason = declared, declared_reason
     else:
         final_kind, reason = _infer_kind(model, params, seq2seq, width, vocab)
     if final_kind == "decoder" and width != vocab:
         notes.append(
             f"a decoder whose output width {width} is not the vocabulary size {vocab}: checks treat it as hidden states"
         )
-
-    if not bool(torch.isfinite(out).all()):
+    if not bool(out.isfinite().all()):
         notes.append("the load-time forward (B=1, T=2) produced NaN/Inf; the stability checks will show where")
-
     max_len, how = find_max_len(model, flat, token_name, notes)
     notes.append(f"maximum length: {how}")
-    return LoadedModel(model, config, final_kind, reason, vocab, max_len, provenance, notes)
+    return LoadedModel(
+        model,
+        config,
+        final_kind,
+        reason,
+        vocab,
+        max_len,
+        provenance,
+        notes,
+        targets_argument=probe.targets_argument,
+    )
+
+
+def _declared_kind(kind, kind_reason, config: dict) -> tuple:
+    declared = kind if kind is not None else config.get("kind")
+    if declared is not None and declared not in KINDS:
+        where = "kind=" if kind is not None else "config.json 'kind'"
+        raise SourceError(
+            f"{where} {declared!r} is not a model kind", f"Use one of {', '.join(KINDS)}, or leave it out to infer it."
+        )
+    if kind is not None:
+        return declared, kind_reason or "declared"
+    return declared, "from config 'kind'"
+
+
+def _seq2seq(model, declared, takes_decoder_input: bool, params: dict) -> bool:
+    if (
+        declared == "seq2seq"
+        and not takes_decoder_input
+        and len([p for p in params if p not in ("attention_mask",)]) < 2
+    ):
+        raise SourceError(
+            f"the model is declared seq2seq but {type(model).__name__}.forward takes no decoder input",
+            "Add a decoder_input_ids argument to forward, or declare the right kind (decoder or encoder).",
+        )
+    return declared == "seq2seq" or (declared is None and takes_decoder_input)
+
+
+def _probe_vocab(model, guess, config_vocab) -> int:
+    probe_vocab = guess[1].num_embeddings if guess else config_vocab
+    if probe_vocab is None:
+        raise SourceError(
+            f"{type(model).__name__} has no nn.Embedding and the config gives no vocab_size, so tbkit cannot "
+            "tell which token ids are valid",
+            "Add vocab_size to config.json (or config={'vocab_size': ...}).",
+        )
+    return probe_vocab
+
+
+def _input_vocab(model, fed: set, guess, config_vocab, notes: list) -> tuple:
+    """(input embedding name, vocabulary size): the embedding that actually received the ids wins
+    over name guessing; the config is only compared against it."""
+    hit = next((n for n, _ in embeddings(model) if n in fed), None)
+    token_name, token_emb = (hit, dict(embeddings(model))[hit]) if hit else (guess if guess else (None, None))
+    if token_emb is None:
+        notes.append(f"no input nn.Embedding found; vocabulary size {config_vocab} taken from the config")
+        return None, config_vocab
+    vocab = token_emb.num_embeddings
+    if config_vocab is not None and config_vocab != vocab:
+        notes.append(
+            f"config vocab_size {config_vocab} disagrees with the input embedding {token_name} ({vocab} rows); "
+            f"the embedding is used: token ids are drawn from [0, {vocab})"
+        )
+    return token_name, vocab
+
+
+def _adapted_forward(probe: LoadedModel, params: dict, notes: list) -> tuple:
+    """The tiny forward, adapting to a forward that returns the last position only unless it is
+    given targets (nanoGPT's ``forward(idx, targets=None)``): then targets are always passed."""
+    import torch
+
+    device = next((p.device for p in probe.module.parameters()), torch.device("cpu"))
+    ids = torch.tensor([[1 % probe.vocab_size, 2 % probe.vocab_size]], device=device)
+    out, fed = _tiny_forward(probe, ids)
+    target = next((n for n in _TARGET_NAMES if n in params), None)
+    if out.dim() == 3 and tuple(out.shape[:2]) == (1, 1) and target is not None:
+        probe.targets_argument = target
+        out, fed = _tiny_forward(probe, ids)
+        if out.dim() == 3 and tuple(out.shape[:2]) == (1, 2):
+            notes.append(
+                f"forward returns logits for the last position only unless {target}= is given; tbkit calls it "
+                f"with {target}=<the input ids> to get every position (the loss it computes is not used)"
+            )
+    _check_output_shape(probe.module, out, target)
+    return out, fed
+
+
+def _check_output_shape(model, out, target) -> None:
+    if out.dim() == 3 and tuple(out.shape[:2]) == (1, 2):
+        return
+    cls = type(model).__name__
+    hint = "Return one vector per input position (do not pool or flatten the sequence)."
+    if out.dim() == 3 and tuple(out.shape[:2]) == (1, 1):
+        hint = (
+            "It returns the last position only: return every position, or accept targets=None / labels=None and "
+            "return all positions when they are given (tbkit then passes them)."
+        )
+    raise SourceError(
+        f"{cls}.forward returned shape {tuple(out.shape)} for token ids of shape (1, 2); tbkit expects "
+        "(batch, seq, vocab) logits or (batch, seq, hidden) states",
+        hint,
+    )
 
 
 def _infer_kind(model, params: dict, seq2seq: bool, width: int, vocab: int) -> tuple:
@@ -336,12 +410,6 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    if out.dim() != 3 or tuple(out.shape[:2]) != (1, 2):
-        raise SourceError(
-            f"{cls}.forward returned shape {tuple(out.shape)} for token ids of shape (1, 2); tbkit expects "
-            "(batch, seq, vocab) logits or (batch, seq, hidden) states",
-            "Return one vector per input position (do not pool or flatten the sequence).",
-        )
     return out, fed
 
 

@@ -33,7 +33,11 @@ class Provenance:
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
-        return asdict(self)
+        from tbkit.errors import mask_credentials
+
+        out = asdict(self)
+        out["location"] = mask_credentials(self.location)  # a URL's user:password@ is never recorded
+        return out
 
     def __str__(self) -> str:
         where = self.location
@@ -41,7 +45,9 @@ class Provenance:
             where = f"gist {self.gist_id} by {self.owner or 'unknown owner'} at revision {self.revision}"
             if self.from_cache:
                 where += " (from cache)"
-        lines = [f"model code from {where}"]
+        from tbkit.errors import mask_credentials
+
+        lines = [f"model code from {mask_credentials(where)}"]
         if self.content_sha256:
             lines.append(f"content sha256 {self.content_sha256}")
         lines += [f"  {f.name}: {f.size} bytes, sha256 {f.sha256}" for f in self.files]
@@ -66,6 +72,9 @@ class LoadedModel:
     provenance: Provenance
     notes: list = field(default_factory=list)  # human-readable findings made while loading
     pad_token_id: int = 0
+    # set when forward returns every position only when given targets (nanoGPT style): the name of
+    # that parameter; forward() then passes the input ids (the decoder ids for seq2seq) as targets
+    targets_argument: Optional[str] = None
 
     # ---- the forward contract -------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
@@ -76,15 +85,18 @@ class LoadedModel:
         ``decoder_input_ids`` defaults to ``input_ids`` and T is the decoder length.
         """
         kwargs = {}
+        targets = input_ids
         params = self._forward_params()
         if attention_mask is not None and "attention_mask" in params:
             kwargs["attention_mask"] = attention_mask
         if self.kind == "seq2seq":
             dec = input_ids if decoder_input_ids is None else decoder_input_ids
             name = "decoder_input_ids" if "decoder_input_ids" in params else _second_positional(params)
-            kwargs[name] = dec
+            kwargs[name] = targets = dec
             if decoder_attention_mask is not None and "decoder_attention_mask" in params:
                 kwargs["decoder_attention_mask"] = decoder_attention_mask
+        if self.targets_argument:
+            kwargs[self.targets_argument] = targets
         return unwrap_output(self.module(input_ids, **kwargs))
 
     __call__ = forward

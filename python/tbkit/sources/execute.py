@@ -1,0 +1,174 @@
+"""Running model code: a file as a fresh module, or a ``package.module`` by import; each after the
+import guard has read its syntax tree, under the import time limit, with the source's folder
+(and ``--path`` folders) on ``sys.path`` for that load only.
+
+A file is executed as a fresh ``types.ModuleType`` — never in the caller's (notebook's) globals —
+named ``tbkit_user_model_<hash>`` and registered in ``sys.modules``, because classes defined in
+it must be importable by name for ``pickle`` / ``torch.save(model)`` / dataclasses.
+
+Modules imported from a source folder (``from layers import Block``) stay registered for the same
+reason; before the next load from a folder, earlier ones of the same names that came from
+another folder are dropped, so a second model never silently gets the first one's ``layers``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import linecache
+import sys
+import traceback
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+from tbkit.errors import SourceError, shorten
+from tbkit.sources import import_guard, time_limit
+from tbkit.sources.advice import missing_import_error
+
+_INSTALLED = ("site-packages", "dist-packages")
+
+
+def decode_source(raw: bytes, label: str) -> str:
+    """UTF-8 text of model code (a leading BOM is dropped); SourceError for other bytes or NULs."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SourceError(
+            f"{label} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})",
+            "Re-save the file as UTF-8 (Python source must be UTF-8).",
+        ) from None
+    nul = text.find("\0")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        raise SourceError(
+            f"{label} contains a NUL byte (line {line}, offset {nul}), so it is not Python source text "
+            "(a binary file, or a file damaged while saving)",
+            "Open the file in an editor, remove the NUL bytes (or save it again as UTF-8 text), and retry.",
+        )
+    return text
+
+
+def exec_model_code(
+    raw: bytes,
+    filename: str,
+    label: str,
+    *,
+    folders=(),
+    guard: bool = True,
+    timeout: Optional[float] = None,
+) -> types.ModuleType:
+    """Run model code in a fresh module; SourceError for bad text, a guard refusal, a syntax
+    error, a missing import, a time-out, or anything the code raises while being defined."""
+    text = decode_source(raw, label)
+    if guard:
+        import_guard.check(text, label)
+    name = f"tbkit_user_model_{hashlib.sha256(raw).hexdigest()[:16]}"
+    # Let tracebacks and inspect.getsource show the code even when it lives only in memory.
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    try:
+        code = compile(text, filename, "exec", dont_inherit=True)
+    except SyntaxError as err:
+        raise SourceError(
+            f"{label} has a syntax error at line {err.lineno}: {err.msg}",
+            "Fix that line (or export the model again); tbkit runs the file unchanged.",
+        ) from None
+    module = types.ModuleType(name, f"model code loaded by tbkit from {label}")
+    module.__file__ = filename
+    sys.modules[name] = module
+    try:
+        with _running(label, filename, folders, timeout):
+            exec(code, module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def import_module(dotted: str, label: str, *, folders, guard: bool, timeout: Optional[float]) -> types.ModuleType:
+    """Import ``package.module`` from ``folders`` (guard on its own file first)."""
+    with on_sys_path(folders):
+        _drop_foreign(folders)
+        origin = _origin(dotted, folders)
+        if guard and origin is not None:
+            from tbkit.sources import files as sfiles
+
+            raw = sfiles.read_bounded(origin, "module file", sfiles.MAX_SOURCE_BYTES)
+            import_guard.check(decode_source(raw, label), label)
+        with _running(label, str(origin or dotted), folders, timeout):
+            return importlib.import_module(dotted)
+
+
+def _origin(dotted: str, folders) -> Optional[Path]:
+    """The file of ``dotted`` found under ``folders`` without importing anything."""
+    parts = dotted.split(".")
+    for folder in folders:
+        base = Path(folder).joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+@contextlib.contextmanager
+def _running(label: str, filename: str, folders, timeout: Optional[float]) -> Iterator[None]:
+    """The common frame: sys.path, the time limit, and errors turned into one paragraph."""
+    try:
+        with on_sys_path(folders), time_limit.limit(timeout, label):
+            _drop_foreign(folders)
+            yield
+    except SourceError:
+        raise
+    except ModuleNotFoundError as err:
+        raise missing_import_error(err, label, filename, folders) from None
+    except ImportError as err:
+        if "no known parent package" in str(err):
+            raise missing_import_error(err, label, filename, folders) from None
+        raise _raised(err, label, filename) from None
+    except (Exception, SystemExit) as err:
+        raise _raised(err, label, filename) from None
+
+
+def _raised(err: BaseException, label: str, filename: str) -> SourceError:
+    return SourceError(
+        f"running {label} raised {type(err).__name__}: {one_line(err)}{where(err, filename)}",
+        "Fix the model code at that line; it must only define the model when run.",
+    )
+
+
+@contextlib.contextmanager
+def on_sys_path(folders) -> Iterator[None]:
+    added = [str(f) for f in folders if str(f) not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for entry in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+
+
+def _drop_foreign(folders) -> None:
+    """Forget modules named like something in ``folders`` that were loaded from another user
+    folder (not from an installed package), so this load imports its own files."""
+    names = set()
+    for folder in map(Path, folders):
+        with contextlib.suppress(OSError):
+            names |= {p.stem if p.suffix == ".py" else p.name for p in folder.iterdir()}
+    names -= set(sys.stdlib_module_names)
+    roots = [str(Path(f).resolve()) for f in folders]
+    for key in [k for k in sys.modules if k.split(".")[0] in names]:
+        file = getattr(sys.modules[key], "__file__", None) or ""
+        if file and not any(s in file for s in _INSTALLED) and not any(file.startswith(r) for r in roots):
+            del sys.modules[key]
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    return shorten(" ".join(str(err).split()), limit) or "(no message)"
+
+
+def where(err: BaseException, filename: str) -> str:
+    lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == filename]
+    return f" (line {lines[-1]})" if lines else ""
