@@ -356,7 +356,7 @@ def _(env):
     return str(env.folder("exp", {"model.py": code, "config.json": TINY})), {}
 
 
-@case("forward_crashes_at_load", "load-time forward", "NameError", "at line 74 of model.py", "Fix the model's forward")
+@case("forward_crashes_at_load", "load-time forward", "NameError", "at line 73 of model.py", "Fix the model's forward")
 def _(env):
     code = GOOD_MODEL.replace("return self.lm_head(self.layernorm_final(x))", "return self.lm_head(undefined_name)")
     return str(env.folder("exp", {"model.py": code, "config.json": TINY})), {}
