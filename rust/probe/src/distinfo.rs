@@ -118,9 +118,10 @@ pub struct DistInfoDir {
     pub canonical: String,
     pub dir_name: String,
     pub version_in_name: String,
-    /// The directory's inode as the listing saw it (0 where the platform has none): a dist-info
-    /// reinstalled under the same name is a new directory, so a new inode, with no extra `stat`.
-    pub ino: u64,
+    /// The directory's inode and change time when listed ((0, 0) where unknown): a dist-info
+    /// reinstalled under the same name is a new directory, so a new ctime (the file system may
+    /// hand it the old inode number, freed a moment before).
+    pub stamp: (u64, i128),
 }
 
 /// What a site directory holds, as far as the probe cares.
@@ -134,13 +135,20 @@ pub struct Listing {
 }
 
 #[cfg(unix)]
-fn entry_ino(entry: &fs::DirEntry) -> u64 {
-    std::os::unix::fs::DirEntryExt::ino(entry)
+fn entry_stamp(entry: &fs::DirEntry) -> (u64, i128) {
+    use std::os::unix::fs::MetadataExt;
+    match entry.metadata() {
+        Ok(m) => (
+            m.ino(),
+            m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        ),
+        Err(_) => (0, 0),
+    }
 }
 
 #[cfg(not(unix))]
-fn entry_ino(_entry: &fs::DirEntry) -> u64 {
-    0
+fn entry_stamp(_entry: &fs::DirEntry) -> (u64, i128) {
+    (0, 0)
 }
 
 pub fn list_site_dir(dir: &Path) -> io::Result<Listing> {
@@ -157,7 +165,7 @@ pub fn list_site_dir(dir: &Path) -> io::Result<Listing> {
                     canonical,
                     dir_name: name.to_string(),
                     version_in_name: version.to_string(),
-                    ino: entry_ino(&entry),
+                    stamp: entry_stamp(&entry),
                 },
             );
         } else if name.starts_with('~') {

@@ -89,7 +89,7 @@ impl Probe {
         let site = self.roots[root].path.clone();
         let dir = site.join(&di.dir_name);
         let state = self.dists.entry(dist.to_string()).or_default();
-        let key = (di.dir_name.clone(), di.ino);
+        let key = (di.dir_name.clone(), di.stamp);
         // a dist-info replaced under the same name is a new directory: a new inode in the listing
         if state.cached.as_ref() != Some(&key) {
             state.cached = Some(key);
@@ -109,7 +109,7 @@ impl Probe {
         if state.first_digest.is_none() {
             // the RECORD of the dist-info first seen, while it is still there
             state.first_digest = Some(match first {
-                Some(fi) if fi.dir_name == di.dir_name && fi.ino == di.ino => {
+                Some(fi) if fi.dir_name == di.dir_name && fi.stamp == di.stamp => {
                     distinfo::content_digest(&dir).ok().flatten()
                 }
                 _ => None,
@@ -119,7 +119,7 @@ impl Probe {
             Some(first) if first.dir_name != di.dir_name => f
                 .signals
                 .push(Signal::DistInfoReplaced(site.join(&first.dir_name))),
-            Some(first) if first.ino != di.ino => f.signals.push(Signal::DistInfoReplaced(dir)),
+            Some(first) if first.stamp != di.stamp => f.signals.push(Signal::DistInfoReplaced(dir)),
             _ => {}
         }
         if let Some(d) = &state.degraded {
@@ -134,7 +134,7 @@ impl Probe {
         let r = &self.roots[root];
         let di = r.listing.as_ref()?.dist_infos.get(dist)?;
         let dir = r.path.join(&di.dir_name);
-        let key = (di.dir_name.clone(), di.ino);
+        let key = (di.dir_name.clone(), di.stamp);
         let state = self.dists.get_mut(dist)?;
         let first: Digest = state.first_digest.flatten();
         let now: Digest = match &state.now_digest {

@@ -141,19 +141,22 @@ struct Mapped {
     dist: Option<Option<String>>,
 }
 
+/// Which dist-info directory: its name and its (inode, ctime) when listed.
+type DistInfoKey = (String, (u64, i128));
+
 /// A RECORD content digest (see `distinfo::record_content_digest`); `None`: nothing comparable.
 type Digest = Option<(u64, usize)>;
 
 #[derive(Default)]
 struct DistState {
-    /// The dist-info (name, inode) whose METADATA gave `current_version`.
-    cached: Option<(String, u64)>,
+    /// The dist-info (name, stamp) whose METADATA gave `current_version`.
+    cached: Option<DistInfoKey>,
     current_version: Option<String>,
     degraded: Option<String>,
     /// The content digest of the dist-info first seen (`None`: not taken yet).
     first_digest: Option<Digest>,
     /// The content digest of the dist-info present now, keyed by its (name, inode).
-    now_digest: Option<((String, u64), Digest)>,
+    now_digest: Option<(DistInfoKey, Digest)>,
 }
 
 /// Editable installs: which distribution a project folder or a finder's packages belong to.
