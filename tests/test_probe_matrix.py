@@ -154,3 +154,17 @@ def test_editable_c_extension_rebuilt_while_loaded(tmp_path, wheelhouse, tbkit_w
         _install_editable(venv, installer, project, mode)
         report = child.report()
         assert severities(report) == {"tbkit-cdemo": "restart_required"}, report
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_editable_reinstalled_unchanged_needs_no_restart(tmp_path, wheelhouse, tbkit_wheel, installer):
+    venv = make_venv(tmp_path / "venv", wheelhouse, tbkit_wheel, None, extra=("setuptools==80.9.0",))
+    project = write_c_project(tmp_path / "proj", answer=42)
+    _install_editable(venv, installer, project, None)
+    with Child(venv, mode="bare") as child:
+        _imported(child, "cdemo")
+        _clean(child.report())
+        _install_editable(venv, installer, project, None)  # same sources: the same library
+        report = child.report()
+        assert set(severities(report).values()) <= {"benign"}, report
+        assert not report["restart_required"] and not report["first_restart"]
