@@ -229,46 +229,49 @@ pub fn parse_pth(text: &str, site: &Path) -> PthContent {
 /// INSTALLER, RECORD, direct_url.json differently), compiled `*.pyc` (pip's compile step), and
 /// entries outside the site directory (scripts, whose launchers each installer writes itself).
 /// `None` when no entry carries a hash (nothing could be compared).
-pub fn record_content_digest(record: &str) -> Option<(u64, usize)> {
+pub fn record_content_digest(record: &[u8]) -> Option<(u64, usize)> {
     use std::hash::{Hash, Hasher};
     let (mut sum, mut count) = (0u64, 0usize);
-    for line in record.lines() {
-        let Some(path) = record_path(line) else {
+    // bytes, no allocation: torch's RECORD alone has ~20 000 lines, read once per distribution
+    for line in record.split(|&b| b == b'\n') {
+        let Some((path, hash)) = record_path_and_hash(line) else {
             continue;
         };
-        let hash = record_hash(line);
+        let first = path.split(|&b| b == b'/').next().unwrap_or(b"");
         if hash.is_empty()
-            || path.starts_with("..")
-            || path.starts_with('/')
-            || path.ends_with(".pyc")
-            || path.split('/').next().unwrap_or("").ends_with(".dist-info")
+            || path.starts_with(b"..")
+            || path.starts_with(b"/")
+            || path.ends_with(b".pyc")
+            || first.ends_with(b".dist-info")
         {
             continue;
         }
         let mut h = std::hash::DefaultHasher::new();
-        (path.as_str(), hash).hash(&mut h);
+        (path, hash).hash(&mut h);
         sum = sum.wrapping_add(h.finish());
         count += 1;
     }
     (count > 0).then_some((sum, count))
 }
 
-/// The hash column of one RECORD line (after the possibly quoted path).
-fn record_hash(line: &str) -> &str {
-    let line = line.trim_end_matches(['\r', '\n']);
-    let rest = match line.strip_prefix('"') {
+/// The path (still CSV-quoted if it was) and hash columns of one RECORD line.
+fn record_path_and_hash(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (path, rest) = if line.first() == Some(&b'"') {
         // a quoted path ends at a quote followed by a comma
-        Some(q) => q.find("\",").map(|i| &q[i + 2..]).unwrap_or(""),
-        None => line.split_once(',').map(|(_, r)| r).unwrap_or(""),
+        let end = line.windows(2).skip(1).position(|w| w == b"\",")? + 1;
+        (&line[1..end], &line[end + 2..])
+    } else {
+        let comma = line.iter().position(|&b| b == b',')?;
+        (&line[..comma], &line[comma + 1..])
     };
-    rest.split(',').next().unwrap_or("")
+    let hash = rest.split(|&b| b == b',').next().unwrap_or(b"");
+    (!path.is_empty()).then_some((path, hash))
 }
 
 /// [`record_content_digest`] of the RECORD in a dist-info directory.
 pub fn content_digest(dist_info: &Path) -> io::Result<Option<(u64, usize)>> {
-    Ok(record_content_digest(&fs::read_to_string(
-        dist_info.join("RECORD"),
-    )?))
+    Ok(record_content_digest(&fs::read(dist_info.join("RECORD"))?))
 }
 
 /// Which top-level names a distribution provides: top_level.txt when present (small), else the
@@ -439,13 +442,16 @@ mod tests {
                    PyYAML-6.0.2.dist-info/INSTALLER,sha256=pip,4\nPyYAML-6.0.2.dist-info/RECORD,,\n";
         let uv = "PyYAML-6.0.2.dist-info/INSTALLER,sha256=uv,3\nyaml/_yaml.so,sha256=BBB,20\n\
                   ../../bin/x,sha256=EEE,3\nyaml/__init__.py,sha256=AAA,10\n";
-        let a = record_content_digest(pip).unwrap();
+        let a = record_content_digest(pip.as_bytes()).unwrap();
         assert_eq!(a.1, 2);
-        assert_eq!(Some(a), record_content_digest(uv));
+        assert_eq!(Some(a), record_content_digest(uv.as_bytes()));
         let changed = uv.replace("AAA", "ZZZ");
-        assert_ne!(Some(a), record_content_digest(&changed));
-        assert_eq!(record_content_digest("a/__init__.py,,\n"), None);
-        assert_eq!(record_hash("\"a,b.py\",sha256=Q,1"), "sha256=Q");
+        assert_ne!(Some(a), record_content_digest(changed.as_bytes()));
+        assert_eq!(record_content_digest(b"a/__init__.py,,\n"), None);
+        assert_eq!(
+            record_path_and_hash(b"\"a,b.py\",sha256=Q,1"),
+            Some((&b"a,b.py"[..], &b"sha256=Q"[..]))
+        );
     }
 
     #[test]
