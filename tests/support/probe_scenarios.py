@@ -18,11 +18,12 @@ UV = shutil.which("uv") or "uv"
 CHILD = r"""
 import json, sys
 mode = sys.argv[1]
-import numpy
-if mode == "early":
+if mode != "bare":  # bare: tbkit only, everything else imported on request
+    import numpy
+if mode in ("early", "bare"):
     import tbkit
     from tbkit.guard import integrity
-print(json.dumps({"ready": True, "numpy": numpy.__version__}), flush=True)
+print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     cmd = req["cmd"]
@@ -69,9 +70,16 @@ class Venv:
     def uv(self, *args: str) -> subprocess.CompletedProcess:
         return run([UV, "pip", *args[:1], "--python", self.python, *args[1:]], env=_uv_env())
 
-    def install(self, installer: str, *reqs: str, force: bool = False, no_deps: bool = False) -> None:
-        """`pip install` / `uv pip install` from the local wheelhouse only."""
-        extra = ["--no-index", "--find-links", str(self.wheelhouse)]
+    @property
+    def site_packages(self) -> Path:
+        (site,) = (self.path / "lib").glob("python3*/site-packages")
+        return site
+
+    def install(
+        self, installer: str, *reqs: str, force: bool = False, no_deps: bool = False, links: Path | None = None
+    ) -> None:
+        """`pip install` / `uv pip install` from the local wheelhouse only (or `links`)."""
+        extra = ["--no-index", "--find-links", str(links or self.wheelhouse)]
         if no_deps:
             extra.append("--no-deps")
         if installer == "pip":
@@ -93,11 +101,19 @@ def _uv_env() -> dict:
     return env
 
 
-def make_venv(path: Path, wheelhouse: Path, tbkit_wheel: Path, numpy_version: str, with_pip: bool = True) -> Venv:
-    """A fresh venv (uv venv: fast) with numpy==numpy_version, tbkit (--no-deps) and pip."""
+def make_venv(
+    path: Path,
+    wheelhouse: Path,
+    tbkit_wheel: Path,
+    numpy_version: str | None,
+    with_pip: bool = True,
+    extra: tuple[str, ...] = (),
+) -> Venv:
+    """A fresh venv (uv venv: fast) with numpy==numpy_version (unless None), tbkit (--no-deps),
+    pip and the `extra` requirements."""
     run([UV, "venv", "-q", "--python", sys.executable, path], env=_uv_env())
     venv = Venv(path, wheelhouse)
-    reqs = [f"numpy=={numpy_version}", str(tbkit_wheel)]
+    reqs = [*([f"numpy=={numpy_version}"] if numpy_version else []), str(tbkit_wheel), *extra]
     if with_pip:
         reqs.append("pip==25.3")
     run(
@@ -172,6 +188,15 @@ class Child:
         self.close()
 
 
+def record_hash(path: Path) -> str:
+    """A RECORD hash column: sha256, urlsafe base64 without padding."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def severities(report: dict) -> dict:
     """distribution -> severity, for asserting exact outcomes."""
     return {f["distribution"]: f["severity"] for f in report["findings"]}
@@ -206,7 +231,10 @@ class FakeSite:
         info = self.site / f"{name}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nbody\n")
-        (info / "RECORD").write_text(f"{name}/__init__.py,,\n{info.name}/METADATA,,\n")
+        # RECORD with real hashes, as installers write it: the probe compares them on reinstalls
+        files = [f"{name}/__init__.py"] + ([f"{name}/_ext.so"] if native else [])
+        lines = [f"{f},{record_hash(self.site / f)},{(self.site / f).stat().st_size}" for f in files]
+        (info / "RECORD").write_text("\n".join([*lines, f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]) + "\n")
 
     def write_maps(self, deleted: bool) -> None:
         """A maps file that shows fakenative/_ext.so mapped with the inode it had when first written."""
@@ -242,3 +270,58 @@ class FakeSite:
             sys.modules.pop(name, None)
         if str(self.site) in sys.path:
             sys.path.remove(str(self.site))
+
+
+def write_wheel(folder: Path, dist: str, version: str, files: dict[str, str]) -> Path:
+    """A pure-Python wheel made by hand (zipfile): `files` maps paths to their text."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{dist.replace('-', '_')}-{version}"
+    wheel = folder / f"{stem}-py3-none-any.whl"
+    info = f"{stem}.dist-info"
+    meta = {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    contents = {**files, **meta}
+    with zipfile.ZipFile(wheel, "w") as z:
+        lines = []
+        for name, text in contents.items():
+            z.writestr(name, text)
+            data = text.encode()
+            lines.append(f"{name},{_hash_bytes(data)},{len(data)}")
+        z.writestr(f"{info}/RECORD", "\n".join([*lines, f"{info}/RECORD,,"]) + "\n")
+    return wheel
+
+
+def _hash_bytes(data: bytes) -> str:
+    import base64
+    import hashlib
+
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+C_SOURCE = """#include <Python.h>
+static PyObject *answer(PyObject *s, PyObject *a) { return PyLong_FromLong(ANSWER); }
+static PyMethodDef m[] = {{"answer", answer, METH_NOARGS, ""}, {0}};
+static struct PyModuleDef d = {PyModuleDef_HEAD_INIT, "_speed", 0, -1, m};
+PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&d); }
+"""
+
+
+def write_c_project(folder: Path, answer: int) -> Path:
+    """A setuptools project `tbkit-cdemo` (package `cdemo`, flat layout: setuptools' default
+    editable mode uses a finder for it) with one C extension `cdemo._speed`."""
+    pkg = folder / "cdemo"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "tbkit-cdemo"\nversion = "1.0"\n'
+        "[tool.setuptools]\n"
+        'ext-modules = [{name = "cdemo._speed", sources = ["cdemo/_speed.c"]}]\n'
+        '[tool.setuptools.packages.find]\ninclude = ["cdemo*"]\n'
+    )
+    (pkg / "__init__.py").write_text("from cdemo._speed import answer\n")
+    (pkg / "_speed.c").write_text(C_SOURCE.replace("ANSWER", str(answer)))
+    return folder

@@ -18,6 +18,11 @@ NUMPY_VERSIONS = ("1.26.4", "2.0.2", "2.2.6")
 OTHERS = ("six==1.17.0", "pip==25.3", "packaging==25.0")
 # captum for the Tier 2 gate test that installs it (pure Python; its deps come from the system).
 OTHERS += ("captum==0.9.0",)
+# The probe's wider matrix (issue 17): PyYAML (distribution `pyyaml`, modules `yaml` and the C
+# extension `yaml._yaml`) and PyJWT (distribution `pyjwt`, module `jwt`, pure Python) — import names
+# that differ from distribution names, upgraded between `import tbkit` and their first import;
+# setuptools to build the small C extension the editable-install scenarios install.
+OTHERS += ("pyyaml==6.0.1", "pyyaml==6.0.2", "pyjwt==2.9.0", "pyjwt==2.10.1", "setuptools==80.9.0")
 
 
 def wanted() -> list[str]:
@@ -26,7 +31,9 @@ def wanted() -> list[str]:
 
 def have(req: str) -> bool:
     name, version = req.split("==")
-    return any(WHEELHOUSE.glob(f"{name}-{version}-*.whl"))
+    # wheel file names spell the distribution as its project does (PyYAML, PyJWT): compare lower case
+    prefix = f"{name}-{version}-".lower()
+    return any(p.name.lower().startswith(prefix) for p in WHEELHOUSE.glob("*.whl"))
 
 
 def ensure() -> Path:

@@ -12,11 +12,33 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from typing import Literal, Optional, Protocol, Union
 
 from tbkit import _probe
+from tbkit._probe import Finding, ProbeError
 
-SEVERITIES = ("restart_required", "changed_pure_python", "benign", "probe_degraded")
+__all__ = [
+    "Finding",
+    "IntegrityReport",
+    "ProbeError",
+    "ProbeUnavailableError",
+    "Severity",
+    "check",
+    "first_restart_report",
+    "loaded_distributions",
+    "new_probe",
+    "report_of",
+    "take_baseline",
+]
+
+Severity = Literal["restart_required", "changed_pure_python", "benign", "preexisting", "probe_degraded"]
+SEVERITIES: tuple[Severity, ...] = (
+    "restart_required",
+    "changed_pure_python",
+    "benign",
+    "preexisting",
+    "probe_degraded",
+)
 
 # Test hook (and an escape hatch for odd systems): read this file instead of /proc/self/maps.
 MAPS_ENV = "TBKIT_PROBE_MAPS"
@@ -27,55 +49,24 @@ RESTART_ADVICE = (
 )
 
 
-class Finding:
-    """One distribution whose files on disk no longer match what this process loaded.
-
-    (A plain class, not a dataclass: ``dataclasses`` imports ``inspect``, ~12 ms at ``import tbkit``.)
-    """
-
-    __slots__ = ("distribution", "loaded_version", "disk_version", "change", "paths", "severity")
-
-    def __init__(
-        self,
-        distribution: str,
-        loaded_version: Optional[str],
-        disk_version: Optional[str],
-        change: str,
-        paths: Optional[list] = None,
-        severity: str = "restart_required",
-    ) -> None:
-        self.distribution = distribution  # canonical name, e.g. "numpy"; "(probe)" for the probe's own limits
-        self.loaded_version = loaded_version
-        self.disk_version = disk_version
-        self.change = change  # human sentence
-        self.paths = list(paths or [])
-        self.severity = severity  # one of SEVERITIES
-
-    def to_dict(self) -> dict:
-        return {k: (list(self.paths) if k == "paths" else getattr(self, k)) for k in self.__slots__}
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Finding) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        return "Finding(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
-
-    def __str__(self) -> str:
-        versions = self.loaded_version or "?"
-        if self.disk_version != self.loaded_version:
-            versions += f" (on disk: {self.disk_version or 'none'})"
-        return f"{self.distribution} {versions}: {self.change} [{self.severity}]"
+class ProbeUnavailableError(ProbeError, RuntimeError):
+    """The process-wide probe could not start (a RuntimeError too, as before)."""
 
 
 class IntegrityReport:
-    """The result of one check: findings (any severity) and notes on what was skipped."""
+    """The result of one check: findings (any severity) and notes on what was skipped.
 
-    def __init__(self, findings: Optional[list] = None, notes: Optional[list] = None) -> None:
-        self.findings = list(findings or [])  # Finding entries
-        self.notes = list(notes or [])  # what the probe skipped or could not see
+    Findings are ``tbkit._probe.Finding`` objects (frozen; the probe builds them)."""
+
+    def __init__(self, findings: Optional[list[Finding]] = None, notes: Optional[list[str]] = None) -> None:
+        self.findings: list[Finding] = list(findings or [])
+        self.notes: list[str] = list(notes or [])  # what the probe skipped or could not see
 
     def __repr__(self) -> str:
         return f"IntegrityReport(findings={self.findings!r}, notes={self.notes!r})"
+
+    def of_severity(self, severity: Severity) -> list[Finding]:
+        return [f for f in self.findings if f.severity == severity]
 
     @property
     def ok(self) -> bool:
@@ -83,10 +74,20 @@ class IntegrityReport:
         return not self.findings
 
     @property
-    def restart_required(self) -> bool:
-        return any(f.severity == "restart_required" for f in self.findings)
+    def restart_findings(self) -> list[Finding]:
+        """The findings that require a restart (what the install gate and the banner act on)."""
+        return self.of_severity("restart_required")
 
-    def to_dict(self) -> dict:
+    @property
+    def preexisting_findings(self) -> list[Finding]:
+        """Leftovers older than this process (e.g. a stash of a crashed pip): name, folder, fix."""
+        return self.of_severity("preexisting")
+
+    @property
+    def restart_required(self) -> bool:
+        return bool(self.restart_findings)
+
+    def to_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
             "restart_required": self.restart_required,
@@ -101,6 +102,8 @@ class IntegrityReport:
             return "OK: everything loaded in this process matches what is installed on disk."
         if all(f.severity == "benign" for f in self.findings):
             return "OK (benign changes): reinstalled at the same version with identical builds."
+        if all(f.severity in ("benign", "preexisting") for f in self.findings):
+            return "OK (leftovers from before this process): remove them as shown; no restart needed."
         return "CHANGED: installed files changed under this process; no restart needed for what is listed."
 
     def __str__(self) -> str:
@@ -126,14 +129,8 @@ class IntegrityReport:
                 "<table><tr><th>distribution</th><th>loaded</th><th>on disk</th><th>change</th><th>severity</th></tr>"
             )
             for f in self.findings:
-                parts.append(
-                    "<tr>"
-                    + "".join(
-                        f"<td>{escape(str(x) if x is not None else '')}</td>"
-                        for x in (f.distribution, f.loaded_version, f.disk_version, f.change, f.severity)
-                    )
-                    + "</tr>"
-                )
+                cells = (f.distribution, f.loaded_version, f.disk_version, f.change, f.severity)
+                parts.append("<tr>" + "".join(f"<td>{escape(x or '')}</td>" for x in cells) + "</tr>")
             parts.append("</table>")
         for n in self.notes:
             parts.append(f"<div><i>note: {escape(n)}</i></div>")
@@ -143,11 +140,11 @@ class IntegrityReport:
         return "".join(parts)
 
 
-_PROBE = None  # the process-wide probe (a tbkit._probe.Probe), created by take_baseline()
+_PROBE: Optional[_probe.Probe] = None  # the process-wide probe, created by take_baseline()
 _FIRST_RESTART: Optional[IntegrityReport] = None
 
 
-def _stdlib_dirs() -> list:
+def _stdlib_dirs() -> list[str]:
     """The standard library's directories: their modules belong to no distribution."""
     version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     dirs = set()
@@ -164,7 +161,7 @@ def _stdlib_dirs() -> list:
 ALWAYS_MAPS_ENV = "TBKIT_PROBE_ALWAYS_READ_MAPS"
 
 
-def new_probe(maps_path: Optional[str] = None, always_read_maps: Optional[bool] = None):
+def new_probe(maps_path: Optional[str] = None, always_read_maps: Optional[bool] = None) -> _probe.Probe:
     """A fresh probe with its own baseline (the process-wide one is made by take_baseline)."""
     if maps_path is None:
         maps_path = os.environ.get(MAPS_ENV) or None
@@ -194,7 +191,11 @@ def take_baseline() -> None:
         _START_ERROR = repr(err)
 
 
-def report_of(probe) -> IntegrityReport:
+class _Checkable(Protocol):
+    def check(self) -> _probe.Report: ...
+
+
+def report_of(probe: Union[_probe.Probe, _Checkable]) -> IntegrityReport:
     """Run one probe's check and wrap the result; never raises."""
     try:
         raw = probe.check()
@@ -204,8 +205,7 @@ def report_of(probe) -> IntegrityReport:
         return IntegrityReport(
             findings=[Finding("(probe)", None, None, f"the integrity probe failed: {err!r}", [], "probe_degraded")]
         )
-    findings = [Finding(**d) for d in raw["findings"]]
-    return IntegrityReport(findings=findings, notes=list(raw["notes"]))
+    return IntegrityReport(findings=list(raw.findings), notes=list(raw.notes))
 
 
 def check() -> IntegrityReport:
@@ -233,7 +233,7 @@ def first_restart_report() -> Optional[IntegrityReport]:
     return _FIRST_RESTART
 
 
-def loaded_distributions() -> dict:
+def loaded_distributions() -> dict[str, str]:
     """Canonical distribution name -> version, for every installed distribution with at least one
     module in ``sys.modules``. The version is spelled as the dist-info's METADATA spells it (what
     pip compares pins with) whenever it agrees with the loaded ``__version__``; otherwise the
@@ -242,5 +242,5 @@ def loaded_distributions() -> dict:
     if _PROBE is None:
         take_baseline()
     if _PROBE is None:
-        raise RuntimeError(f"the integrity probe could not start ({_START_ERROR})")
+        raise ProbeUnavailableError(f"the integrity probe could not start ({_START_ERROR})")
     return dict(_PROBE.loaded_distributions())

@@ -7,13 +7,14 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyModule, PyString};
+use pyo3::types::{PyDict, PyList, PyModule, PyString, PyTuple};
 use pyo3::{ffi, intern};
 
 use crate::probe::{Config, ModuleInfo, Probe as CoreProbe};
-use crate::verdict::Finding;
+use crate::verdict::{Finding as CoreFinding, Severity};
 
 /// What the last walk over `sys.modules` had to skip (reported as notes, never raised).
 #[derive(Default, Clone, Copy)]
@@ -45,6 +46,39 @@ fn os_string(obj: &Bound<'_, PyAny>) -> Option<PathBuf> {
     obj.extract::<OsString>().ok().map(PathBuf::from)
 }
 
+/// A `str` item of a module's `__dict__` (never `getattr`).
+fn str_item(dict: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> Option<String> {
+    match dict.get_item(key) {
+        Ok(Some(v)) => v
+            .cast::<PyString>()
+            .ok()
+            .map(|s| s.to_string_lossy().into_owned()),
+        _ => None,
+    }
+}
+
+/// An editable finder's `MAPPING` (`{"pkg": "/project/pkg"}`): exact `str` keys and values only,
+/// so reading it runs no Python code.
+fn finder_mapping(dict: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> Vec<(String, PathBuf)> {
+    let Ok(Some(mapping)) = dict.get_item(key) else {
+        return Vec::new();
+    };
+    let Ok(mapping) = mapping.cast_exact::<PyDict>() else {
+        return Vec::new();
+    };
+    mapping
+        .iter()
+        .filter_map(|(k, v)| {
+            let k = k
+                .cast_exact::<PyString>()
+                .ok()?
+                .to_string_lossy()
+                .into_owned();
+            Some((k, os_string(&v)?))
+        })
+        .collect()
+}
+
 fn read_sys_path(py: Python<'_>) -> Vec<PathBuf> {
     let Some(path) = sys_object(py, c"path") else {
         return Vec::new();
@@ -56,6 +90,67 @@ fn read_sys_path(py: Python<'_>) -> Vec<PathBuf> {
 }
 
 impl Probe {
+    /// One entry of the copied `sys.modules`, if it is a module not handed to the core before.
+    fn read_module(
+        &mut self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        skipped: &mut Skipped,
+    ) -> Option<ModuleInfo> {
+        if value.is_none() {
+            skipped.none += 1;
+            return None;
+        }
+        let Ok(module) = value.cast::<PyModule>() else {
+            skipped.not_module += 1;
+            return None;
+        };
+        let ptr = value.as_ptr() as usize;
+        if self.seen.contains(&ptr) {
+            return None;
+        }
+        let Ok(name) = key
+            .cast::<PyString>()
+            .map(|s| s.to_string_lossy().into_owned())
+        else {
+            skipped.not_module += 1;
+            return None;
+        };
+        self.seen.insert(ptr);
+        self.held.push(value.clone().unbind());
+        let dict = module.dict();
+        let file = match dict.get_item(intern!(py, "__file__")) {
+            Ok(Some(f)) if !f.is_none() => {
+                let p = os_string(&f);
+                skipped.odd_file += usize::from(p.is_none());
+                p
+            }
+            Ok(_) => None,
+            Err(_) => {
+                skipped.odd_file += 1;
+                None
+            }
+        };
+        let top_level = !name.contains('.');
+        let version = if top_level {
+            str_item(&dict, intern!(py, "__version__"))
+        } else {
+            None
+        };
+        let editable_mapping = if top_level && name.starts_with("__editable__") {
+            finder_mapping(&dict, intern!(py, "MAPPING"))
+        } else {
+            Vec::new()
+        };
+        Some(ModuleInfo {
+            name,
+            file,
+            version,
+            editable_mapping,
+        })
+    }
+
     /// Modules added to `sys.modules` since the last call.
     fn new_modules(&mut self, py: Python<'_>) -> Vec<ModuleInfo> {
         let mut out = Vec::new();
@@ -81,58 +176,9 @@ impl Probe {
         let Ok(copy) = modules.copy() else { return out };
         let mut skipped = Skipped::default();
         for (key, value) in copy.iter() {
-            if value.is_none() {
-                skipped.none += 1;
-                continue;
+            if let Some(info) = self.read_module(py, &key, &value, &mut skipped) {
+                out.push(info);
             }
-            let Ok(module) = value.cast::<PyModule>() else {
-                skipped.not_module += 1;
-                continue;
-            };
-            let ptr = value.as_ptr() as usize;
-            if self.seen.contains(&ptr) {
-                continue;
-            }
-            let Ok(name) = key
-                .cast::<PyString>()
-                .map(|s| s.to_string_lossy().into_owned())
-            else {
-                skipped.not_module += 1;
-                continue;
-            };
-            self.seen.insert(ptr);
-            self.held.push(value.clone().unbind());
-            let dict = module.dict();
-            let file = match dict.get_item(intern!(py, "__file__")) {
-                Ok(Some(f)) if !f.is_none() => match os_string(&f) {
-                    Some(p) => Some(p),
-                    None => {
-                        skipped.odd_file += 1;
-                        None
-                    }
-                },
-                Ok(_) => None,
-                Err(_) => {
-                    skipped.odd_file += 1;
-                    None
-                }
-            };
-            let version = if name.contains('.') {
-                None
-            } else {
-                match dict.get_item(intern!(py, "__version__")) {
-                    Ok(Some(v)) if v.is_instance_of::<PyString>() => v
-                        .cast::<PyString>()
-                        .ok()
-                        .map(|s| s.to_string_lossy().into_owned()),
-                    _ => None,
-                }
-            };
-            out.push(ModuleInfo {
-                name,
-                file,
-                version,
-            });
         }
         self.skipped.none = skipped.none;
         self.skipped.not_module = skipped.not_module;
@@ -141,19 +187,123 @@ impl Probe {
     }
 }
 
-fn finding_dict<'py>(py: Python<'py>, f: &Finding) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("distribution", &f.distribution)?;
-    d.set_item("loaded_version", f.loaded_version.as_deref())?;
-    d.set_item("disk_version", f.disk_version.as_deref())?;
-    d.set_item("change", &f.change)?;
-    let paths = PyList::empty(py);
-    for p in &f.paths {
-        paths.append(p.as_os_str())?;
+/// Severities as the Python side spells them (`tbkit._probe.SEVERITIES`).
+const SEVERITIES: [Severity; 5] = [
+    Severity::RestartRequired,
+    Severity::ChangedPurePython,
+    Severity::Benign,
+    Severity::Preexisting,
+    Severity::ProbeDegraded,
+];
+
+create_exception!(
+    _probe,
+    ProbeError,
+    PyException,
+    "Base class of the errors the probe raises."
+);
+create_exception!(
+    _probe,
+    UnreadableFileError,
+    ProbeError,
+    "A file the probe was asked to read could not be read."
+);
+
+/// One distribution whose files on disk no longer match what this process loaded.
+#[pyclass(module = "tbkit._probe", frozen, get_all, eq)]
+#[derive(PartialEq)]
+struct Finding {
+    /// Canonical name, e.g. "numpy"; "(probe)" for the probe's own limits.
+    distribution: String,
+    loaded_version: Option<String>,
+    disk_version: Option<String>,
+    /// A human sentence.
+    change: String,
+    paths: Vec<OsString>,
+    /// One of `SEVERITIES`.
+    severity: String,
+}
+
+impl Finding {
+    fn from_core(f: CoreFinding) -> Self {
+        Finding {
+            distribution: f.distribution,
+            loaded_version: f.loaded_version,
+            disk_version: f.disk_version,
+            change: f.change,
+            paths: f.paths.into_iter().map(PathBuf::into_os_string).collect(),
+            severity: f.severity.as_str().to_string(),
+        }
     }
-    d.set_item("paths", paths)?;
-    d.set_item("severity", f.severity.as_str())?;
-    Ok(d)
+}
+
+#[pymethods]
+impl Finding {
+    #[new]
+    #[pyo3(signature = (distribution, loaded_version, disk_version, change, paths=None, severity="restart_required"))]
+    fn new(
+        distribution: String,
+        loaded_version: Option<String>,
+        disk_version: Option<String>,
+        change: String,
+        paths: Option<Vec<OsString>>,
+        severity: &str,
+    ) -> PyResult<Self> {
+        if !SEVERITIES.iter().any(|s| s.as_str() == severity) {
+            return Err(PyValueError::new_err(format!(
+                "unknown severity {severity:?}; one of {:?}",
+                SEVERITIES.map(Severity::as_str)
+            )));
+        }
+        Ok(Finding {
+            distribution,
+            loaded_version,
+            disk_version,
+            change,
+            paths: paths.unwrap_or_default(),
+            severity: severity.to_string(),
+        })
+    }
+
+    /// JSON-ready: `{"distribution": ..., "paths": [str, ...], ...}`.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("distribution", &self.distribution)?;
+        d.set_item("loaded_version", self.loaded_version.as_deref())?;
+        d.set_item("disk_version", self.disk_version.as_deref())?;
+        d.set_item("change", &self.change)?;
+        d.set_item("paths", PyList::new(py, &self.paths)?)?;
+        d.set_item("severity", &self.severity)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Finding(distribution={:?}, loaded_version={:?}, disk_version={:?}, change={:?}, paths={:?}, severity={:?})",
+            self.distribution, self.loaded_version, self.disk_version, self.change, self.paths, self.severity
+        )
+    }
+
+    fn __str__(&self) -> String {
+        let mut versions = self.loaded_version.clone().unwrap_or_else(|| "?".into());
+        if self.disk_version != self.loaded_version {
+            versions += &format!(
+                " (on disk: {})",
+                self.disk_version.as_deref().unwrap_or("none")
+            );
+        }
+        format!(
+            "{} {versions}: {} [{}]",
+            self.distribution, self.change, self.severity
+        )
+    }
+}
+
+/// What one check found: findings of any severity, and notes on what was skipped.
+#[pyclass(module = "tbkit._probe", frozen, get_all)]
+struct Report {
+    findings: Py<PyTuple>,
+    notes: Py<PyTuple>,
 }
 
 #[pymethods]
@@ -173,6 +323,7 @@ impl Probe {
                 maps_path,
                 exclude,
                 always_read_maps,
+                process_start_ns: None,
             }),
             seen: HashSet::new(),
             held: Vec::new(),
@@ -187,33 +338,22 @@ impl Probe {
         self.core.observe(&sys_path, &modules);
     }
 
-    /// `{"findings": [dict, ...], "notes": [str, ...]}`.
-    fn check<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// Compare what is loaded with what is on disk now.
+    fn check(&mut self, py: Python<'_>) -> PyResult<Report> {
         let modules = self.new_modules(py);
         let sys_path = read_sys_path(py);
         let report = self.core.check(&sys_path, &modules);
-        let findings = PyList::empty(py);
-        for f in &report.findings {
-            findings.append(finding_dict(py, f)?)?;
-        }
+        let findings: Vec<Bound<'_, Finding>> = report
+            .findings
+            .into_iter()
+            .map(|f| Bound::new(py, Finding::from_core(f)))
+            .collect::<PyResult<_>>()?;
         let mut notes = report.notes;
-        let s = self.skipped;
-        if s.not_module > 0 {
-            notes.push(format!(
-                "{} entries of sys.modules are not modules; skipped",
-                s.not_module
-            ));
-        }
-        if s.odd_file > 0 {
-            notes.push(format!(
-                "{} modules have a __file__ that is not a path string; skipped",
-                s.odd_file
-            ));
-        }
-        let out = PyDict::new(py);
-        out.set_item("findings", findings)?;
-        out.set_item("notes", notes)?;
-        Ok(out)
+        notes.extend(self.skipped_notes());
+        Ok(Report {
+            findings: PyTuple::new(py, findings)?.unbind(),
+            notes: PyTuple::new(py, notes)?.unbind(),
+        })
     }
 
     /// Canonical distribution name -> version for every installed distribution with a module
@@ -229,12 +369,32 @@ impl Probe {
     }
 }
 
+impl Probe {
+    fn skipped_notes(&self) -> Vec<String> {
+        let s = self.skipped;
+        let mut notes = Vec::new();
+        if s.not_module > 0 {
+            notes.push(format!(
+                "{} entries of sys.modules are not modules; skipped",
+                s.not_module
+            ));
+        }
+        if s.odd_file > 0 {
+            notes.push(format!(
+                "{} modules have a __file__ that is not a path string; skipped",
+                s.odd_file
+            ));
+        }
+        notes
+    }
+}
+
 /// The GNU build-id of an ELF file on disk as hex, or None.
 #[pyfunction]
 fn build_id(path: PathBuf) -> PyResult<Option<String>> {
     crate::elf::build_id_of_file(&path)
         .map(|id| id.map(|b| crate::elf::hex(&b)))
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot read {}: {e}", path.display())))
+        .map_err(|e| UnreadableFileError::new_err(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Build-ids of the shared objects loaded in this process: `[(path, hex), ...]`.
@@ -250,7 +410,15 @@ fn loaded_build_ids(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 #[pymodule]
 fn _probe(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("SEVERITIES", SEVERITIES.map(Severity::as_str))?;
+    m.add("ProbeError", m.py().get_type::<ProbeError>())?;
+    m.add(
+        "UnreadableFileError",
+        m.py().get_type::<UnreadableFileError>(),
+    )?;
     m.add_class::<Probe>()?;
+    m.add_class::<Finding>()?;
+    m.add_class::<Report>()?;
     m.add_function(wrap_pyfunction!(build_id, m)?)?;
     m.add_function(wrap_pyfunction!(loaded_build_ids, m)?)?;
     Ok(())

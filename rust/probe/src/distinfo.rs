@@ -118,14 +118,37 @@ pub struct DistInfoDir {
     pub canonical: String,
     pub dir_name: String,
     pub version_in_name: String,
+    /// The directory's inode and change time when listed ((0, 0) where unknown): a dist-info
+    /// reinstalled under the same name is a new directory, so a new ctime (the file system may
+    /// hand it the old inode number, freed a moment before).
+    pub stamp: (u64, i128),
 }
 
 /// What a site directory holds, as far as the probe cares.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
     pub dist_infos: HashMap<String, DistInfoDir>,
     /// Entries starting with `~`: pip's stash of a package being replaced (`~umpy` for `numpy`).
     pub stash: Vec<String>,
+    /// `*.pth` files: editable installs put their project folder or their finder there.
+    pub pth: Vec<String>,
+}
+
+#[cfg(unix)]
+fn entry_stamp(entry: &fs::DirEntry) -> (u64, i128) {
+    use std::os::unix::fs::MetadataExt;
+    match entry.metadata() {
+        Ok(m) => (
+            m.ino(),
+            m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        ),
+        Err(_) => (0, 0),
+    }
+}
+
+#[cfg(not(unix))]
+fn entry_stamp(_entry: &fs::DirEntry) -> (u64, i128) {
+    (0, 0)
 }
 
 pub fn list_site_dir(dir: &Path) -> io::Result<Listing> {
@@ -142,13 +165,113 @@ pub fn list_site_dir(dir: &Path) -> io::Result<Listing> {
                     canonical,
                     dir_name: name.to_string(),
                     version_in_name: version.to_string(),
+                    stamp: entry_stamp(&entry),
                 },
             );
         } else if name.starts_with('~') {
             listing.stash.push(name.to_string());
+        } else if name.ends_with(".pth") {
+            listing.pth.push(name.to_string());
         }
     }
+    listing.stash.sort();
+    listing.pth.sort();
     Ok(listing)
+}
+
+/// The distribution an editable install's `.pth` file belongs to, from its name:
+/// `__editable__.{name}-{version}.pth` (setuptools), `_{name}.pth` (hatchling, flit, pdm),
+/// `{name}.pth`. The caller checks that a dist-info of that name exists.
+pub fn pth_distribution(file_name: &str) -> Option<String> {
+    let stem = file_name.strip_suffix(".pth")?;
+    let stem = stem
+        .strip_prefix("__editable__.")
+        .or_else(|| stem.strip_prefix('_'))
+        .unwrap_or(stem);
+    let name = stem.split('-').next().unwrap_or(stem);
+    let name = name.strip_prefix("editable_impl_").unwrap_or(name);
+    (!name.is_empty()).then(|| canonicalize(name))
+}
+
+/// What one `.pth` file adds: directories (one per line) and modules it imports (`import X; ...`),
+/// which for editable installs are the finders that map package names to project folders.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PthContent {
+    pub dirs: Vec<PathBuf>,
+    pub imports: Vec<String>,
+}
+
+pub fn parse_pth(text: &str, site: &Path) -> PthContent {
+    let mut out = PthContent::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("import ") {
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            if !name.is_empty() {
+                out.imports.push(name);
+            }
+        } else {
+            out.dirs.push(site.join(line)); // an absolute line replaces `site` (Path::join)
+        }
+    }
+    out
+}
+
+/// An order-independent digest of the files a RECORD lists with a hash: what they contain,
+/// whichever installer wrote the RECORD. Skipped: the dist-info's own files (pip and uv write
+/// INSTALLER, RECORD, direct_url.json differently), compiled `*.pyc` (pip's compile step), and
+/// entries outside the site directory (scripts, whose launchers each installer writes itself).
+/// `None` when no entry carries a hash (nothing could be compared).
+pub fn record_content_digest(record: &[u8]) -> Option<(u64, usize)> {
+    use std::hash::{Hash, Hasher};
+    let (mut sum, mut count) = (0u64, 0usize);
+    // bytes, no allocation: torch's RECORD alone has ~20 000 lines, read once per distribution
+    for line in record.split(|&b| b == b'\n') {
+        let Some((path, hash)) = record_path_and_hash(line) else {
+            continue;
+        };
+        let first = path.split(|&b| b == b'/').next().unwrap_or(b"");
+        if hash.is_empty()
+            || path.starts_with(b"..")
+            || path.starts_with(b"/")
+            || path.ends_with(b".pyc")
+            || first.ends_with(b".dist-info")
+        {
+            continue;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        (path, hash).hash(&mut h);
+        sum = sum.wrapping_add(h.finish());
+        count += 1;
+    }
+    (count > 0).then_some((sum, count))
+}
+
+/// The path (still CSV-quoted if it was) and hash columns of one RECORD line.
+fn record_path_and_hash(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (path, rest) = if line.first() == Some(&b'"') {
+        // a quoted path ends at a quote followed by a comma
+        let end = line.windows(2).skip(1).position(|w| w == b"\",")? + 1;
+        (&line[1..end], &line[end + 2..])
+    } else {
+        let comma = line.iter().position(|&b| b == b',')?;
+        (&line[..comma], &line[comma + 1..])
+    };
+    let hash = rest.split(|&b| b == b',').next().unwrap_or(b"");
+    (!path.is_empty()).then_some((path, hash))
+}
+
+/// [`record_content_digest`] of the RECORD in a dist-info directory.
+pub fn content_digest(dist_info: &Path) -> io::Result<Option<(u64, usize)>> {
+    Ok(record_content_digest(&fs::read(dist_info.join("RECORD"))?))
 }
 
 /// Which top-level names a distribution provides: top_level.txt when present (small), else the
@@ -310,6 +433,48 @@ mod tests {
             record_top_components(record),
             vec!["numpy".to_string(), "numpy.libs".to_string()]
         );
+    }
+
+    #[test]
+    fn record_digests_compare_content_not_bytes() {
+        let pip = "yaml/__init__.py,sha256=AAA,10\nyaml/_yaml.so,sha256=BBB,20\n\
+                   yaml/__pycache__/x.cpython-311.pyc,sha256=CCC,5\n../../bin/x,sha256=DDD,3\n\
+                   PyYAML-6.0.2.dist-info/INSTALLER,sha256=pip,4\nPyYAML-6.0.2.dist-info/RECORD,,\n";
+        let uv = "PyYAML-6.0.2.dist-info/INSTALLER,sha256=uv,3\nyaml/_yaml.so,sha256=BBB,20\n\
+                  ../../bin/x,sha256=EEE,3\nyaml/__init__.py,sha256=AAA,10\n";
+        let a = record_content_digest(pip.as_bytes()).unwrap();
+        assert_eq!(a.1, 2);
+        assert_eq!(Some(a), record_content_digest(uv.as_bytes()));
+        let changed = uv.replace("AAA", "ZZZ");
+        assert_ne!(Some(a), record_content_digest(changed.as_bytes()));
+        assert_eq!(record_content_digest(b"a/__init__.py,,\n"), None);
+        assert_eq!(
+            record_path_and_hash(b"\"a,b.py\",sha256=Q,1"),
+            Some((&b"a,b.py"[..], &b"sha256=Q"[..]))
+        );
+    }
+
+    #[test]
+    fn editable_pth_files() {
+        assert_eq!(
+            pth_distribution("__editable__.tbkit_cdemo-1.0.pth").as_deref(),
+            Some("tbkit-cdemo")
+        );
+        assert_eq!(pth_distribution("_my_pkg.pth").as_deref(), Some("my-pkg"));
+        assert_eq!(
+            pth_distribution("_editable_impl_my_pkg.pth").as_deref(),
+            Some("my-pkg")
+        );
+        let site = Path::new("/sp");
+        let c = parse_pth(
+            "# comment\n/proj/src\nrel\nimport __editable___x_1_0_finder; __editable___x_1_0_finder.install()\n",
+            site,
+        );
+        assert_eq!(
+            c.dirs,
+            vec![PathBuf::from("/proj/src"), PathBuf::from("/sp/rel")]
+        );
+        assert_eq!(c.imports, vec!["__editable___x_1_0_finder".to_string()]);
     }
 
     #[test]

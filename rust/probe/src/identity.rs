@@ -30,6 +30,16 @@ pub struct FileId {
     pub ino: u64,
 }
 
+/// A file's identity plus what an in-place rewrite changes: build tools (setuptools'
+/// `build_ext --inplace`, which editable installs run) rewrite a compiled library in place, keeping
+/// its inode; its modification time and size move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub id: FileId,
+    pub mtime_ns: i128,
+    pub size: u64,
+}
+
 /// A directory's identity plus its change times: any entry created, removed or renamed inside it
 /// moves mtime/ctime, so an unchanged stamp means an unchanged listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +69,62 @@ pub fn file_id(path: &Path) -> io::Result<FileId> {
         dev: decode_dev(m.dev()),
         ino: m.ino(),
     })
+}
+
+#[cfg(unix)]
+pub fn file_stamp(path: &Path) -> io::Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok(FileStamp {
+        id: FileId {
+            dev: decode_dev(m.dev()),
+            ino: m.ino(),
+        },
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        size: m.size(),
+    })
+}
+
+#[cfg(not(unix))]
+pub fn file_stamp(path: &Path) -> io::Result<FileStamp> {
+    let m = std::fs::metadata(path)?;
+    let id = file_id(path)?;
+    Ok(FileStamp {
+        id,
+        mtime_ns: id.ino as i128,
+        size: m.len(),
+    })
+}
+
+/// When this process started, in nanoseconds since the Unix epoch (Linux: `/proc/self/stat`'s
+/// start time, in clock ticks since boot, moved onto the wall clock). `None` elsewhere.
+#[cfg(target_os = "linux")]
+pub fn process_start_ns() -> Option<i128> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the command name (which may hold spaces and parentheses): state is field 3,
+    // starttime field 22
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: i128 = after.split_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf and clock_gettime only read system values into the given struct.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as i128;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if hz <= 0 || unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    let boot_now = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+    let real_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos() as i128;
+    Some(real_now - (boot_now - ticks * 1_000_000_000 / hz))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn process_start_ns() -> Option<i128> {
+    None
 }
 
 #[cfg(unix)]
@@ -126,6 +192,20 @@ mod tests {
                 major: 0,
                 minor: 300
             }
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_start_is_in_the_past_and_recent() {
+        let start = process_start_ns().expect("linux has /proc/self/stat");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
+        assert!(
+            start <= now && now - start < 3_600 * 1_000_000_000,
+            "{start} {now}"
         );
     }
 

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     Benign,
+    /// Found, but older than this process (a stash left by an install that died before it
+    /// started): the code loaded here is not affected, and a restart would not clear it.
+    Preexisting,
     ProbeDegraded,
     ChangedPurePython,
     RestartRequired,
@@ -17,6 +20,7 @@ impl Severity {
             Severity::RestartRequired => "restart_required",
             Severity::ChangedPurePython => "changed_pure_python",
             Severity::Benign => "benign",
+            Severity::Preexisting => "preexisting",
             Severity::ProbeDegraded => "probe_degraded",
         }
     }
@@ -33,6 +37,8 @@ pub enum Signal {
     MappedReplaced(PathBuf),
     /// A module file's identity changed against the first time the probe saw it.
     FileReplaced(PathBuf),
+    /// A module file was rewritten in place (same inode, other modification time or size).
+    FileRewritten(PathBuf),
     /// A module file is gone.
     FileMissing(PathBuf),
     /// The dist-info directory seen first is gone and no other version replaced it.
@@ -72,6 +78,15 @@ pub struct Facts {
     /// in memory equals the file on disk, `Some(false)` when one differs or cannot be compared.
     pub build_ids_equal: Option<bool>,
     pub build_id_note: Option<String>,
+    /// A loaded compiled library was rewritten in place: memory now shows the new file's pages,
+    /// so build-ids prove nothing and the loaded code cannot be trusted.
+    pub native_rewritten: bool,
+    /// A loaded Python file changed where no RECORD describes it (rewritten in place, or replaced
+    /// in an editable install's project folder): its content is known to differ.
+    pub unrecorded_change: bool,
+    /// For same-version changes: the distribution's RECORD hashes now against those when it was
+    /// first seen (`None`: not comparable, e.g. a RECORD without hashes).
+    pub content_same: Option<bool>,
 }
 
 impl Facts {
@@ -105,13 +120,26 @@ impl Facts {
             || (info_gone && self.files_remain)
     }
 
-    /// Whether the same-version change needs the build-id comparison to be called benign.
-    pub fn needs_build_ids(&self) -> bool {
+    /// A change at the same version, nothing half installed or uninstalled: only the contents
+    /// (build-ids, RECORD hashes) can tell a reinstall of the same files from different code.
+    pub fn needs_content(&self) -> bool {
         self.has_change()
-            && self.native
             && !self.version_changed()
             && !self.half_installed()
             && !self.uninstalled()
+    }
+
+    /// Whether the same-version change needs the build-id comparison to be called benign.
+    pub fn needs_build_ids(&self) -> bool {
+        self.needs_content() && self.native && !self.native_rewritten
+    }
+
+    /// Whether the files are what was loaded, as far as can be told.
+    fn content(&self) -> Option<bool> {
+        if self.unrecorded_change {
+            return Some(false);
+        }
+        self.content_same
     }
 
     fn uninstalled(&self) -> bool {
@@ -139,38 +167,27 @@ impl Facts {
         if self.version_changed() || self.half_installed() || self.uninstalled() {
             return Some(serious);
         }
-        if !self.native {
-            // Same version, pure Python: the reinstalled files are the same release.
-            return Some(Severity::Benign);
+        if self.native_rewritten {
+            return Some(Severity::RestartRequired);
         }
-        match self.build_ids_equal {
-            Some(true) => Some(Severity::Benign),
+        if !self.native {
+            // Same version, pure Python: benign only when the files are provably the same.
+            return Some(match self.content() {
+                Some(true) => Severity::Benign,
+                _ => Severity::ChangedPurePython,
+            });
+        }
+        match (self.build_ids_equal, self.content()) {
+            (Some(true), Some(false)) => Some(Severity::ChangedPurePython),
+            (Some(true), _) => Some(Severity::Benign),
             _ => Some(Severity::RestartRequired),
         }
     }
 
     /// The human sentence for `Finding.change`.
     pub fn describe(&self) -> String {
-        let mut parts: Vec<String> = Vec::new();
+        let mut parts = self.describe_files();
         let has = |f: fn(&Signal) -> bool| self.signals.iter().any(f);
-        if self.half_installed() {
-            parts.push("files half gone or pip's stash present: an install is in progress or was interrupted".into());
-        }
-        if has(|s| matches!(s, Signal::MappedDeleted(_))) {
-            parts.push("mapped files deleted (replaced on disk)".into());
-        }
-        if has(|s| matches!(s, Signal::MappedStashed(_))) {
-            parts.push("mapped files moved to pip's ~ stash (being replaced)".into());
-        }
-        if has(|s| matches!(s, Signal::MappedReplaced(_))) {
-            parts.push("mapped files replaced on disk (different inode)".into());
-        }
-        if has(|s| matches!(s, Signal::FileReplaced(_))) {
-            parts.push("module files replaced since first seen".into());
-        }
-        if has(|s| matches!(s, Signal::FileMissing(_))) {
-            parts.push("module files missing on disk".into());
-        }
         if self.uninstalled() {
             parts.push("uninstalled (no dist-info on disk)".into());
         } else if has(|s| matches!(s, Signal::DistInfoGone(_))) {
@@ -197,12 +214,60 @@ impl Facts {
                 ),
             }
         }
+        if self.needs_content() && !self.native_rewritten {
+            parts.push(self.describe_content().into());
+        }
         for s in &self.signals {
             if let Signal::Degraded(msg) = s {
                 parts.push(msg.clone());
             }
         }
         parts.join("; ")
+    }
+
+    /// What happened to the files: half installed, mapped, replaced, rewritten, missing.
+    fn describe_files(&self) -> Vec<String> {
+        let mut parts: Vec<String> = Vec::new();
+        let has = |f: fn(&Signal) -> bool| self.signals.iter().any(f);
+        if self.half_installed() {
+            parts.push("files half gone or pip's stash present: an install is in progress or was interrupted".into());
+        }
+        if has(|s| matches!(s, Signal::MappedDeleted(_))) {
+            parts.push("mapped files deleted (replaced on disk)".into());
+        }
+        if has(|s| matches!(s, Signal::MappedStashed(_))) {
+            parts.push("mapped files moved to pip's ~ stash (being replaced)".into());
+        }
+        if has(|s| matches!(s, Signal::MappedReplaced(_))) {
+            parts.push("mapped files replaced on disk (different inode)".into());
+        }
+        if has(|s| matches!(s, Signal::FileReplaced(_))) {
+            parts.push("module files replaced since first seen".into());
+        }
+        if has(|s| matches!(s, Signal::FileRewritten(_))) {
+            parts.push("module files rewritten in place since first seen".into());
+        }
+        if self.native_rewritten && !self.version_changed() {
+            parts.push(
+                "a loaded compiled library was rewritten in place: the code in memory can no longer be trusted"
+                    .into(),
+            );
+        }
+        if has(|s| matches!(s, Signal::FileMissing(_))) {
+            parts.push("module files missing on disk".into());
+        }
+        parts
+    }
+
+    fn describe_content(&self) -> &'static str {
+        match (self.unrecorded_change, self.content_same) {
+            (true, _) => "loaded Python files changed on disk",
+            (false, Some(true)) => "files identical to those first seen (RECORD hashes)",
+            (false, Some(false)) => "file contents differ from those first seen (RECORD hashes)",
+            (false, None) => {
+                "file contents could not be compared (no RECORD hashes from when it was first seen)"
+            }
+        }
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {
@@ -213,6 +278,7 @@ impl Facts {
                 | Signal::MappedStashed(p)
                 | Signal::MappedReplaced(p)
                 | Signal::FileReplaced(p)
+                | Signal::FileRewritten(p)
                 | Signal::FileMissing(p)
                 | Signal::DistInfoGone(p)
                 | Signal::DistInfoReplaced(p)
@@ -289,12 +355,55 @@ mod tests {
             "1.17.0",
         );
         assert_eq!(f.severity(), Some(Severity::ChangedPurePython));
-        let f = facts(
+        let mut f = facts(
             vec![Signal::FileReplaced("/sp/six.py".into())],
             false,
             "1.17.0",
             "1.17.0",
         );
+        assert_eq!(f.severity(), Some(Severity::ChangedPurePython)); // not proven the same
+        f.content_same = Some(true);
+        assert_eq!(f.severity(), Some(Severity::Benign));
+        assert!(f.describe().contains("identical"));
+        f.content_same = Some(false);
+        assert_eq!(f.severity(), Some(Severity::ChangedPurePython));
+        f.content_same = Some(true);
+        f.unrecorded_change = true;
+        assert_eq!(f.severity(), Some(Severity::ChangedPurePython));
+    }
+
+    #[test]
+    fn a_native_library_rewritten_in_place_is_never_benign() {
+        let mut f = facts(
+            vec![Signal::FileRewritten("/proj/pkg/_ext.so".into())],
+            true,
+            "1.0",
+            "1.0",
+        );
+        f.native_rewritten = true;
+        f.build_ids_equal = Some(true); // memory shows the new pages: proves nothing
+        f.content_same = Some(true);
+        assert!(!f.needs_build_ids());
+        assert_eq!(f.severity(), Some(Severity::RestartRequired));
+        assert!(
+            f.describe().contains("rewritten in place"),
+            "{}",
+            f.describe()
+        );
+    }
+
+    #[test]
+    fn native_libraries_equal_but_python_files_differ() {
+        let mut f = facts(
+            vec![Signal::DistInfoReplaced("/sp/pkg-1.0.dist-info".into())],
+            true,
+            "1.0",
+            "1.0",
+        );
+        f.build_ids_equal = Some(true);
+        f.content_same = Some(false);
+        assert_eq!(f.severity(), Some(Severity::ChangedPurePython));
+        f.content_same = None;
         assert_eq!(f.severity(), Some(Severity::Benign));
     }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Mapped, Probe};
-use crate::identity::{dir_stamp, file_id, FileId};
+use crate::identity::{dir_stamp, file_id, DevId, FileId};
 use crate::maps;
 use crate::verdict::Signal;
 
@@ -133,95 +133,98 @@ impl Probe {
             if self.unrelated_maps.contains(&key) {
                 continue;
             }
-            let mode = self.dev_modes.get(&dev).copied();
             if let Some(m) = self.mapped.get(&key) {
                 // Steady state: same path, same flag, a device where maps is decisive.
                 if m.last_raw == raw_path
                     && m.last_deleted == deleted
-                    && mode == Some(DevMode::Direct)
+                    && self.dev_modes.get(&dev) == Some(&DevMode::Direct)
                 {
                     continue;
                 }
             }
             let path = maps::decode_path(raw_path);
-            if !self.mapped.contains_key(&key) {
-                let Some((root, comp, rel)) = self.locate(&path) else {
-                    self.unrelated_maps.insert(key);
-                    continue;
-                };
-                let top = self.top_for(root, &comp, rel.components().count() > 1);
-                let first_stat = if deleted { None } else { file_id(&path).ok() };
-                let maps_id = FileId { dev, ino: inode };
-                if let Some(st) = first_stat {
-                    let mode = if st == maps_id || st.dev == maps_id.dev {
-                        DevMode::Direct // same device (another inode is a real replacement, judged below)
-                    } else if st.ino == maps_id.ino {
-                        DevMode::InodeOnly
-                    } else {
-                        DevMode::StatOnly
-                    };
-                    self.dev_modes.entry(dev).or_insert(mode);
-                }
-                self.mapped.insert(
-                    key,
-                    Mapped {
-                        first_path: path.clone(),
-                        top,
-                        rel,
-                        maps_id,
-                        first_stat,
-                        signal: None,
-                        last_raw: Vec::new(),
-                        last_deleted: false,
-                        dist: None,
-                    },
-                );
+            if !self.mapped.contains_key(&key) && !self.first_sight(key, &path, deleted) {
+                self.unrelated_maps.insert(key);
+                continue;
             }
-            let mode = self.dev_modes.get(&dev).copied();
-            let root_path = &self.roots[self.tops[self.mapped[&key].top].root].path;
-            let stashed = path
-                .strip_prefix(root_path)
-                .ok()
-                .and_then(|rel| rel.components().next())
-                .and_then(|c| c.as_os_str().to_str())
-                .map(|c| c.starts_with('~'))
-                .unwrap_or(false);
-            let m = self.mapped.get_mut(&key).expect("inserted above");
+            let signal = self.signal_of(key, &path, deleted);
+            let m = self.mapped.get_mut(&key).expect("inserted at first sight");
             m.last_raw = raw_path.to_vec();
             m.last_deleted = deleted;
-            let signal = if deleted {
-                Some(Signal::MappedDeleted(m.first_path.clone()))
-            } else if stashed {
-                Some(Signal::MappedStashed(path.clone()))
-            } else {
-                match mode {
-                    Some(DevMode::Direct)
-                        if m.first_stat.map(|s| s.dev == m.maps_id.dev).unwrap_or(true) =>
-                    {
-                        // maps is decisive here; the one stat at first sight catches a
-                        // replacement that happened before the probe existed.
-                        if m.first_stat.map(|s| s != m.maps_id).unwrap_or(false) {
-                            Some(Signal::MappedReplaced(path.clone()))
-                        } else {
-                            None
-                        }
-                    }
-                    _ => match file_id(&path) {
-                        Err(_) => Some(Signal::MappedReplaced(path.clone())),
-                        Ok(now) => {
-                            let same = match mode {
-                                Some(DevMode::InodeOnly) => now.ino == m.maps_id.ino,
-                                _ => Some(now) == m.first_stat,
-                            };
-                            (!same).then(|| Signal::MappedReplaced(path.clone()))
-                        }
-                    },
-                }
-            };
             // A mapping signal, once seen, stays: the old code is still what runs.
             if m.signal.is_none() {
                 m.signal = signal;
             }
         }
+    }
+
+    /// A mapped file seen for the first time: attribute it to a top (false when it lies under
+    /// no root) and calibrate its device (overlayfs).
+    fn first_sight(&mut self, key: (DevId, u64), path: &Path, deleted: bool) -> bool {
+        let Some((root, comp, rel)) = self.locate(path) else {
+            return false;
+        };
+        let top = self.top_for(root, &comp, rel.components().count() > 1);
+        let first_stat = if deleted { None } else { file_id(path).ok() };
+        let maps_id = FileId {
+            dev: key.0,
+            ino: key.1,
+        };
+        if let Some(st) = first_stat {
+            let mode = if st == maps_id || st.dev == maps_id.dev {
+                DevMode::Direct // same device (another inode is a real replacement, judged later)
+            } else if st.ino == maps_id.ino {
+                DevMode::InodeOnly
+            } else {
+                DevMode::StatOnly
+            };
+            self.dev_modes.entry(key.0).or_insert(mode);
+        }
+        self.mapped.insert(
+            key,
+            Mapped {
+                first_path: path.to_path_buf(),
+                top,
+                rel,
+                maps_id,
+                first_stat,
+                signal: None,
+                last_raw: Vec::new(),
+                last_deleted: false,
+                dist: None,
+            },
+        );
+        true
+    }
+
+    /// What one maps line says about a known mapped file now.
+    fn signal_of(&self, key: (DevId, u64), path: &Path, deleted: bool) -> Option<Signal> {
+        let m = &self.mapped[&key];
+        let root_path = &self.roots[self.tops[m.top].root].path;
+        let stashed = path
+            .strip_prefix(root_path)
+            .ok()
+            .and_then(|rel| rel.components().next())
+            .and_then(|c| c.as_os_str().to_str())
+            .is_some_and(|c| c.starts_with('~'));
+        if deleted {
+            return Some(Signal::MappedDeleted(m.first_path.clone()));
+        }
+        if stashed {
+            return Some(Signal::MappedStashed(path.to_path_buf()));
+        }
+        let mode = self.dev_modes.get(&key.0).copied();
+        if mode == Some(DevMode::Direct) && m.first_stat.is_none_or(|s| s.dev == m.maps_id.dev) {
+            // maps is decisive here; the one stat at first sight catches a replacement that
+            // happened before the probe existed.
+            let replaced = m.first_stat.is_some_and(|s| s != m.maps_id);
+            return replaced.then(|| Signal::MappedReplaced(path.to_path_buf()));
+        }
+        let same = match file_id(path) {
+            Err(_) => false,
+            Ok(now) if mode == Some(DevMode::InodeOnly) => now.ino == m.maps_id.ino,
+            Ok(now) => Some(now) == m.first_stat,
+        };
+        (!same).then(|| Signal::MappedReplaced(path.to_path_buf()))
     }
 }

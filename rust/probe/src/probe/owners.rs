@@ -41,6 +41,9 @@ impl Probe {
             self.tops[t].comp.clone(),
             self.tops[t].module_name.clone(),
         );
+        if let Some(d) = self.editable_owner(t) {
+            return Owner::Dist(d);
+        }
         if comp.starts_with('~') {
             if let Some(other) = (0..self.tops.len())
                 .find(|&o| self.tops[o].root == root && stash_matches(&comp, &self.tops[o].comp))
