@@ -83,6 +83,7 @@ class NotebookGate:
         self.ip = ip
         self.mode = "strict"
         self.banner_shown = False
+        self.preexisting_shown = False
         self.check_broken = False  # the probe itself raised: said once, then quiet
         self.cells: dict[int, CellPlan] = {}
         self._tokens = itertools.count(1)
@@ -181,6 +182,9 @@ class NotebookGate:
         if report.restart_required:
             self.banner_shown = True
             show_banner(report)
+        elif report.preexisting_findings and not self.preexisting_shown:
+            self.preexisting_shown = True  # older than this process: a restart cannot clear it, so say it once
+            print(preexisting_text(report), file=sys.stderr)
 
     # -- registration, through IPython's public lists and events --
     def register(self) -> None:
@@ -283,12 +287,11 @@ def show_banner(report: Any) -> None:
 
 
 def banner_text(report: Any) -> tuple[str, list[str]]:
-    from tbkit.guard.gate import restart_findings
     from tbkit.guard.gate.runtime import restart_hint
 
     rows = [
         f"{f.distribution}: {f.loaded_version or '?'} loaded, {f.disk_version or 'missing'} on disk — {f.change}"
-        for f in restart_findings(report)
+        for f in report.restart_findings
     ] or [str(report)]
     text = "\n".join(
         [
@@ -299,6 +302,17 @@ def banner_text(report: Any) -> tuple[str, list[str]]:
         ]
     )
     return text, rows
+
+
+def preexisting_text(report: Any) -> str:
+    """Leftovers older than this process (a crashed pip's stash): named with their removal, no restart."""
+    lines = [f"  - {f.distribution}: {f.change}" for f in report.preexisting_findings]
+    return "\n".join(
+        [
+            "tbkit: leftovers from before this session were found (they do not need a restart, and installs stay allowed):",
+            *lines,
+        ]
+    )
 
 
 # ---- what rewritten cells call ------------------------------------------------------------------------------

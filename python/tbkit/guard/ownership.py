@@ -16,6 +16,7 @@ file reads (no importlib.metadata: `import tbkit` calls the quick variant and mu
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Optional
 
 DISTRIBUTION = "tbkit-ml"
@@ -29,15 +30,15 @@ class Owner:
 
     __slots__ = ("files", "name", "version")
 
-    def __init__(self, name: str, version: str, files: list) -> None:
+    def __init__(self, name: str, version: str, files: list[str]) -> None:
         self.name, self.version, self.files = name, version, files
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "version": self.version, "files": list(self.files)}
 
 
 class OwnershipReport:
-    def __init__(self, site: Optional[str], ours: Optional[str], owners: list, changed: list) -> None:
+    def __init__(self, site: Optional[str], ours: Optional[str], owners: list[Owner], changed: list[str]) -> None:
         self.site = site  # the directory holding the imported `tbkit` package
         self.ours = ours  # our dist-info folder name there, or None (source checkout, editable)
         self.owners = owners  # other distributions with files under tbkit/
@@ -51,7 +52,7 @@ class OwnershipReport:
     def version(self) -> Optional[str]:
         return _split_dist_info(self.ours)[1] if self.ours else None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
             "site": self.site,
@@ -123,13 +124,13 @@ def check(package_dir: Optional[str] = None, thorough: bool = False) -> Ownershi
     return OwnershipReport(site, ours, owners, changed)
 
 
-def _split_dist_info(name: str) -> tuple:
+def _split_dist_info(name: str) -> tuple[str, str]:
     stem = name[: -len(".dist-info")]
     dist, _, version = stem.partition("-")
     return dist, version
 
 
-def _record_lines(dist_info: str, mentioning: str = ""):
+def _record_lines(dist_info: str, mentioning: str = "") -> Iterator[tuple[str, str]]:
     """(path, size) of each RECORD line; none at all when the text does not contain ``mentioning``
     (torch's RECORD alone has thousands of lines: a substring test is much cheaper than parsing)."""
     try:
@@ -150,18 +151,18 @@ def _record_lines(dist_info: str, mentioning: str = ""):
         yield path.replace("\\", "/"), size
 
 
-def _record(dist_info: str) -> dict:
+def _record(dist_info: str) -> dict[str, Optional[int]]:
     """Our RECORD's entries inside the package: relative path -> size (or None)."""
     prefix = PACKAGE + "/"
-    files = {}
+    files: dict[str, Optional[int]] = {}
     for path, size in _record_lines(dist_info):
         if path.startswith(prefix):
             files[path] = int(size) if size.isdigit() else None
     return files
 
 
-def _changed(site: str, ours: dict, top_level_only: bool) -> list:
-    changed = []
+def _changed(site: str, ours: dict[str, Optional[int]], top_level_only: bool) -> list[str]:
+    changed: list[str] = []
     for path, size in ours.items():
         if size is None or (top_level_only and path.count("/") > 1):
             continue
@@ -173,7 +174,7 @@ def _changed(site: str, ours: dict, top_level_only: bool) -> list:
     return changed
 
 
-def _foreign_entries(package_dir: str, ours: dict) -> bool:
+def _foreign_entries(package_dir: str, ours: dict[str, Optional[int]]) -> bool:
     """True when the package folder's top level holds an entry our RECORD does not name."""
     mine = {p.split("/")[1] for p in ours}
     try:
@@ -183,9 +184,9 @@ def _foreign_entries(package_dir: str, ours: dict) -> bool:
     return any(name not in mine and name not in _IGNORED for name in present)
 
 
-def _other_owners(site: str, dist_infos: list, ours: Optional[str]) -> list:
+def _other_owners(site: str, dist_infos: list[str], ours: Optional[str]) -> list[Owner]:
     prefix = PACKAGE + "/"
-    owners = []
+    owners: list[Owner] = []
     for d in sorted(dist_infos):
         if d == ours:
             continue

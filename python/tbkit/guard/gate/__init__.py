@@ -134,15 +134,9 @@ def _integrity() -> Any:
     return integrity
 
 
-def restart_findings(report: Any) -> list[Any]:
-    """The findings of an IntegrityReport that require a restart. (The one place that filters by hand;
-    switch to the report's own typed property once integrity has it.)"""
-    return [f for f in getattr(report, "findings", ()) if getattr(f, "severity", "") == "restart_required"]
-
-
 def _restart_refusal(report: Any, what: str) -> InstallRefused:
     """The process already mixes old and new files: nothing may be installed until it restarts."""
-    findings = restart_findings(report)
+    findings = report.restart_findings
     names = [f.distribution for f in findings]
     detail = "; ".join(
         f"{f.distribution} {f.loaded_version} is loaded but {f.disk_version or 'nothing'} is on disk ({f.change})"
