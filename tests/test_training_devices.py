@@ -84,6 +84,7 @@ def test_bad_multi_device_arguments_are_usage_errors(args, message):
 def test_the_sampler_gives_each_step_the_same_rows_on_one_device_and_on_two():
     pytest.importorskip("lightning", reason="lightning is a tier3 extra")
     from tbkit.training.engine import EpochSampler
+
     n, batch = 10, 4  # n odd on purpose: two processes leave one index out
     for epoch in (0, 1):
         one = EpochSampler(n, seed=3)
@@ -101,3 +102,29 @@ def test_the_sampler_gives_each_step_the_same_rows_on_one_device_and_on_two():
     second = EpochSampler(n, 3)
     second.set_epoch(1)
     assert list(first) != list(second)  # and each epoch has its own order
+
+
+def test_tbkit_run_passes_the_multi_device_flags_to_the_tier3_options(monkeypatch):
+    import argparse
+
+    import tbkit
+    from tbkit.cli import run as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.configure(parser)
+    args = parser.parse_args(["--tier", "3", "--synthetic", "--devices", "2", "--strategy", "ddp", "--num-nodes", "2"])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(source, **kw):  # only the wiring is under test: stop before anything runs
+        seen.update(kw["options"])
+        raise Stop
+
+    monkeypatch.setattr(tbkit, "run", fake_run)
+    with pytest.raises(Stop):
+        cmd.main(args)
+    assert (seen["devices"], seen["strategy"], seen["num_nodes"]) == (2, "ddp", 2)
+    defaults = parser.parse_args([])
+    assert (defaults.devices, defaults.strategy, defaults.num_nodes) == (None, None, None)
