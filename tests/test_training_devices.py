@@ -65,6 +65,8 @@ def test_several_devices_fork_from_here_unless_a_launcher_started_the_ranks():
     assert plan(2, 2, None, 8, env={}).strategy == "ddp"
     # what the user names is passed on
     assert plan(2, 1, "ddp_spawn", 8, env={}).strategy == "ddp_spawn"
+    unused = plan(2, 1, "ddp_fork_find_unused_parameters_true", 8, env={})
+    assert unused.forks and not plan(2, 1, "ddp", 8, env={}).forks
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,19 @@ from typing import Optional
 
 from tbkit.errors import UsageError
 
-STRATEGIES = ("auto", "ddp", "ddp_fork", "ddp_notebook", "ddp_spawn", "fsdp", "deepspeed")
+# the *_find_unused_parameters_true variants are for models with parameters that some steps do not
+# use (plain DDP stops at the next step with an error about parameters that got no gradient)
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_spawn",
+    "ddp_find_unused_parameters_true",
+    "ddp_fork_find_unused_parameters_true",
+    "fsdp",
+    "deepspeed",
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class Plan:
     @property
     def forks(self) -> bool:
         """Lightning starts the workers from this process (only the parent returns from fit)."""
-        return self.world > 1 and self.strategy in ("ddp_fork", "ddp_notebook", "ddp_spawn")
+        return self.world > 1 and self.strategy.startswith(("ddp_fork", "ddp_notebook", "ddp_spawn"))
 
     def describe(self) -> str:
         if self.world == 1:

@@ -66,7 +66,8 @@ class SearchResult:
             lines.append(f"best val loss {self.best_value:.4f} with {self.best_params}")
         if self.synthetic:
             lines.append("SYNTHETIC data (asked for)")
-        lines.append(f"{self.n_retried} trial(s) retried after their worker died; {self.heartbeat}")
+        if self.n_retried or self.heartbeat != "no heartbeat":
+            lines.append(f"{self.n_retried} trial(s) retried after their worker died; {self.heartbeat}")
         lines += [f"retry: {r}" for r in self.retries[:5]]
         lines += self.notes + [f"failure: {f}" for f in self.failures[:3]]
         return "\n".join(lines)
