@@ -105,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.postgres:
-        sys.path.insert(0, str(ROOT / "tests"))
+        sys.path.insert(0, str(ROOT / "tests" / "support"))
         from pg_server import postgres_server
 
         server = postgres_server()
