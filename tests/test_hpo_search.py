@@ -220,6 +220,7 @@ def test_a_dead_trial_is_failed_by_heartbeat_retried_and_run_by_a_worker_that_fo
     study = _open_study(optuna, url, "hb", False, 0, 3, hb)
     study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
     dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    dead.set_user_attr("tbkit_heartbeat", 1)  # as tbkit's worker marks a trial that beats
     study._storage.record_heartbeat(dead._trial_id)  # its last sign of life
     dead_x = dead.params["x"]
     seen = []
@@ -236,3 +237,17 @@ def test_a_dead_trial_is_failed_by_heartbeat_retried_and_run_by_a_worker_that_fo
     (line,) = retry_report(trials, hb)
     assert "trial 2 re-ran trial 1" in line and "no heartbeat for over 2 s" in line
     assert not notes
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_full_study_does_not_wait_for_a_trial_that_never_beats(tmp_path):
+    """A RUNNING trial from a worker without heartbeats (or from before them) can never be
+    declared dead: waiting for it would never end, so a worker that finds the study full leaves."""
+    from tbkit.training.search import _open_study, _work
+    from tbkit.training.workers import Heartbeat
+
+    study = _open_study(optuna, f"sqlite:///{tmp_path / 'old.db'}", "old", False, 0, 3, Heartbeat(1, 2, 1))
+    study.ask()  # RUNNING for good, no heartbeat
+    notes: list = []
+    assert _work(optuna, study, lambda t: pytest.fail("must not run"), 1, 60, notes, [], Heartbeat(1, 2, 1)) == 0
+    assert not notes  # it left at once: waiting would have ended only by "stopped by the timeout"

@@ -11,6 +11,10 @@ The next ``study.ask()`` of any worker takes the waiting copy first. Heartbeats 
 storage (a SQLite file or a PostgreSQL server): a study in memory lives and dies with its one
 process, so there is nobody to notice.
 
+A trial run with heartbeats carries the user attribute ``tbkit_heartbeat`` (the interval): a worker
+that finds the study full waits for those only, since a trial that never beats can never be
+declared dead.
+
 Slots: COMPLETE, PRUNED, RUNNING and WAITING trials each fill one; a FAIL fills one unless it was
 retried (its copy fills it instead) or was a surplus ask (``tbkit_surplus``). Trial numbers come
 from the storage under a row lock, so "slots filled by trials numbered below mine" decides, for
@@ -135,7 +139,11 @@ def next_trial(optuna, study, n_trials: int, hb: Optional[Heartbeat], deadline: 
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if slots_filled(trials) >= n_trials and not waiting:
-            if hb is not None and any(t.state == TrialState.RUNNING for t in trials):
+            # only trials that beat can be declared dead: one from a worker without heartbeats
+            # (or from before them) would keep this worker here for ever
+            if hb is not None and any(
+                t.state == TrialState.RUNNING and "tbkit_heartbeat" in t.user_attrs for t in trials
+            ):
                 time.sleep(hb.interval)
                 continue
             return None
@@ -147,6 +155,8 @@ def next_trial(optuna, study, n_trials: int, hb: Optional[Heartbeat], deadline: 
             trial.set_user_attr("tbkit_surplus", "another worker took the last slot; not run")
             study.tell(trial, state=TrialState.FAIL)
             return None
+        if hb is not None:
+            trial.set_user_attr("tbkit_heartbeat", hb.interval)  # others may wait for this trial
         return trial
     return None
 
