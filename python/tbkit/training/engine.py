@@ -83,17 +83,13 @@ class CausalLM(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
-        distributed = self.trainer.world_size > 1
-        self.global_loss = self.trainer.strategy.reduce(loss.detach(), reduce_op="mean") if distributed else loss
-        self.log(
-            "train_loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(batch[0]),
-            sync_dist=distributed,
-        )
+        if self.trainer.world_size > 1:
+            # one small all-reduce: the step's loss over all processes, logged as it is (no second
+            # reduction through sync_dist), so metrics read as on one device
+            self.global_loss = self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")
+        else:
+            self.global_loss = loss.detach()
+        self.log("train_loss", self.global_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[0]))
         return loss
 
     def on_validation_epoch_start(self):
@@ -136,11 +132,10 @@ class History(pl.Callback):
         self.export_path = export_path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        loss = pl_module.global_loss if pl_module.global_loss is not None else outputs["loss"]
         self.steps.append(
             {
                 "step": trainer.global_step,
-                "train_loss": float(loss.detach()),
+                "train_loss": float(pl_module.global_loss),
                 "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
             }
         )

@@ -153,6 +153,8 @@ def quiet_lightning(resuming: bool = False):
             warnings.filterwarnings("ignore", message=r".*litlogger.*")
             # max_steps can end a run mid-epoch, before any validation: our own evaluate() covers it
             warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
+            # train_loss is logged already averaged over the processes (engine.CausalLM.training_step)
+            warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level.*")
             if resuming:  # a folder holding checkpoints is the point of resuming
                 warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
             yield

@@ -32,6 +32,9 @@ from tbkit.errors import UsageError
 
 DEFAULT_INTERVAL = 60  # seconds between heartbeats when a shared storage is used and none is given
 DEFAULT_MAX_RETRY = 3
+# how often a worker that found the study full looks again at the trials running elsewhere: not
+# the heartbeat interval (60 s by default), or every study would end up to a minute late
+WAIT_POLL = 2.0
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def next_trial(optuna, study, n_trials: int, hb: Optional[Heartbeat], deadline: 
             if hb is not None and any(
                 t.state == TrialState.RUNNING and "tbkit_heartbeat" in t.user_attrs for t in trials
             ):
-                time.sleep(hb.interval)
+                time.sleep(min(hb.interval, WAIT_POLL))
                 continue
             return None
         with warnings.catch_warnings():  # ask/tell is how tbkit counts slots; the heartbeat is ours
