@@ -6,7 +6,9 @@ not threads), and reads the trials' own start/complete timestamps back from the 
 throughput = trials / (last completion - first start), so interpreter start-up is not counted.
 Also epochs/s, since pruned trials are shorter. Prints medians over --repeats and the
 two-worker / one-worker ratio (2.0 = perfect scaling; on
-a machine with fewer free cores than workers expect less).
+a machine with fewer free cores than workers expect less). Workers run with tbkit's default
+heartbeat (every 60 s with a shared storage); --heartbeat 0 turns it off, --heartbeat 1 shows
+its cost at its most frequent. No GPU was lent to this task: trials train on the CPU.
 
     python benchmarks/bench_hpo.py                       # SQLite file in a temp dir
     python benchmarks/bench_hpo.py --postgres            # a throwaway PostgreSQL (Debian's) on 127.0.0.1
@@ -29,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_study(storage: str, workers: int, trials: int, epochs: int) -> dict:
+def run_study(storage: str, workers: int, trials: int, epochs: int, heartbeat=None) -> dict:
     import optuna
 
     from tbkit.training.search import _with_driver
@@ -57,6 +59,8 @@ def run_study(storage: str, workers: int, trials: int, epochs: int) -> dict:
         name,
         "--worker",
     ]
+    if heartbeat is not None:
+        argv += ["--heartbeat", str(heartbeat)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     procs = [
@@ -95,10 +99,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--storage", default=None, help="an Optuna RDB URL (default: a temporary SQLite file)")
     ap.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL server for the run")
+    ap.add_argument(
+        "--heartbeat", type=int, default=None, help="seconds between trial heartbeats (default: tbkit's 60; 0: off)"
+    )
     args = ap.parse_args()
 
     if args.postgres:
-        sys.path.insert(0, str(ROOT / "tests"))
+        sys.path.insert(0, str(ROOT / "tests" / "support"))
         from pg_server import postgres_server
 
         server = postgres_server()
@@ -109,12 +116,13 @@ def main() -> None:
         kind = storage.split(":", 1)[0]
         print(
             f"storage: {kind}; {args.trials} trials of {args.epochs} epochs (tiny_gpt, synthetic data, "
-            f"block 32), {os.cpu_count()} CPUs, one torch thread per worker"
+            f"block 32), {os.cpu_count()} CPUs, one torch thread per worker, heartbeat "
+            f"{'off' if args.heartbeat == 0 else f'every {args.heartbeat or 60} s'}"
         )
         results = {1: [], 2: []}
         for _ in range(args.repeats):
             for workers in (1, 2):  # interleaved, so drifting machine load hits both alike
-                results[workers].append(run_study(storage, workers, args.trials, args.epochs))
+                results[workers].append(run_study(storage, workers, args.trials, args.epochs, args.heartbeat))
         med = {
             w: {
                 k: statistics.median(r[k] for r in rs)

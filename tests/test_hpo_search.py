@@ -174,3 +174,80 @@ def test_a_worker_that_loses_the_race_for_the_last_slot_runs_nothing_and_says_so
     assert [t.number for t in trials if t.state == TrialState.COMPLETE] == [0, 1, 2]
     (extra,) = [t for t in trials if t.number >= 3]
     assert extra.state == TrialState.FAIL and "another worker took the last slot" in extra.user_attrs["tbkit_surplus"]
+
+
+# ---- dead workers: heartbeats and retries (the two-process PostgreSQL case: test_hpo_dead_worker.py)
+def test_heartbeat_settings_defaults_and_refusals():
+    from tbkit.training.workers import Heartbeat, heartbeat_settings
+
+    assert heartbeat_settings("sqlite:///s.db", None, None, None) == Heartbeat(60, 120, 3)
+    assert heartbeat_settings("sqlite:///s.db", 0, None, None) is None  # turned off
+    assert heartbeat_settings(None, None, None, None) is None  # in memory: nobody else to notice
+    assert heartbeat_settings("postgresql://h/db", 2, 5, 0) == Heartbeat(2, 5, 0)
+    with pytest.raises(UsageError, match="not longer than the heartbeat interval"):
+        heartbeat_settings("sqlite:///s.db", 10, 10, None)
+    with pytest.raises(UsageError, match="max_retry=-1 must be"):
+        heartbeat_settings("sqlite:///s.db", 10, None, -1)
+
+
+def test_a_heartbeat_with_a_study_in_memory_is_refused_clearly():
+    import subprocess
+    import sys
+
+    with pytest.raises(UsageError, match="heartbeats are kept in an RDB storage") as e:
+        tbkit.search(factory, n_trials=1, heartbeat=5, **SMALL)
+    assert "sqlite:///study.db" in str(e.value) and "\n" not in str(e.value)
+    cli = subprocess.run(
+        [sys.executable, "-m", "tbkit", "search", "tiny_gpt", "--synthetic", "--trials", "1", "--heartbeat", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 2 and "kept in memory" in cli.stderr and "Traceback" not in cli.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # this test's own asks
+def test_a_dead_trial_is_failed_by_heartbeat_retried_and_run_by_a_worker_that_found_the_study_full(tmp_path):
+    """In one process with a SQLite file: trial 1 belongs to a worker that died (its heartbeat
+    stops). This worker finds both slots filled, but stays while trial 1 is RUNNING; once the
+    heartbeat is stale Optuna fails it, the retry callback queues its parameters, and this worker
+    runs them."""
+    from tbkit.training.search import _open_study, _work
+    from tbkit.training.workers import Heartbeat, retry_report, slots_filled
+
+    hb = Heartbeat(interval=1, grace=2, max_retry=1)
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    study = _open_study(optuna, url, "hb", False, 0, 3, hb)
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    dead.set_user_attr("tbkit_heartbeat", 1)  # as tbkit's worker marks a trial that beats
+    study._storage.record_heartbeat(dead._trial_id)  # its last sign of life
+    dead_x = dead.params["x"]
+    seen = []
+
+    def objective(trial):
+        seen.append(trial.suggest_float("x", 0, 1))
+        return 1.0
+
+    ran = _work(optuna, study, objective, 2, 60, notes := [], [], hb)
+    assert ran == 1 and seen == [dead_x]  # the dead trial's parameters, run here
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[2].system_attrs["failed_trial"] == 1 and slots_filled(trials) == 2
+    (line,) = retry_report(trials, hb)
+    assert "trial 2 re-ran trial 1" in line and "no heartbeat for over 2 s" in line
+    assert not notes
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_full_study_does_not_wait_for_a_trial_that_never_beats(tmp_path):
+    """A RUNNING trial from a worker without heartbeats (or from before them) can never be
+    declared dead: waiting for it would never end, so a worker that finds the study full leaves."""
+    from tbkit.training.search import _open_study, _work
+    from tbkit.training.workers import Heartbeat
+
+    study = _open_study(optuna, f"sqlite:///{tmp_path / 'old.db'}", "old", False, 0, 3, Heartbeat(1, 2, 1))
+    study.ask()  # RUNNING for good, no heartbeat
+    notes: list = []
+    assert _work(optuna, study, lambda t: pytest.fail("must not run"), 1, 60, notes, [], Heartbeat(1, 2, 1)) == 0
+    assert not notes  # it left at once: waiting would have ended only by "stopped by the timeout"

@@ -4,6 +4,7 @@ a SIGKILL mid-run (a real subprocess killed once a checkpoint is on disk)."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -175,3 +176,21 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
         other, synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16, checkpoint_dir=ck, resume=False
     )
     assert res.resumed_from is None and res.global_step == 2
+
+
+def test_precision_is_stated_and_can_be_overridden(tmp_path):
+    from tbkit.errors import UsageError
+
+    small = dict(synthetic=True, epochs=1, max_steps=2, batch_size=16, max_len=16)
+    auto = tbkit.train(loaded(build(HealthyDecoder)), checkpoint_dir=tmp_path / "a", device="cpu", **small)
+    assert auto.precision == "32-true" and "(automatic: fp32 on CPU)" in auto.summary()
+    bf16 = tbkit.train(
+        loaded(build(HealthyDecoder)), checkpoint_dir=tmp_path / "b", device="cpu", precision="bf16", **small
+    )
+    assert bf16.precision == "bf16-mixed" and bf16.precision_reason == "asked for"
+    assert bf16.global_step == 2 and math.isfinite(bf16.final_val_loss)
+    with pytest.raises(UsageError, match="does not run on the CPU"):
+        tbkit.train(
+            loaded(build(HealthyDecoder)), checkpoint_dir=tmp_path / "c", device="cpu", precision="fp16", **small
+        )
+    assert not (tmp_path / "c").exists()  # refused before anything was written

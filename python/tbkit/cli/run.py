@@ -95,6 +95,12 @@ def _tier3_options(parser) -> None:
         default=None,
         help="hpo: Optuna storage, sqlite:///study.db or postgresql://… (default: in memory)",
     )
+    # train on several devices / machines (tbkit.train's devices, strategy, num_nodes; docs/tier3.md)
+    tier3.add_argument("--devices", type=int, default=None, help="train: devices (processes) per machine")
+    tier3.add_argument(
+        "--strategy", default=None, help="train: Lightning strategy (default ddp_fork, ddp under torchrun)"
+    )
+    tier3.add_argument("--num-nodes", type=int, default=None, help="train: number of machines")
 
 
 def main(args) -> int:
@@ -166,6 +172,9 @@ def _run(args, tiers) -> int:
         ("synthetic", args.synthetic or None),
         ("hpo_trials", args.trials),
         ("storage", args.storage),
+        ("devices", args.devices),
+        ("strategy", args.strategy),
+        ("num_nodes", args.num_nodes),
     ):
         if value is not None:
             options[key] = value

@@ -2,7 +2,9 @@
 
 Hyperparameter search (Optuna) from a shell. With a shared ``--storage`` (PostgreSQL, or any
 Optuna RDB URL) one process starts the study and any number of others join it with ``--worker``,
-on this machine or others; ``--trials`` is the study's total over all of them.
+on this machine or others; ``--trials`` is the study's total over all of them. A worker that dies
+mid-trial is noticed by its missing heartbeat (``--heartbeat``) and its trial is run again by
+another worker (``--max-retry``).
 
 Exit status: 0 when the study has at least one completed trial, 1 when none completed, 2 for
 usage or loading errors.
@@ -49,6 +51,24 @@ def configure(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--kind", choices=("decoder", "encoder", "seq2seq"), default=None)
+    dead = parser.add_argument_group("dead workers (needs --storage)")
+    dead.add_argument(
+        "--heartbeat",
+        type=int,
+        metavar="SECONDS",
+        default=None,
+        help="seconds between a running trial's heartbeats (default 60 with --storage; 0 turns them off)",
+    )
+    dead.add_argument(
+        "--grace-period",
+        type=int,
+        metavar="SECONDS",
+        default=None,
+        help="a trial without a heartbeat for this long is failed as dead (default: twice --heartbeat)",
+    )
+    dead.add_argument(
+        "--max-retry", type=int, metavar="N", default=None, help="how often a dead trial is run again (default 3)"
+    )
 
 
 def main(args) -> int:
@@ -75,6 +95,9 @@ def main(args) -> int:
         seed=args.seed,
         device=args.device,
         kind=args.kind,
+        heartbeat=args.heartbeat,
+        grace_period=args.grace_period,
+        max_retry=args.max_retry,
     )
     print(result.summary())
     if out is not None:
@@ -103,6 +126,9 @@ def _write(out: Path, result) -> None:
         "completed": result.n_complete,
         "pruned": result.n_pruned,
         "failed": result.n_failed,
+        "retried": result.n_retried,
+        "retries": result.retries,
+        "heartbeat": result.heartbeat,
         "synthetic": result.synthetic,
         "notes": result.notes,
     }

@@ -183,10 +183,26 @@ def _from_text_file(path: Path, vocab_size: int, block_len: int, pad_id: int, le
 
 
 def _from_ids(ids, mask, vocab_size: int, block_len: int, pad_id: int) -> TokenData:
+    t = _as_long_tensor(ids, type(ids).__name__)
+    m = _checked_mask(mask, t)
+    _check_id_range(t if m is None else t[m != 0], vocab_size)
+    if t.dim() == 1:
+        stream = t if m is None else t[m != 0]
+        out_ids, out_mask = _blocks(stream, block_len, pad_id)
+        desc = f"token stream of {len(stream)} ids ({len(out_ids)} blocks of {block_len})"
+    else:
+        out_ids, out_mask = _row_blocks(t, m, block_len, pad_id)
+        desc = f"token ids ({t.shape[0]} rows of {t.shape[1]} -> {len(out_ids)} blocks of at most {block_len})"
+    if len(out_ids) == 0:
+        raise UsageError("the token ids hold no block with two real tokens", "Give longer sequences.")
+    return TokenData(out_ids, out_mask, desc)
+
+
+def _as_long_tensor(ids, what: str):
+    """Integer ids of shape (N, T) or (L,) as a CPU LongTensor; UsageError otherwise."""
     import numpy as np
     import torch
 
-    what = type(ids).__name__
     try:
         t = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids))
     except (TypeError, ValueError) as err:
@@ -205,19 +221,25 @@ def _from_ids(ids, mask, vocab_size: int, block_len: int, pad_id: int) -> TokenD
             f"the token ids have shape {tuple(t.shape)}; expected (N, T) or a 1-D stream",
             "Pass a non-empty array of shape (N, T) or (L,).",
         )
-    m = None
-    if mask is not None:
-        m = (
-            (mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask)))
-            .detach()
-            .to("cpu", torch.long)
+    return t
+
+
+def _checked_mask(mask, t):
+    import numpy as np
+    import torch
+
+    if mask is None:
+        return None
+    m = (mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))).detach().to("cpu", torch.long)
+    if m.shape != t.shape:
+        raise UsageError(
+            f"attention_mask shape {tuple(m.shape)} differs from input_ids shape {tuple(t.shape)}",
+            "Give a mask of the same shape (1 = real token, 0 = padding).",
         )
-        if m.shape != t.shape:
-            raise UsageError(
-                f"attention_mask shape {tuple(m.shape)} differs from input_ids shape {tuple(t.shape)}",
-                "Give a mask of the same shape (1 = real token, 0 = padding).",
-            )
-    real = t if m is None else t[m != 0]
+    return m
+
+
+def _check_id_range(real, vocab_size: int) -> None:
     bad = (real < 0) | (real >= vocab_size)
     if bool(bad.any()):
         raise UsageError(
@@ -225,33 +247,30 @@ def _from_ids(ids, mask, vocab_size: int, block_len: int, pad_id: int) -> TokenD
             f"{int(real.max())}); the model's input embedding has {vocab_size} rows",
             "Re-tokenize with a vocabulary that fits the model, or build the model with a larger vocabulary.",
         )
-    if t.dim() == 1:
-        stream = t if m is None else t[m != 0]
-        out_ids, out_mask = _blocks(stream, block_len, pad_id)
-        desc = f"token stream of {len(stream)} ids ({len(out_ids)} blocks of {block_len})"
+
+
+def _row_blocks(t, m, block_len: int, pad_id: int):
+    """(N, T) rows -> blocks of at most ``block_len``; rows longer are cut, the tail of each row
+    becoming a padded block; blocks with fewer than two real tokens are dropped."""
+    import torch
+
+    m = torch.ones_like(t) if m is None else (m != 0).long()
+    if t.shape[1] <= block_len:
+        out_ids, out_mask = t.clone(), m.clone()
     else:
-        n, width = t.shape
-        m = torch.ones_like(t) if m is None else (m != 0).long()
-        if width <= block_len:
-            out_ids, out_mask = t.clone(), m.clone()
-        else:  # cut long rows into blocks; the tail of each row becomes a padded block
-            pieces_i, pieces_m = [], []
-            for start in range(0, width, block_len):
-                pi, pm = t[:, start : start + block_len], m[:, start : start + block_len]
-                if pi.shape[1] < block_len:
-                    pad = block_len - pi.shape[1]
-                    pi = torch.nn.functional.pad(pi, (0, pad), value=pad_id)
-                    pm = torch.nn.functional.pad(pm, (0, pad), value=0)
-                pieces_i.append(pi)
-                pieces_m.append(pm)
-            out_ids, out_mask = torch.cat(pieces_i), torch.cat(pieces_m)
-        out_ids = out_ids.masked_fill(out_mask == 0, pad_id)
-        keep = out_mask.sum(1) >= 2  # a block needs two real tokens for one prediction
-        out_ids, out_mask = out_ids[keep], out_mask[keep]
-        desc = f"token ids ({n} rows of {width} -> {len(out_ids)} blocks of at most {block_len})"
-    if len(out_ids) == 0:
-        raise UsageError("the token ids hold no block with two real tokens", "Give longer sequences.")
-    return TokenData(out_ids, out_mask, desc)
+        pieces_i, pieces_m = [], []
+        for start in range(0, t.shape[1], block_len):
+            pi, pm = t[:, start : start + block_len], m[:, start : start + block_len]
+            if pi.shape[1] < block_len:
+                pad = block_len - pi.shape[1]
+                pi = torch.nn.functional.pad(pi, (0, pad), value=pad_id)
+                pm = torch.nn.functional.pad(pm, (0, pad), value=0)
+            pieces_i.append(pi)
+            pieces_m.append(pm)
+        out_ids, out_mask = torch.cat(pieces_i), torch.cat(pieces_m)
+    out_ids = out_ids.masked_fill(out_mask == 0, pad_id)
+    keep = out_mask.sum(1) >= 2  # a block needs two real tokens for one prediction
+    return out_ids[keep], out_mask[keep]
 
 
 def _blocks(stream, block_len: int, pad_id: int):

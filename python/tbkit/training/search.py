@@ -5,10 +5,12 @@
 - Storage: in memory (default), a SQLite file (``sqlite:///study.db``), or any Optuna RDB URL such
   as ``postgresql://user@host/db``: then several processes on several machines work ONE study;
   ``worker=True`` joins a study that must already exist.
-- ``n_trials`` is the study's total over all workers. Each worker asks for a trial only while the
-  study holds fewer than ``n_trials``; trial numbers are handed out by the storage under a row
-  lock, so a worker that loses the race for the last slot gets a number >= n_trials, does not run
-  it, and records it as FAIL with user attribute ``tbkit_surplus`` (visible, never silent).
+- ``n_trials`` is the study's total over all workers. Each worker asks for a trial only while
+  fewer than ``n_trials`` trials fill the study's slots; trial numbers are handed out by the
+  storage under a row lock, so a worker that loses the race for the last slot sees it, does not
+  run that trial, and records it as FAIL with user attribute ``tbkit_surplus`` (never silent).
+- Dead workers: with an RDB storage, Optuna's heartbeat marks a trial whose worker went silent as
+  FAIL and its retry callback queues the same parameters again; see ``training/workers.py``.
 - Searched: ``lr`` (log), ``weight_decay`` (log), ``warmup_frac`` (share of the steps that the
   scheduler really warms up over), and ``dropout`` only when the model has dropout to set (a
   factory taking ``dropout=``, or ``nn.Dropout`` modules).
@@ -51,6 +53,9 @@ class SearchResult:
     notes: list = field(default_factory=list)
     failures: list = field(default_factory=list)  # messages of trials that crashed (this worker)
     trials_run_here: int = 0
+    n_retried: int = 0  # trials that re-ran the parameters of a trial whose worker died
+    retries: list = field(default_factory=list)  # one line per retry (and per dead trial not retried): why
+    heartbeat: str = "no heartbeat"
 
     def summary(self) -> str:
         lines = [
@@ -61,6 +66,9 @@ class SearchResult:
             lines.append(f"best val loss {self.best_value:.4f} with {self.best_params}")
         if self.synthetic:
             lines.append("SYNTHETIC data (asked for)")
+        if self.n_retried or self.heartbeat != "no heartbeat":
+            lines.append(f"{self.n_retried} trial(s) retried after their worker died; {self.heartbeat}")
+        lines += [f"retry: {r}" for r in self.retries[:5]]
         lines += self.notes + [f"failure: {f}" for f in self.failures[:3]]
         return "\n".join(lines)
 
@@ -96,12 +104,15 @@ def _with_driver(url: Optional[str]) -> Optional[str]:
     return "postgresql+psycopg2://" + rest
 
 
-def _open_study(optuna, storage: Optional[str], study_name: str, worker: bool, seed: int, n_startup: int):
+def _open_study(optuna, storage: Optional[str], study_name: str, worker: bool, seed: int, n_startup: int, hb=None):
+    from tbkit.training.workers import rdb_storage
+
     sampler = optuna.samplers.TPESampler(seed=None if worker else seed, n_startup_trials=n_startup)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     shown = display_url(storage)
     storage = _with_driver(storage)
     try:
+        storage = rdb_storage(optuna, storage, hb) if storage is not None else None
         if worker:
             if storage is None:
                 raise UsageError(
@@ -167,6 +178,86 @@ def _model_maker(model_factory_or_source, kind: Optional[str]):
     return make, has_dropout, base
 
 
+@dataclass
+class _Setup:
+    """What every trial of this process shares: the model maker, the data, the searched space."""
+
+    make: Any
+    td: Any
+    train_data: Any
+    val_data: Any
+    space: dict
+    notes: list
+
+
+def _check_search_args(n_trials, epochs) -> None:
+    if int(n_trials) < 1:
+        raise UsageError(f"n_trials={n_trials} must be 1 or more", "Pass n_trials=1 or more.")
+    if int(epochs) < 1:
+        raise UsageError(f"epochs={epochs} must be 1 or more", "Pass epochs=1 or more (pruning acts per epoch).")
+
+
+def _prepare(model_factory_or_source, data, *, kind, max_len, val_fraction, synthetic, seed, level, search_space):
+    from tbkit.training import trainer as training
+
+    make, dropout_ok, base = _model_maker(model_factory_or_source, kind)
+    probe = base if base is not None else make({})
+    if probe.kind != "decoder":
+        raise UsageError(
+            f"tbkit.search trains causal language models; this model's kind is {probe.kind}",
+            "Pass a decoder, or declare kind='decoder' if it is one.",
+        )
+    td, train_data, val_data, _ = training.training_data(
+        probe, data, max_len=max_len, val_fraction=val_fraction, synthetic=synthetic, seed=seed, level=level
+    )
+    space = dict(DEFAULT_SPACE)
+    space.update(search_space or {})
+    notes = list(td.notes)
+    if not dropout_ok and space.get("dropout") is not None:
+        space["dropout"] = None
+        notes.append("dropout not searched: the model has no nn.Dropout and its factory takes no dropout=")
+    space = {k: v for k, v in space.items() if v is not None}
+    return _Setup(make, td, train_data, val_data, space, notes)
+
+
+def _objective(setup: _Setup, *, epochs: int, batch_size: int, device, seed: int):
+    """The function Optuna calls per trial: suggest, train a fresh model, return the best val loss."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from tbkit.training import trainer as training
+
+    total_steps = math.ceil(len(setup.train_data) / batch_size) * epochs
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    def objective(trial) -> float:
+        params = {}
+        for key, (low, high, scale) in setup.space.items():
+            params[key] = trial.suggest_float(key, low, high, log=(scale == "log"))
+        warmup = int(round(params.get("warmup_frac", 0.0) * total_steps))
+        trial.set_user_attr("warmup_steps", warmup)  # what the scheduler was given
+        trial.set_user_attr("worker", worker_id)  # which process ran it (several may share a study)
+        out = training.fit(
+            setup.make(params),
+            setup.train_data,
+            setup.val_data,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=params.get("lr", 1e-3),
+            weight_decay=params.get("weight_decay", 0.0),
+            warmup_steps=warmup,
+            device=device,
+            seed=seed + trial.number,
+            save_checkpoints=False,
+            callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_loss")],
+        )
+        vals = [r["val_loss"] for r in out.history.epochs if "val_loss" in r]
+        if not vals or not all(math.isfinite(v) for v in vals):
+            raise FloatingPointError(f"validation loss not finite: {vals}")
+        return min(vals)
+
+    return objective
+
+
 def search(
     model_factory_or_source,
     data=None,
@@ -187,101 +278,60 @@ def search(
     kind: Optional[str] = None,
     n_startup_trials: int = 3,
     tokenizer_level: str = "char",
+    heartbeat: Optional[int] = None,
+    grace_period: Optional[int] = None,
+    max_retry: Optional[int] = None,
 ) -> SearchResult:
     """Search lr / weight decay / warmup (/ dropout) for a causal LM; minimises validation loss.
 
     ``model_factory_or_source``: a callable returning a fresh model (called once per trial, with
     ``dropout=`` when it takes it), or a model / LoadedModel / source (each trial trains a copy).
     ``search_space`` overrides ranges: ``{"lr": (1e-4, 3e-3, "log"), "dropout": None, …}`` (None
-    drops a parameter).
-    """
-    from tbkit.training import data as tdata
+    drops a parameter). ``heartbeat`` (s; default 60 with an RDB ``storage``, 0: off), ``grace_period``
+    (default twice that), ``max_retry`` (default 3): dead workers' trials, see training/workers.py."""
     from tbkit.training import trainer as training
+    from tbkit.training import workers
 
-    if int(n_trials) < 1:
-        raise UsageError(f"n_trials={n_trials} must be 1 or more", "Pass n_trials=1 or more.")
-    if int(epochs) < 1:
-        raise UsageError(f"epochs={epochs} must be 1 or more", "Pass epochs=1 or more (pruning acts per epoch).")
+    _check_search_args(n_trials, epochs)
+    hb = workers.heartbeat_settings(storage, heartbeat, grace_period, max_retry)
     training.require("optuna", "optuna-integration", "lightning")
     import optuna
-    from optuna.trial import TrialState
-    from optuna_integration import PyTorchLightningPruningCallback
 
-    make, dropout_ok, base = _model_maker(model_factory_or_source, kind)
-    probe = base if base is not None else make({})
-    if probe.kind != "decoder":
-        raise UsageError(
-            f"tbkit.search trains causal language models; this model's kind is {probe.kind}",
-            "Pass a decoder, or declare kind='decoder' if it is one.",
-        )
-    block = training.block_length(probe, max_len)
-    td = tdata.prepare(
+    setup = _prepare(
+        model_factory_or_source,
         data,
-        vocab_size=probe.vocab_size,
-        block_len=block,
-        pad_id=probe.pad_token_id,
+        kind=kind,
+        max_len=max_len,
+        val_fraction=val_fraction,
         synthetic=synthetic,
         seed=seed,
         level=tokenizer_level,
+        search_space=search_space,
     )
-    train_data, val_data = tdata.split(td, val_fraction, seed)
-    space = dict(DEFAULT_SPACE)
-    space.update(search_space or {})
-    notes = list(td.notes)
-    if not dropout_ok and space.get("dropout") is not None:
-        space["dropout"] = None
-        notes.append("dropout not searched: the model has no nn.Dropout and its factory takes no dropout=")
-    space = {k: v for k, v in space.items() if v is not None}
-    steps_per_epoch = math.ceil(len(train_data) / batch_size)
-    total_steps = steps_per_epoch * epochs
-
-    name = study_name or "tbkit-search"
-    failures: list = []
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
-
-    def objective(trial) -> float:
-        params = {}
-        for key, (low, high, scale) in space.items():
-            params[key] = trial.suggest_float(key, low, high, log=(scale == "log"))
-        warmup = int(round(params.get("warmup_frac", 0.0) * total_steps))
-        trial.set_user_attr("warmup_steps", warmup)  # what the scheduler was given
-        trial.set_user_attr("worker", worker_id)  # which process ran it (several may share a study)
-        lm = make(params)
-        out = training.fit(
-            lm,
-            train_data,
-            val_data,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=params.get("lr", 1e-3),
-            weight_decay=params.get("weight_decay", 0.0),
-            warmup_steps=warmup,
-            device=device,
-            seed=seed + trial.number,
-            save_checkpoints=False,
-            callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_loss")],
-        )
-        vals = [r["val_loss"] for r in out.history.epochs if "val_loss" in r]
-        if not vals or not all(math.isfinite(v) for v in vals):
-            raise FloatingPointError(f"validation loss not finite: {vals}")
-        return min(vals)
-
+    objective = _objective(setup, epochs=epochs, batch_size=batch_size, device=device, seed=seed)
+    notes, failures = setup.notes, []
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one INFO line per trial; restored after
     try:
-        study = _open_study(optuna, storage, name, worker, seed, n_startup_trials)
-        ran = _work(optuna, study, objective, n_trials, timeout, notes, failures)
+        study = _open_study(optuna, storage, study_name or "tbkit-search", worker, seed, n_startup_trials, hb)
+        ran = _work(optuna, study, objective, n_trials, timeout, notes, failures, hb)
     finally:
         optuna.logging.set_verbosity(previous)
+    return _result(study, setup, storage, hb, notes, failures, ran)
+
+
+def _result(study, setup: _Setup, storage, hb, notes: list, failures: list, ran: int) -> SearchResult:
+    from optuna.trial import TrialState
+
+    from tbkit.training import workers
 
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    failed = [t for t in trials if t.state == TrialState.FAIL]
+    by_state = {
+        s: [t for t in trials if t.state == s] for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
+    complete = by_state[TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value) if complete else None
-    figures = {}
-    if trials:
-        figures["history"] = history_figure(study, synthetic=td.synthetic)
+    figures = {"history": history_figure(study, synthetic=setup.td.synthetic)} if trials else {}
     imp_fig, imp_note = importance_figure(study)
     if imp_fig is not None:
         figures["importance"] = imp_fig
@@ -294,51 +344,71 @@ def search(
         figures=figures,
         best_value=float(best.value) if best else float("nan"),
         n_complete=len(complete),
-        n_pruned=len(pruned),
-        n_failed=len(failed),
-        synthetic=td.synthetic,
+        n_pruned=len(by_state[TrialState.PRUNED]),
+        n_failed=len(by_state[TrialState.FAIL]),
+        synthetic=setup.td.synthetic,
         storage_display=display_url(storage),
         notes=notes,
         failures=failures,
         trials_run_here=ran,
+        n_retried=sum(1 for t in trials if t.system_attrs.get("retry_history")),
+        retries=workers.retry_report(trials, hb),
+        heartbeat=hb.describe() if hb is not None else "no heartbeat",
     )
 
 
-def _work(optuna, study, objective, n_trials: int, timeout, notes: list, failures: list) -> int:
-    """Run trials until the study holds ``n_trials`` (over all workers) or ``timeout`` passes;
-    returns how many this process ran."""
-    from optuna.trial import TrialState
+def _work(optuna, study, objective, n_trials: int, timeout, notes: list, failures: list, hb=None) -> int:
+    """Run trials until the study's ``n_trials`` slots are filled (over all workers) or ``timeout``
+    passes; returns how many this process ran."""
+    from tbkit.training import workers
 
-    started = time.monotonic()
+    deadline = None if timeout is None else time.monotonic() + timeout
     ran = 0
     while True:
-        if timeout is not None and time.monotonic() - started > timeout:
-            notes.append(f"stopped by the timeout of {timeout} s")
-            break
-        if len(study.get_trials(deepcopy=False)) >= n_trials:
-            break
-        trial = study.ask()
-        if trial.number >= n_trials:  # another worker took the last slot between count and ask
-            trial.set_user_attr("tbkit_surplus", "another worker took the last slot; not run")
-            study.tell(trial, state=TrialState.FAIL)
+        trial = workers.next_trial(optuna, study, n_trials, hb, deadline)
+        if trial is None:
             break
         ran += 1
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            continue
-        except KeyboardInterrupt:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        except Exception as err:  # one bad trial (NaN, OOM) must not end the study; recorded per trial
-            msg = f"trial {trial.number}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            trial.set_user_attr("tbkit_error", msg)
-            study.tell(trial, state=TrialState.FAIL)
-            failures.append(msg)
-            continue
-        study.tell(trial, value)
+        _run_trial(optuna, study, trial, objective, failures, hb, notes)
+    if deadline is not None and time.monotonic() >= deadline:
+        notes.append(f"stopped by the timeout of {timeout} s")
     return ran
+
+
+def _run_trial(optuna, study, trial, objective, failures: list, hb, notes: list) -> None:
+    from optuna.trial import TrialState
+
+    from tbkit.training import workers
+
+    try:
+        with workers.heartbeat_while(study, trial, hb):
+            value = objective(trial)
+    except optuna.TrialPruned:
+        _tell(optuna, study, trial, notes, state=TrialState.PRUNED)
+        return
+    except KeyboardInterrupt:
+        _tell(optuna, study, trial, notes, state=TrialState.FAIL, error="interrupted (KeyboardInterrupt)")
+        raise
+    except Exception as err:  # one bad trial (NaN, OOM) must not end the study; recorded per trial
+        msg = f"trial {trial.number}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        failures.append(msg)
+        _tell(optuna, study, trial, notes, state=TrialState.FAIL, error=msg)
+        return
+    _tell(optuna, study, trial, notes, value=value)
+
+
+def _tell(optuna, study, trial, notes: list, value=None, state=None, error: Optional[str] = None) -> None:
+    """study.tell, except when other workers already failed the trial as dead (its heartbeat
+    stalled although this process lived): then its retry counts, and this result is only noted."""
+    try:
+        if error is not None:
+            trial.set_user_attr("tbkit_error", error)
+        study.tell(trial, value, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        notes.append(
+            f"trial {trial.number} finished here after other workers had failed it for a missing heartbeat; "
+            "its result was dropped (its retry stands for it)"
+        )
 
 
 # ---- plots (matplotlib Figure, never pyplot or plotly) ---------------------------------------------

@@ -76,13 +76,12 @@ def pick_device(device=None):
     return torch.device(device)
 
 
-def precision_for(device) -> str:
-    """AMP on GPU only: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU."""
-    import torch
+def precision_for(device, requested: Optional[str] = None) -> str:
+    """AMP on GPU only: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU
+    (the decision itself: ``tbkit.training.precision.choose_precision``)."""
+    from tbkit.training.precision import choose_precision, device_capabilities
 
-    if device.type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    return choose_precision(device_capabilities(device), requested).precision
 
 
 def block_length(loaded, max_len: Optional[int]) -> int:
@@ -135,103 +134,6 @@ def evaluate(loaded, data, batch_size: int = 32, device=None) -> float:
     return total / max(1, count)
 
 
-# ---- the Lightning pieces (built on first use: lightning is imported lazily) -----------------------
-_CLASSES: dict = {}
-
-
-def _lightning_classes():
-    if _CLASSES:
-        return _CLASSES
-    import lightning.pytorch as pl
-    import torch
-
-    from tbkit.training.data import lm_loss
-
-    class CausalLM(pl.LightningModule):
-        """Wraps the user's module (as ``self.net``) with the causal-LM loss and the optimizer."""
-
-        def __init__(self, loaded, lr, weight_decay, warmup_steps, total_steps):
-            super().__init__()
-            self.net = loaded.module
-            self.loaded = loaded
-            self.lr, self.weight_decay = lr, weight_decay
-            self.warmup_steps, self.total_steps = warmup_steps, total_steps
-            self._val_sum = 0.0
-            self._val_count = 0
-
-        def _loss(self, batch, reduction="mean"):
-            ids, mask = batch
-            return lm_loss(self.loaded.forward(ids, attention_mask=mask), ids, mask, reduction=reduction)
-
-        def training_step(self, batch, batch_idx):
-            loss = self._loss(batch)
-            self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[0]))
-            return loss
-
-        def on_validation_epoch_start(self):
-            self._val_sum, self._val_count = 0.0, 0
-
-        def validation_step(self, batch, batch_idx):
-            # summed and counted per token, so a padded last block weighs what it holds
-            self._val_sum += float(self._loss(batch, reduction="sum"))
-            self._val_count += int(batch[1][:, 1:].sum())
-
-        def on_validation_epoch_end(self):
-            val = self._val_sum / max(1, self._val_count)
-            self.log("val_loss", val, prog_bar=True)
-            self.log("val_ppl", math.exp(min(val, 50.0)))
-
-        def configure_optimizers(self):
-            # no weight decay on biases and norm weights (1-D tensors): the usual AdamW practice
-            decay = [p for p in self.net.parameters() if p.requires_grad and p.dim() >= 2]
-            other = [p for p in self.net.parameters() if p.requires_grad and p.dim() < 2]
-            opt = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": self.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                lr=self.lr,
-            )
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps, self.total_steps))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    class History(pl.Callback):
-        """Per-epoch and per-step metrics; stateful so a resumed run keeps the earlier history."""
-
-        def __init__(self):
-            self.epochs: list = []
-            self.steps: list = []
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            self.steps.append(
-                {
-                    "step": trainer.global_step,
-                    "train_loss": float(loss),
-                    "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-                }
-            )
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            m = trainer.callback_metrics
-            row = {
-                "epoch": trainer.current_epoch,
-                "step": trainer.global_step,
-                "train_loss": float(m["train_loss_epoch"]) if "train_loss_epoch" in m else float("nan"),
-            }
-            if "val_loss" in m:
-                row["val_loss"] = float(m["val_loss"])
-                row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
-            self.epochs.append(row)
-
-        def state_dict(self):
-            return {"epochs": list(self.epochs), "steps": list(self.steps)}
-
-        def load_state_dict(self, state):
-            self.epochs = list(state.get("epochs", []))
-            self.steps = list(state.get("steps", []))
-
-    _CLASSES.update(CausalLM=CausalLM, History=History, pl=pl)
-    return _CLASSES
-
-
 @contextlib.contextmanager
 def quiet_lightning(resuming: bool = False):
     """Silence Lightning's banner lines ("GPU available: …", tips) and advice that does not apply
@@ -251,6 +153,8 @@ def quiet_lightning(resuming: bool = False):
             warnings.filterwarnings("ignore", message=r".*litlogger.*")
             # max_steps can end a run mid-epoch, before any validation: our own evaluate() covers it
             warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
+            # train_loss is logged already averaged over the processes (engine.CausalLM.training_step)
+            warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level.*")
             if resuming:  # a folder holding checkpoints is the point of resuming
                 warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
             yield
@@ -262,11 +166,137 @@ def quiet_lightning(resuming: bool = False):
 @dataclass
 class FitOutcome:
     trainer: Any
-    history: Any
+    history: Any  # engine.History: epochs, steps, global_step
     checkpoint_dir: Optional[Path]  # None when no checkpoints were kept
     resumed_from: Optional[Path]
     resumed_step: Optional[int]
-    precision: str
+    setup: Any  # RunSetup: device, distributed.Plan, precision.PrecisionChoice
+    global_step: int = 0
+    is_global_zero: bool = True  # False in the other ranks of a torchrun-launched run
+
+    @property
+    def precision(self) -> str:
+        return self.setup.precision.precision
+
+    @property
+    def precision_reason(self) -> str:
+        return self.setup.precision.reason
+
+    @property
+    def plan(self):
+        return self.setup.plan
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Where and how a run trains: the device, the multi-device plan, the precision."""
+
+    device: Any  # torch.device of this process
+    plan: Any  # distributed.Plan
+    precision: Any  # precision.PrecisionChoice
+
+
+def run_setup(device=None, devices=None, num_nodes=None, strategy=None, batch_size=16, precision=None) -> RunSetup:
+    """Check the device, multi-device and precision arguments together; UsageError when they clash."""
+    import os
+
+    import torch
+
+    from tbkit.training import distributed
+    from tbkit.training.precision import choose_precision, device_capabilities
+
+    device = pick_device(device)
+    plan = distributed.plan(devices, num_nodes, strategy, batch_size)
+    if plan.world > 1 and device.type not in ("cpu", "cuda"):
+        raise UsageError(
+            f"training on several {device.type} devices is not supported", "Use devices=1, or CPU/CUDA devices."
+        )
+    if plan.world > 1 and device.type == "cuda" and distributed.launched_externally():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # torchrun: one GPU per rank
+    if plan.forks and device.type == "cuda" and torch.cuda.is_initialized():
+        raise UsageError(
+            f"CUDA is already initialised in this process, so Lightning cannot fork the {plan.world} DDP workers",
+            "Restart the kernel and call tbkit.train(devices=N) before anything else uses the GPU, or run a "
+            "script under torchrun (docs/tier3.md shows how).",
+        )
+    caps = device_capabilities(device, fork_safe=plan.forks)
+    return RunSetup(device, plan, choose_precision(caps, precision))
+
+
+def _checkpointing(save: bool, checkpoint_dir, every_n_steps: Optional[int]):
+    """(folder or None, ModelCheckpoint callbacks): the latest state (for resume) and the best by val loss."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if not save:
+        return ckdir, []
+    ckdir = ckdir if ckdir is not None else Path(tempfile.mkdtemp(prefix="tbkit-train-"))
+    ckdir.mkdir(parents=True, exist_ok=True)
+    latest = ModelCheckpoint(
+        dirpath=ckdir, filename="latest-{epoch}-{step}", save_last=True, save_top_k=1, every_n_train_steps=every_n_steps
+    )
+    best = ModelCheckpoint(dirpath=ckdir, filename="best-{epoch}-{step}", monitor="val_loss", mode="min", save_top_k=1)
+    return ckdir, [latest, best]
+
+
+def _resume_point(resume: bool, ckdir: Optional[Path]):
+    """(last.ckpt to resume from or None, its global step)."""
+    import torch
+
+    path = ckdir / "last.ckpt" if (resume and ckdir is not None) else None
+    if path is None or not path.is_file():
+        return None, None
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # mmap: no full copy
+    step = int(state.get("global_step", 0))
+    del state
+    return path, step
+
+
+def _make_trainer(setup: RunSetup, *, epochs, max_steps, callbacks, save_checkpoints, progress, resuming):
+    import lightning.pytorch as pl
+
+    cuda = setup.device.type == "cuda"
+    single = setup.plan.world == 1
+    with quiet_lightning(resuming=resuming):
+        return pl.Trainer(
+            max_epochs=epochs,
+            max_steps=max_steps if max_steps else -1,
+            accelerator="gpu" if cuda else "cpu",
+            devices=([setup.device.index or 0] if cuda else 1) if single else setup.plan.devices,
+            num_nodes=setup.plan.num_nodes,
+            strategy=setup.plan.strategy,
+            use_distributed_sampler=False,  # engine.EpochSampler splits the data itself
+            precision=setup.precision.precision,
+            gradient_clip_val=1.0,
+            logger=False,
+            callbacks=callbacks,
+            enable_checkpointing=save_checkpoints,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic=False,
+        )
+
+
+def _run(trainer, lit, setup: RunSetup, seed: int, resume_path: Optional[Path]) -> None:
+    """trainer.fit, seeded for this run only: the caller's global RNG state (torch, and numpy /
+    random, which Lightning's seed_everything would also reset) is left as it was."""
+    import torch
+
+    # forked workers need CUDA untouched here, and fork_rng over a GPU would initialise it
+    cuda = setup.device.type == "cuda" and not setup.plan.forks
+    rng_devices = [setup.device.index or 0] if cuda else []
+    with quiet_lightning(resuming=resume_path is not None), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        try:
+            trainer.fit(lit, ckpt_path=str(resume_path) if resume_path else None)
+        except RuntimeError as err:
+            if resume_path is not None and ("state_dict" in str(err) or "size mismatch" in str(err)):
+                raise TbkitError(
+                    f"the checkpoint {resume_path} does not fit this model ({str(err).splitlines()[0]})",
+                    "Pass resume=False, or a checkpoint_dir of its own for this model.",
+                ) from None
+            raise
 
 
 def fit(
@@ -288,80 +318,62 @@ def fit(
     checkpoint_every_n_steps: Optional[int] = None,
     progress: bool = False,
     save_checkpoints: bool = True,
+    devices: Optional[int] = None,
+    strategy: Optional[str] = None,
+    num_nodes: Optional[int] = None,
+    precision: Optional[str] = None,
+    setup: Optional[RunSetup] = None,
 ) -> FitOutcome:
-    """Train ``loaded.module`` in place with Lightning. The shared engine of train, search and baseline."""
-    import torch
+    """Train ``loaded.module`` in place with Lightning. The shared engine of train, search and baseline.
 
-    classes = _lightning_classes()
-    pl = classes["pl"]
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    ``batch_size`` is the global batch; with ``devices * num_nodes > 1`` each process takes its share."""
+    setup = setup or run_setup(device, devices, num_nodes, strategy, batch_size, precision)
+    lit = _lightning_module(
+        loaded, train_data, val_data, setup, epochs, max_steps, lr, weight_decay, warmup_steps, seed
+    )
+    with tempfile.TemporaryDirectory(prefix="tbkit-fit-") as scratch:
+        from tbkit.training.engine import History
 
-    device = pick_device(device)
-    precision = precision_for(device)
-    g = torch.Generator().manual_seed(seed)
-    train_ds = torch.utils.data.TensorDataset(train_data.input_ids, train_data.attention_mask)
-    val_ds = torch.utils.data.TensorDataset(val_data.input_ids, val_data.attention_mask)
-    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=g)
-    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=batch_size)
-    per_epoch = math.ceil(len(train_ds) / batch_size)
-    total = min(max_steps, epochs * per_epoch) if max_steps else epochs * per_epoch
-    lit = classes["CausalLM"](loaded, lr, weight_decay, warmup_steps, total)
-    history = classes["History"]()
-    cbs = [history, *callbacks]
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if save_checkpoints:
-        ckdir = ckdir if ckdir is not None else Path(tempfile.mkdtemp(prefix="tbkit-train-"))
-        ckdir.mkdir(parents=True, exist_ok=True)
-        # the latest state (for resume) and the best by validation loss
-        cbs.append(
-            ModelCheckpoint(
-                dirpath=ckdir,
-                filename="latest-{epoch}-{step}",
-                save_last=True,
-                save_top_k=1,
-                every_n_train_steps=checkpoint_every_n_steps,
+        # forked workers: process 0 hands the history back through a file (only the parent returns)
+        history = History(Path(scratch) / "history.json" if setup.plan.forks else None)
+        ckdir, checkpoints = _checkpointing(save_checkpoints, checkpoint_dir, checkpoint_every_n_steps)
+        resume_path, resumed_step = _resume_point(resume and save_checkpoints, ckdir)
+        trainer = _make_trainer(
+            setup,
+            epochs=epochs,
+            max_steps=max_steps,
+            callbacks=[history, *callbacks, *checkpoints],
+            save_checkpoints=save_checkpoints,
+            progress=progress,
+            resuming=resume_path is not None,
+        )
+        _run(trainer, lit, setup, seed, resume_path)
+        if setup.plan.forks and not history.load_export():
+            raise TbkitError(
+                f"the {setup.plan.world} training processes ended without reporting their results",
+                "Run again with devices=1 to see the error in this process.",
             )
-        )
-        cbs.append(
-            ModelCheckpoint(dirpath=ckdir, filename="best-{epoch}-{step}", monitor="val_loss", mode="min", save_top_k=1)
-        )
-    resume_path = ckdir / "last.ckpt" if (resume and save_checkpoints and (ckdir / "last.ckpt").is_file()) else None
-    resumed_step = None
-    if resume_path is not None:
-        state = torch.load(resume_path, map_location="cpu", weights_only=False, mmap=True)  # mmap: no full copy
-        resumed_step = int(state.get("global_step", 0))
-        del state
-    with quiet_lightning(resuming=resume_path is not None):
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            max_steps=max_steps if max_steps else -1,
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=[device.index or 0] if device.type == "cuda" else 1,
-            precision=precision,
-            gradient_clip_val=1.0,
-            logger=False,
-            callbacks=cbs,
-            enable_checkpointing=save_checkpoints,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            deterministic=False,
-        )
-    # Seed torch for this run only: the caller's global RNG state (torch, and numpy / random, which
-    # Lightning's seed_everything would also reset) is left as it was.
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with quiet_lightning(resuming=resume_path is not None), torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(seed)
-        try:
-            trainer.fit(lit, train_dl, val_dl, ckpt_path=str(resume_path) if resume_path else None)
-        except RuntimeError as err:
-            if resume_path is not None and ("state_dict" in str(err) or "size mismatch" in str(err)):
-                raise TbkitError(
-                    f"the checkpoint {resume_path} does not fit this model ({str(err).splitlines()[0]})",
-                    "Pass resume=False, or a checkpoint_dir of its own for this model.",
-                ) from None
-            raise
-    return FitOutcome(trainer, history, ckdir, resume_path, resumed_step, precision)
+    outcome = FitOutcome(trainer, history, ckdir, resume_path, resumed_step, setup, history.global_step)
+    outcome.is_global_zero = bool(trainer.is_global_zero)
+    return outcome
+
+
+def _lightning_module(loaded, train_data, val_data, setup, epochs, max_steps, lr, weight_decay, warmup_steps, seed):
+    from tbkit.training.engine import CausalLM
+
+    per_epoch = math.ceil((len(train_data) // setup.plan.world) / setup.plan.per_device_batch)
+    total = min(max_steps, epochs * per_epoch) if max_steps else epochs * per_epoch
+    return CausalLM(
+        loaded,
+        train_data,
+        val_data,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        total_steps=total,
+        batch=setup.plan.per_device_batch,
+        seed=seed,
+    )
 
 
 # ---- the public API --------------------------------------------------------------------------------
@@ -382,17 +394,53 @@ class TrainResult:
     data_description: str = ""
     notes: list = field(default_factory=list)
     loaded: Any = None  # the LoadedModel around ``model``
+    precision_reason: str = ""
+    distribution: str = "1 device"  # how the run was spread (distributed.Plan.describe)
+    is_global_zero: bool = True  # report only where this is True (torchrun starts one train() per rank)
 
     def summary(self) -> str:
         lines = [
             f"trained on {self.data_description}" + (" [SYNTHETIC]" if self.synthetic else ""),
-            f"{self.global_step} steps, precision {self.precision}; best val loss {self.best_val_loss:.4f} "
-            f"(perplexity {math.exp(min(self.best_val_loss, 50)):.2f}), final {self.final_val_loss:.4f}",
+            f"{self.global_step} steps on {self.distribution}, precision {self.precision}"
+            + (f" ({self.precision_reason})" if self.precision_reason else "")
+            + f"; best val loss {self.best_val_loss:.4f} (perplexity {math.exp(min(self.best_val_loss, 50)):.2f}), "
+            f"final {self.final_val_loss:.4f}",
         ]
         if self.resumed_from is not None:
             lines.append(f"resumed from {self.resumed_from} at step {self.resumed_step}")
         lines += self.notes
         return "\n".join(lines)
+
+
+def training_data(loaded, data, *, max_len, val_fraction, synthetic, seed, level):
+    """(TokenData, train split, validation split, block length) for ``loaded`` from what the user gave."""
+    from tbkit.training import data as tdata
+
+    block = block_length(loaded, max_len)
+    td = tdata.prepare(
+        data,
+        vocab_size=loaded.vocab_size,
+        block_len=block,
+        pad_id=loaded.pad_token_id,
+        synthetic=synthetic,
+        seed=seed,
+        level=level,
+    )
+    train_data, val_data = tdata.split(td, val_fraction, seed)
+    return td, train_data, val_data, block
+
+
+def _check_train_args(loaded, epochs, batch_size, lr) -> None:
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise UsageError(f"{name}={value} must be 1 or more", f"Pass {name}=1 or more.")
+    if not lr > 0:
+        raise UsageError(f"lr={lr} must be positive", "Pass e.g. lr=1e-3.")
+    if loaded.kind != "decoder":
+        raise UsageError(
+            f"tbkit.train trains causal language models; this model's kind is {loaded.kind} ({loaded.kind_reason})",
+            "Pass a decoder, or declare kind='decoder' if it is one.",
+        )
 
 
 def train(
@@ -418,74 +466,51 @@ def train(
     callbacks=(),
     progress: bool = False,
     kind: Optional[str] = None,
+    devices: Optional[int] = None,
+    strategy: Optional[str] = None,
+    num_nodes: Optional[int] = None,
+    precision: Optional[str] = None,
 ) -> TrainResult:
     """Fine-tune a causal LM on ``data`` (a text file path, or token ids (N, T) / a 1-D stream).
 
-    Trains a deep copy unless ``in_place=True``. Synthetic data only with ``synthetic=True`` (and
-    then ``result.synthetic`` is True). Checkpoints go to ``checkpoint_dir`` (a new temporary folder
-    when None); with ``resume=True`` a ``last.ckpt`` found there is resumed from.
-    """
+    A deep copy unless ``in_place=True``; synthetic data only with ``synthetic=True``. Checkpoints go
+    to ``checkpoint_dir`` (a temporary folder when None); ``resume=True`` resumes from a ``last.ckpt``
+    there. ``devices``/``num_nodes``/``strategy``: DDP over several processes, ``batch_size`` stays
+    the global batch. ``precision`` overrides the automatic choice (see training/precision.py)."""
+    loaded = as_loaded(model_or_source, kind)
+    _check_train_args(loaded, epochs, batch_size, lr)
+    td, train_data, val_data, block = training_data(
+        loaded, data, max_len=max_len, val_fraction=val_fraction, synthetic=synthetic, seed=seed, level=tokenizer_level
+    )
+    require("lightning")
+    setup = run_setup(device, devices, num_nodes, strategy, batch_size, precision)
+    # with forked workers CUDA must stay untouched here: evaluate in this process on the CPU
+    eval_device = "cpu" if setup.plan.forks else setup.device
+    work = loaded if in_place else copy_loaded(loaded)
+    initial = evaluate(work, val_data, batch_size, device=eval_device)
+    # fit's options, grouped so this function stays a readable list of steps
+    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
+    options.update(max_steps=max_steps, checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, callbacks=callbacks)
+    options.update(checkpoint_every_n_steps=checkpoint_every_n_steps, progress=progress, setup=setup)
+    out = fit(work, train_data, val_data, **options)
+    notes = list(td.notes) + [f"train {len(train_data)} blocks, validation {len(val_data)} blocks of {block} tokens"]
+    return _train_result(work, out, td, notes, initial, evaluate(work, val_data, batch_size, device=eval_device))
+
+
+def _train_result(work, out: FitOutcome, td, notes: list, initial: float, final: float) -> TrainResult:
     import pandas as pd
 
-    from tbkit.training import data as tdata
-
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise UsageError(f"{name}={value} must be 1 or more", f"Pass {name}=1 or more.")
-    if not lr > 0:
-        raise UsageError(f"lr={lr} must be positive", "Pass e.g. lr=1e-3.")
-    loaded = as_loaded(model_or_source, kind)
-    if loaded.kind != "decoder":
-        raise UsageError(
-            f"tbkit.train trains causal language models; this model's kind is {loaded.kind} ({loaded.kind_reason})",
-            "Pass a decoder, or declare kind='decoder' if it is one.",
-        )
-    block = block_length(loaded, max_len)
-    td = tdata.prepare(
-        data,
-        vocab_size=loaded.vocab_size,
-        block_len=block,
-        pad_id=loaded.pad_token_id,
-        synthetic=synthetic,
-        seed=seed,
-        level=tokenizer_level,
-    )
-    train_data, val_data = tdata.split(td, val_fraction, seed)
-    require("lightning")
-    work = loaded if in_place else copy_loaded(loaded)
-    initial = evaluate(work, val_data, batch_size, device=pick_device(device))
-    out = fit(
-        work,
-        train_data,
-        val_data,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_steps=warmup_steps,
-        max_steps=max_steps,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        device=device,
-        seed=seed,
-        callbacks=callbacks,
-        checkpoint_every_n_steps=checkpoint_every_n_steps,
-        progress=progress,
-    )
-    final = evaluate(work, val_data, batch_size, device=pick_device(device))
     epochs_df = pd.DataFrame(out.history.epochs, columns=["epoch", "step", "train_loss", "val_loss", "val_ppl"])
     vals = [v for v in epochs_df["val_loss"].tolist() if v == v] + [final]
-    notes = list(td.notes) + [f"train {len(train_data)} blocks, validation {len(val_data)} blocks of {block} tokens"]
-    ckpts = sorted(out.checkpoint_dir.glob("*.ckpt"))
     work.module.eval()
     return TrainResult(
         model=work.module,
         metrics=epochs_df,
-        checkpoints=ckpts,
+        checkpoints=sorted(out.checkpoint_dir.glob("*.ckpt")),
         best_val_loss=min(vals),
         synthetic=td.synthetic,
         step_metrics=pd.DataFrame(out.history.steps, columns=["step", "train_loss", "lr"]),
-        global_step=int(out.trainer.global_step),
+        global_step=out.global_step,
         final_val_loss=final,
         initial_val_loss=initial,
         resumed_from=out.resumed_from,
@@ -494,6 +519,9 @@ def train(
         data_description=td.description,
         notes=notes,
         loaded=work,
+        precision_reason=out.precision_reason,
+        distribution=out.plan.describe(),
+        is_global_zero=out.is_global_zero,
     )
 
 
