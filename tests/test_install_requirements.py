@@ -228,10 +228,17 @@ def test_every_archive_name_pip_reads_as_a_path_needs_allow_paths(tmp_path, monk
 
 
 def test_pip_list_of_archive_suffixes_is_the_gates():
-    pytest.importorskip("pip")
-    from pip._internal.utils.filetypes import ARCHIVE_EXTENSIONS  # the test only: the gate never imports pip
+    import json
+    import subprocess
 
     from tbkit.guard.gate.requirements import ARCHIVE_SUFFIXES
+
+    # Read pip's list in a child: importing pip's internals here imports the stdlib distutils, after
+    # which setuptools (and so torch.utils.cpp_extension) can no longer be imported in this process.
+    code = "import json; from pip._internal.utils.filetypes import ARCHIVE_EXTENSIONS as A; print(json.dumps(A))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ARCHIVE_EXTENSIONS = json.loads(proc.stdout)
 
     assert set(ARCHIVE_EXTENSIONS) <= set(ARCHIVE_SUFFIXES) and set(PIP_ARCHIVES) == set(ARCHIVE_SUFFIXES)
 
