@@ -1,0 +1,90 @@
+"""Input batches and eval forwards shared by the Tier 1 checks of one run.
+
+shape, batch_equivalence, stability, determinism, init and speed all need "random ids of shape
+(B, T) through the model in eval mode". Each used to draw its own batch and run its own forward;
+here every (B, T) batch is a slice ``master[:B, :T]`` of one seeded tensor, and its eval
+``no_grad`` forward (seeded, so a model random in eval gives the same draws every time) is run
+once per run and kept in ``ctx.cache``. This is valid because every check leaves the model exactly
+as it found it (checks that train use ``restore.preserved``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from tbkit.checks import inputs as inp
+
+if TYPE_CHECKING:
+    import torch
+
+    from tbkit.checks.base import CheckContext
+
+MAX_BATCH = 7  # the largest batch Tier 1 builds (shape: batch {1, 2, 7})
+MASTER_OFFSET = 100  # generator offset of the master batch (checks use 1..20 for their own draws)
+
+
+def probe_length(ctx: CheckContext) -> int:
+    """The odd middle length most checks share (17, or less for short models)."""
+    longest = inp.usable_max_len(ctx.model)
+    return min(longest, 17) if longest >= 3 else longest
+
+
+def _masters(ctx: CheckContext) -> tuple:
+    key = ("master",)
+    if key not in ctx.cache:
+        lm = ctx.model
+        longest = inp.usable_max_len(lm)
+        gen = ctx.generator(MASTER_OFFSET)
+        ids = inp.token_ids(lm, MAX_BATCH, longest, gen, ctx.device)
+        enc = inp.token_ids(lm, MAX_BATCH, longest, gen, ctx.device) if lm.kind == "seq2seq" else None
+        ctx.cache[key] = (ids, enc)
+    return ctx.cache[key]
+
+
+def batch(ctx: CheckContext, B: int, T: int) -> tuple:
+    """(ids, encoder ids or None) of shape (B, T): the token ids a check perturbs or pads, and for
+    seq2seq the fixed encoder input (other kinds feed ``ids`` alone)."""
+    ids, enc = _masters(ctx)
+    if ids.shape[0] < B or ids.shape[1] < T:
+        raise ValueError(f"shared batches go up to ({ids.shape[0]}, {ids.shape[1]}); asked for ({B}, {T})")
+    return ids[:B, :T], None if enc is None else enc[:B, :T]
+
+
+def model_inputs(ids: torch.Tensor, enc: Optional[torch.Tensor]) -> tuple:
+    """(first positional input, decoder ids) for ``inputs.forward``: seq2seq feeds the encoder
+    ids first and ``ids`` as the decoder input; other kinds feed ``ids`` alone."""
+    return (ids, None) if enc is None else (enc, ids)
+
+
+def forward(ctx: CheckContext, B: int, T: int) -> torch.Tensor:
+    """The seeded eval ``no_grad`` forward of ``batch(ctx, B, T)``, run once per run.
+    Raises what the model raises (the cache keeps the exception, so every check sees it)."""
+    key = ("forward", B, T)
+    if key not in ctx.cache:
+        first, dec = model_inputs(*batch(ctx, B, T))
+        try:
+            with inp.eval_mode(ctx.model.module):
+                ctx.cache[key] = inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed)
+        except Exception as err:  # the model's own error: every check that asks sees it
+            ctx.cache[key] = err
+    value = ctx.cache[key]
+    if isinstance(value, Exception):
+        raise value
+    return value
+
+
+def repeat_difference(ctx: CheckContext) -> float:
+    """max |a - b| between the shared forward of (2, probe length) and a second, unseeded eval
+    forward of the same input: > 0 means something random stays on in eval. Shared by
+    determinism and batch_equivalence (which names randomness as the cause when it is)."""
+    from tbkit.checks.numeric import max_abs_diff
+
+    key = ("repeat",)
+    if key not in ctx.cache:
+        T = probe_length(ctx)
+        first, dec = model_inputs(*batch(ctx, 2, T))
+        a = forward(ctx, 2, T)
+        with inp.eval_mode(ctx.model.module):
+            b = inp.forward(ctx.model, first, decoder_ids=dec)
+        ctx.cache[key] = max_abs_diff(a, b)
+    return ctx.cache[key]

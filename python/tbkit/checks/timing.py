@@ -1,0 +1,84 @@
+"""Timing that measures the model, not the machine: a minimum number of timings, a time budget,
+the median with a distribution-free confidence interval.
+
+A spread of one sample is not a measurement, so a point never has fewer than ``min_timings``
+timings (the budget can only add more). The confidence interval of the median comes from order
+statistics (the number of timings below the true median is Binomial(n, 1/2)), which needs no
+assumption about the shape of the noise: on a busy machine the interval widens, and that is
+reported in the row's detail, never turned into a WARN.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Timing:
+    times: list  # seconds, in the order measured
+
+    @property
+    def n(self) -> int:
+        return len(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def median_ci(self, level: float = 0.95) -> tuple:
+        """(low, high) order-statistic confidence interval of the median; (min, max) when n is
+        too small for the level (their coverage is then stated by ``ci_coverage``)."""
+        xs = sorted(self.times)
+        k = _order_index(len(xs), level)
+        return xs[k], xs[len(xs) - 1 - k]
+
+    def ci_coverage(self, level: float = 0.95) -> float:
+        """The exact coverage of ``median_ci`` (>= level when n allows it)."""
+        n = len(self.times)
+        k = _order_index(n, level)
+        return 1 - 2 * _binom_cdf(k - 1, n) if k > 0 else 1 - 2 * 0.5**n
+
+
+def _binom_cdf(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2)."""
+    if k < 0:
+        return 0.0
+    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+
+
+def _order_index(n: int, level: float) -> int:
+    """The largest 0-based k with P(X <= k - 1) <= (1 - level) / 2: the interval (x_k, x_{n-1-k})."""
+    alpha = (1 - level) / 2
+    k = 0
+    while k + 1 < n / 2 and _binom_cdf(k, n) <= alpha:
+        k += 1
+    return k
+
+
+def measure(step: Callable[[], object], min_timings: int, budget_s: float, max_timings: int = 200) -> Timing:
+    """Time ``step`` at least ``min_timings`` times, then keep going while the budget lasts (up to
+    ``max_timings``). The caller warms ``step`` up first."""
+    times: list = []
+    start = time.perf_counter()
+    while len(times) < max_timings:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if len(times) >= min_timings and time.perf_counter() - start >= budget_s:
+            break
+    return Timing(times)
+
+
+def machine_load() -> str:
+    """One line about what else the machine is doing (for details and the report's environment)."""
+    import os
+
+    try:
+        one, five, _ = os.getloadavg()
+    except (AttributeError, OSError):  # Windows has no load average
+        return f"{os.cpu_count()} CPUs; load average not available"
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
