@@ -65,30 +65,28 @@ def user_state_model(model=None):
 def test_preserved_puts_everything_back_after_training_steps_and_an_exception():
     model = user_state_model()
     before = state_of(model)
-    with pytest.raises(RuntimeError, match="inside the block"):
-        with preserved(model):
-            model.eval()
-            model.norm_stats.train()
-            model.norm_stats(torch.randn(8, 4))  # running stats move
-            opt = torch.optim.SGD(model.parameters(), lr=1.0)
-            model(torch.randint(0, M.VOCAB, (2, 8))).sum().backward()
-            opt.step()
-            model.pos.weight.requires_grad_(True)
-            torch.randn(3), np.random.rand(), random.random()  # every random stream advances
-            raise RuntimeError("inside the block")
+    with pytest.raises(RuntimeError, match="inside the block"), preserved(model):
+        model.eval()
+        model.norm_stats.train()
+        model.norm_stats(torch.randn(8, 4))  # running stats move
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        model(torch.randint(0, M.VOCAB, (2, 8))).sum().backward()
+        opt.step()
+        model.pos.weight.requires_grad_(True)
+        torch.randn(3), np.random.rand(), random.random()  # every random stream advances
+        raise RuntimeError("inside the block")
     assert_same(before, state_of(model))
 
 
 def test_preserved_puts_everything_back_after_keyboard_interrupt():
     model = user_state_model()
     before = state_of(model)
-    with pytest.raises(KeyboardInterrupt):
-        with preserved(model):
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(1.0)
-            model.head.weight.grad = None
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), preserved(model):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        model.head.weight.grad = None
+        raise KeyboardInterrupt
     assert_same(before, state_of(model))
 
 

@@ -78,7 +78,8 @@ def _label(synthetic: bool) -> str:
     thresholds={"loss_drop": OVERFIT_DROP, "steps": OVERFIT_STEPS, "lr": OVERFIT_LR},
 )
 def check_overfit(ctx: CheckContext) -> Iterator[Row]:
-    """Memorise one fixed batch of 2 x 64 seeded random ids (Adam, clip 1.0, eval mode so dropout
+    """Memorise one fixed batch of 2 x 64 seeded random ids (Adam at learning rate ``lr`` (1e-3),
+    clip 1.0, eval mode so dropout
     is off, at most ``steps`` (300) steps) on the model itself inside ``restore.preserved``:
     weights, buffers, .grad, flags and random states come back bit for bit.
 

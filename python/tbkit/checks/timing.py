@@ -39,8 +39,7 @@ class Timing:
     def ci_coverage(self, level: float = 0.95) -> float:
         """The exact coverage of ``median_ci`` (>= level when n allows it)."""
         n = len(self.times)
-        k = _order_index(n, level)
-        return 1 - 2 * _binom_cdf(k - 1, n) if k > 0 else 1 - 2 * 0.5**n
+        return 1 - 2 * _binom_cdf(_order_index(n, level), n)
 
 
 def _binom_cdf(k: int, n: int) -> float:
@@ -51,10 +50,12 @@ def _binom_cdf(k: int, n: int) -> float:
 
 
 def _order_index(n: int, level: float) -> int:
-    """The largest 0-based k with P(X <= k - 1) <= (1 - level) / 2: the interval (x_k, x_{n-1-k})."""
+    """The largest 0-based k with P(X <= k) <= (1 - level) / 2, X ~ Binomial(n, 1/2): the median
+    lies below the sorted sample's x_k with probability P(X <= k), so (x_k, x_{n-1-k}) covers it
+    with probability 1 - 2 P(X <= k). 0 (min, max) when n is too small for the level."""
     alpha = (1 - level) / 2
     k = 0
-    while k + 1 < n / 2 and _binom_cdf(k, n) <= alpha:
+    while k + 1 < (n - 1) / 2 and _binom_cdf(k + 1, n) <= alpha:
         k += 1
     return k
 
