@@ -26,7 +26,7 @@ def test_healthy_models_never_fail(cls, tmp_path):
     report = tbkit.run(M.loaded(M.build(cls)), out_dir=tmp_path, progress=False, options=FAST)
     bad = [(r.check, r.metric, r.detail[:200]) for r in report.rows if r.status.value in ("FAIL", "ERROR")]
     assert not bad, bad
-    assert {r.check for r in report.rows} == {s.id for s in tbkit.tiers.checks_for([1])}
+    assert {r.check for r in report.rows} == {s.id for s in tbkit.checks.checks_for([1])}
     # correctness checks are PASS (or SKIP with a reason), not merely "not FAIL"
     for check in ("shape", "batch_equivalence", "padding", "determinism"):
         assert statuses(report, check) == {"PASS"}, (check, [r.detail for r in report.rows if r.check == check])

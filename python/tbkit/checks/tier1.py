@@ -284,8 +284,8 @@ def check_causal(ctx: CheckContext):
     lm = ctx.model
     if lm.kind == "encoder":
         why = (
-            f"bidirectional (encoder, {lm.kind_reason}): not applicable, every position may see every other one. "
-            "If this model is meant to generate text, load it with kind='decoder' (--kind decoder)"
+            f"bidirectional (encoder): not applicable, every position may see every other one (kind "
+            f"{lm.kind_reason}). If this model is meant to generate text, load it with kind='decoder' (--kind decoder)"
         )
         yield ctx.row(SKIP, "causality", None, "", why)
         return
