@@ -99,12 +99,13 @@ def restore(snap: _Snapshot) -> None:
 
 
 @contextlib.contextmanager
-def preserved(module) -> Iterator[None]:
+def preserved(module) -> Iterator[_Snapshot]:
     """Run the block on ``module`` itself; afterwards the module and the random states are exactly
-    as before, also when the block raises or is interrupted."""
+    as before, also when the block raises or is interrupted. Yields the snapshot (its saved values
+    serve as "before" for a check that compares)."""
     snap = snapshot(module)
     try:
-        yield
+        yield snap
     finally:
         restore(snap)
 
