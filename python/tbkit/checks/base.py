@@ -75,9 +75,13 @@ class Figure:
     name: str
     path: Optional[Path]
     figure: Any = field(default=None, repr=False)  # the matplotlib Figure until rendered
+    draw: Any = field(default=None, repr=False)  # or a function that builds it, called at render time
 
     def render(self) -> None:
-        """Write the PNG (when there is a path) and drop the figure object."""
+        """Build the figure if it was given as a function, write the PNG (when there is a path),
+        and drop the figure object."""
+        if self.figure is None and self.draw is not None:
+            self.figure, self.draw = self.draw(), None
         if self.figure is not None and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.figure.savefig(self.path, dpi=100, bbox_inches="tight")
@@ -124,13 +128,16 @@ class CheckContext:
 
     def save_figure(self, fig, name: str) -> Optional[Path]:
         """Save a ``matplotlib.figure.Figure`` (build it without pyplot) as PNG; returns the path.
+        ``fig`` may also be a function that builds the figure: under the runner it is then called
+        after the checks, so drawing is not counted as the check's time.
 
         Without an out_dir the figure is kept in memory only (returned None)."""
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{self.check_id}_{name}")
         path = None
         if self.out_dir is not None:
             path = Path(self.out_dir) / "plots" / f"{safe}.png"
-        entry = Figure(self.check_id, name, path, fig)
+        drawn = not callable(fig) or hasattr(fig, "savefig")
+        entry = Figure(self.check_id, name, path, fig if drawn else None, None if drawn else fig)
         self.figures.append(entry)
         if not self.defer_figures:
             entry.render()

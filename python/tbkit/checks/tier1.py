@@ -15,6 +15,7 @@ The criteria follow design/CHECKS.md; where a number differs, the reason is writ
 
 from __future__ import annotations
 
+import functools
 import math
 
 from tbkit.checks import inputs as inp
@@ -620,19 +621,23 @@ def _stability_case(ctx: CheckContext, name: str, forward, shape, state: dict, b
 
 
 def _stability_histogram(ctx: CheckContext, histogram) -> None:
-    import torch
-
     if histogram is None or not histogram.numel():
         return
+    ctx.save_figure(functools.partial(_draw_histogram, histogram, ctx.generator(5)), "output_distribution")
+
+
+def _draw_histogram(histogram, generator):
+    import torch
+
     fig = new_figure()
     ax = fig.add_subplot()
-    sample = histogram[torch.randperm(histogram.numel(), generator=ctx.generator(5))[:200_000]].numpy()
+    sample = histogram[torch.randperm(histogram.numel(), generator=generator)[:200_000]].numpy()
     ax.hist(sample, bins=80, color="#4c72b0")
     ax.set_yscale("log")
     ax.set_xlabel("output value (logit or hidden state)")
     ax.set_ylabel("count")
     ax.set_title("Output distribution on random ids")
-    ctx.save_figure(fig, "output_distribution")
+    return fig
 
 
 # ------------------------------------------------------------------------------------------
@@ -875,9 +880,10 @@ def _layer_key(name: str) -> str:
     thresholds={"max_total_norm": 1e3, "min_layer_ratio": 1e-4, "lr": 1e-3},
 )
 def check_gradient_flow(ctx: CheckContext):
-    """One training-mode forward + backward on an LM loss, then one Adam step, on the model itself
-    (``restore.preserved`` puts weights, buffers, .grad, flags and random states back bit for bit).
-    Every trainable parameter must get a finite gradient and move.
+    """One training-mode forward + backward on an LM loss on the model itself (``restore.preserved``
+    puts weights, buffers, .grad, flags and random states back bit for bit), then one Adam step
+    (its first step, p - lr g / (|g| + eps), computed out of place). Every trainable parameter must
+    get a finite gradient and move.
 
     Why: a parameter without a gradient never trains (a module built but not used, a detached
     branch); NaN gradients end training; exploding or vanishing norms make it slow or unstable.
@@ -890,8 +896,8 @@ def check_gradient_flow(ctx: CheckContext):
     from tbkit.checks.restore import preserved
 
     lm = ctx.model
-    with preserved(lm.module) as snap:
-        facts = _backward_and_step(ctx, snap)
+    with preserved(lm.module):
+        facts = _backward_and_step(ctx)
     if "error" in facts:
         yield ctx.row(FAIL, "backward", None, "runs", f"forward + backward in training mode raised {facts['error']}")
         return
@@ -905,7 +911,7 @@ def check_gradient_flow(ctx: CheckContext):
     yield from _gradient_step(ctx, facts)
 
 
-def _backward_and_step(ctx: CheckContext, snap) -> dict:
+def _backward_and_step(ctx: CheckContext) -> dict:
     """Inside ``preserved``: the backward, the facts about each gradient, then one Adam step."""
     import torch
 
@@ -932,39 +938,47 @@ def _backward_and_step(ctx: CheckContext, snap) -> dict:
             h.remove()
     facts = _gradient_facts(module, ran)
     facts.update(loss=float(loss.detach()), what=what)
-    facts.update(_adam_step(ctx, facts["with_grad"], snap))
+    facts.update(_adam_step(ctx, facts["with_grad"]))
     return facts
 
 
 def _gradient_facts(module, ran: set) -> dict:
-    import torch
-
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     no_grad = [n for n, p in trainable if p.grad is None]
     owner = lambda n: n.rsplit(".", 1)[0] if "." in n else ""  # noqa: E731
     with_grad = [(n, p) for n, p in trainable if p.grad is not None]
+    # one pass over the gradients: a norm is non-finite exactly when the tensor holds NaN/Inf,
+    # and zero exactly when every entry is zero
+    norms = {n: float(p.grad.float().norm()) for n, p in with_grad}
     return dict(
         trainable=len(trainable),
         no_grad=no_grad,
         never_ran=[n for n in no_grad if owner(n) not in ran],
         elsewhere=[n for n in no_grad if owner(n) in ran],
         with_grad=with_grad,
-        nonfinite=[n for n, p in with_grad if not bool(torch.isfinite(p.grad).all())],
-        zero=[n for n, p in with_grad if not bool(p.grad.any())],
-        norms={n: float(p.grad.float().norm()) for n, p in with_grad},
+        nonfinite=[n for n, v in norms.items() if not math.isfinite(v)],
+        zero=[n for n, v in norms.items() if v == 0],
+        norms=norms,
     )
 
 
-def _adam_step(ctx: CheckContext, with_grad: list, snap) -> dict:
+def _adam_step(ctx: CheckContext, with_grad: list) -> dict:
+    """Which parameters one Adam step moves. Adam's first step (bias-corrected) is exactly
+    p - lr * g / (|g| + eps), so it is computed out of place: the same answer as
+    ``torch.optim.Adam(...).step()`` without allocating its state or writing the weights."""
     import torch
 
-    if not with_grad:
-        return dict(moved=0, unchanged=[])
-    saved = {id(p): value for _o, _n, p, value, _g, _r in snap.params}
-    before = {n: saved[id(p)] for n, p in with_grad}  # the snapshot already holds every value
-    torch.optim.Adam([p for _, p in with_grad], lr=ctx.threshold("lr")).step()
-    unchanged = [n for n, p in with_grad if torch.equal(p.detach(), before[n]) and bool(p.grad.any())]
-    moved = sum(1 for n, p in with_grad if not torch.equal(p.detach(), before[n]))
+    lr, eps = ctx.threshold("lr"), 1e-8
+    moved, unchanged = 0, []
+    with torch.no_grad():
+        for n, p in with_grad:
+            g = p.grad
+            stepped = p - (lr * g / (g.abs() + eps)).to(p.dtype)
+            if torch.equal(stepped, p):
+                if bool(g.any()):
+                    unchanged.append(n)
+            else:
+                moved += 1
     return dict(moved=moved, unchanged=unchanged)
 
 
@@ -1022,6 +1036,10 @@ def _gradient_norms(ctx: CheckContext, f: dict):
 
 
 def _gradient_figure(ctx: CheckContext, layers: dict) -> None:
+    ctx.save_figure(functools.partial(_draw_gradient_norms, layers), "gradient_norms")
+
+
+def _draw_gradient_norms(layers: dict):
     fig = new_figure(6.4, max(2.5, 0.28 * len(layers) + 1))
     ax = fig.add_subplot()
     names = list(layers)
@@ -1031,7 +1049,7 @@ def _gradient_figure(ctx: CheckContext, layers: dict) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("gradient norm")
     ax.set_title("Gradient norm per layer (one backward)")
-    ctx.save_figure(fig, "gradient_norms")
+    return fig
 
 
 def _gradient_step(ctx: CheckContext, f: dict):
@@ -1043,8 +1061,8 @@ def _gradient_step(ctx: CheckContext, f: dict):
     detail = (
         ("unchanged despite a gradient: " + ", ".join(unchanged[:20]))
         if unchanged
-        else f"Adam lr {ctx.threshold('lr'):g} on the model, restored afterwards: every tensor with a non-zero "
-        "gradient moved"
+        else f"one Adam step at lr {ctx.threshold('lr'):g} (its first step, p - lr g / (|g| + eps), computed out of "
+        "place): every tensor with a non-zero gradient moved"
     )
     yield ctx.row(WARN if unchanged else PASS, metric, f"{moved}/{n}", "all with a non-zero gradient", detail)
 
@@ -1151,6 +1169,10 @@ def _memory_verdict(ctx: CheckContext, points: list, model_mb: float):
 
 
 def _memory_figure(ctx: CheckContext, points: list) -> None:
+    ctx.save_figure(functools.partial(_draw_memory, points, ctx.device.type), "memory_sweep")
+
+
+def _draw_memory(points: list, device_type: str):
     fig = new_figure()
     ax = fig.add_subplot()
     for B in sorted({b for b, _, _ in points}):
@@ -1158,9 +1180,9 @@ def _memory_figure(ctx: CheckContext, points: list) -> None:
         ax.plot([x for x, _ in xs], [y for _, y in xs], marker="o", label=f"batch {B}")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("activation MB")
-    ax.set_title(f"Activation memory ({ctx.device.type})")
+    ax.set_title(f"Activation memory ({device_type})")
     ax.legend()
-    ctx.save_figure(fig, "memory_sweep")
+    return fig
 
 
 # ------------------------------------------------------------------------------------------
@@ -1275,10 +1297,14 @@ def _speed_scaling(ctx: CheckContext, points: list):
 
 
 def _speed_figure(ctx: CheckContext, points: list, threads: int) -> None:
+    tokens_per_s = [(f"B{B}xT{T}", B * T / t.median) for B, T, t in points]
+    ctx.save_figure(functools.partial(_draw_speed, tokens_per_s, ctx.device.type, threads), "speed_sweep")
+
+
+def _draw_speed(tokens_per_s: list, device_type: str, threads: int):
     fig = new_figure()
     ax = fig.add_subplot()
-    labels = [f"B{B}xT{T}" for B, T, _ in points]
-    ax.bar(labels, [B * T / t.median for B, T, t in points], color="#c44e52")
+    ax.bar([label for label, _ in tokens_per_s], [v for _, v in tokens_per_s], color="#c44e52")
     ax.set_ylabel("tokens / s")
-    ax.set_title(f"Forward throughput ({ctx.device.type}, {threads} threads)")
-    ctx.save_figure(fig, "speed_sweep")
+    ax.set_title(f"Forward throughput ({device_type}, {threads} threads)")
+    return fig
