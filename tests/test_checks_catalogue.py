@@ -36,7 +36,7 @@ def test_every_check_is_named_check_id_and_documents_why_thresholds_and_fix():
 def test_the_catalogue_lists_each_threshold_with_its_default():
     page = catalogue.render()
     assert "`batch_equivalence` | row i of a batched forward" in page
-    assert "`pass_rel` = 1e-05" in page and "`min_timings` = 7" in page and "`future_mass` = 1e-06" in page
+    assert "`pass_rel` = 1e-05" in page and "`min_timings` = 6" in page and "`future_mass` = 1e-06" in page
 
 
 def test_a_threshold_is_overridden_by_the_run_option(tmp_path):

@@ -29,7 +29,7 @@ def timings_in(detail: str) -> int:
 def test_speed_never_reports_fewer_than_its_minimum_number_of_timings(tmp_path):
     rows, _ = speed_rows(tmp_path / "a", speed_seconds_per_point=0)  # no budget: the minimum alone
     assert len(rows) == 2
-    assert all(timings_in(r.detail) == 7 for r in rows), [r.detail for r in rows]
+    assert all(timings_in(r.detail) == 6 for r in rows), [r.detail for r in rows]
     rows, _ = speed_rows(tmp_path / "b", **{"speed.min_timings": 1, "speed_seconds_per_point": 0})
     assert all(timings_in(r.detail) >= 2 for r in rows)  # never one: a spread of one sample is no measurement
     rows, _ = speed_rows(tmp_path / "c", **{"speed.min_timings": 12, "speed_seconds_per_point": 0})

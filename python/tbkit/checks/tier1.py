@@ -199,9 +199,6 @@ def _shape_past_max_len(ctx: CheckContext):
 # ------------------------------------------------------------------------------------------
 # batch_equivalence
 # ------------------------------------------------------------------------------------------
-BATCH_EQ_ROWS = 4  # rows of the shared batch of 7 compared with the same row run alone
-
-
 @register(
     "batch_equivalence",
     tier=1,
@@ -209,8 +206,8 @@ BATCH_EQ_ROWS = 4  # rows of the shared batch of 7 compared with the same row ru
     thresholds={"pass_rel": 1e-5, "warn_rel": 1e-3},
 )
 def check_batch_equivalence(ctx: CheckContext):
-    """Rows of a batch of 7 (the shared shape batch) run alone give the same outputs as inside the
-    batch.
+    """Rows 0 and 1 of a batch of 7 (the shared shape batch) give the same outputs run alone and in
+    a batch of 2.
 
     Why: rows that influence each other (batch statistics in eval, a mean over dim 0, a mask
     broadcast across the batch) make a model's answer depend on what else is in the batch.
@@ -224,15 +221,15 @@ def check_batch_equivalence(ctx: CheckContext):
     lm = ctx.model
     T = shared.probe_length(ctx)
     full = shared.forward(ctx, shared.MAX_BATCH, T)
-    rows = min(BATCH_EQ_ROWS, shared.MAX_BATCH)
-    ids, enc = shared.batch(ctx, shared.MAX_BATCH, T)
-    alone = [shared.forward(ctx, 1, T)]  # row 0 alone is the shared (1, T) forward
+    ids, enc = shared.batch(ctx, 2, T)
+    # rows 0 and 1 of the batch of 7 against each row alone (row 0 alone is the shared (1, T)
+    # forward) and against the batch of 2 (shared too): one new forward in all
     with inp.eval_mode(lm.module):
-        for i in range(1, rows):
-            first, dec = shared.model_inputs(ids[i : i + 1], None if enc is None else enc[i : i + 1])
-            alone.append(inp.forward(lm, first, decoder_ids=dec, seed=ctx.seed))
-    diff = max_abs_diff(full[:rows], torch.cat(alone))
-    yield from _batch_equivalence_row(ctx, diff, diff / output_scale(full), T, rows)
+        first, dec = shared.model_inputs(ids[1:2], None if enc is None else enc[1:2])
+        row1 = inp.forward(lm, first, decoder_ids=dec, seed=ctx.seed)
+    alone = torch.cat([shared.forward(ctx, 1, T), row1])
+    diff = max(max_abs_diff(full[:2], alone), max_abs_diff(full[:2], shared.forward(ctx, 2, T)))
+    yield from _batch_equivalence_row(ctx, diff, diff / output_scale(full), T, 2)
 
 
 def _batch_equivalence_row(ctx: CheckContext, diff: float, rel: float, T: int, rows: int):
@@ -240,8 +237,8 @@ def _batch_equivalence_row(ctx: CheckContext, diff: float, rel: float, T: int, r
     pass_rel, warn_rel = ctx.threshold("pass_rel") * k, ctx.threshold("warn_rel") * k
     metric = "max relative difference"
     detail = (
-        f"rows 0-{rows - 1} of a batch of {shared.MAX_BATCH} x length {T} vs each row alone: max |batched - alone| "
-        f"= {fmt(diff)}, {fmt(rel)} relative to max(1, |output|)"
+        f"rows 0-{rows - 1} of a batch of {shared.MAX_BATCH} x length {T} vs each row alone and vs a batch of "
+        f"{rows}: max |batched - alone| = {fmt(diff)}, {fmt(rel)} relative to max(1, |output|)"
     )
     random_note = ""
     if not math.isnan(diff) and diff > 0 and shared.repeat_difference(ctx) > 0:
@@ -301,11 +298,31 @@ def check_causal(ctx: CheckContext):
             yield from _causal_mode(ctx, mode, ids, enc, alt)
 
 
-def _causal_run(ctx: CheckContext, x, enc, mode: str):
-    if mode == "no_grad" and x is None:
-        return shared.forward(ctx, 2, shared.probe_length(ctx))
-    first, dec = shared.model_inputs(x, enc)
-    return inp.forward(ctx.model, first, decoder_ids=dec, mode=mode, seed=ctx.seed)
+def _causal_outputs(ctx: CheckContext, mode: str, ids, enc, alt, positions) -> tuple:
+    """(output of ``ids``, [output with position s changed, for each s]).
+
+    A deterministic model gets one forward for all variants (rows stacked in one batch, so every
+    comparison is between rows of the same call); a model that is random in eval gets one seeded
+    forward per variant, so each sees the same random draws and its randomness is judged by
+    ``determinism``, not taken for a causal leak."""
+    import torch
+
+    variants = [ids]
+    for s in positions:
+        x = ids.clone()
+        x[:, s] = alt[:, s]
+        variants.append(x)
+    lm = ctx.model
+    if shared.repeat_difference(ctx) == 0:
+        stacked = torch.cat(variants)
+        first, dec = shared.model_inputs(stacked, None if enc is None else enc.repeat(len(variants), 1))
+        outs = inp.forward(lm, first, decoder_ids=dec, mode=mode, seed=ctx.seed).split(ids.shape[0])
+    else:
+        outs = []
+        for x in variants:
+            first, dec = shared.model_inputs(x, enc)
+            outs.append(inp.forward(lm, first, decoder_ids=dec, mode=mode, seed=ctx.seed))
+    return outs[0], list(outs[1:])
 
 
 def _causal_mode(ctx: CheckContext, mode: str, ids, enc, alt):
@@ -317,25 +334,22 @@ def _causal_mode(ctx: CheckContext, mode: str, ids, enc, alt):
     metric = f"max change at t < s ({mode})"
     positions = sorted({1, T // 2, T - 1})
     try:
-        base = _causal_run(ctx, None if mode == "no_grad" else ids, enc, mode)
-        if not bool(torch.isfinite(base).all()):
-            why = f"the outputs hold NaN/Inf at length {T} under {mode}, so causality cannot be judged (see stability)"
-            yield ctx.row(FAIL, metric, float("nan"), f"<= {tol:.0e}", why)
-            return
-        worst, leak, moved_at_s = 0.0, None, False
-        for s in positions:
-            x = ids.clone()
-            x[:, s] = alt[:, s]
-            out = _causal_run(ctx, x, enc, mode)
-            d = max_abs_diff(out[:, :s], base[:, :s])
-            moved_at_s = moved_at_s or max_abs_diff(out[:, s:], base[:, s:]) > 0
-            if (math.isnan(d) or d > tol) and leak is None:
-                per_t = (out[:, :s].float() - base[:, :s].float()).abs().amax(dim=(0, 2))
-                leak = (int((per_t.isnan() | (per_t > tol)).nonzero()[0]), s, d)
-            worst = d if math.isnan(d) else (worst if math.isnan(worst) else max(worst, d))
+        base, outs = _causal_outputs(ctx, mode, ids, enc, alt, positions)
     except Exception as err:
         yield ctx.row(FAIL, metric, None, f"<= {tol:.0e}", _causal_error(ctx, mode, err))
         return
+    if not bool(torch.isfinite(base).all()):
+        why = f"the outputs hold NaN/Inf at length {T} under {mode}, so causality cannot be judged (see stability)"
+        yield ctx.row(FAIL, metric, float("nan"), f"<= {tol:.0e}", why)
+        return
+    worst, leak, moved_at_s = 0.0, None, False
+    for s, out in zip(positions, outs):
+        d = max_abs_diff(out[:, :s], base[:, :s])
+        moved_at_s = moved_at_s or max_abs_diff(out[:, s:], base[:, s:]) > 0
+        if (math.isnan(d) or d > tol) and leak is None:
+            per_t = (out[:, :s].float() - base[:, :s].float()).abs().amax(dim=(0, 2))
+            leak = (int((per_t.isnan() | (per_t > tol)).nonzero()[0]), s, d)
+        worst = d if math.isnan(d) else (worst if math.isnan(worst) else max(worst, d))
     yield _causal_verdict(ctx, metric, tol, worst, leak, moved_at_s, positions, T, mode)
 
 
@@ -446,8 +460,7 @@ def _padding_mode(ctx: CheckContext, case: dict, mode: str, name: str):
     L, T, real = c["L"], c["T"], c["real"]
     try:
         alone = inp.forward(lm, c["ids"][1:2, :L], c["ones"], mode=mode, seed=ctx.seed, **c["alone_args"])[0]
-        out = inp.forward(lm, c["padded"], c["mask"], mode=mode, seed=ctx.seed, **c["batch_args"])
-        out2 = inp.forward(lm, c["repadded"], c["mask"], mode=mode, seed=ctx.seed, **c["batch_args"])
+        out, out2 = _padded_outputs(ctx, c, mode)
     except Exception as err:
         detail = f"a right-padded batch (mask passed as {inp.mask_convention(name)}) raised under {mode}: "
         yield ctx.row(FAIL, metric, None, f"<= {tol:.0e}", detail + describe_error(err))
@@ -474,6 +487,22 @@ def _padding_mode(ctx: CheckContext, case: dict, mode: str, name: str):
         f"tokens alone: {fmt(d_pad)}; other tokens under the padding: {fmt(d_fill)} (max relative {fmt(rel)})"
     )
     yield _padding_verdict(ctx, metric, rel, tol, detail, name)
+
+
+def _padded_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
+    """Outputs of the padded batch and of the same batch with other tokens under the padding: one
+    stacked forward for a deterministic model (rows compared within one call), two seeded forwards
+    for a model that is random in eval (so its randomness is not taken for a padding leak)."""
+    import torch
+
+    lm = ctx.model
+    if shared.repeat_difference(ctx) != 0:
+        out = inp.forward(lm, c["padded"], c["mask"], mode=mode, seed=ctx.seed, **c["batch_args"])
+        return out, inp.forward(lm, c["repadded"], c["mask"], mode=mode, seed=ctx.seed, **c["batch_args"])
+    args = {k: torch.cat([v, v]) for k, v in c["batch_args"].items()}
+    both = torch.cat([c["padded"], c["repadded"]])
+    out = inp.forward(lm, both, torch.cat([c["mask"], c["mask"]]), mode=mode, seed=ctx.seed, **args)
+    return out[: c["padded"].shape[0]], out[c["padded"].shape[0] :]
 
 
 def _padding_verdict(ctx: CheckContext, metric: str, rel: float, tol: float, detail: str, name: str):
@@ -697,15 +726,27 @@ def check_init(ctx: CheckContext):
     slowly apart, huge gains saturate softmaxes). Thresholds: |L0 - ln V| > ``loss_warn_share`` x
     ln V (0.1) WARN, L0 > ``loss_fail_factor`` x ln V (2) or non-finite FAIL; std x sqrt(fan_in) >
     ``max_gain`` (10) WARN. Fix: a small init such as normal(0, 0.02); re-initialise each layer."""
-    import torch
 
-    bad = [n for n, p in ctx.model.module.named_parameters() if not bool(torch.isfinite(p).all())]
+    bad = [n for n, p in ctx.model.module.named_parameters() if not _all_finite(p)]
     if bad:
         yield ctx.row(FAIL, "non-finite parameters", len(bad), "0", "NaN/Inf in: " + ", ".join(bad[:20]))
     yield from _init_loss(ctx)
     yield from _init_norm_layers(ctx)
     yield from _init_identical_tensors(ctx)
     yield from _init_weight_gain(ctx)
+
+
+def _all_finite(t) -> bool:
+    """One pass, no tensor of the same size allocated: min and max are finite only when every
+    entry is (NaN propagates through both)."""
+    import torch
+
+    if t.numel() == 0:
+        return True
+    if not t.is_floating_point():
+        return True
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
 def _init_loss(ctx: CheckContext):
@@ -773,25 +814,28 @@ def _init_norm_layers(ctx: CheckContext):
 
 
 def _identical_groups(named) -> list:
-    """Groups of parameter names whose tensors are exactly equal (constant tensors excluded)."""
+    """Groups of parameter names whose tensors are exactly equal (constant tensors excluded).
+    Candidates are grouped by shape, dtype and their first 64 values, so only tensors that already
+    agree there are compared in full (a fresh model has almost none)."""
     import torch
 
     groups: dict = {}
     for n, p in named:
         if p.numel() < 2 or p.dim() == 0:
             continue
-        flat = p.detach().flatten()
-        if bool((flat == flat[0]).all()):
-            continue
-        key = (tuple(p.shape), p.dtype, float(flat[:64].float().sum()), float(flat.float().abs().sum()))
-        groups.setdefault(key, []).append((n, p))
+        head = p.detach().flatten()[:64]
+        groups.setdefault((tuple(p.shape), p.dtype, head.cpu().numpy().tobytes()), []).append((n, p))
     identical = []
     for members in groups.values():
-        if len(members) > 1:
-            ref_name, ref = members[0]
-            same = [n for n, p in members[1:] if torch.equal(p, ref)]
-            if same:
-                identical.append([ref_name, *same])
+        if len(members) < 2:
+            continue
+        ref_name, ref = members[0]
+        flat = ref.detach().flatten()
+        if bool((flat == flat[0]).all()):
+            continue  # constant tensors (zero biases, LayerNorm ones) are identical by design
+        same = [n for n, p in members[1:] if torch.equal(p, ref)]
+        if same:
+            identical.append([ref_name, *same])
     return identical
 
 
@@ -1070,10 +1114,13 @@ def _gradient_step(ctx: CheckContext, f: dict):
 # ------------------------------------------------------------------------------------------
 # memory
 # ------------------------------------------------------------------------------------------
+MEMORY_BATCHES = (1, 2)  # activation memory is linear in the batch: two points show the slope
+
+
 def _sweep(lm) -> list:
     longest = inp.usable_max_len(lm)
     short = max(1, longest // 4)
-    return sorted({(b, t) for b in (1, 4) for t in (short, longest)})
+    return sorted({(b, t) for b in MEMORY_BATCHES for t in (short, longest)})
 
 
 def _activation_bytes(lm, enc, dec, device) -> int:
@@ -1127,7 +1174,7 @@ def _memory_method(dev) -> str:
 )
 def check_memory(ctx: CheckContext):
     """Parameter and buffer MB, and the activation memory of a grad-mode forward over batch
-    {1, 4} x length {max_len/4, max_len} (CUDA: peak allocated; CPU: bytes autograd saves).
+    {1, 2} x length {max_len/4, max_len} (CUDA: peak allocated; CPU: bytes autograd saves).
 
     Why: what fits decides batch size and sequence length before any training starts.
     Thresholds: ``budget_mb`` (option ``memory_budget_mb``; none by default): model + peak
@@ -1188,18 +1235,19 @@ def _draw_memory(points: list, device_type: str):
 # ------------------------------------------------------------------------------------------
 # speed
 # ------------------------------------------------------------------------------------------
-SPEED_BATCHES = (1, 4)
+SPEED_BATCHES = (1, 2)  # shapes of the shared grid: their shared forward is the warm-up
 
 
 @register(
     "speed",
     tier=1,
-    summary="forward latency (all threads, >= 7 timings per shape): median with 95% CI, tokens/s",
-    thresholds={"min_timings": 7, "seconds_per_shape": 0.02, "latency_budget_ms": None, "min_batch_speedup": 0.5},
+    summary="forward latency (all threads, >= 6 timings per shape): median with 95% CI, tokens/s",
+    thresholds={"min_timings": 6, "seconds_per_shape": 0.02, "latency_budget_ms": None, "min_batch_speedup": 0.5},
 )
 def check_speed(ctx: CheckContext):
-    """Forward latency (eval, no_grad, all torch threads) at batch {1, 4} x length max_len/4:
-    median of at least ``min_timings`` (7) timings per shape, more while ``seconds_per_shape``
+    """Forward latency (eval, no_grad, all torch threads) at batch {1, 2} x the shared odd length
+    (17, or less for short models): median of at least ``min_timings`` (6: the fewest for which an
+    order-statistic 95% interval of the median exists) timings per shape, more while ``seconds_per_shape``
     (0.02 s, option ``speed_seconds_per_point``) lasts, with a 95% order-statistic confidence
     interval of the median, and tokens/s.
 
@@ -1212,9 +1260,8 @@ def check_speed(ctx: CheckContext):
     per-row Python loops or batch-dependent work in forward."""
     import torch
 
-    lm = ctx.model
     threads = torch.get_num_threads()
-    T = max(1, inp.usable_max_len(lm) // 4)
+    T = shared.probe_length(ctx)
     points = []
     for B in SPEED_BATCHES:
         points.append((B, T, _time_forward(ctx, B, T)))
@@ -1241,7 +1288,10 @@ def _time_forward(ctx: CheckContext, B: int, T: int):
     min_n = max(2, int(ctx.threshold("min_timings")))  # never one: a spread of one sample is not a measurement
     budget = float(ctx.options.get("speed_seconds_per_point", ctx.threshold("seconds_per_shape")))
     with inp.eval_mode(lm.module):
-        step()  # warm-up: allocator, kernel selection, lazy init
+        if B <= shared.MAX_BATCH:
+            shared.forward(ctx, B, T)  # the shared forward (run once per run) is the warm-up
+        else:
+            step()  # warm-up: allocator, kernel selection, lazy init
         return timing.measure(step, min_n, budget)
 
 
