@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     once()  # warm-up
     pairs = [once() for _ in range(10)]
     per_check, totals, walls, verdicts, cpu_totals = defaultdict(list), [], [], [], []
+    cpu_per_check = defaultdict(list)
     for _ in range(args.repeats):
         pairs += [once() for _ in range(5)]  # interleaved with the runs
         cpu.clear()
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
             per_check[check].append(seconds)
         totals.append(sum(sums.values()))
         cpu_totals.append(sum(cpu.values()))
+        for check, seconds in cpu.items():
+            cpu_per_check[check].append(seconds)
     refs, cpu_refs = [w for w, _ in pairs], [c for _, c in pairs]
     ref, cpu_ref = statistics.median(refs), statistics.median(cpu_refs)
 
@@ -145,10 +148,11 @@ def main(argv=None) -> int:
         f"{args.repeats} runs"
     )
     print(f"reference: one forward + backward at (B=4, T={T}): median {ref * 1e3:.1f} ms of {len(refs)}")
-    print(f"{'check':<18} {'median s':>9} {'min s':>8} {'max s':>8} {'x fwd+bwd':>10}")
+    print(f"{'check':<18} {'median s':>9} {'min s':>8} {'max s':>8} {'x fwd+bwd':>10} {'CPU x':>6}")
     for check, times in per_check.items():
         med = statistics.median(times)
-        print(f"{check:<18} {med:>9.3f} {min(times):>8.3f} {max(times):>8.3f} {med / ref:>10.1f}")
+        cpu_x = statistics.median(cpu_per_check[check]) / cpu_ref if cpu_per_check[check] else float("nan")
+        print(f"{check:<18} {med:>9.3f} {min(times):>8.3f} {max(times):>8.3f} {med / ref:>10.1f} {cpu_x:>6.1f}")
     total = statistics.median(totals)
     print(f"{'TOTAL (checks)':<18} {total:>9.3f} {min(totals):>8.3f} {max(totals):>8.3f} {total / ref:>10.1f}")
     print(f"tbkit.run wall time (with report writing and plots): median {statistics.median(walls):.3f} s")

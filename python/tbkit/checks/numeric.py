@@ -22,12 +22,12 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| as a float; NaN if either side holds a non-finite value (a finding, not noise)."""
     import torch
 
-    a, b = a.float(), b.float()
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return float("nan")
     if a.numel() == 0:
         return 0.0
-    return float((a - b).abs().max())
+    d = float(torch.linalg.vector_norm((a.float() - b.float()).reshape(-1), ord=float("inf")))
+    if math.isfinite(d):
+        return d  # both sides finite (a non-finite entry on either side makes the difference inf or NaN)
+    return float("nan")
 
 
 def output_scale(t: torch.Tensor) -> float:
@@ -37,6 +37,11 @@ def output_scale(t: torch.Tensor) -> float:
     import torch
 
     t = t.float()
+    if t.numel() == 0:
+        return 1.0
+    lo, hi = torch.aminmax(t)
+    if math.isfinite(float(lo)) and math.isfinite(float(hi)):
+        return max(1.0, abs(float(lo)), abs(float(hi)))
     finite = t[torch.isfinite(t)]
     return max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
 

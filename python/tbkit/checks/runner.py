@@ -281,6 +281,11 @@ class _Stamper:
         self.last = now
         return row
 
+    def resume(self) -> None:
+        """Restart the clock after the consumer has handled a row (report.json is rewritten per
+        row): that time is the report's, not the check's."""
+        self.last = time.perf_counter()
+
 
 def _run_one(spec, ctx: CheckContext, stream):
     """Yield the rows of one check with their timings; exceptions become rows."""
@@ -324,6 +329,7 @@ def _check_rows(spec, ctx: CheckContext, stamp: _Stamper):
         for row in spec.func(ctx):
             produced = stamp(row)
             yield produced
+            stamp.resume()
     except KeyboardInterrupt:
         raise
     except Exception:

@@ -74,7 +74,7 @@ def forward(ctx: CheckContext, B: int, T: int) -> torch.Tensor:
 
 
 def repeat_difference(ctx: CheckContext) -> float:
-    """max |a - b| between the shared forward of (2, probe length) and a second eval forward of the
+    """max |a - b| between the shared forward of (1, probe length) and a second eval forward of the
     same input under another random state (seed + 1, forked): > 0 means something random stays on
     in eval. Shared by determinism and batch_equivalence (which names randomness as the cause)."""
     from tbkit.checks.numeric import max_abs_diff
@@ -82,8 +82,8 @@ def repeat_difference(ctx: CheckContext) -> float:
     key = ("repeat",)
     if key not in ctx.cache:
         T = probe_length(ctx)
-        first, dec = model_inputs(*batch(ctx, 2, T))
-        a = forward(ctx, 2, T)
+        first, dec = model_inputs(*batch(ctx, 1, T))
+        a = forward(ctx, 1, T)
         with inp.eval_mode(ctx.model.module):
             b = inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed + 1)
         ctx.cache[key] = max_abs_diff(a, b)
