@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     once()  # warm-up
     pairs = [once() for _ in range(10)]
     per_check, totals, walls, verdicts, cpu_totals = defaultdict(list), [], [], [], []
-    cpu_per_check = defaultdict(list)
+    cpu_per_check, not_pass = defaultdict(list), []
     for _ in range(args.repeats):
         pairs += [once() for _ in range(5)]  # interleaved with the runs
         cpu.clear()
@@ -130,6 +130,11 @@ def main(argv=None) -> int:
         report = tbkit.run(lm, device="cpu", out_dir=out, progress=False, stream=io.StringIO())
         walls.append(time.perf_counter() - t)
         verdicts.append(report.verdict.value)
+        not_pass += [
+            f"  {r.status.value} {r.check}: {r.metric}: {r.detail[:160]}"
+            for r in report.rows
+            if r.status.value != "PASS"
+        ]
         sums = defaultdict(float)
         for row in report.rows:
             sums[row.check] += row.seconds
@@ -165,6 +170,7 @@ def main(argv=None) -> int:
         f"ratio Tier 1 / fwd+bwd, CPU time of this process: {cpu_total / cpu_ref:.1f} (checks {cpu_total:.3f} s, "
         f"fwd+bwd {cpu_ref * 1e3:.1f} ms, medians); target (7m) <= 5; verdicts: {', '.join(verdicts)}"
     )
+    print("\n".join(not_pass))
     return 0
 
 

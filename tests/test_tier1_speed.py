@@ -86,3 +86,35 @@ def test_the_bundled_example_passes_tier1_while_the_cpus_are_busy(tmp_path):
     not_pass = [(r.check, r.metric, r.status.value, r.detail[:200]) for r in report.rows if r.status.value != "PASS"]
     assert report.verdict.value == "PASS", not_pass
     assert any(r.check == "speed" for r in report.rows)
+
+
+class SlowerPerTokenWithBatchDecoder(M.HealthyDecoder):
+    """A model property, not machine noise: work that grows with the cube of the batch (time.sleep,
+    so it does not depend on what else the CPUs do): batch 2 processes 4x fewer tokens per second,
+    by a margin (0.1 s vs 0.8 s) that the noise of a busy machine cannot close."""
+
+    def forward(self, input_ids, attention_mask=None):
+        import time
+
+        time.sleep(0.1 * 8 ** (input_ids.shape[0] - 1))
+        return super().forward(input_ids, attention_mask)
+
+
+def test_tokens_per_second_falling_with_batch_size_is_a_warning_about_the_model(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # keeps the forward itself small next to the sleep on a busy machine
+    try:
+        report = tbkit.run(
+            M.loaded(M.build(SlowerPerTokenWithBatchDecoder)),
+            checks="speed",
+            out_dir=tmp_path,
+            progress=False,
+            options={"speed_seconds_per_point": 0},
+        )
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = [r for r in report.rows if r.metric == "tokens/s ratio, larger/smaller batch"]
+    assert row.status.value == "WARN" and row.value < 0.5 and "per-row Python loops" in row.detail
+    assert {r.status.value for r in report.rows if r.metric.startswith("median ms")} == {"PASS"}

@@ -74,6 +74,22 @@ def measure(step: Callable[[], object], min_timings: int, budget_s: float, max_t
     return Timing(times)
 
 
+def measure_interleaved(steps: list, min_timings: int, budget_s: float, max_timings: int = 200) -> list:
+    """Time several steps in rounds (a, b, a, b, ...): at least ``min_timings`` rounds, more while
+    ``budget_s`` per step lasts. Interleaving makes a burst of other work hit every step alike, so
+    comparisons between the steps (round by round) stay fair on a busy machine."""
+    times: list = [[] for _ in steps]
+    start = time.perf_counter()
+    while len(times[0]) < max_timings:
+        for i, step in enumerate(steps):
+            t = time.perf_counter()
+            step()
+            times[i].append(time.perf_counter() - t)
+        if len(times[0]) >= min_timings and time.perf_counter() - start >= budget_s * len(steps):
+            break
+    return [Timing(ts) for ts in times]
+
+
 def machine_load() -> str:
     """One line about what else the machine is doing (for details and the report's environment)."""
     import os
