@@ -118,3 +118,16 @@ def test_tokens_per_second_falling_with_batch_size_is_a_warning_about_the_model(
     (row,) = [r for r in report.rows if r.metric == "tokens/s ratio, larger/smaller batch"]
     assert row.status.value == "WARN" and row.value < 0.5 and "per-row Python loops" in row.detail
     assert {r.status.value for r in report.rows if r.metric.startswith("median ms")} == {"PASS"}
+
+
+def test_the_cli_passes_latency_budget_ms_to_speed(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "tbkit", "run", "--checks", "speed", "--latency-budget-ms", "0.000001", "--json",
+         "--no-progress", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    import json
+
+    report = json.loads(out.stdout)
+    assert out.returncode == 1 and report["run"]["options"]["latency_budget_ms"] == 1e-06
+    assert {r["status"] for r in report["rows"] if r["metric"].startswith("median ms")} == {"FAIL"}

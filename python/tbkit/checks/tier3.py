@@ -24,6 +24,7 @@ from typing import Optional
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
+from tbkit.checks.numeric import kind_guess_note
 
 # overfit (CHECKS.md): one fixed batch 2 x 64, Adam 1e-3, at most 300 steps, clip 1.0
 OVERFIT_BATCH, OVERFIT_LEN, OVERFIT_STEPS, OVERFIT_LR = 2, 64, 300, 1e-3
@@ -176,6 +177,8 @@ def _overfit_rows(ctx: CheckContext, losses: list, hits: int, total: int, length
     label = "reproduces_sequence" if next_token else "reproduces_tokens"
     rep = Status.PASS if hits == total else Status.FAIL
     detail = f"{how} matches {hits} of {total} target tokens after {steps} steps"
+    if rep is Status.FAIL:
+        detail += kind_guess_note(ctx.model)  # what is reproduced depends on the kind
     yield ctx.row(rep, label, f"{hits}/{total}", "all", detail)
 
 
