@@ -80,12 +80,25 @@ class Figure:
     def render(self) -> None:
         """Build the figure if it was given as a function, write the PNG (when there is a path),
         and drop the figure object."""
+        import os
+
         if self.figure is None and self.draw is not None:
             self.figure, self.draw = self.draw(), None
         if self.figure is not None and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.figure.savefig(self.path, dpi=100, bbox_inches="tight")
+            tmp = self.path.with_name(f".{self.path.name}.part")
+            try:  # a PNG appears whole or not at all (Ctrl-C while drawing)
+                self.figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+                os.replace(tmp, self.path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
         self.figure = None
+
+    @property
+    def pending(self) -> bool:
+        """Not drawn yet (the runner draws after the checks)."""
+        return self.figure is not None or self.draw is not None
 
 
 @dataclass

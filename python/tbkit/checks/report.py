@@ -139,7 +139,11 @@ class Report:
             "environment": self.environment,
             "run": self.run,
             "rows": [r.to_dict() for r in self.rows],
-            "figures": [{"check": f.check, "name": f.name, "path": self._rel(f.path)} for f in self.figures],
+            "figures": [
+                {"check": f.check, "name": f.name, "path": self._rel(f.path)}
+                for f in self.figures
+                if not getattr(f, "pending", False)
+            ],
         }
 
     def to_json(self) -> str:

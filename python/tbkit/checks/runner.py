@@ -193,12 +193,11 @@ def run(
     try:
         with _model_on(lm.module, dev) as flags:
             _run_specs(specs, ctx, report, flags, progress, stream)
-    except KeyboardInterrupt:
         _render_figures(report)
-        report.finish(interrupted=True)
+    except KeyboardInterrupt:
+        report.finish(interrupted=True)  # the plots drawn so far are kept; the rest are skipped
         say(f"tbkit: interrupted; {len(report.rows)} finished rows kept in {report.json_path}")
         raise
-    _render_figures(report)
     report.finish()
     return report
 
