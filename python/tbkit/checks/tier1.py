@@ -1125,41 +1125,7 @@ def _sweep(lm) -> list:
     and with batch (activation memory is linear in the batch, so two batch sizes show the slope)."""
     longest = inp.usable_max_len(lm)
     short = max(1, longest // 4)
-    return sorted({(1, short), (1, longest), (2, longest)})
-
-
-def _activation_bytes(lm, enc, dec, device) -> int:
-    """Activation memory of one forward in grad mode (what training keeps alive).
-
-    CUDA: peak allocated during the forward above what was allocated before it.
-    Elsewhere: the bytes of every distinct storage autograd saves for backward
-    (``torch.autograd.graph.saved_tensors_hooks``), excluding the parameters and buffers."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        with torch.enable_grad():
-            out = lm.forward(enc, decoder_input_ids=dec)
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-        del out
-        return int(peak)
-    resident = {t.untyped_storage().data_ptr() for t in (*lm.module.parameters(), *lm.module.buffers())}
-    seen: dict = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in resident:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = lm.forward(enc, decoder_input_ids=dec)
-    seen.setdefault(out.untyped_storage().data_ptr(), out.untyped_storage().nbytes())
-    del out
-    return int(sum(seen.values()))
+    return sorted({(1, short), *((b, longest) for b in shared.MEASURED_BATCHES)})
 
 
 def _memory_method(dev) -> str:
@@ -1192,16 +1158,13 @@ def check_memory(ctx: CheckContext):
     detail = f"parameters {param_mb:.3f} MB, buffers {buffer_mb:.3f} MB"
     yield ctx.row(PASS, "parameters + buffers MB", round(param_mb + buffer_mb, 3), "", detail)
     points = []
-    gen = ctx.generator(9)
-    with inp.eval_mode(module):
-        for B, T in _sweep(lm):
-            enc, dec = _pair(lm, inp.token_ids(lm, B, T, gen, ctx.device), ctx.device, gen)
-            try:
-                points.append((B, T, _activation_bytes(lm, enc, dec, ctx.device) / 2**20))
-            except Exception as err:  # the model failing in grad mode is the finding
-                why = f"a grad-mode forward (B={B}, T={T}) raised {describe_error(err)}"
-                yield ctx.row(FAIL, "peak activation MB", None, "", why)
-                return
+    for B, T in _sweep(lm):
+        try:  # at max_len these are the grad-mode forwards shape already ran (see shared.py)
+            points.append((B, T, shared.activation_bytes(ctx, B, T) / 2**20))
+        except Exception as err:  # the model failing in grad mode is the finding
+            why = f"a grad-mode forward (B={B}, T={T}) raised {describe_error(err)}"
+            yield ctx.row(FAIL, "peak activation MB", None, "", why)
+            return
     yield _memory_verdict(ctx, points, param_mb + buffer_mb)
     _memory_figure(ctx, points)
 
