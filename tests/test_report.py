@@ -141,3 +141,23 @@ def test_dataframe_display_is_coloured_by_status_and_stays_a_dataframe(tmp_path)
     assert len(failing) == 3 and '<tr style="background:#f8d7da">' in failing._repr_html_()
     assert '<tr style="background:#d4edda">' in df._repr_html_()
     assert df.groupby("status").size().to_dict() == {"FAIL": 3, "PASS": 4}
+
+
+def test_a_plot_interrupted_while_it_is_written_leaves_no_partial_file(tmp_path):
+    """Figures are drawn after the checks; Ctrl-C in the middle of writing one leaves no PNG and
+    no temporary file behind (a PNG appears whole or not at all)."""
+    from pathlib import Path
+
+    from tbkit.checks.base import Figure
+
+    class Interrupted:
+        def savefig(self, path, **kwargs):
+            Path(path).write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+
+    target = tmp_path / "plots" / "speed_sweep.png"
+    fig = Figure("speed", "speed_sweep", target, draw=Interrupted)
+    assert fig.pending
+    with pytest.raises(KeyboardInterrupt):
+        fig.render()
+    assert not target.exists() and list((tmp_path / "plots").iterdir()) == []

@@ -255,6 +255,65 @@ BROKEN = (
 )
 
 
+# --------------------------------------------------------------------------------------------
+# models that exercise how the checks treat the model (issue 13)
+# --------------------------------------------------------------------------------------------
+class MinGPTBlock(nn.Module):
+    """minGPT's block, as published: the MLP is called through a lambda that closes over the
+    original ``self.mlp`` ModuleDict, so a ``copy.deepcopy`` of the model still runs the
+    ORIGINAL's MLP (the copy's lambda is the same function object, closing over the same dict)."""
+
+    def __init__(self, d: int = D_MODEL, heads: int = HEADS) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(d)
+        self.mlp = nn.ModuleDict(dict(c_fc=nn.Linear(d, 4 * d), c_proj=nn.Linear(4 * d, d), act=nn.GELU()))
+        m = self.mlp
+        self.mlpf = lambda x: m.c_proj(m.act(m.c_fc(x)))  # closes over the original submodule
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        a, _ = self.attn(h, h, h, attn_mask=bias, need_weights=False)
+        x = x + a
+        return x + self.mlpf(self.ln_2(x))
+
+
+class MinGPTClosureDecoder(HealthyDecoder):
+    """HealthyDecoder with minGPT's closure-over-submodule blocks: healthy, but a deepcopy lies."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.blocks = nn.ModuleList(MinGPTBlock(self.tok.embedding_dim, self.heads) for _ in range(len(self.blocks)))
+
+
+class MaskKwargDecoder(HealthyDecoder):
+    """Healthy, but takes its padding mask as ``mask=`` (1 for real tokens)."""
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(input_ids, attention_mask=mask)
+
+
+class KeyPaddingMaskEncoder(HealthyEncoder):
+    """Healthy, but takes torch's ``src_key_padding_mask=`` (True at padding) directly."""
+
+    def forward(self, input_ids: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = None if src_key_padding_mask is None else (~src_key_padding_mask.bool()).long()
+        return super().forward(input_ids, attention_mask=mask)
+
+
+class LMHeadEncoder(HealthyEncoder):
+    """A bidirectional encoder with an LM head: its output width equals the vocabulary, so a kind
+    inferred from the output alone says "decoder" — and causal then fails it."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.head = nn.Linear(self.tok.embedding_dim, self.tok.num_embeddings)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(super().forward(input_ids, attention_mask))
+
+
 _AS_LOADED = object()
 
 

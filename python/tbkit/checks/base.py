@@ -1,6 +1,10 @@
 """What every check shares: the row it yields, the context it runs in, and the registry.
 
-A check is a function ``check(ctx) -> Iterable[Row]`` registered with ``@register``. It builds
+A check is a function ``check_<id>(ctx) -> Iterable[Row]`` registered with ``@register``. Its
+docstring is its documentation (docs/checks.md is generated from the registry by
+``python -m tbkit.checks.catalogue``): what it checks, why it matters, its thresholds and the fix.
+Its thresholds are declared in ``register(..., thresholds={...})`` and read with
+``ctx.threshold(name)``; a run overrides one with the option ``"<check id>.<name>"``. It builds
 rows with ``ctx.row(...)`` (tier and check id are filled in), saves plots with
 ``ctx.save_figure(...)`` and never prints. The runner times it, turns an exception into an
 ``ERROR`` row with the traceback, and streams rows to the report as they come.
@@ -69,7 +73,32 @@ class Row:
 class Figure:
     check: str
     name: str
-    path: Path
+    path: Optional[Path]
+    figure: Any = field(default=None, repr=False)  # the matplotlib Figure until rendered
+    draw: Any = field(default=None, repr=False)  # or a function that builds it, called at render time
+
+    def render(self) -> None:
+        """Build the figure if it was given as a function, write the PNG (when there is a path),
+        and drop the figure object."""
+        import os
+
+        if self.figure is None and self.draw is not None:
+            self.figure, self.draw = self.draw(), None
+        if self.figure is not None and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.part")
+            try:  # a PNG appears whole or not at all (Ctrl-C while drawing)
+                self.figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+                os.replace(tmp, self.path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+        self.figure = None
+
+    @property
+    def pending(self) -> bool:
+        """Not drawn yet (the runner draws after the checks)."""
+        return self.figure is not None or self.draw is not None
 
 
 @dataclass
@@ -84,6 +113,20 @@ class CheckContext:
     figures: list = field(default_factory=list)  # Figure entries, in order
     check_id: str = ""
     tier: int = 0
+    # per-run memo shared by the checks (shared input batches and their forwards, see
+    # checks/shared.py); valid because every check leaves the model as it found it
+    cache: dict = field(default_factory=dict)
+    # the runner renders figures after the checks (so a check's seconds are its own work);
+    # checks called directly render at once
+    defer_figures: bool = False
+
+    def threshold(self, name: str) -> Any:
+        """The check's threshold ``name``: the run option ``"<check id>.<name>"`` when given, else
+        the value declared with the check."""
+        key = f"{self.check_id}.{name}"
+        if key in self.options:
+            return self.options[key]
+        return REGISTRY[self.check_id].thresholds[name]
 
     def row(self, status: Status, metric: str = "", value: Any = None, threshold: str = "", detail: str = "") -> Row:
         return Row(self.tier, self.check_id, Status(status), metric, value, threshold, detail)
@@ -98,16 +141,19 @@ class CheckContext:
 
     def save_figure(self, fig, name: str) -> Optional[Path]:
         """Save a ``matplotlib.figure.Figure`` (build it without pyplot) as PNG; returns the path.
+        ``fig`` may also be a function that builds the figure: under the runner it is then called
+        after the checks, so drawing is not counted as the check's time.
 
         Without an out_dir the figure is kept in memory only (returned None)."""
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{self.check_id}_{name}")
         path = None
         if self.out_dir is not None:
-            plots = Path(self.out_dir) / "plots"
-            plots.mkdir(parents=True, exist_ok=True)
-            path = plots / f"{safe}.png"
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-        self.figures.append(Figure(self.check_id, name, path))
+            path = Path(self.out_dir) / "plots" / f"{safe}.png"
+        drawn = not callable(fig) or hasattr(fig, "savefig")
+        entry = Figure(self.check_id, name, path, fig if drawn else None, None if drawn else fig)
+        self.figures.append(entry)
+        if not self.defer_figures:
+            entry.render()
         return path
 
 
@@ -124,16 +170,29 @@ class CheckSpec:
     # ``applies(ctx) -> None | str``: a reason to SKIP, asked before ``needs`` are installed, so
     # that a check which cannot run (no training data, wrong model kind) never costs an install.
     applies: Optional[Callable[[CheckContext], Optional[str]]] = None
+    # name -> default value; each overridable with the run option "<id>.<name>"
+    thresholds: dict = field(default_factory=dict)
+
+    @property
+    def doc(self) -> str:
+        import inspect
+
+        return inspect.cleandoc(self.func.__doc__ or "")
 
 
 REGISTRY: dict[str, CheckSpec] = {}
 
 
-def register(id: str, tier: int, summary: str, needs: tuple = (), applies=None) -> Callable[[CheckFunc], CheckFunc]:
+def register(
+    id: str, tier: int, summary: str, needs: tuple = (), applies=None, thresholds: Optional[dict] = None
+) -> Callable[[CheckFunc], CheckFunc]:
+    """Register ``check_<id>`` under its public ``id``. ``thresholds`` are its named, overridable
+    limits (see ``CheckContext.threshold``)."""
+
     def deco(func: CheckFunc) -> CheckFunc:
         if id in REGISTRY:
             raise RuntimeError(f"check id {id!r} registered twice")
-        REGISTRY[id] = CheckSpec(id, tier, func, summary, tuple(needs), applies)
+        REGISTRY[id] = CheckSpec(id, tier, func, summary, tuple(needs), applies, dict(thresholds or {}))
         return func
 
     return deco

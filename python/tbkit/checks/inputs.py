@@ -23,6 +23,17 @@ DEFAULT_MAX_LEN = 128
 
 MODES = ("grad", "no_grad", "inference_mode")
 
+# Names under which models take a padding mask, in the order they are looked for, with what the
+# value means: "keep" = 1 for real tokens (the HF convention), "pad" = True for padding (torch's
+# key_padding_mask convention).
+MASK_ARGUMENTS = {
+    "attention_mask": "keep",
+    "mask": "keep",
+    "key_padding_mask": "pad",
+    "src_key_padding_mask": "pad",
+    "padding_mask": "pad",
+}
+
 
 def usable_max_len(model: LoadedModel, cap: int = DEFAULT_MAX_LEN) -> int:
     """The longest input a check should build: the model's max_len, or ``cap`` when unknown."""
@@ -139,6 +150,35 @@ def eval_mode(module) -> Iterator[None]:
             m.training = flag
 
 
+def mask_argument(model: LoadedModel) -> Optional[str]:
+    """The parameter of the model's forward that takes the padding mask (see MASK_ARGUMENTS), or None."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.module.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((name for name in MASK_ARGUMENTS if name in params), None)
+
+
+def mask_convention(name: str) -> str:
+    """How a check passes the mask under ``name``, in words for a row's detail."""
+    if MASK_ARGUMENTS.get(name) == "pad":
+        return f"{name}= (bool, True at padding, torch's key_padding_mask convention)"
+    return f"{name}= (1 for real tokens, 0 for padding)"
+
+
+def _call(model: LoadedModel, ids, mask, decoder_ids):
+    """``model.forward`` with the mask under the parameter name the model's forward takes."""
+    name = mask_argument(model) if mask is not None else None
+    if name is None or name == "attention_mask" or model.kind == "seq2seq":
+        return model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    from tbkit.sources.loaded import unwrap_output
+
+    value = mask == 0 if MASK_ARGUMENTS[name] == "pad" else mask
+    return unwrap_output(model.module(ids, **{name: value}))
+
+
 def forward(
     model: LoadedModel,
     ids: torch.Tensor,
@@ -157,13 +197,13 @@ def forward(
 
     if seed is None:
         with grad_mode(mode):
-            out = model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+            out = _call(model, ids, mask, decoder_ids)
     else:
         devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             with grad_mode(mode):
-                out = model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+                out = _call(model, ids, mask, decoder_ids)
     out = out.detach()
     if mode == "inference_mode":
         out = out.clone()  # inference tensors cannot be used in ordinary autograd-tracked code later

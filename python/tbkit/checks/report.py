@@ -45,7 +45,17 @@ def environment(device=None, dtype=None) -> dict:
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
         "cuda_name": cuda,
         "torch_threads": torch.get_num_threads(),
+        # what else the machine was doing: timings are read against it, never judged by it
+        "cpu_count": os.cpu_count(),
+        "load_average": _load_average(),
     }
+
+
+def _load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on Windows
+        return None
 
 
 def model_facts(model) -> dict:
@@ -129,7 +139,11 @@ class Report:
             "environment": self.environment,
             "run": self.run,
             "rows": [r.to_dict() for r in self.rows],
-            "figures": [{"check": f.check, "name": f.name, "path": self._rel(f.path)} for f in self.figures],
+            "figures": [
+                {"check": f.check, "name": f.name, "path": self._rel(f.path)}
+                for f in self.figures
+                if not getattr(f, "pending", False)
+            ],
         }
 
     def to_json(self) -> str:

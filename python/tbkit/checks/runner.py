@@ -168,12 +168,10 @@ def run(
 
     ``source_or_model``: anything ``tbkit.load`` accepts (None = the bundled example), or a
     LoadedModel. ``out_dir`` (default ./tbkit-report) receives report.json, report.html and
-    plots/. ``options`` reach the checks (e.g. ``{"memory_budget_mb": 512}``). ``stream``
-    receives the provenance and messages (default stdout); the progress bar goes to stderr.
-    ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given."""
-    import torch
-
-    from tbkit.checks.report import Report, environment
+    plots/. ``options`` reach the checks (e.g. ``{"memory_budget_mb": 512}``,
+    ``{"latency_budget_ms": 50}``, or a threshold ``{"batch_equivalence.pass_rel": 1e-4}``).
+    ``stream`` receives the provenance and messages (default stdout); the progress bar goes to
+    stderr. ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given."""
     from tbkit.sources.loaded import LoadedModel
 
     stream = stream if stream is not None else sys.stdout
@@ -189,55 +187,72 @@ def run(
         )
     lm = _as_loaded(source_or_model, kind, say, load_options)
     dev = resolve_device(device, lm.module)
-    out = Path(out_dir if out_dir is not None else DEFAULT_OUT_DIR)
-    params = list(lm.module.parameters())
-    home = {p.device for p in params}
-    dtype = params[0].dtype if params else None
-    flags = [(m, m.training) for m in lm.module.modules()]
-    # a model spread over several devices stays where it is; a model on one device is moved to
-    # the chosen one for the run and moved back afterwards
-    moved = len(home) == 1 and home != {dev}
-    if moved:
-        lm.module.to(dev)
-    report = Report(
-        lm,
-        out,
-        environment(dev, dtype),
-        run={
-            "tiers": sorted({s.tier for s in specs}),
-            "checks": [s.id for s in specs],
-            "seed": seed,
-            "options": {
-                k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-                for k, v in (options or {}).items()
-            },
-        },
+    report, ctx = _start_report(
+        lm, dev, specs, Path(out_dir if out_dir is not None else DEFAULT_OUT_DIR), seed, options
     )
-    ctx = CheckContext(
-        model=lm, device=dev, out_dir=out, seed=seed, options=dict(options or {}), figures=report.figures
-    )
-    report.write_json()
-    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(seed)
+        with _model_on(lm.module, dev) as flags:
             _run_specs(specs, ctx, report, flags, progress, stream)
+        _render_figures(report)
     except KeyboardInterrupt:
-        report.finish(interrupted=True)
+        report.finish(interrupted=True)  # the plots drawn so far are kept; the rest are skipped
         say(f"tbkit: interrupted; {len(report.rows)} finished rows kept in {report.json_path}")
         raise
-    finally:
-        for m, flag in flags:
-            m.training = flag
-        if moved:
-            lm.module.to(next(iter(home)))
     report.finish()
     return report
 
 
+def _start_report(lm, dev, specs, out: Path, seed: int, options: Optional[dict]):
+    """The Report (its JSON written at once) and the CheckContext the checks share."""
+    from tbkit.checks.report import Report, environment
+
+    params = list(lm.module.parameters())
+    dtype = params[0].dtype if params else None
+    plain = {
+        k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in (options or {}).items()
+    }
+    run_facts = {"tiers": sorted({s.tier for s in specs}), "checks": [s.id for s in specs], "seed": seed}
+    report = Report(lm, out, environment(dev, dtype), run={**run_facts, "options": plain})
+    ctx = CheckContext(
+        model=lm, device=dev, out_dir=out, seed=seed, options=dict(options or {}), figures=report.figures
+    )
+    ctx.defer_figures = True  # rendered after the checks: a check's seconds are its own work
+    report.write_json()
+    return report, ctx
+
+
+@contextlib.contextmanager
+def _model_on(module, dev):
+    """Move a model that lives on one device to ``dev`` for the run (a model spread over several
+    devices stays where it is), fork torch's random state, and afterwards put flags and device back."""
+    import torch
+
+    params = list(module.parameters())
+    home = {p.device for p in params}
+    flags = [(m, m.training) for m in module.modules()]
+    moved = len(home) == 1 and home != {dev}
+    if moved:
+        module.to(dev)
+    try:
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            yield flags
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        if moved:
+            module.to(next(iter(home)))
+
+
+def _render_figures(report) -> None:
+    for figure in report.figures:
+        figure.render()
+
+
 def _run_specs(specs, ctx: CheckContext, report, flags, progress: bool, stream) -> None:
+    import torch
     from tqdm.auto import tqdm
 
+    torch.manual_seed(ctx.seed)
     bar = tqdm(total=len(specs), disable=not progress, desc="tbkit", unit="check", leave=True)
     try:
         for spec in specs:
@@ -253,52 +268,67 @@ def _run_specs(specs, ctx: CheckContext, report, flags, progress: bool, stream) 
         bar.close()
 
 
-def _run_one(spec, ctx: CheckContext, stream):
-    """Yield the rows of one check with their timings; exceptions become rows."""
-    start = last = time.perf_counter()
+class _Stamper:
+    """Gives each row the seconds since the previous one (the first: since the check started)."""
 
-    def stamp(row: Row) -> Row:
-        nonlocal last
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, row: Row) -> Row:
         now = time.perf_counter()
-        row.seconds = round(now - last, 4)
-        last = now
+        row.seconds = round(now - self.last, 4)
+        self.last = now
         return row
 
+    def resume(self) -> None:
+        """Restart the clock after the consumer has handled a row (report.json is rewritten per
+        row): that time is the report's, not the check's."""
+        self.last = time.perf_counter()
+
+
+def _run_one(spec, ctx: CheckContext, stream):
+    """Yield the rows of one check with their timings; exceptions become rows."""
+    stamp = _Stamper()
     if spec.applies is not None:
         reason = spec.applies(ctx)
         if reason:
             yield stamp(ctx.row(Status.SKIP, detail=reason))
             return
     if spec.needs:
-        try:
-            from tbkit.guard.gate import ensure
+        refusal = _requirements(spec, ctx, stream)
+        if refusal is not None:
+            yield stamp(refusal)
+            return
+    yield from _check_rows(spec, ctx, stamp)
 
-            with contextlib.redirect_stdout(stream):
-                ensure(*spec.needs)
-        except KeyboardInterrupt:
-            raise
-        except TbkitError as err:
-            # Refused by the gate, or not installable here (offline, no such version): either way
-            # the check could not run and the model is not at fault, so SKIP with the gate's
-            # reason and fix, never an ERROR that reads as a model bug.
-            yield stamp(ctx.row(Status.SKIP, "requirements", " ".join(spec.needs), "", str(err)))
-            return
-        except Exception:
-            yield stamp(
-                ctx.row(
-                    Status.ERROR,
-                    "requirements",
-                    " ".join(spec.needs),
-                    "",
-                    "getting the requirements failed:\n" + traceback.format_exc(),
-                )
-            )
-            return
+
+def _requirements(spec, ctx: CheckContext, stream) -> Optional[Row]:
+    """Get the check's ``needs`` through the install gate; a row when they could not be had."""
+    try:
+        from tbkit.guard.gate import ensure
+
+        with contextlib.redirect_stdout(stream):
+            ensure(*spec.needs)
+    except KeyboardInterrupt:
+        raise
+    except TbkitError as err:
+        # Refused by the gate, or not installable here (offline, no such version): either way
+        # the check could not run and the model is not at fault, so SKIP with the gate's
+        # reason and fix, never an ERROR that reads as a model bug.
+        return ctx.row(Status.SKIP, "requirements", " ".join(spec.needs), "", str(err))
+    except Exception:
+        why = "getting the requirements failed:\n" + traceback.format_exc()
+        return ctx.row(Status.ERROR, "requirements", " ".join(spec.needs), "", why)
+    return None
+
+
+def _check_rows(spec, ctx: CheckContext, stamp: _Stamper):
     produced = None
     try:
         for row in spec.func(ctx):
             produced = stamp(row)
             yield produced
+            stamp.resume()
     except KeyboardInterrupt:
         raise
     except Exception:
@@ -307,17 +337,10 @@ def _run_one(spec, ctx: CheckContext, stream):
     if produced is not None:
         # work after the last row (saving a plot) belongs to the check: add it to its last row,
         # which the caller has already stored (it rewrites report.json after the check)
-        produced.seconds = round(produced.seconds + time.perf_counter() - last, 4)
+        produced.seconds = round(produced.seconds + time.perf_counter() - stamp.last, 4)
     else:
-        yield stamp(
-            ctx.row(
-                Status.ERROR,
-                "no result",
-                None,
-                "",
-                f"check {spec.id!r} finished without producing a row ({time.perf_counter() - start:.2f} s)",
-            )
-        )
+        why = f"check {spec.id!r} finished without producing a row ({time.perf_counter() - stamp.start:.2f} s)"
+        yield stamp(ctx.row(Status.ERROR, "no result", None, "", why))
 
 
 __all__ = ["run", "select_checks", "parse_tiers", "resolve_device", "DEFAULT_OUT_DIR"]

@@ -2,7 +2,7 @@
 
 Four checks (ids are public, see CHECKS.md):
 
-- ``overfit``  plain torch, no install: memorise one fixed batch on a copy of the model.
+- ``overfit``  plain torch, no install: memorise one fixed batch, on the model itself, restored after.
 - ``train``    `tbkit.train` (lightning) on the user's data; synthetic only when asked, labelled so.
 - ``hpo``      `tbkit.search` (optuna TPE + median pruner through the Lightning pruning callback).
 - ``baseline`` uniform, unigram and a parameter-matched reference decoder on the same budget,
@@ -16,7 +16,6 @@ hpo_epochs, storage, study_name, baseline_seeds, baseline_steps, lr.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Optional
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
+from tbkit.checks.numeric import kind_guess_note
 
 # overfit (CHECKS.md): one fixed batch 2 x 64, Adam 1e-3, at most 300 steps, clip 1.0
 OVERFIT_BATCH, OVERFIT_LEN, OVERFIT_STEPS, OVERFIT_LR = 2, 64, 300, 1e-3
@@ -72,100 +72,114 @@ def _label(synthetic: bool) -> str:
 # ---------------------------------------------------------------------------------------------
 # overfit
 # ---------------------------------------------------------------------------------------------
-@register("overfit", tier=3, summary="memorise one fixed batch (2x64, Adam 1e-3, <=300 steps): loss must fall >90%")
+@register(
+    "overfit",
+    tier=3,
+    summary="memorise one fixed batch (2x64, Adam 1e-3, <=300 steps): loss must fall >90%",
+    thresholds={"loss_drop": OVERFIT_DROP, "steps": OVERFIT_STEPS, "lr": OVERFIT_LR},
+)
 def check_overfit(ctx: CheckContext) -> Iterator[Row]:
+    """Memorise one fixed batch of 2 x 64 seeded random ids (Adam at learning rate ``lr`` (1e-3),
+    clip 1.0, eval mode so dropout
+    is off, at most ``steps`` (300) steps) on the model itself inside ``restore.preserved``:
+    weights, buffers, .grad, flags and random states come back bit for bit.
+
+    Why: a model that cannot fit one batch cannot learn anything (output blind to the input, broken
+    gradients). Thresholds: PASS when the loss falls by more than ``loss_drop`` (0.9) of its start;
+    decoders: teacher-forced argmax must reproduce the sequence; non-finite loss FAIL. Fix: check
+    that the output depends on the input and that gradients reach all layers (gradient_flow)."""
     import torch
-    import torch.nn.functional as F
 
-    from tbkit.training.trainer import copy_loaded
+    from tbkit.checks.restore import preserved
 
-    model = copy_loaded(ctx.model)  # never the caller's weights
-    module = model.module.to(ctx.device)
+    model = ctx.model
     length = inputs.clamp_len(model, OVERFIT_LEN)
     if length < 2:
         yield ctx.row(Status.SKIP, detail=f"the model's maximum length {length} leaves no next token to predict")
         return
     ids = inputs.token_ids(model, OVERFIT_BATCH, length, ctx.generator(301), ctx.device)
-    with torch.no_grad():
+    with torch.no_grad(), inputs.eval_mode(model.module):
         probe = model.forward(ids)
     if not inputs.output_is_logits(model, probe):
-        yield ctx.row(
-            Status.SKIP,
-            detail=(
-                f"the model returns hidden states of width {probe.shape[-1]}, not logits over its {model.vocab_size} "
-                "token vocabulary: there is no token loss to overfit"
-            ),
+        why = (
+            f"the model returns hidden states of width {probe.shape[-1]}, not logits over its {model.vocab_size} "
+            "token vocabulary: there is no token loss to overfit"
         )
+        yield ctx.row(Status.SKIP, detail=why)
         return
+    with preserved(model.module):
+        losses, hits, total = _memorise(ctx, ids)
+    yield from _overfit_rows(ctx, losses, hits, total, length)
+    _overfit_figure(ctx, losses)
+
+
+def _memorise(ctx: CheckContext, ids) -> tuple:
+    """(losses per step, hits, total) of Adam on the fixed batch (inside ``preserved``)."""
+    import torch
+    import torch.nn.functional as F
+
+    model, module = ctx.model, ctx.model.module
     next_token = model.kind in ("decoder", "seq2seq")
 
     def loss_and_hits():
         out = model.forward(ids).float()
-        if next_token:
-            logits, target = out[:, :-1], ids[:, 1:]
-        else:  # encoders with an LM head: reconstruct the token at each position
-            logits, target = out, ids
+        # encoders with an LM head: reconstruct the token at each position
+        logits, target = (out[:, :-1], ids[:, 1:]) if next_token else (out, ids)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
         hits = logits.argmax(-1) == target
         return loss, int(hits.sum()), hits.numel()
 
     torch.manual_seed(ctx.seed)
-    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=OVERFIT_LR)
-    losses = []
-    hits = total = 0
+    for p in module.parameters():
+        p.grad = None
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=ctx.threshold("lr"))
+    losses, steps, drop = [], int(ctx.threshold("steps")), ctx.threshold("loss_drop")
     # eval mode: dropout off, so the check measures whether the model CAN fit, not the noise
     with inputs.eval_mode(module):
-        for step in range(OVERFIT_STEPS + 1):
+        for step in range(steps + 1):
             loss, hits, total = loss_and_hits()
             losses.append(float(loss.detach()))
             if not math.isfinite(losses[-1]):
                 break
-            done = losses[-1] < (1 - OVERFIT_DROP) * losses[0] and hits == total
-            if step == OVERFIT_STEPS or done:
+            if step == steps or (losses[-1] < (1 - drop) * losses[0] and hits == total):
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
             opt.step()
+    return losses, hits, total
+
+
+def _overfit_rows(ctx: CheckContext, losses: list, hits: int, total: int, length: int) -> Iterator[Row]:
+    next_token = ctx.model.kind in ("decoder", "seq2seq")
+    limit = ctx.threshold("loss_drop")
     steps = len(losses) - 1
     first, last = losses[0], losses[-1]
     drop = (first - last) / first if first > 0 and math.isfinite(last) else float("nan")
     how = "teacher-forced argmax at each position" if next_token else "argmax reconstruction of each input token"
     setup = (
-        f"batch {OVERFIT_BATCH}x{length} of seeded random ids, Adam {OVERFIT_LR}, clip 1.0, eval mode "
-        f"(dropout off), on a copy of the model"
+        f"batch {OVERFIT_BATCH}x{length} of seeded random ids, Adam {ctx.threshold('lr')}, clip 1.0, eval mode "
+        f"(dropout off), on the model itself, restored afterwards"
     )
     if not math.isfinite(last):
-        yield ctx.row(
-            Status.FAIL,
-            "loss_drop",
-            drop,
-            f"> {OVERFIT_DROP}",
-            f"loss became non-finite ({last}) after {steps} steps; {setup}",
-        )
-    else:
-        status = Status.PASS if drop > OVERFIT_DROP else Status.FAIL
-        why = (
-            ""
-            if status is Status.PASS
-            else (
-                "; the model cannot fit one fixed batch: check that its output depends on its input and that "
-                "gradients reach all layers (Tier 1 gradient_flow)"
-            )
-        )
-        yield ctx.row(
-            status,
-            "loss_drop",
-            round(drop, 4),
-            f"> {OVERFIT_DROP}",
-            f"loss {first:.3f} -> {last:.3f} in {steps} steps; {setup}{why}",
-        )
-        label = "reproduces_sequence" if next_token else "reproduces_tokens"
-        rep = Status.PASS if hits == total else Status.FAIL
-        yield ctx.row(
-            rep, label, f"{hits}/{total}", "all", f"{how} matches {hits} of {total} target tokens after {steps} steps"
-        )
-    _overfit_figure(ctx, losses)
+        why = f"loss became non-finite ({last}) after {steps} steps; {setup}"
+        yield ctx.row(Status.FAIL, "loss_drop", drop, f"> {limit}", why)
+        return
+    status = Status.PASS if drop > limit else Status.FAIL
+    why = (
+        ""
+        if status is Status.PASS
+        else "; the model cannot fit one fixed batch: check that its output depends on its input and that "
+        "gradients reach all layers (Tier 1 gradient_flow)"
+    )
+    detail = f"loss {first:.3f} -> {last:.3f} in {steps} steps; {setup}{why}"
+    yield ctx.row(status, "loss_drop", round(drop, 4), f"> {limit}", detail)
+    label = "reproduces_sequence" if next_token else "reproduces_tokens"
+    rep = Status.PASS if hits == total else Status.FAIL
+    detail = f"{how} matches {hits} of {total} target tokens after {steps} steps"
+    if rep is Status.FAIL:
+        detail += kind_guess_note(ctx.model)  # what is reproduced depends on the kind
+    yield ctx.row(rep, label, f"{hits}/{total}", "all", detail)
 
 
 def _overfit_figure(ctx: CheckContext, losses) -> None:
@@ -193,13 +207,30 @@ def _overfit_figure(ctx: CheckContext, losses) -> None:
     applies=_why_not_trainable,
 )
 def check_train(ctx: CheckContext) -> Iterator[Row]:
+    """Fine-tune with ``lightning.pytorch`` on the user's data (a text file or token ids; synthetic
+    only when asked, and labelled so), AMP on GPU, checkpoints; validation loss and perplexity per
+    epoch. Trains the model itself inside ``restore.preserved``, so it comes back as it was (the
+    checkpoints keep the trained weights).
+
+    Why: the real test of a design is whether it learns on real data. Thresholds: best validation
+    loss not finite FAIL, not below its value before training WARN. Fix: learning rate, data, or the
+    problems the other checks name."""
+    from tbkit.checks.restore import preserved
     from tbkit.training import trainer as training
 
     data, synthetic = _data(ctx)
     ckdir = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / "train"
-    result = training.train(
+    with preserved(ctx.model.module):
+        result = _train(ctx, training, data, synthetic, ckdir)
+    yield from _train_rows(ctx, result)
+    ctx.save_figure(training.loss_curve_figure(result), "loss_curve")
+
+
+def _train(ctx: CheckContext, training, data, synthetic: bool, ckdir):
+    return training.train(
         ctx.model,
         data,
+        in_place=True,
         synthetic=synthetic,
         epochs=int(_opt(ctx, "train_epochs", 2)),
         batch_size=int(_opt(ctx, "batch_size", 16)),
@@ -211,6 +242,9 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
         device=ctx.device,
         seed=ctx.seed,
     )
+
+
+def _train_rows(ctx: CheckContext, result) -> Iterator[Row]:
     label = _label(result.synthetic)
     for note in result.notes:
         yield ctx.row(Status.PASS, "data", None, "", label + note)
@@ -240,8 +274,6 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
         f"{label}{why}: {start:.4f} -> best {best:.4f}, final {result.final_val_loss:.4f} after "
         f"{result.global_step} steps ({result.precision}); checkpoints in {result.checkpoints[0].parent if result.checkpoints else 'none'}",
     )
-    fig = training.loss_curve_figure(result)
-    ctx.save_figure(fig, "loss_curve")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +287,13 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
     applies=_why_not_trainable,
 )
 def check_hpo(ctx: CheckContext) -> Iterator[Row]:
+    """Optuna TPE sampler + median pruner, pruning through the Lightning callback
+    (``optuna_integration``); storage in memory, a SQLite file, or any Optuna RDB URL for several
+    workers. Trials table, best parameters, history and importance plots. Each trial trains its own
+    copy (``tbkit.search``); the user's model is not trained.
+
+    Why: which learning rate, dropout and batch size suit the design. Thresholds: at least one trial
+    must complete, else FAIL. Fix: widen the search space or the budget."""
     from tbkit.training import search as hpo
 
     data, synthetic = _data(ctx)
@@ -307,19 +346,37 @@ def check_hpo(ctx: CheckContext) -> Iterator[Row]:
     summary="vs uniform, unigram and a parameter-matched reference decoder (>=3 seeds, paired t-test)",
     needs=("lightning",),
     applies=_why_not_trainable,
+    thresholds={"alpha": ALPHA, "practical_gap": PRACTICAL_GAP, "param_match_tol": PARAM_MATCH_TOL},
 )
 def check_baseline(ctx: CheckContext) -> Iterator[Row]:
+    """Validation loss after the same training budget (``baseline_steps``, >= 3 seeds) against the
+    uniform prediction (ln V), the add-one unigram, and a parameter-matched plain reference decoder
+    (nn.TransformerEncoder + explicit causal mask). The model trains on itself inside
+    ``restore.preserved`` (or a fresh instance when its constructor rebuilds the same architecture).
+
+    Why: a new design is only worth it when it beats a plain transformer of the same size on the
+    same budget. Thresholds: FAIL when the paired t-test over seeds gives p < ``alpha`` (0.05) AND
+    the gap exceeds ``practical_gap`` (1 %) of the reference's loss; WARN when not better than the
+    unigram; reference parameter count within ``param_match_tol`` (10 %) of the model's, else WARN.
+    Fix: compare the design against the reference on real data before scaling it."""
     import numpy as np
 
+    setup = _baseline_setup(ctx)
+    label, V = setup["label"], ctx.model.vocab_size
+    yield ctx.row(Status.PASS, "uniform_loss", round(setup["uniform"], 4), "", f"{label}ln V, V = {V}")
+    why = f"{label}cross entropy on validation of the add-one-smoothed unigram distribution of the training tokens"
+    yield ctx.row(Status.PASS, "unigram_loss", round(setup["unigram"], 4), "", why)
+    model_losses, ref_losses = _baseline_losses(ctx, setup)
+    m, r = np.array(model_losses), np.array(ref_losses)
+    yield from _baseline_rows(ctx, setup, m, r)
+
+
+def _baseline_setup(ctx: CheckContext) -> dict:
     from tbkit.training import data as tdata
     from tbkit.training import trainer as training
 
     data, synthetic = _data(ctx)
     model = ctx.model
-    seeds = [ctx.seed + i for i in range(max(3, int(_opt(ctx, "baseline_seeds", 3))))]
-    steps = int(_opt(ctx, "baseline_steps", 150))
-    batch = int(_opt(ctx, "batch_size", 16))
-    lr = float(_opt(ctx, "lr", 1e-3))
     block = training.block_length(model, ctx.options.get("max_len"))
     td = tdata.prepare(
         data,
@@ -330,95 +387,114 @@ def check_baseline(ctx: CheckContext) -> Iterator[Row]:
         seed=ctx.seed,
     )
     train_data, val_data = tdata.split(td, 0.1, ctx.seed)
-    label = _label(td.synthetic)
-    V = model.vocab_size
-
-    uniform = tdata.uniform_cross_entropy(V)
-    unigram = tdata.unigram_cross_entropy(train_data, val_data, V)
-    yield ctx.row(Status.PASS, "uniform_loss", round(uniform, 4), "", f"{label}ln V, V = {V}")
-    yield ctx.row(
-        Status.PASS,
-        "unigram_loss",
-        round(unigram, 4),
-        "",
-        f"{label}cross entropy on validation of the add-one-smoothed unigram distribution of the training tokens",
+    n_params = sum(p.numel() for p in model.module.parameters())
+    return dict(
+        seeds=[ctx.seed + i for i in range(max(3, int(_opt(ctx, "baseline_seeds", 3))))],
+        steps=int(_opt(ctx, "baseline_steps", 150)),
+        batch=int(_opt(ctx, "batch_size", 16)),
+        lr=float(_opt(ctx, "lr", 1e-3)),
+        block=block,
+        train=train_data,
+        val=val_data,
+        label=_label(td.synthetic),
+        uniform=tdata.uniform_cross_entropy(model.vocab_size),
+        unigram=tdata.unigram_cross_entropy(train_data, val_data, model.vocab_size),
+        n_params=n_params,
+        ref_cfg=match_reference(n_params, model.vocab_size, block),
+        fresh=_fresh_builder(model.module),
     )
 
-    n_params = sum(p.numel() for p in model.module.parameters())
-    ref_cfg = match_reference(n_params, V, block)
-    fresh = _fresh_builder(model.module)
+
+def _baseline_losses(ctx: CheckContext, setup: dict) -> tuple:
+    """Validation losses per seed of the model and of the reference, trained on the same budget."""
+    import torch
+
+    from tbkit.checks.restore import preserved
+    from tbkit.training import trainer as training
+
+    model, fresh, cfg = ctx.model, setup["fresh"], dict(setup["ref_cfg"])
+    cfg.pop("params", None)
+    model_losses, ref_losses = [], []
+    for seed in setup["seeds"]:
+        torch.manual_seed(seed)
+        if fresh:
+            model_losses.append(_train_and_evaluate(ctx, setup, training.copy_loaded(model, module=fresh()), seed))
+        else:  # the model itself, put back exactly after each seed: every seed starts from its weights
+            with preserved(model.module):
+                own = training.copy_loaded(model, module=model.module)
+                model_losses.append(_train_and_evaluate(ctx, setup, own, seed))
+        torch.manual_seed(seed)
+        reference = training.copy_loaded(model, module=ReferenceDecoder(model.vocab_size, setup["block"], **cfg))
+        ref_losses.append(_train_and_evaluate(ctx, setup, reference, seed))
+    return model_losses, ref_losses
+
+
+def _train_and_evaluate(ctx: CheckContext, setup: dict, lm, seed: int) -> float:
+    from tbkit.training import trainer as training
+
+    lm.module.to(ctx.device)
+    steps = setup["steps"]
+    training.fit(
+        lm,
+        setup["train"],
+        setup["val"],
+        epochs=10**6,
+        max_steps=steps,
+        batch_size=setup["batch"],
+        lr=setup["lr"],
+        weight_decay=0.01,
+        warmup_steps=max(1, steps // 10),
+        device=ctx.device,
+        seed=seed,
+        save_checkpoints=False,
+    )
+    return training.evaluate(lm, setup["val"], setup["batch"], device=ctx.device)
+
+
+def _baseline_rows(ctx: CheckContext, setup: dict, m, r) -> Iterator[Row]:
+    import numpy as np
+
+    label, n_params, cfg = setup["label"], setup["n_params"], setup["ref_cfg"]
+    ref_params, tol = cfg["params"], ctx.threshold("param_match_tol")
     how_seeded = (
         "each seed rebuilds the model with its own constructor (fresh init)"
-        if fresh
+        if setup["fresh"]
         else "the model's constructor needs arguments, so each seed starts from its current weights "
         "and differs only in data order"
     )
-    model_losses, ref_losses = [], []
-    for seed in seeds:
-        for which, losses in (("model", model_losses), ("reference", ref_losses)):
-            import torch
-
-            torch.manual_seed(seed)
-            if which == "model":
-                lm = training.copy_loaded(model, module=fresh() if fresh else copy.deepcopy(model.module))
-            else:
-                lm = training.copy_loaded(model, module=ReferenceDecoder(V, block, **ref_cfg))
-            lm.module.to(ctx.device)
-            training.fit(
-                lm,
-                train_data,
-                val_data,
-                epochs=10**6,
-                max_steps=steps,
-                batch_size=batch,
-                lr=lr,
-                weight_decay=0.01,
-                warmup_steps=max(1, steps // 10),
-                device=ctx.device,
-                seed=seed,
-                save_checkpoints=False,
-            )
-            losses.append(training.evaluate(lm, val_data, batch, device=ctx.device))
-    ref_params = ref_cfg.pop("params")
-    m, r = np.array(model_losses), np.array(ref_losses)
-    budget = f"{steps} steps of batch {batch}, AdamW lr {lr} with warmup + cosine, seeds {seeds}"
-    yield ctx.row(
-        Status.PASS,
-        "model_loss",
-        round(float(m.mean()), 4),
-        "",
-        f"{label}validation loss per seed {np.round(m, 4).tolist()}; {budget}; {how_seeded}",
-    )
+    budget = f"{setup['steps']} steps of batch {setup['batch']}, AdamW lr {setup['lr']} with warmup + cosine, seeds {setup['seeds']}"
+    detail = f"{label}validation loss per seed {np.round(m, 4).tolist()}; {budget}; {how_seeded}"
+    yield ctx.row(Status.PASS, "model_loss", round(float(m.mean()), 4), "", detail)
     match = ref_params / n_params
-    yield ctx.row(
-        Status.PASS if abs(match - 1) <= PARAM_MATCH_TOL else Status.WARN,
-        "reference_loss",
-        round(float(r.mean()), 4),
-        "",
+    detail = (
         f"{label}per seed {np.round(r, 4).tolist()}; reference decoder (nn.TransformerEncoder + causal mask) "
-        f"d_model {ref_cfg['d_model']}, {ref_cfg['layers']} layers, {ref_cfg['nhead']} heads: {ref_params:,} "
-        f"parameters vs the model's {n_params:,} (ratio {match:.3f}, tolerance {PARAM_MATCH_TOL:.0%})",
+        f"d_model {cfg['d_model']}, {cfg['layers']} layers, {cfg['nhead']} heads: {ref_params:,} "
+        f"parameters vs the model's {n_params:,} (ratio {match:.3f}, tolerance {tol:.0%})"
     )
+    status = Status.PASS if abs(match - 1) <= tol else Status.WARN
+    yield ctx.row(status, "reference_loss", round(float(r.mean()), 4), "", detail)
+    yield _baseline_test_row(ctx, setup, m, r)
+    better = float(m.mean()) < setup["unigram"]
+    detail = f"{label}model {m.mean():.4f} vs unigram {setup['unigram']:.4f} nats/token" + (
+        "" if better else ": the model has not learned more than token frequencies on this budget"
+    )
+    status = Status.PASS if better else Status.WARN
+    yield ctx.row(status, "model_vs_unigram", round(float(m.mean()) - setup["unigram"], 4), "< 0", detail)
+
+
+def _baseline_test_row(ctx: CheckContext, setup: dict, m, r) -> Row:
+    alpha, gap = ctx.threshold("alpha"), ctx.threshold("practical_gap")
     test = paired_t_test(m, r)
-    worse = test["p"] < ALPHA and test["mean"] > PRACTICAL_GAP * float(r.mean())
-    yield ctx.row(
-        Status.FAIL if worse else Status.PASS,
-        "model_minus_reference",
-        round(test["mean"], 4),
-        f"FAIL if p < {ALPHA} and gap > {PRACTICAL_GAP:.0%} of reference loss",
-        f"{label}paired t-test over {len(seeds)} seeds (model - reference validation loss): mean "
+    worse = test["p"] < alpha and test["mean"] > gap * float(r.mean())
+    detail = (
+        f"{setup['label']}paired t-test over {len(setup['seeds'])} seeds (model - reference validation loss): mean "
         f"{test['mean']:+.4f}, t = {test['t']:.3f}, df = {test['df']}, two-sided p = {test['p']:.4f}, "
         f"95% CI [{test['lo']:+.4f}, {test['hi']:+.4f}]"
-        + ("; the model is significantly worse than a plain reference of the same size" if worse else ""),
+        + ("; the model is significantly worse than a plain reference of the same size" if worse else "")
     )
-    better = float(m.mean()) < unigram
-    yield ctx.row(
-        Status.PASS if better else Status.WARN,
-        "model_vs_unigram",
-        round(float(m.mean()) - unigram, 4),
-        "< 0",
-        f"{label}model {m.mean():.4f} vs unigram {unigram:.4f} nats/token"
-        + ("" if better else ": the model has not learned more than token frequencies on this budget"),
+    threshold = f"FAIL if p < {alpha} and gap > {gap:.0%} of reference loss"
+    return ctx.row(
+        Status.FAIL if worse else Status.PASS, "model_minus_reference", round(test["mean"], 4), threshold, detail
     )
 
 

@@ -79,6 +79,12 @@ def _check_options(parser) -> None:
         default=None,
         help="fail the memory check when model + peak activations exceed this many MB",
     )
+    parser.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        default=None,
+        help="fail a speed row whose median forward latency exceeds this many ms",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -167,6 +173,8 @@ def _run(args, tiers) -> int:
     options = {}
     if args.memory_budget_mb is not None:
         options["memory_budget_mb"] = args.memory_budget_mb
+    if args.latency_budget_ms is not None:
+        options["latency_budget_ms"] = args.latency_budget_ms
     for key, value in (
         ("data", args.data),
         ("synthetic", args.synthetic or None),

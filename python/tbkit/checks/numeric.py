@@ -1,0 +1,79 @@
+"""Small numeric and wording helpers shared by the checks: differences, scales, formatting."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def dtype_scale(model) -> float:
+    """How much looser than fp32 a tolerance must be for this model's parameter dtype."""
+    import torch
+
+    dtypes = {p.dtype for p in model.module.parameters() if p.is_floating_point()}
+    eps = max((torch.finfo(d).eps for d in dtypes), default=torch.finfo(torch.float32).eps)
+    return max(1.0, eps / torch.finfo(torch.float32).eps)
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| as a float; NaN if either side holds a non-finite value (a finding, not noise)."""
+    import torch
+
+    if a.numel() == 0:
+        return 0.0
+    d = float(torch.linalg.vector_norm((a.float() - b.float()).reshape(-1), ord=float("inf")))
+    if math.isfinite(d):
+        return d  # both sides finite (a non-finite entry on either side makes the difference inf or NaN)
+    return float("nan")
+
+
+def output_scale(t: torch.Tensor) -> float:
+    """max(1, max |t|): differences are judged relative to the size of the outputs, because
+    fp32 rounding in a GEMM grows with the magnitude of what is summed (logits of ±30 differ by
+    ~1e-5 between a batched and a single-row matmul on healthy models)."""
+    import torch
+
+    t = t.float()
+    if t.numel() == 0:
+        return 1.0
+    lo, hi = torch.aminmax(t)
+    if math.isfinite(float(lo)) and math.isfinite(float(hi)):
+        return max(1.0, abs(float(lo)), abs(float(hi)))
+    finite = t[torch.isfinite(t)]
+    return max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+
+
+def describe_error(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+
+
+def fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan"
+    return f"{x:.3g}"
+
+
+def new_figure(width: float = 6.4, height: float = 3.6):
+    """A matplotlib Figure built without pyplot (no global state, no GUI backend)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def kind_guess_note(model) -> str:
+    """For rows whose verdict depends on the model kind: when the kind was inferred, say so, with
+    the evidence and how to override it (empty when the kind was declared)."""
+    reason = str(model.kind_reason or "")
+    if not reason.startswith("inferred"):
+        return ""
+    why = reason.split(":", 1)[1].strip() if ":" in reason else reason
+    other = "encoder" if model.kind != "encoder" else "decoder"
+    return (
+        f". Note: the kind '{model.kind}' was inferred, not declared ({why}); if this model is not a {model.kind}, "
+        f"declare its kind: --kind {other} on the command line, or kind='{other}' in tbkit.load / tbkit.run "
+        "(kinds: decoder, encoder, seq2seq)"
+    )
