@@ -225,6 +225,24 @@ def test_tbkit_run_tier3_cli_trains_on_a_text_file(tmp_path, capsys):
     assert (tmp_path / "rep" / "checkpoints" / "train" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
+def test_tbkit_run_tier3_cli_trains_on_two_processes(tmp_path, capsys):
+    """`tbkit run --devices 2` reaches Lightning: two DDP processes (gloo on CPU), the row says so."""
+    pytest.importorskip("lightning", reason="lightning is a tier3 extra (scripts/test.sh installs .[all])")
+    import json
+
+    from tbkit.cli import main
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be, that is the question. " * 40)
+    argv = ["run", "tiny_gpt", "--checks", "train", "--data", str(text), "--out", str(tmp_path / "rep")]
+    code = main([*argv, "--device", "cpu", "--devices", "2", "--no-progress"])
+    assert code == 0, capsys.readouterr()
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    best = next(r for r in rows if r["metric"] == "best_val_loss")
+    assert best["status"] == "PASS" and "2 processes" in best["detail"], best["detail"]
+
+
 def test_baseline_rebuilds_per_seed_only_when_the_constructor_gives_the_same_architecture():
     assert tier3._fresh_builder(HealthyDecoder()) is HealthyDecoder
     # built with other sizes than its defaults: cls() would make another model, so no rebuild

@@ -241,6 +241,10 @@ def _train(ctx: CheckContext, training, data, synthetic: bool, ckdir):
         resume=False,
         device=ctx.device,
         seed=ctx.seed,
+        # several devices / machines (tbkit run --devices/--strategy/--num-nodes); None = one device
+        devices=ctx.options.get("devices"),
+        strategy=ctx.options.get("strategy"),
+        num_nodes=ctx.options.get("num_nodes"),
     )
 
 
@@ -272,7 +276,7 @@ def _train_rows(ctx: CheckContext, result) -> Iterator[Row]:
         round(best, 4),
         f"< {start:.4f} (before training)",
         f"{label}{why}: {start:.4f} -> best {best:.4f}, final {result.final_val_loss:.4f} after "
-        f"{result.global_step} steps ({result.precision}); checkpoints in {result.checkpoints[0].parent if result.checkpoints else 'none'}",
+        f"{result.global_step} steps on {result.distribution} ({result.precision}); checkpoints in {result.checkpoints[0].parent if result.checkpoints else 'none'}",
     )
 
 
