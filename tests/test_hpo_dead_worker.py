@@ -33,7 +33,8 @@ HEARTBEAT, GRACE = 1, 4  # seconds: short, so the test stays short; GRACE leaves
 
 def _worker(url: str, study: str, log) -> subprocess.Popen:
     argv = [sys.executable, "-m", "tbkit", "search", "tiny_gpt", "--synthetic", "--trials", str(N_TRIALS)]
-    argv += ["--epochs", "3", "--max-len", "16", "--storage", url, "--study", study, "--worker"]
+    # enough epochs that a trial lasts long enough to be caught running, on a quiet machine too
+    argv += ["--epochs", "12", "--max-len", "16", "--storage", url, "--study", study, "--worker"]
     argv += ["--heartbeat", str(HEARTBEAT), "--grace-period", str(GRACE), "--max-retry", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two workers on a small machine: one thread each
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)

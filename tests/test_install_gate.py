@@ -5,47 +5,21 @@ NumPy's files on disk kept their identity, and what the probe says afterwards.""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from tiny_wheels import make_wheel
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 UV = [sys.executable, "-m", "uv"]  # uv as installed with the test extras, whatever PATH holds
-
-
-def make_wheel(directory: Path, name: str, version: str, requires=(), files=None) -> Path:
-    """A minimal pure-Python wheel written by hand: package files, METADATA, WHEEL, RECORD."""
-    dist = f"{name}-{version}"
-    entries = dict(files or {f"{name}/__init__.py": f"VERSION = {version!r}\n"})
-    entries[f"{dist}.dist-info/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
-        f"Requires-Dist: {r}\n" for r in requires
-    )
-    entries[f"{dist}.dist-info/WHEEL"] = (
-        "Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    )
-    record = []
-    for path, text in entries.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist}.dist-info/RECORD,,")
-    entries[f"{dist}.dist-info/RECORD"] = "\n".join(record) + "\n"
-    directory.mkdir(parents=True, exist_ok=True)
-    wheel = directory / f"{dist}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in entries.items():
-            zf.writestr(path, text)
-    return wheel
 
 
 def make_venv(path: Path, wheelhouse: Path, *packages: str) -> Path:

@@ -22,17 +22,16 @@ pinned cannot resolve; without the pins it would downgrade the loaded NumPy — 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import sysconfig
-import zipfile
 from pathlib import Path
 
 import pytest
+
+from tiny_wheels import make_wheel
 
 SUPPORT = Path(__file__).resolve().parent / "support"
 pytestmark = pytest.mark.slow
@@ -101,25 +100,9 @@ def view_venv(root: Path, hide: tuple = ("captum",)) -> tuple:
 
 def fake_wheel(folder: Path, name: str, version: str, requires: list) -> Path:
     """A minimal valid wheel whose METADATA declares ``requires``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f'__version__ = "{version}"\n',
-        f"{dist}/METADATA": "Metadata-Version: 2.1\n"
-        f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires),
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(text.encode())}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    wheel = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in files.items():
-            zf.writestr(path, text)
-    return wheel
+    return make_wheel(
+        folder, name, version, requires=requires, files={f"{name}/__init__.py": f'__version__ = "{version}"\n'}
+    )
 
 
 def run_child(python: Path, site: Path, out: Path, mode: str, find_links: Path) -> dict:

@@ -274,32 +274,9 @@ class FakeSite:
 
 def write_wheel(folder: Path, dist: str, version: str, files: dict[str, str]) -> Path:
     """A pure-Python wheel made by hand (zipfile): `files` maps paths to their text."""
-    import zipfile
+    from tiny_wheels import make_wheel
 
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{dist.replace('-', '_')}-{version}"
-    wheel = folder / f"{stem}-py3-none-any.whl"
-    info = f"{stem}.dist-info"
-    meta = {
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tbkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    contents = {**files, **meta}
-    with zipfile.ZipFile(wheel, "w") as z:
-        lines = []
-        for name, text in contents.items():
-            z.writestr(name, text)
-            data = text.encode()
-            lines.append(f"{name},{_hash_bytes(data)},{len(data)}")
-        z.writestr(f"{info}/RECORD", "\n".join([*lines, f"{info}/RECORD,,"]) + "\n")
-    return wheel
-
-
-def _hash_bytes(data: bytes) -> str:
-    import base64
-    import hashlib
-
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return make_wheel(folder, dist, version, files=files)
 
 
 C_SOURCE = """#include <Python.h>

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def make_wheel(directory: Path, name: str, version: str, requires=(), files=None) -> Path:
-    dist = f"{name}-{version}"
+    dist = f"{name.replace('-', '_')}-{version}"  # the file-name form of the name
     entries = dict(files or {f"{name}/__init__.py": f"VERSION = {version!r}\n"})
     entries[f"{dist}.dist-info/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
         f"Requires-Dist: {r}\n" for r in requires

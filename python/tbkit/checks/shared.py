@@ -53,7 +53,8 @@ def batch(ctx: CheckContext, B: int, T: int) -> tuple:
     ids, enc = _masters(ctx)
     if ids.shape[0] < B or ids.shape[1] < T:
         raise ValueError(f"shared batches go up to ({ids.shape[0]}, {ids.shape[1]}); asked for ({B}, {T})")
-    return ids[:B, :T], None if enc is None else enc[:B, :T]
+    # contiguous, as a user's own batch would be: models often .view() their inputs (nanoGPT's targets)
+    return ids[:B, :T].contiguous(), None if enc is None else enc[:B, :T].contiguous()
 
 
 def model_inputs(ids: torch.Tensor, enc: Optional[torch.Tensor]) -> tuple:

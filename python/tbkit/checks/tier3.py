@@ -381,16 +381,16 @@ def _baseline_setup(ctx: CheckContext) -> dict:
 
     data, synthetic = _data(ctx)
     model = ctx.model
-    block = training.block_length(model, ctx.options.get("max_len"))
-    td = tdata.prepare(
+    # the same tokens, blocks and split as tbkit.train on this data
+    td, train_data, val_data, block = training.training_data(
+        model,
         data,
-        vocab_size=model.vocab_size,
-        block_len=block,
-        pad_id=model.pad_token_id,
+        max_len=ctx.options.get("max_len"),
+        val_fraction=0.1,
         synthetic=synthetic,
         seed=ctx.seed,
+        level="char",
     )
-    train_data, val_data = tdata.split(td, 0.1, ctx.seed)
     n_params = sum(p.numel() for p in model.module.parameters())
     return dict(
         seeds=[ctx.seed + i for i in range(max(3, int(_opt(ctx, "baseline_seeds", 3))))],
