@@ -37,9 +37,8 @@ def test_cargo_lock_agrees():
 
 @pytest.mark.quick
 def test_tbkit_version_and_the_command_are_the_compiled_version():
-    import tbkit._probe
-
     import tbkit
+    import tbkit._probe
 
     assert tbkit.__version__ == tbkit._probe.__version__ == cargo_version()
     out = subprocess.run([sys.executable, "-m", "tbkit", "--version"], capture_output=True, text=True, check=True)
