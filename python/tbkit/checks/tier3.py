@@ -60,6 +60,24 @@ def _why_not_trainable(ctx: CheckContext) -> Optional[str]:
     return None
 
 
+def _why_not_searchable(ctx: CheckContext) -> Optional[str]:
+    """hpo trains copies of the model (tbkit.search): a model whose copies would still run the
+    original's submodules (a stored lambda closing over them) cannot be searched that way."""
+    why = _why_not_trainable(ctx)
+    if why is not None:
+        return why
+    from tbkit.training.trainer import closures_over_own_submodules
+
+    leaks = closures_over_own_submodules(ctx.model.module)
+    if leaks:
+        return (
+            f"each trial trains a copy, and a copy of this model still runs the original's {', '.join(leaks[:5])} "
+            "(a stored lambda closes over them). Search with tbkit.search(lambda: MyModel(), ...) or call "
+            "the submodule from a method"
+        )
+    return None
+
+
 def _data(ctx: CheckContext):
     """(data, synthetic) for checks that train (``_why_not_trainable`` has passed)."""
     return ctx.options.get("data"), bool(ctx.options.get("synthetic", False))
@@ -288,7 +306,7 @@ def _train_rows(ctx: CheckContext, result) -> Iterator[Row]:
     tier=3,
     summary="Optuna TPE + median pruning (Lightning callback): trials, best params, plots",
     needs=("optuna", "optuna-integration", "lightning"),
-    applies=_why_not_trainable,
+    applies=_why_not_searchable,
 )
 def check_hpo(ctx: CheckContext) -> Iterator[Row]:
     """Optuna TPE sampler + median pruner, pruning through the Lightning callback

@@ -149,7 +149,7 @@ def _model_maker(model_factory_or_source, kind: Optional[str]):
     import torch.nn as nn
 
     from tbkit.sources.loaded import LoadedModel
-    from tbkit.training.trainer import as_loaded, copy_loaded
+    from tbkit.training.trainer import as_loaded, copy_loaded, refuse_lying_copies
 
     obj = model_factory_or_source
     if callable(obj) and not isinstance(obj, (nn.Module, LoadedModel)) and not isinstance(obj, type):
@@ -165,6 +165,8 @@ def _model_maker(model_factory_or_source, kind: Optional[str]):
 
         return make, takes, None
     base = as_loaded(obj, kind)
+    # every trial trains a copy: refuse before the study starts
+    refuse_lying_copies(base.module, "Pass a function that builds a fresh model (tbkit.search(lambda: MyModel(), ...))")
     has_dropout = any(isinstance(m, nn.Dropout) for m in base.module.modules())
 
     def make(params):
