@@ -186,3 +186,29 @@ def test_a_satisfied_install_in_a_shell_cell_runs_the_rest_of_the_cell(ip, tmp_p
     assert result.error_in_exec is None
     assert marker.read_text().split() == ["before", "after"]
     assert "six: already satisfied" in capfd.readouterr().out
+
+
+def test_leftovers_older_than_the_session_are_named_once_without_a_restart_banner(ip, capsys, monkeypatch):
+    """The probe's `preexisting` findings (a crashed pip's stash from before this process: see
+    tests/test_probe_matrix.py for the real thing) are said once, with their removal, and lock nothing."""
+    from tbkit._probe import Finding
+    from tbkit.guard import integrity, notebook
+
+    stash = Finding(
+        "numpy",
+        "2.0.2",
+        None,
+        "pip's stash /site/~umpy predates this process: rm -rf '/site/~umpy'",
+        ["/site/~umpy"],
+        "preexisting",
+    )
+    report = integrity.IntegrityReport([stash])
+    assert not report.restart_required and report.preexisting_findings == [stash]
+    monkeypatch.setattr(integrity, "check", lambda: report)
+    gate = notebook._GATE
+    gate.preexisting_shown = False
+    gate.post_run_cell()
+    gate.post_run_cell()
+    err = capsys.readouterr().err
+    assert err.count("leftovers from before this session") == 1 and "rm -rf '/site/~umpy'" in err
+    assert "RESTART REQUIRED" not in err and not gate.banner_shown
