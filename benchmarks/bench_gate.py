@@ -83,28 +83,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     import wheelhouse
+    from checkout_venv import checkout_venv
     from tiny_wheels import make_wheel
 
     house = wheelhouse.ensure()
-    uv = [sys.executable, "-m", "uv"]
     with tempfile.TemporaryDirectory(prefix="tbkit-bench-gate-") as tmp:
         local = Path(tmp) / "wheels"
         make_wheel(local, "tinybench", "1.0")
-        venv = Path(tmp) / "venv"
-        subprocess.run([*uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
-        python = venv / "bin" / "python"
-        subprocess.run(
-            [*uv, "pip", "install", "--quiet", "--python", str(python), "--no-index", "--find-links", str(house)]
-            + ["numpy==2.0.2", "pip==25.3", "packaging==25.0"],
-            check=True,
-        )
-        site = subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        Path(site, "tbkit_checkout.pth").write_text(str(ROOT / "python") + "\n")
+        python = checkout_venv(Path(tmp) / "venv", house, "numpy==2.0.2", "pip==25.3", "packaging==25.0")
         proc = subprocess.run(
             [str(python), "-c", CHILD, json.dumps([str(house), str(local)]), str(args.rounds)],
             capture_output=True,

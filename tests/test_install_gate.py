@@ -9,46 +9,17 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from checkout_venv import UV
+from checkout_venv import checkout_venv as make_venv
 from tiny_wheels import make_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-UV = [sys.executable, "-m", "uv"]  # uv as installed with the test extras, whatever PATH holds
-
-
-def make_venv(path: Path, wheelhouse: Path, *packages: str) -> Path:
-    """uv venv + packages from the local wheelhouse; tbkit comes from this checkout (a .pth file)."""
-    subprocess.run([*UV, "venv", "--quiet", "--python", sys.executable, str(path)], check=True)
-    python = path / "bin" / "python"
-    subprocess.run(
-        [
-            *UV,
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            str(python),
-            "--no-index",
-            "--find-links",
-            str(wheelhouse),
-            *packages,
-        ],
-        check=True,
-    )
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    Path(site, "tbkit_checkout.pth").write_text(str(ROOT / "python") + "\n")
-    return python
 
 
 PRELUDE = textwrap.dedent("""
