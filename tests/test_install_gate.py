@@ -18,7 +18,6 @@ from checkout_venv import UV
 from checkout_venv import checkout_venv as make_venv
 from tiny_wheels import make_wheel
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
