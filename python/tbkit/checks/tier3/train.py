@@ -1,0 +1,91 @@
+"""The ``train`` check (Tier 3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+from tbkit.checks.base import CheckContext, Row, Status, register
+from tbkit.checks.tier3.common import data_option, option, synthetic_label, why_not_trainable
+
+
+@register(
+    "train",
+    tier=3,
+    summary="fine-tune with lightning on the user's data: val loss / perplexity per epoch",
+    needs=("lightning",),
+    applies=why_not_trainable,
+)
+def check_train(ctx: CheckContext) -> Iterator[Row]:
+    """Fine-tune with ``lightning.pytorch`` on the user's data (a text file or token ids; synthetic
+    only when asked, and labelled so), AMP on GPU, checkpoints; validation loss and perplexity per
+    epoch. Trains the model itself inside ``restore.preserved``, so it comes back as it was (the
+    checkpoints keep the trained weights).
+
+    Why: the real test of a design is whether it learns on real data. Thresholds: best validation
+    loss not finite FAIL, not below its value before training WARN. Fix: learning rate, data, or the
+    problems the other checks name."""
+    from tbkit.checks.restore import preserved
+    from tbkit.training import trainer as training
+
+    data, synthetic = data_option(ctx)
+    ckdir = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / "train"
+    with preserved(ctx.model.module):
+        result = _train(ctx, training, data, synthetic, ckdir)
+    yield from _train_rows(ctx, result)
+    ctx.save_figure(training.loss_curve_figure(result), "loss_curve")
+
+
+def _train(ctx: CheckContext, training, data, synthetic: bool, ckdir):
+    return training.train(
+        ctx.model,
+        data,
+        in_place=True,
+        synthetic=synthetic,
+        epochs=int(option(ctx, "train_epochs", 2)),
+        batch_size=int(option(ctx, "batch_size", 16)),
+        lr=float(option(ctx, "lr", 1e-3)),
+        max_len=ctx.options.get("max_len"),
+        max_steps=ctx.options.get("train_max_steps"),
+        checkpoint_dir=ckdir,
+        resume=False,
+        device=ctx.device,
+        seed=ctx.seed,
+        # several devices / machines (tbkit run --devices/--strategy/--num-nodes); None = one device
+        devices=ctx.options.get("devices"),
+        strategy=ctx.options.get("strategy"),
+        num_nodes=ctx.options.get("num_nodes"),
+    )
+
+
+def _train_rows(ctx: CheckContext, result) -> Iterator[Row]:
+    label = synthetic_label(result.synthetic)
+    for note in result.notes:
+        yield ctx.row(Status.PASS, "data", None, "", label + note)
+    for rec in result.metrics.to_dict("records"):
+        val = rec.get("val_loss")
+        if val is None or val != val:
+            continue
+        yield ctx.row(
+            Status.PASS,
+            f"val_loss_epoch_{int(rec['epoch'])}",
+            round(val, 4),
+            "",
+            f"{label}perplexity {rec['val_ppl']:.2f}, train loss {rec['train_loss']:.4f}, step {int(rec['step'])}",
+        )
+    start, best = result.initial_val_loss, result.best_val_loss
+    if not math.isfinite(best):
+        status, why = Status.FAIL, "validation loss is not finite"
+    elif best >= start:
+        status, why = Status.WARN, "validation loss never went below its value before training"
+    else:
+        status, why = Status.PASS, "validation loss fell"
+    yield ctx.row(
+        status,
+        "best_val_loss",
+        round(best, 4),
+        f"< {start:.4f} (before training)",
+        f"{label}{why}: {start:.4f} -> best {best:.4f}, final {result.final_val_loss:.4f} after "
+        f"{result.global_step} steps on {result.distribution} ({result.precision}); checkpoints in {result.checkpoints[0].parent if result.checkpoints else 'none'}",
+    )
