@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
+from tbkit.checks.effective_rank import effective_rank, effective_ranks
+
+__all__ = ["check_capacity", "effective_rank"]
 
 CAPACITY_BATCH, CAPACITY_LEN = 4, 64
 
@@ -32,20 +34,19 @@ def check_capacity(ctx: CheckContext) -> Iterator[Row]:
     representation). Thresholds: erank / min dimension < ``min_erank_ratio`` (0.1) WARN; deepest
     layer's erank < ``collapse_ratio`` (0.25) x the first layer's WARN. Fix: the init, residual
     connections and normalisation."""
-    weights = _weight_ranks(ctx.model)
+    weights = _weight_ranks(ctx.model, ctx.device)
     yield _capacity_weights_row(ctx, weights)
     hidden, how = _hidden_ranks(ctx)
     yield _capacity_hidden_row(ctx, hidden, how)
     _capacity_plot(ctx, weights, hidden)
 
 
-def _weight_ranks(model) -> list:
-    weights = []
-    for name, p in model.module.named_parameters():
-        if p.dim() == 2 and min(p.shape) >= 2:
-            er = effective_rank(p.detach())
-            weights.append((name, er, er / min(p.shape), tuple(p.shape)))
-    return weights
+def _weight_ranks(model, device) -> list:
+    """[(name, erank, erank / min dimension, shape)] of every 2-D weight, computed in batches on
+    the model's device (checks/effective_rank.py says why float32 is accurate enough)."""
+    named = [(n, p.detach()) for n, p in model.module.named_parameters() if p.dim() == 2 and min(p.shape) >= 2]
+    ranks = effective_ranks([p for _, p in named], device)
+    return [(n, er, er / min(p.shape), tuple(p.shape)) for (n, p), er in zip(named, ranks)]
 
 
 def _capacity_weights_row(ctx: CheckContext, weights: list) -> Row:
@@ -83,7 +84,7 @@ def _hidden_ranks(ctx: CheckContext) -> tuple:
         def hook(module, args, output):
             t = output[0] if isinstance(output, (tuple, list)) else output
             if isinstance(t, torch.Tensor) and t.dim() >= 2 and name not in captured:
-                captured[name] = t.detach().float().reshape(-1, t.shape[-1]).cpu()
+                captured[name] = t.detach().float().reshape(-1, t.shape[-1])
 
         return hook
 
@@ -94,12 +95,9 @@ def _hidden_ranks(ctx: CheckContext) -> tuple:
     finally:
         for h in handles:
             h.remove()
-    hidden = []
-    for name, _m in layers:
-        if name in captured:
-            er = effective_rank(captured[name])
-            hidden.append((name, er, er / min(captured[name].shape)))
-    return hidden, how
+    names = [name for name, _m in layers if name in captured]
+    ranks = effective_ranks([captured[n] for n in names], ctx.device)
+    return [(n, er, er / min(captured[n].shape)) for n, er in zip(names, ranks)], how
 
 
 def _capacity_hidden_row(ctx: CheckContext, hidden: list, how: str) -> Row:
@@ -126,25 +124,6 @@ def _capacity_hidden_row(ctx: CheckContext, hidden: list, how: str) -> Row:
     status = Status.WARN if why else Status.PASS
     value, threshold = round(min(h[2] for h in hidden), 4), f">= {limit}; last >= {collapse}·first"
     return ctx.row(status, "hidden_erank_ratio_min", value, threshold, detail + (f"; {'; '.join(why)}" if why else ""))
-
-
-def effective_rank(matrix) -> float:
-    """exp(entropy of the normalised singular values) (Roy & Vetterli 2007): 1 for rank one,
-    min(shape) for a matrix whose singular values are all equal."""
-    import torch
-
-    m = matrix.detach().float().cpu()  # float64 below: not on every accelerator (MPS has none)
-    if max(m.shape) > 4096:  # e.g. a 50k-row embedding: singular values from the small Gram matrix
-        g = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
-        s = torch.linalg.eigvalsh(g.double()).clamp_min(0).sqrt()
-    else:
-        s = torch.linalg.svdvals(m.double())
-    total = float(s.sum())
-    if not math.isfinite(total) or total <= 0:
-        return 0.0 if total == 0 else float("nan")
-    p = s / total
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
 
 
 def _hidden_layers(root):
