@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Optional
 
 from tbkit.errors import SourceError
+from tbkit.sources import config_files
 
+_CONFIG_ANY = "give its config with --config FILE (config= in tbkit.load)"
 _PARENT_LEVELS = 6  # how far up from the model file a package folder is looked for
 
 
-def missing_import_error(err: ImportError, label: str, filename: str, folders) -> SourceError:
+def missing_import_error(err: ImportError, label: str, filename: str, folders, config_file=None) -> SourceError:
     start = _start_folder(filename)
     if isinstance(err, ModuleNotFoundError) and err.name:
         missing = err.name
@@ -29,11 +31,13 @@ def missing_import_error(err: ImportError, label: str, filename: str, folders) -
     package = _package_root(start) if start is not None else None
     module = _dotted(Path(filename), package) if package is not None else "package.module"
     parent = str(package.parent) if package is not None else "DIR"
+    config = f" --config {config_file}" if config_file is not None else ""
+    where = config_files.where_it_goes(Path(filename), config_file) if start is not None else _CONFIG_ANY
     return SourceError(
         f"{label} uses a relative import (from . import …), which works only when it is imported as part of "
         "its package, not run as a file",
-        f"Load it as a module: tbkit run {module}:ClassName --path {parent} "
-        f"(tbkit.load('{module}:ClassName', path={parent!r})).",
+        f"Load it as a module: tbkit run {module}:ClassName --path {parent}{config} "
+        f"(tbkit.load('{module}:ClassName', path={parent!r}{', config=...' if config else ''})); {where}.",
     )
 
 

@@ -59,9 +59,11 @@ def exec_model_code(
     folders=(),
     guard: bool = True,
     timeout: Optional[float] = None,
+    config_file: Optional[Path] = None,
 ) -> types.ModuleType:
     """Run model code in a fresh module; SourceError for bad text, a guard refusal, a syntax
-    error, a missing import, a time-out, or anything the code raises while being defined."""
+    error, a missing import, a time-out, or anything the code raises while being defined.
+    ``config_file`` (--config) is only named in advice (a relative import's module form)."""
     text = decode_source(raw, label)
     if guard:
         import_guard.check(text, label)
@@ -79,7 +81,7 @@ def exec_model_code(
     module.__file__ = filename
     sys.modules[name] = module
     try:
-        with _running(label, filename, folders, timeout):
+        with _running(label, filename, folders, timeout, config_file):
             exec(code, module.__dict__)
     except BaseException:
         sys.modules.pop(name, None)
@@ -91,17 +93,17 @@ def import_module(dotted: str, label: str, *, folders, guard: bool, timeout: Opt
     """Import ``package.module`` from ``folders`` (guard on its own file first)."""
     with on_sys_path(folders):
         _drop_foreign(folders)
-        origin = _origin(dotted, folders)
-        if guard and origin is not None:
+        found = origin(dotted, folders)
+        if guard and found is not None:
             from tbkit.sources import files as sfiles
 
-            raw = sfiles.read_bounded(origin, "module file", sfiles.MAX_SOURCE_BYTES)
+            raw = sfiles.read_bounded(found, "module file", sfiles.MAX_SOURCE_BYTES)
             import_guard.check(decode_source(raw, label), label)
-        with _running(label, str(origin or dotted), folders, timeout):
+        with _running(label, str(found or dotted), folders, timeout):
             return importlib.import_module(dotted)
 
 
-def _origin(dotted: str, folders) -> Optional[Path]:
+def origin(dotted: str, folders) -> Optional[Path]:
     """The file of ``dotted`` found under ``folders`` without importing anything."""
     parts = dotted.split(".")
     for folder in folders:
@@ -113,7 +115,9 @@ def _origin(dotted: str, folders) -> Optional[Path]:
 
 
 @contextlib.contextmanager
-def _running(label: str, filename: str, folders, timeout: Optional[float]) -> Iterator[None]:
+def _running(
+    label: str, filename: str, folders, timeout: Optional[float], config_file: Optional[Path] = None
+) -> Iterator[None]:
     """The common frame: sys.path, the time limit, and errors turned into one paragraph."""
     try:
         with on_sys_path(folders), time_limit.limit(timeout, label):
@@ -122,10 +126,10 @@ def _running(label: str, filename: str, folders, timeout: Optional[float]) -> It
     except SourceError:
         raise
     except ModuleNotFoundError as err:
-        raise missing_import_error(err, label, filename, folders) from None
+        raise missing_import_error(err, label, filename, folders, config_file) from None
     except ImportError as err:
         if "no known parent package" in str(err):
-            raise missing_import_error(err, label, filename, folders) from None
+            raise missing_import_error(err, label, filename, folders, config_file) from None
         raise _raised(err, label, filename) from None
     except (Exception, SystemExit) as err:
         raise _raised(err, label, filename) from None
