@@ -230,7 +230,7 @@ def _(env):
     return env.gist({"model.py": GOOD_MODEL, "config.json": GOOD_CONFIG, ".bashrc": "echo hi"})
 
 
-@case("empty_gist", "has no files", "Export the model")
+@case("empty_gist", "has no files", "Check the gist id", "model.py")
 def _(env):
     return env.gist({})
 

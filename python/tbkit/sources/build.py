@@ -12,7 +12,7 @@ import types
 from typing import Optional
 
 from tbkit.errors import SourceError, shorten
-from tbkit.sources import config_files, configs
+from tbkit.sources import advice, config_files, configs, exports
 
 # Config keys that describe the export rather than constructor arguments.
 META_KEYS = {
@@ -208,9 +208,10 @@ def _keyword_arguments(builder, name: str, flat: dict, notes: list, module, prov
     return kwargs
 
 
-def construct(builder, name: str, flat: dict, notes: list, module=None, provenance=None):
+def construct(builder, name: str, flat: dict, notes: list, module=None, provenance=None, export: bool = False):
     """Call the builder (seeded) with the arguments ``_keyword_arguments`` chose; ``provenance``
-    names the config file read (or where tbkit looked) in the messages."""
+    names the config file read (or where tbkit looked) in the messages; ``export``: the code is a
+    Transformer Builder export (exports.py), the only case where "export it again" is advice."""
     import torch
     import torch.nn as nn
 
@@ -225,7 +226,8 @@ def construct(builder, name: str, flat: dict, notes: list, module=None, provenan
         shown = ", ".join(f"{k}={shorten(repr(v), 60)}" for k, v in kwargs.items())
         raise SourceError(
             f"building {name}({shorten(shown, 300)}) raised {type(err).__name__}: {shorten(' '.join(str(err).split()), 300)}",
-            "Check the constructor against config.json (names and values), or export the model again.",
+            advice.for_exception(err)
+            or f"Check the constructor against {config_files.named(provenance)} (names and values){exports.again(export)}.",
         ) from None
     if not isinstance(model, nn.Module):
         raise SourceError(

@@ -28,6 +28,7 @@ class Options:
     paths: list = field(default_factory=list)
     import_timeout: Optional[float] = None
     import_guard: bool = True
+    export: bool = False  # set while loading: the code is a Transformer Builder export (exports.py)
 
 
 def content_sha256(files: dict) -> str:
@@ -71,11 +72,12 @@ def from_files(
 ) -> LoadedModel:
     """model code (+ optional config.json) → LoadedModel. ``base``: the folder the files are in
     (put on sys.path for the load, so sibling modules import), None when they live in memory."""
-    from tbkit.sources import execute
+    from tbkit.sources import execute, exports
 
     where = provenance.location if provenance.source != "gist" else f"gist {provenance.gist_id}"
     _pin(files, provenance, where, opts)
     config = _config(files, main, where, provenance, base, opts)
+    opts.export = exports.recognise(files[main].decode("utf-8", "replace"), config)
     if opts.log:
         opts.log(str(provenance))
     filename = str(base / main) if base is not None else f"<{where}/{main}>"
@@ -103,7 +105,7 @@ def _build(module, config: dict, label: str, provenance: Provenance, opts: Optio
     flat = build.flatten_config(config, notes)
     builder, name, how = build.pick_builder(module, config, label, opts.model_name)
     notes.append(f"model built from {name} ({how})")
-    model = build.construct(builder, name, flat, notes, module, provenance=provenance)
+    model = build.construct(builder, name, flat, notes, module, provenance=provenance, export=opts.export)
     return inspect_model.inspect_and_wrap(model, config, flat, provenance, notes, kind=opts.kind)
 
 
