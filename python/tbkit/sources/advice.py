@@ -56,31 +56,40 @@ def missing_modules_error(missing: list, label: str, filename: str, folders) -> 
                 f"{error.fix} Install the others with tbkit.install({_pips(others)}).",
             )
     gate = "through the gate (it refuses installs that would break this session)"
+    pips = _pips(missing)
     if len(missing) == 1:
         m, top = missing[0], missing[0].name.split(".")[0]
         return SourceError(
             f"{label} imports {_listed(missing)}, which is not installed in this Python (and no {top}.py or {top}/ "
             "was found beside the model file or in the folders above it)",
-            f"Install it {gate} with tbkit.install({_pips(missing)}), or remove the import from the model code.",
+            f"Install it {gate} with tbkit.install({pips}), or remove the import from the model code."
+            if pips
+            else f"Check which version of {top} provides it, or remove the import from the model code.",
         )
+    install = f"Install them {gate} with tbkit.install({pips})" if pips else "Check the versions of their packages"
     return SourceError(
-        f"{label} imports {len(missing)} packages that are not installed in this Python: {_listed(missing)} "
+        f"{label} imports {len(missing)} modules that are not installed in this Python: {_listed(missing)} "
         "(none of them is a .py file or folder beside the model file or in the folders above it)",
-        f"Install them {gate} with tbkit.install({_pips(missing)}), or remove those imports from the model code.",
+        f"{install}, or remove those imports from the model code.",
     )
 
 
 def _listed(missing: list) -> str:
     def one(m) -> str:
         extra = [f"line {m.line}"] if m.line else []
-        extra += [f"pip package {m.pip}"] if m.pip != m.name else []
+        if "." in m.name:
+            extra.append(f"not in the installed {m.name.rsplit('.', 1)[0]}")
+        elif m.pip != m.name:
+            extra.append(f"pip package {m.pip}")
         return repr(m.name) + (f" ({', '.join(extra)})" if extra else "")
 
     return ", ".join(one(m) for m in missing)
 
 
 def _pips(missing: list) -> str:
-    return ", ".join(repr(p) for p in dict.fromkeys(m.pip.split(".")[0] for m in missing))
+    """The install arguments: pip names of the missing top-level packages (a missing submodule of an
+    installed package is not fixed by installing it again)."""
+    return ", ".join(repr(p) for p in dict.fromkeys(m.pip for m in missing if "." not in m.name))
 
 
 # Errors whose cause is not the model code's shape: (markers in the message, advice).

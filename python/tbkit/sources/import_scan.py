@@ -136,6 +136,8 @@ def _missing_part(module: str) -> Optional[str]:
         try:
             if importlib.util.find_spec(name) is None:
                 return name
+        except ModuleNotFoundError:  # the (imported) parent is not a package: ``import os.x`` fails too
+            return name
         except (ImportError, ValueError, AttributeError):
             return None  # a broken or unusual package: let the real import speak
     return None
