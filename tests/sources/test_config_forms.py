@@ -225,3 +225,18 @@ def test_cli_config_that_is_missing_is_a_usage_error_for_run_and_search(tmp_path
         proc = tbkit_cmd(*command, "tiny_gpt", "--config", "nope.json", cwd=tmp_path)
         assert proc.returncode == 2, (command, proc.stderr)
         assert "the config file" in proc.stderr and "nope.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tbkit_run_takes_config_too(tmp_path):
+    import io
+
+    folder = tmp_path / "folder"
+    write(folder / "model.py", NET)
+    explicit = cfg(tmp_path / "my.json", 39)
+    stream = io.StringIO()
+    report = tbkit.run(
+        folder, checks="summary", config=str(explicit), out_dir=tmp_path / "rep", progress=False, stream=stream
+    )
+    data = json.loads(report.to_json())
+    assert data["model"]["provenance"]["config_file"] == str(explicit) and data["model"]["vocab_size"] == 39
+    assert f"config from {explicit}" in stream.getvalue()
