@@ -35,7 +35,7 @@ def missing_import_error(
         f"{label} uses a relative import (from . import …), which works only when it is imported as part of "
         "its package, not run as a file",
         f"Load it as a module: tbkit run {module}:ClassName --path {parent}{config} "
-        f"(tbkit.load('{module}:ClassName', path={parent!r}{', config=...' if config else ''})); {where}.",
+        f"(tbkit.load('{module}:ClassName', path=…{', config=…' if config else ''})); {where}.",
     )
 
 
