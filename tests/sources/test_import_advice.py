@@ -46,7 +46,6 @@ def load_error(*args, **kwargs) -> str:
 def test_all_missing_imports_are_named_at_once_before_anything_runs(tmp_path):
     marker = tmp_path / "ran.txt"
     code = f"""
-        open({str(marker)!r}, "w").write("ran")
         import torch.nn as nn
         import tbkit_missing_alpha
         from tbkit_missing_beta import Block
@@ -63,23 +62,25 @@ def test_all_missing_imports_are_named_at_once_before_anything_runs(tmp_path):
 
         def later():
             import tbkit_missing_in_a_function
+
+        open({str(marker)!r}, "w").write("ran")
     """
     model = write(tmp_path / "m" / "model.py", textwrap.dedent(code) + NET)
     msg = load_error(f"{model}:Net")
     assert not marker.exists(), "the code ran although its imports were known to be missing"
     for name, line in (
-        ("tbkit_missing_alpha", 4),
-        ("tbkit_missing_beta", 5),
-        ("tbkit_missing_gamma", 6),
-        ("os.tbkit_missing_submodule", 8),
+        ("tbkit_missing_alpha", 3),
+        ("tbkit_missing_beta", 4),
+        ("tbkit_missing_gamma", 5),
+        ("os.tbkit_missing_submodule", 7),
     ):
         assert f"'{name}' (line {line}" in msg, msg
-    assert "(line 8, not in the installed os)" in msg and "'os'" not in msg
+    assert "(line 7, not in the installed os)" in msg and "'os'" not in msg
     for ignored in ("tbkit_missing_optional", "tbkit_missing_for_types", "tbkit_missing_in_a_function"):
         assert ignored not in msg
     assert "tbkit.install('tbkit_missing_alpha', 'tbkit_missing_beta', 'tbkit_missing_gamma'" in msg
     sklearn_missing = _missing("sklearn")
-    assert ("'sklearn' (line 7, pip package scikit-learn)" in msg) == sklearn_missing
+    assert ("'sklearn' (line 6, pip package scikit-learn)" in msg) == sklearn_missing
     assert ("'scikit-learn'" in msg) == sklearn_missing
 
 
@@ -222,3 +223,26 @@ def test_cli_names_all_missing_imports_in_one_paragraph(tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "imports 3 modules that are not installed" in lines[0]
     assert "tbkit.install('tbkit_missing_a', 'tbkit_missing_b', 'tbkit_missing_c')" in lines[0]
+
+
+def test_conditional_imports_and_imports_after_code_are_left_to_the_real_import(tmp_path):
+    code = """
+        import sys
+        import torch.nn as nn
+        try:
+            import tbkit_missing_apex
+        except ImportError:
+            print("apex not found, using the PyTorch layers")
+        if sys.version_info < (3, 0):
+            import tbkit_missing_py2_only
+        if nn.Module is None:
+            import tbkit_missing_never
+        def _setup():
+            pass
+        _setup()
+        import tbkit_missing_after_a_call
+    """
+    msg = load_error(f"{write(tmp_path / 'm' / 'model.py', textwrap.dedent(code) + NET)}:Net")
+    assert "imports 'tbkit_missing_after_a_call'" in msg  # named by the real import, only it
+    for name in ("apex", "py2_only", "never"):
+        assert f"tbkit_missing_{name}" not in msg

@@ -1,11 +1,15 @@
 """The imports a file needs, read from its syntax tree before anything runs, so that every missing
 package is named at once instead of one per attempt.
 
-Counted: ``import a``, ``import a.b``, ``from a import b`` (absolute) that run at import time —
-at top level, in ``if`` / ``with`` / ``try`` blocks, not in functions, classes or a ``__main__``
-guard. Not counted: imports guarded by ``try`` / ``except ImportError`` (or a broader except),
-imports under ``if TYPE_CHECKING:``, relative imports, and every import after a statement that
-changes ``sys.path`` / ``sys.modules`` (the scan cannot know what those make importable).
+Counted: ``import a``, ``import a.b``, ``from a import b`` (absolute) that always run at import
+time: at top level and in ``with`` / ``try`` blocks. Not counted: imports in functions and
+classes; imports guarded by ``try`` / ``except ImportError`` (or a broader except); imports under
+any ``if`` — ``if TYPE_CHECKING:``, a ``__main__`` guard, ``if sys.version_info < (3, 11):
+import tomli``, ``if torch.cuda.is_available(): import flash_attn`` all may never run; relative
+imports; and every import after a top-level statement that calls anything or touches
+``sys.path`` / ``sys.modules`` (the scan cannot know what those make importable). A miss is
+harmless (the real import still fails and is reported); a false "missing" would refuse a model
+that loads.
 A package is missing when ``importlib.util.find_spec`` finds nothing for it with the load's
 folders on ``sys.path``; a submodule (``a.b``) is checked only when its parent is already
 imported, because finding it would otherwise import (run) the parent.
@@ -19,8 +23,6 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
-
-from tbkit.sources.import_guard import is_main_guard
 
 # pip names that differ from the module name (the common ones in model code)
 PIP_NAMES = {
@@ -75,8 +77,8 @@ def missing(text: str) -> list:
 
 
 def _imports(body: list) -> Iterator[tuple]:
-    """(dotted module, line) of the imports that run at import time, in order; stops at a
-    statement that changes what can be imported."""
+    """(dotted module, line) of the imports that always run at import time, in order; stops at a
+    statement that might change what can be imported."""
     for node in body:
         if isinstance(node, ast.Import):
             yield from ((a.name, node.lineno) for a in node.names)
@@ -85,10 +87,6 @@ def _imports(body: list) -> Iterator[tuple]:
                 yield node.module, node.lineno
         elif _changes_imports(node):
             return
-        elif isinstance(node, ast.If):
-            if not (_is_type_checking(node.test) or is_main_guard(node.test)):
-                yield from _imports(node.body)
-            yield from _imports(node.orelse)
         elif isinstance(node, ast.With):
             yield from _imports(node.body)
         elif isinstance(node, ast.Try):
@@ -98,20 +96,19 @@ def _imports(body: list) -> Iterator[tuple]:
 
 
 def _changes_imports(node: ast.stmt) -> bool:
+    """Whether the statement might change what can be imported: it mentions sys.path & co., or
+    calls anything (``setup_paths()``, ``site.addsitedir(…)``); functions and classes only define."""
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
         return False
-    if isinstance(node, (ast.If, ast.With, ast.Try)):  # compound: their bodies are visited one by one
-        parts = [getattr(node, "test", None), *(i.context_expr for i in getattr(node, "items", []))]
-        text = " ".join(ast.unparse(p) for p in parts if p is not None)
-    else:
-        text = ast.unparse(node)
+    if isinstance(node, ast.Try):  # a handler that only logs (``except ImportError: warn(…)``) changes nothing
+        always = [*node.body, *node.orelse, *node.finalbody]
+        return any(map(_changes_imports, always)) or any(_mentions_path(h) for h in node.handlers)
+    return any(isinstance(n, ast.Call) for n in ast.walk(node)) or _mentions_path(node)
+
+
+def _mentions_path(node: ast.AST) -> bool:
+    text = ast.unparse(node)
     return any(marker in text for marker in _PATH_CHANGES)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
 
 
 def _guards_imports(handler: ast.ExceptHandler) -> bool:
