@@ -155,9 +155,12 @@ def _also_missing(err: ModuleNotFoundError, folders) -> list:
     user = [f for f in frames if Path(f).is_file() and not any(s in f for s in _INSTALLED) and not f.startswith(ours)]
     if not user:
         return []
-    text = linecache.getlines(user[-1]) or Path(user[-1]).read_text("utf-8", "replace").splitlines(True)
-    with on_sys_path(folders):
-        return import_scan.missing("".join(text))
+    try:  # a hint only: it must never replace the error it adds to
+        text = linecache.getlines(user[-1]) or Path(user[-1]).read_text("utf-8", "replace").splitlines(True)
+        with on_sys_path(folders):
+            return import_scan.missing("".join(text))
+    except Exception:
+        return []
 
 
 def _raised(err: BaseException, label: str, filename: str) -> SourceError:
