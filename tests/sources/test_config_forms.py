@@ -221,6 +221,9 @@ def test_cli_run_module_form_with_config_file(tmp_path):
 
 @pytest.mark.slow
 def test_cli_config_that_is_missing_is_a_usage_error_for_run_and_search(tmp_path):
+    root = package(tmp_path / "src")
+    proc = tbkit_cmd("search", "pkg.sub.model:Net", "--path", str(root), "--synthetic", cwd=tmp_path)
+    assert proc.returncode == 2 and "no config file was read" in proc.stderr, proc.stderr  # --path reached load
     for command in (["run"], ["search", "--synthetic"]):
         proc = tbkit_cmd(*command, "tiny_gpt", "--config", "nope.json", cwd=tmp_path)
         assert proc.returncode == 2, (command, proc.stderr)
