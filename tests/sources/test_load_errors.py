@@ -230,7 +230,7 @@ def _(env):
     return env.gist({"model.py": GOOD_MODEL, "config.json": GOOD_CONFIG, ".bashrc": "echo hi"})
 
 
-@case("empty_gist", "has no files", "Export the model")
+@case("empty_gist", "has no files", "Check the gist id", "model.py")
 def _(env):
     return env.gist({})
 
@@ -240,7 +240,9 @@ def _(env):
     return env.gist({"train.py": GOOD_MODEL, "config.json": GOOD_CONFIG})
 
 
-@case("gist_missing_config", "requires vocab_size", "Add vocab_size to config.json")
+@case(
+    "gist_missing_config", "requires vocab_size", "no config file was read", "Put a config.json with vocab_size in gist"
+)
 def _(env):
     return env.gist({"model.py": GOOD_MODEL})
 
@@ -263,7 +265,7 @@ def _(env):
     return str(env.folder("exp", {"network.py": GOOD_MODEL, "config.json": GOOD_CONFIG})), {}
 
 
-@case("folder_missing_config", "requires vocab_size", "Add vocab_size to config.json")
+@case("folder_missing_config", "requires vocab_size", "no config file was read", "Put a config.json with vocab_size in")
 def _(env):
     return str(env.folder("exp", {"model.py": GOOD_MODEL})), {}
 
@@ -331,7 +333,12 @@ def _(env):
     return str(env.folder("exp", {"model.py": GOOD_MODEL, "config.json": '{"model_name": "GPT", "vocab_size": 9}'})), {}
 
 
-@case("constructor_missing_argument", "CustomTransformer() requires vocab_size", "Add vocab_size to config.json")
+@case(
+    "constructor_missing_argument",
+    "CustomTransformer() requires vocab_size, which the config read from",
+    "Add vocab_size to",
+    "exp/config.json (the config tbkit read)",
+)
 def _(env):
     return str(env.folder("exp", {"model.py": GOOD_MODEL, "config.json": '{"d_model": 16}'})), {}
 

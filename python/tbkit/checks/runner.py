@@ -163,6 +163,7 @@ def run(
     progress: bool = True,
     stream=None,
     load_options: Optional[dict] = None,
+    config=None,
 ):
     """Run the checks of ``tiers`` (or the ``checks`` named, from any tier) and return a Report.
 
@@ -171,9 +172,12 @@ def run(
     plots/. ``options`` reach the checks (e.g. ``{"memory_budget_mb": 512}``,
     ``{"latency_budget_ms": 50}``, or a threshold ``{"batch_equivalence.pass_rel": 1e-4}``).
     ``stream`` receives the provenance and messages (default stdout); the progress bar goes to
-    stderr. ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given."""
+    stderr. ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given;
+    ``config`` is ``tbkit.load``'s (a config file's path, or a dict of keys over it)."""
     from tbkit.sources.loaded import LoadedModel
 
+    if config is not None:
+        load_options = {**(load_options or {}), "config": config}
     stream = stream if stream is not None else sys.stdout
 
     def say(text: str) -> None:

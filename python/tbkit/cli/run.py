@@ -21,6 +21,8 @@ def configure(parser) -> None:
 
 
 def _source_options(parser) -> None:
+    from tbkit.cli.options import add_config_option
+
     parser.add_argument(
         "source",
         nargs="?",
@@ -31,6 +33,7 @@ def _source_options(parser) -> None:
     )
     source = parser.add_argument_group("model source")
     source.add_argument("--model-name", metavar="NAME", default=None, help="the model class (same as SOURCE:NAME)")
+    add_config_option(source)
     source.add_argument(
         "--path",
         metavar="DIR",
@@ -113,13 +116,14 @@ def main(args) -> int:
     """Validate everything that can be checked without torch first (a wrong path answers at once),
     then load and run."""
     from tbkit.checks.runner import parse_tiers, select_checks
-    from tbkit.sources import resolve, time_limit
+    from tbkit.sources import config_files, resolve, time_limit
 
     tiers = parse_tiers(args.tier)
     select_checks(tiers, args.checks)  # unknown ids are a usage error before anything loads
     _check_out_dir(args.out)
     _check_data_file(args.data)
     resolve(args.source, model_name=args.model_name, path=args.path)
+    config_files.explicit_path(args.config)
     time_limit.resolve(args.import_timeout)
     time_limit.exit_process_when_stuck = True  # this process is ours: code stuck in C must not hang it
     return _run(args, tiers)
@@ -193,6 +197,7 @@ def _run(args, tiers) -> int:
             ("expected_sha256", args.sha256),
             ("offline", True if args.offline else None),
             ("model_name", args.model_name),
+            ("config", args.config),
             ("path", args.path),
             ("import_timeout", args.import_timeout),
             ("import_guard", False if args.no_import_guard else None),

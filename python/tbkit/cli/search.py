@@ -18,6 +18,8 @@ from pathlib import Path
 
 
 def configure(parser) -> None:
+    from tbkit.cli.options import add_config_option
+
     parser.add_argument(
         "source",
         nargs="?",
@@ -51,6 +53,10 @@ def configure(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--kind", choices=("decoder", "encoder", "seq2seq"), default=None)
+    add_config_option(parser)
+    parser.add_argument(
+        "--path", metavar="DIR", action="append", default=None, help="folder on sys.path for this load (repeatable)"
+    )
     dead = parser.add_argument_group("dead workers (needs --storage)")
     dead.add_argument(
         "--heartbeat",
@@ -78,7 +84,9 @@ def main(args) -> int:
 
     if args.data is None and not args.synthetic:
         raise UsageError("no training data given", "Pass --data FILE, or --synthetic to try it on synthetic data.")
-    model = load(args.source, kind=args.kind, log=lambda line: print(line, file=sys.stderr))
+    model = load(
+        args.source, kind=args.kind, config=args.config, path=args.path, log=lambda line: print(line, file=sys.stderr)
+    )
     out = Path(args.out) if args.out else None
     result = search(
         model,

@@ -39,7 +39,7 @@ def load(
     *,
     revision: Optional[str] = None,
     kind: Optional[str] = None,
-    config: Optional[dict] = None,
+    config=None,
     model_name: Optional[str] = None,
     path=None,
     import_timeout: Optional[float] = None,
@@ -58,18 +58,19 @@ def load(
 ) -> LoadedModel:
     """Load a model and the facts tbkit needs about it; SourceError (one paragraph) if it cannot.
 
-    ``config`` overrides config.json; ``model_name`` picks the class (= ``SOURCE:Class``); ``path``:
-    folder(s) on ``sys.path`` for this load only; ``import_timeout`` bounds running the model code
-    (default 60 s, 0 = none); ``import_guard=False`` runs files that train or read data at import;
-    ``expected_sha256`` is checked before any code runs; ``log`` gets the provenance before the code
-    runs. Gist options: docs/sources.md (``GITHUB_TOKEN``, ``TBKIT_GITHUB_API``, ``TBKIT_OFFLINE``).
+    ``config``: a dict of keys over the config file's, or a JSON file read instead of config.json
+    (docs/sources.md, "Configs"); ``model_name`` picks the class (= ``SOURCE:Class``); ``path``: folder(s)
+    on ``sys.path`` for this load only; ``import_timeout`` bounds running the model code (default 60 s,
+    0 = none); ``import_guard=False`` runs files that train or read data at import; ``expected_sha256`` is
+    checked before any code runs; ``log`` gets the provenance before the code runs. Gist options:
+    docs/sources.md (``GITHUB_TOKEN``, ``TBKIT_GITHUB_API``, ``TBKIT_OFFLINE``).
     """
     from tbkit import examples
     from tbkit.sources import pipeline, time_limit
 
     opts = pipeline.Options(
         kind=kind,
-        config_arg=_check_config(config),
+        **_config_options(config),
         expected_sha256=str(expected_sha256).strip().lower() if expected_sha256 is not None else None,
         log=log,
         model_name=model_name,
@@ -134,10 +135,14 @@ def _load_local(ref, opts) -> LoadedModel:
     return pipeline.from_files(sfiles.read_folder(ref.path), "model.py", provenance, ref.path, opts)
 
 
-def _check_config(config) -> Optional[dict]:
-    if config is not None and not isinstance(config, dict):
-        raise SourceError(f"config must be a dict, not {type(config).__name__}", "Pass config={'key': value, ...}.")
-    return config
+def _config_options(config) -> dict:
+    """``config=``: a dict (keys over the config file's) or a path (the file read, checked now)."""
+    from tbkit.sources import config_files
+
+    return {
+        "config_arg": config if isinstance(config, dict) else None,
+        "config_file": config_files.explicit_path(config),
+    }
 
 
 def _is_model_object(source) -> bool:

@@ -12,7 +12,7 @@ import types
 from typing import Optional
 
 from tbkit.errors import SourceError, shorten
-from tbkit.sources import configs
+from tbkit.sources import advice, config_files, configs, exports
 
 # Config keys that describe the export rather than constructor arguments.
 META_KEYS = {
@@ -65,7 +65,7 @@ def flatten_config(config: dict, notes: list) -> dict:
         return flat
     if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
         raise SourceError(
-            "config.json has a 'nodes' entry that is not a list of objects",
+            "the config has a 'nodes' entry that is not a list of objects",
             'Each node must look like {"id": "mhsa_0", "type": "mhsa", "params": {...}}; export the model again.',
         )
     derived: dict = {}
@@ -75,7 +75,7 @@ def flatten_config(config: dict, notes: list) -> dict:
         params = node.get("params") or {}
         if not isinstance(params, dict):
             raise SourceError(
-                f"node {node.get('id', '?')!r} in config.json has 'params' that is not an object",
+                f"node {node.get('id', '?')!r} in the config has 'params' that is not an object",
                 "Export the model again, or fix that node's params.",
             )
         is_position = "pos" in ntype
@@ -94,7 +94,7 @@ def flatten_config(config: dict, notes: list) -> dict:
     for key, value in derived.items():
         if key in flat and flat[key] != value:
             notes.append(
-                f"config.json says {key}={flat[key]!r} but its nodes imply {value!r}; the top-level value was kept"
+                f"the config says {key}={flat[key]!r} but its nodes imply {value!r}; the top-level value was kept"
             )
         flat.setdefault(key, value)
     return flat
@@ -141,7 +141,7 @@ def pick_builder(module: types.ModuleType, config: dict, label: str, model_name:
         f"{label} defines several nn.Module classes ({', '.join(sorted(candidates))}) and none is named "
         "CustomTransformer or Model, so tbkit cannot tell which one is the model",
         "Name it: tbkit run FILE.py:ClassName (or --model-name ClassName), tbkit.load(..., model_name='ClassName'), "
-        'or "model_name" in config.json.',
+        'or "model_name" in the config.',
     )
 
 
@@ -154,7 +154,7 @@ def _named(module, wanted, asked_by: str, candidates: dict, label: str) -> tuple
         raise SourceError(
             f"{asked_by} {shorten(repr(wanted), 80)} names no nn.Module class or builder function in {label} "
             f"(nn.Module classes defined there: {listed})",
-            'Use one of those: FILE.py:ClassName, --model-name ClassName, model_name= or "model_name" in config.json.',
+            'Use one of those: FILE.py:ClassName, --model-name ClassName, model_name= or "model_name" in the config.',
         )
     return obj, wanted, asked_by
 
@@ -174,13 +174,13 @@ def _unused_by_others(candidates: dict) -> list:
     )
 
 
-def _keyword_arguments(builder, name: str, flat: dict, notes: list, module) -> dict:
+def _keyword_arguments(builder, name: str, flat: dict, notes: list, module, provenance) -> dict:
     """The arguments for the builder: a config object when it takes one, else the config keys its
     signature names (unknown keys noted, missing required ones named)."""
     found = configs.config_class(builder, module)
     if found is not None:
         param, cls = found
-        obj = configs.build_object(cls, flat, f"{name}()")
+        obj = configs.build_object(cls, flat, f"{name}()", config_files.named(provenance))
         given = ", ".join(sorted(flat)) or "none; the class defaults"
         notes.append(f"config object: {name}({param}={cls.__name__}(...)) built from the config keys ({given})")
         return {param: obj}
@@ -202,18 +202,20 @@ def _keyword_arguments(builder, name: str, flat: dict, notes: list, module) -> d
     ]
     if missing:
         raise SourceError(
-            f"{name}() requires {', '.join(missing)}, which the config does not provide",
-            f"Add {', '.join(missing)} to config.json, or pass config={{...}} to tbkit.load with those keys.",
+            f"{name}() requires {', '.join(missing)}, {config_files.lacks(provenance)}",
+            config_files.add_keys_hint(provenance, ", ".join(missing)),
         )
     return kwargs
 
 
-def construct(builder, name: str, flat: dict, notes: list, module=None):
-    """Call the builder (seeded) with the arguments ``_keyword_arguments`` chose."""
+def construct(builder, name: str, flat: dict, notes: list, module=None, provenance=None, export: bool = False):
+    """Call the builder (seeded) with the arguments ``_keyword_arguments`` chose; ``provenance``
+    names the config file read (or where tbkit looked) in the messages; ``export``: the code is a
+    Transformer Builder export (exports.py), the only case where "export it again" is advice."""
     import torch
     import torch.nn as nn
 
-    kwargs = _keyword_arguments(builder, name, flat, notes, module)
+    kwargs = _keyword_arguments(builder, name, flat, notes, module, provenance)
     try:
         with torch.random.fork_rng(devices=[]):
             # Only the CPU generator: fork_rng(devices=[]) restores just that one, and
@@ -224,7 +226,8 @@ def construct(builder, name: str, flat: dict, notes: list, module=None):
         shown = ", ".join(f"{k}={shorten(repr(v), 60)}" for k, v in kwargs.items())
         raise SourceError(
             f"building {name}({shorten(shown, 300)}) raised {type(err).__name__}: {shorten(' '.join(str(err).split()), 300)}",
-            "Check the constructor against config.json (names and values), or export the model again.",
+            advice.for_exception(err)
+            or f"Check the constructor against {config_files.named(provenance)} (names and values){exports.again(export)}.",
         ) from None
     if not isinstance(model, nn.Module):
         raise SourceError(

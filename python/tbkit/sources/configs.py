@@ -27,12 +27,12 @@ def parse(raw: Optional[bytes], where: str) -> dict:
     if len(raw) > MAX_CONFIG_BYTES:
         raise SourceError(
             f"{where} is {len(raw)} bytes, over the limit of {MAX_CONFIG_BYTES} bytes for a config",
-            "Check this is the model's config; keep large data (vocabularies, weights) out of config.json.",
+            "Check this is the model's config; keep large data (vocabularies, weights) out of it.",
         )
     try:
         text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is fine
     except UnicodeDecodeError:
-        raise SourceError(f"{where} is not UTF-8 text", "Re-save config.json as UTF-8 JSON.") from None
+        raise SourceError(f"{where} is not UTF-8 text", "Re-save it as UTF-8 JSON.") from None
     depth = _depth(text)
     if depth > MAX_DEPTH:
         raise SourceError(
@@ -44,7 +44,7 @@ def parse(raw: Optional[bytes], where: str) -> dict:
     except json.JSONDecodeError as err:
         raise SourceError(
             f"{where} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})",
-            "Fix the JSON (or export the model again), or pass config={...} to tbkit.load.",
+            "Fix the JSON at that place, or pass another config with --config FILE (config= in tbkit.load).",
         ) from None
     if not isinstance(data, dict):
         raise SourceError(
@@ -104,16 +104,16 @@ def _hints(builder) -> dict:
         return {k: glb.get(v, v) if isinstance(v, str) else v for k, v in raw.items()}
 
 
-def build_object(cls: type, flat: dict, owner: str):
+def build_object(cls: type, flat: dict, owner: str, source: str = "the config"):
     """An instance of the config class from the config keys: unknown keys → SourceError naming
-    them, missing keys → the class defaults."""
+    them (and ``source``, the config they came from), missing keys → the class defaults."""
     known = _fields(cls)
     unknown = sorted(set(flat) - known) if known is not None else []
     if unknown:
         raise SourceError(
             f"config keys {', '.join(unknown)} are not fields of {cls.__name__}, which {owner} takes "
-            f"(its fields: {', '.join(sorted(known)) or 'none'})",
-            f"Remove or rename those keys in config.json (or config={{...}}) to match {cls.__name__}.",
+            f"(its fields: {', '.join(sorted(known)) or 'none'}; the keys come from {source})",
+            f"Remove or rename those keys in that config (or config={{...}}) to match {cls.__name__}.",
         )
     try:
         if _has_own_init(cls):

@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import linecache
 import sys
+import sysconfig
 import traceback
 import types
 from collections.abc import Iterator
@@ -25,8 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from tbkit.errors import SourceError, shorten
-from tbkit.sources import import_guard, time_limit
-from tbkit.sources.advice import missing_import_error
+from tbkit.sources import advice, exports, import_guard, import_scan, time_limit
 
 _INSTALLED = ("site-packages", "dist-packages")
 
@@ -59,9 +59,11 @@ def exec_model_code(
     folders=(),
     guard: bool = True,
     timeout: Optional[float] = None,
+    config_file: Optional[Path] = None,
 ) -> types.ModuleType:
     """Run model code in a fresh module; SourceError for bad text, a guard refusal, a syntax
-    error, a missing import, a time-out, or anything the code raises while being defined."""
+    error, a missing import, a time-out, or anything the code raises while being defined.
+    ``config_file`` (--config) is only named in advice (a relative import's module form)."""
     text = decode_source(raw, label)
     if guard:
         import_guard.check(text, label)
@@ -73,13 +75,14 @@ def exec_model_code(
     except SyntaxError as err:
         raise SourceError(
             f"{label} has a syntax error at line {err.lineno}: {err.msg}",
-            "Fix that line (or export the model again); tbkit runs the file unchanged.",
+            f"Fix that line{exports.again(exports.recognise(text))}; tbkit runs the file unchanged.",
         ) from None
+    refuse_missing_imports(text, label, filename, folders)
     module = types.ModuleType(name, f"model code loaded by tbkit from {label}")
     module.__file__ = filename
     sys.modules[name] = module
     try:
-        with _running(label, filename, folders, timeout):
+        with _running(label, filename, folders, timeout, config_file):
             exec(code, module.__dict__)
     except BaseException:
         sys.modules.pop(name, None)
@@ -91,17 +94,27 @@ def import_module(dotted: str, label: str, *, folders, guard: bool, timeout: Opt
     """Import ``package.module`` from ``folders`` (guard on its own file first)."""
     with on_sys_path(folders):
         _drop_foreign(folders)
-        origin = _origin(dotted, folders)
-        if guard and origin is not None:
+        found = origin(dotted, folders)
+        if guard and found is not None:
             from tbkit.sources import files as sfiles
 
-            raw = sfiles.read_bounded(origin, "module file", sfiles.MAX_SOURCE_BYTES)
+            raw = sfiles.read_bounded(found, "module file", sfiles.MAX_SOURCE_BYTES)
             import_guard.check(decode_source(raw, label), label)
-        with _running(label, str(origin or dotted), folders, timeout):
+        if found is not None:
+            refuse_missing_imports(found.read_text("utf-8", "replace"), label, str(found), folders)
+        with _running(label, str(found or dotted), folders, timeout):
             return importlib.import_module(dotted)
 
 
-def _origin(dotted: str, folders) -> Optional[Path]:
+def refuse_missing_imports(text: str, label: str, filename: str, folders) -> None:
+    """Before anything runs: every import the code needs that cannot be found, named at once."""
+    with on_sys_path(folders):
+        missing = import_scan.missing(text)
+    if missing:
+        raise advice.missing_modules_error(missing, label, filename, folders)
+
+
+def origin(dotted: str, folders) -> Optional[Path]:
     """The file of ``dotted`` found under ``folders`` without importing anything."""
     parts = dotted.split(".")
     for folder in folders:
@@ -113,7 +126,9 @@ def _origin(dotted: str, folders) -> Optional[Path]:
 
 
 @contextlib.contextmanager
-def _running(label: str, filename: str, folders, timeout: Optional[float]) -> Iterator[None]:
+def _running(
+    label: str, filename: str, folders, timeout: Optional[float], config_file: Optional[Path] = None
+) -> Iterator[None]:
     """The common frame: sys.path, the time limit, and errors turned into one paragraph."""
     try:
         with on_sys_path(folders), time_limit.limit(timeout, label):
@@ -122,19 +137,36 @@ def _running(label: str, filename: str, folders, timeout: Optional[float]) -> It
     except SourceError:
         raise
     except ModuleNotFoundError as err:
-        raise missing_import_error(err, label, filename, folders) from None
+        also = _also_missing(err, folders)
+        raise advice.missing_import_error(err, label, filename, folders, config_file, also) from None
     except ImportError as err:
         if "no known parent package" in str(err):
-            raise missing_import_error(err, label, filename, folders) from None
+            raise advice.missing_import_error(err, label, filename, folders, config_file) from None
         raise _raised(err, label, filename) from None
     except (Exception, SystemExit) as err:
         raise _raised(err, label, filename) from None
 
 
+def _also_missing(err: ModuleNotFoundError, folders) -> list:
+    """The other missing imports of the user file whose import raised ``err`` (a module the model
+    file imports, e.g. ``from .layers import …``), so that all of them are named at once."""
+    frames = [f.filename for f in traceback.extract_tb(err.__traceback__)]
+    ours = (str(Path(__file__).resolve().parents[1]), sysconfig.get_paths()["stdlib"])
+    user = [f for f in frames if Path(f).is_file() and not any(s in f for s in _INSTALLED) and not f.startswith(ours)]
+    if not user:
+        return []
+    try:  # a hint only: it must never replace the error it adds to
+        text = linecache.getlines(user[-1]) or Path(user[-1]).read_text("utf-8", "replace").splitlines(True)
+        with on_sys_path(folders):
+            return import_scan.missing("".join(text))
+    except Exception:
+        return []
+
+
 def _raised(err: BaseException, label: str, filename: str) -> SourceError:
     return SourceError(
         f"running {label} raised {type(err).__name__}: {one_line(err)}{where(err, filename)}",
-        "Fix the model code at that line; it must only define the model when run.",
+        advice.for_exception(err) or "Fix the model code at that line; it must only define the model when run.",
     )
 
 

@@ -188,7 +188,7 @@ class GistClient:
         if not files_meta:
             raise self._error(
                 f"{what} has no files",
-                "Export the model again so the gist holds model.py and config.json.",
+                "Check the gist id; a model gist holds model.py (and config.json, as a Transformer Builder export does).",
             )
         resolved = revision or _latest_version(data)
         if not resolved:

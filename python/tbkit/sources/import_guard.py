@@ -43,7 +43,7 @@ def _top_level(body: list) -> Iterator[ast.stmt]:
     for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
-        if isinstance(node, ast.If) and _is_main_guard(node.test):
+        if isinstance(node, ast.If) and is_main_guard(node.test):
             yield from _top_level(node.orelse)
             continue
         yield node
@@ -54,7 +54,7 @@ def _top_level(body: list) -> Iterator[ast.stmt]:
                 yield from _top_level(handler.body)
 
 
-def _is_main_guard(test: ast.expr) -> bool:
+def is_main_guard(test: ast.expr) -> bool:
     if not isinstance(test, ast.Compare) or len(test.comparators) != 1:
         return False
     sides = [test.left, test.comparators[0]]

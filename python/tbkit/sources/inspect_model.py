@@ -222,7 +222,7 @@ def inspect_and_wrap(
         config,
         "seq2seq" if seq2seq else (declared or "decoder"),
         "",
-        _probe_vocab(model, guess, config_vocab),
+        _probe_vocab(model, guess, config_vocab, provenance),
         None,
         provenance,
         notes,
@@ -258,7 +258,7 @@ def inspect_and_wrap(
 def _declared_kind(kind, kind_reason, config: dict) -> tuple:
     declared = kind if kind is not None else config.get("kind")
     if declared is not None and declared not in KINDS:
-        where = "kind=" if kind is not None else "config.json 'kind'"
+        where = "kind=" if kind is not None else "the config's 'kind'"
         raise SourceError(
             f"{where} {declared!r} is not a model kind", f"Use one of {', '.join(KINDS)}, or leave it out to infer it."
         )
@@ -280,13 +280,15 @@ def _seq2seq(model, declared, takes_decoder_input: bool, params: dict) -> bool:
     return declared == "seq2seq" or (declared is None and takes_decoder_input)
 
 
-def _probe_vocab(model, guess, config_vocab) -> int:
+def _probe_vocab(model, guess, config_vocab, provenance) -> int:
+    from tbkit.sources.config_files import add_keys_hint
+
     probe_vocab = guess[1].num_embeddings if guess else config_vocab
     if probe_vocab is None:
         raise SourceError(
             f"{type(model).__name__} has no nn.Embedding and the config gives no vocab_size, so tbkit cannot "
             "tell which token ids are valid",
-            "Add vocab_size to config.json (or config={'vocab_size': ...}).",
+            add_keys_hint(provenance, "vocab_size"),
         )
     return probe_vocab
 

@@ -29,6 +29,9 @@ class Provenance:
     from_cache: bool = False
     files: list = field(default_factory=list)  # SourceFile entries
     content_sha256: Optional[str] = None  # over all files, sorted by name (name, NUL, bytes, NUL)
+    config_file: Optional[str] = None  # the config file read (sources/config_files.py), if any
+    config_sha256: Optional[str] = None
+    config_looked: list = field(default_factory=list)  # where config.json was looked for, when none was read
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -51,6 +54,10 @@ class Provenance:
         if self.content_sha256:
             lines.append(f"content sha256 {self.content_sha256}")
         lines += [f"  {f.name}: {f.size} bytes, sha256 {f.sha256}" for f in self.files]
+        if self.config_file:
+            lines.append(f"config from {mask_credentials(self.config_file)}, sha256 {self.config_sha256}")
+        elif self.config_looked:
+            lines.append(f"no config file read (looked for config.json in {', '.join(self.config_looked)})")
         return "\n".join(lines)
 
 

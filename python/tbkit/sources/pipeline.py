@@ -20,13 +20,15 @@ class Options:
     """What every pipeline needs from ``tbkit.load``'s arguments."""
 
     kind: Optional[str] = None
-    config_arg: Optional[dict] = None
+    config_arg: Optional[dict] = None  # config={...}: keys over the config file's
+    config_file: Optional[Path] = None  # --config FILE / config="FILE": read instead of any config.json
     expected_sha256: Optional[str] = None
     log: Optional[Callable[[str], None]] = None
     model_name: Optional[str] = None
     paths: list = field(default_factory=list)
     import_timeout: Optional[float] = None
     import_guard: bool = True
+    export: bool = False  # set while loading: the code is a Transformer Builder export (exports.py)
 
 
 def content_sha256(files: dict) -> str:
@@ -49,11 +51,20 @@ def _pin(files: dict, provenance: Provenance, where: str, opts: Options) -> None
         )
 
 
-def _config(files: dict, where: str, opts: Options) -> dict:
-    from tbkit.sources import configs
+def _config(files: dict, main: str, where: str, provenance: Provenance, base: Optional[Path], opts: Options) -> dict:
+    """The config by config_files' precedence: --config, the config.json that came with the code,
+    one in a package folder above it, one in a --path folder (recorded in the provenance)."""
+    from tbkit.sources import config_files
 
-    config = configs.parse(files["config.json"], f"config.json of {where}") if "config.json" in files else {}
-    return {**config, **(opts.config_arg or {})}
+    local = base is not None and provenance.source != "gist"
+    if local:
+        bundled = (files.get("config.json"), str(base / "config.json"), str(base))
+        above = config_files.package_folders(base / main)[1:]
+    else:
+        bundled, above = (files.get("config.json"), f"config.json of {where}", where), []
+    read = config_files.choose(opts.config_file, bundled, above + list(opts.paths), opts.config_arg)
+    config_files.record(provenance, read)
+    return read.values
 
 
 def from_files(
@@ -61,11 +72,12 @@ def from_files(
 ) -> LoadedModel:
     """model code (+ optional config.json) → LoadedModel. ``base``: the folder the files are in
     (put on sys.path for the load, so sibling modules import), None when they live in memory."""
-    from tbkit.sources import execute
+    from tbkit.sources import execute, exports
 
     where = provenance.location if provenance.source != "gist" else f"gist {provenance.gist_id}"
     _pin(files, provenance, where, opts)
-    config = _config(files, where, opts)
+    config = _config(files, main, where, provenance, base, opts)
+    opts.export = exports.recognise(files[main].decode("utf-8", "replace"), config)
     if opts.log:
         opts.log(str(provenance))
     filename = str(base / main) if base is not None else f"<{where}/{main}>"
@@ -77,6 +89,7 @@ def from_files(
         folders=folders,
         guard=opts.import_guard,
         timeout=opts.import_timeout,
+        config_file=opts.config_file,
     )
     try:
         return _build(module, config, f"{main} of {where}", provenance, opts, list(notes or []))
@@ -92,18 +105,23 @@ def _build(module, config: dict, label: str, provenance: Provenance, opts: Optio
     flat = build.flatten_config(config, notes)
     builder, name, how = build.pick_builder(module, config, label, opts.model_name)
     notes.append(f"model built from {name} ({how})")
-    model = build.construct(builder, name, flat, notes, module)
+    model = build.construct(builder, name, flat, notes, module, provenance=provenance, export=opts.export)
     return inspect_model.inspect_and_wrap(model, config, flat, provenance, notes, kind=opts.kind)
 
 
 def from_module_name(dotted: str, class_name: str, paths: list, opts: Options) -> LoadedModel:
-    """``package.module:Class`` imported from ``paths`` (the package's .py files are pinned)."""
-    from tbkit.sources import execute
+    """``package.module:Class`` imported from ``paths`` (the package's .py files are pinned; the
+    config by config_files' precedence: --config, beside the module, package folders, --path)."""
+    from tbkit.sources import config_files, execute
 
     files, root = _package_files(dotted, paths)
     provenance = Provenance(source="package", location=f"{dotted}:{class_name} (from {root})")
     _pin(files, provenance, f"{dotted}:{class_name}", opts)
-    config = dict(opts.config_arg or {})
+    origin = execute.origin(dotted, [root])
+    above = config_files.package_folders(origin, root / dotted.split(".")[0]) if origin is not None else []
+    read = config_files.choose(opts.config_file, None, above + list(paths), opts.config_arg)
+    config_files.record(provenance, read)
+    config = read.values
     if opts.log:
         opts.log(str(provenance))
     module = execute.import_module(
@@ -139,9 +157,16 @@ def from_hf_config(path: Path, opts: Options) -> LoadedModel:
     from tbkit.sources import build, configs, hf, inspect_model
     from tbkit.sources import files as sfiles
 
+    if opts.config_file is not None:
+        raise SourceError(
+            f"the source {path} is itself a Hugging Face config, so --config {opts.config_file} has nothing to add to",
+            f"Load the config you mean as the source (tbkit run {opts.config_file}), or pass config={{...}} to "
+            "override single keys.",
+        )
     files = {"config.json": sfiles.read_bounded(path, "config file", sfiles.MAX_CONFIG_BYTES)}
     provenance = Provenance(source="huggingface", location=str(path))
     _pin(files, provenance, str(path), opts)
+    provenance.config_file, provenance.config_sha256 = str(path), provenance.files[0].sha256
     config = {**configs.parse(files["config.json"], str(path)), **(opts.config_arg or {})}
     if not hf.is_hf_config(config):
         raise SourceError(
@@ -162,7 +187,7 @@ def from_object(obj, opts: Options) -> LoadedModel:
     """An nn.Module instance (used as is) or class (constructed from ``config``)."""
     import torch.nn as nn
 
-    from tbkit.sources import build, inspect_model
+    from tbkit.sources import build, config_files, inspect_model
 
     if opts.expected_sha256 is not None:
         raise SourceError(
@@ -171,10 +196,17 @@ def from_object(obj, opts: Options) -> LoadedModel:
         )
     cls = obj if isinstance(obj, type) else type(obj)
     provenance = Provenance(source="module", location=f"{cls.__module__}:{cls.__qualname__}")
+    read = config_files.choose(opts.config_file, None, [], opts.config_arg)
+    if opts.config_file is not None:
+        config_files.record(provenance, read)
     if opts.log:
         opts.log(str(provenance))
-    config = dict(opts.config_arg or {})
+    config = read.values
     notes: list = []
     flat = build.flatten_config(config, notes)
-    model = obj if isinstance(obj, nn.Module) else build.construct(obj, cls.__qualname__, flat, notes)
+    model = (
+        obj
+        if isinstance(obj, nn.Module)
+        else build.construct(obj, cls.__qualname__, flat, notes, provenance=provenance)
+    )
     return inspect_model.inspect_and_wrap(model, config, flat, provenance, notes, kind=opts.kind)

@@ -43,10 +43,19 @@ def load_gist(text: str, g: GistOptions, opts: Options) -> LoadedModel:
         raise SourceError(
             f"gist {gist_id} at revision {provenance.revision} has no model.py "
             f"(files: {', '.join(sorted(files)) or 'none'})",
-            "Export the model from Transformer Builder again (it writes model.py and config.json), or check the gist id.",
+            _no_model_py_fix(files),
         )
     base = _cache_snapshot(root, gist_id, snapshot, files, opts, notes) if snapshot is not None else cached[2]
     return from_files(files, "model.py", provenance, base, opts, notes)
+
+
+def _no_model_py_fix(files: dict) -> str:
+    from tbkit.sources import exports
+
+    config = files.get("config.json", b"")
+    if any(exports.recognise(b.decode("utf-8", "replace")) for b in files.values()) or b'"nodes"' in config:
+        return "Export the model from Transformer Builder again (it writes model.py and config.json), or check the gist id."
+    return "Check the gist id, or put the model code in the gist as model.py (its config as config.json)."
 
 
 def _client(g: GistOptions):

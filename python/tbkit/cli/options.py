@@ -1,0 +1,15 @@
+"""Options shared by several subcommands (not a subcommand itself)."""
+
+from __future__ import annotations
+
+
+def add_config_option(parser) -> None:
+    """``--config FILE``: the model's config for any source form, read instead of any config.json
+    (precedence: docs/sources.md, "Configs"); passed to ``tbkit.load`` as ``config=``."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="the model's config (JSON), for any source; wins over a config.json beside the model, in its "
+        "package folder or in a --path folder",
+    )
