@@ -108,8 +108,8 @@ def ensure_requirements(*, quiet: bool = False, distribution: str = DISTRIBUTION
     Returns a Readiness; when it is not ready, its ``problem`` (one paragraph: why, and what to do) has
     been printed unless ``quiet``."""
     result = _ensure(distribution, quiet)
-    if result.problem and not quiet:
-        print(result.problem, flush=True)
+    if (result.problem or result.installed) and not quiet:
+        print(result, flush=True)  # the problem paragraph, or what was installed
     return result
 
 
