@@ -47,9 +47,14 @@ if "${UV[@]}" pip show -q --python "$VPY" tbkit >/dev/null 2>&1; then
 fi
 
 # The dependencies of .[test,all] and the pinned tools; uv leaves satisfied packages alone and links
-# new ones from its cache, so a second run (or a second clone) downloads nothing large.
+# new ones from its cache. Offline first: even with nothing to install, an online resolve re-fetches
+# the index pages (about 64 MB for torch and its CUDA wheels); the network is used only for what the
+# cache lacks, so a second run (or a second clone) downloads nothing.
 echo "== uv pip install: dependencies of .[test,all] + requirements/tools.txt"
-"${UV[@]}" pip install -q --python "$VPY" -r pyproject.toml --extra test --extra all -r requirements/tools.txt
+UV_INSTALL=("${UV[@]}" pip install -q --python "$VPY" -r pyproject.toml --extra test --extra all -r requirements/tools.txt)
+if ! "${UV_INSTALL[@]}" --offline 2>/dev/null; then
+  "${UV_INSTALL[@]}"
+fi
 
 echo "== maturin develop --release (builds tbkit._probe from source into the venv, editable)"
 "$VENV/bin/maturin" develop --release --uv --quiet
