@@ -38,6 +38,8 @@ _LAZY = {
     "Report": ("tbkit.checks.report", "Report"),
     "ensure": ("tbkit.guard.gate", "ensure"),
     "install": ("tbkit.guard.gate", "install"),
+    "ensure_requirements": ("tbkit.guard.dependencies", "ensure_requirements"),
+    "NotReady": ("tbkit.guard.dependencies", "NotReady"),
     "train": ("tbkit.training.trainer", "train"),
     "search": ("tbkit.training.search", "search"),
     "TbkitError": ("tbkit.errors", "TbkitError"),
@@ -55,12 +57,14 @@ __all__ = [
     "Report",
     "ensure",
     "install",
+    "ensure_requirements",
     "train",
     "search",
     "TbkitError",
     "SourceError",
     "InstallRefused",
     "InstallFailed",
+    "NotReady",
 ]
 
 
@@ -71,7 +75,15 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'tbkit' has no attribute {name!r}") from None
     import importlib
 
-    value = getattr(importlib.import_module(module_name), attr)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        # torch, pandas, … missing (a bare kernel): say "not ready" and what to run, not a raw traceback
+        from tbkit.guard.dependencies import require_ready
+
+        require_ready()
+        raise
+    value = getattr(module, attr)
     globals()[name] = value
     return value
 

@@ -307,3 +307,11 @@ def test_a_real_sigint_mid_run_keeps_the_finished_rows(tmp_path):
     assert checks[0] == "summary" and "memory" in checks and "gradient_flow" in checks
     assert "speed" not in checks  # it was interrupted, not reported as done
     assert (out / "report.html").is_file()
+
+
+def test_without_tqdm_progress_is_one_plain_line_per_check(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now raises ImportError
+    monkeypatch.delitem(sys.modules, "tqdm.auto", raising=False)
+    tbkit.run(M.loaded(M.build(M.HealthyDecoder)), checks="summary", out_dir=tmp_path, progress=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("tbkit: ")]
+    assert lines == ["tbkit: 1/1 summary done"]

@@ -7,10 +7,11 @@ from __future__ import annotations
 import ast
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from fresh_venv import fresh_venv, venv_over_tests
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -76,14 +77,19 @@ def test_later_cells_stop_with_one_message_when_the_install_failed():
 def _venv_kernel(tmp_path: Path, monkeypatch) -> Path:
     """A kernel named `tbkit-venv` whose Python is a fresh venv; returns the venv.
 
-    The venv sees the machine's torch/numpy/pandas/matplotlib/captum/lightning/optuna through
+    The venv sees the machine's torch/numpy/pandas/matplotlib/captum/lightning/optuna as through
     --system-site-packages (torch is several GB: installed once per machine, as in Colab, where it
     is preinstalled); tbkit itself comes only from the notebook's own first cell."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    _kernel(venv_over_tests(venv), tmp_path, monkeypatch)
+    return venv
+
+
+def _kernel(python: Path, tmp_path: Path, monkeypatch) -> None:
+    """Register ``python`` as the kernel `tbkit-venv`, in the environment Colab's notebook would see."""
     kernels = tmp_path / "jupyter" / "kernels" / "tbkit-venv"
     kernels.mkdir(parents=True)
-    argv = [str(venv / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (kernels / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "tbkit venv", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -91,7 +97,6 @@ def _venv_kernel(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.delenv("TBKIT_SPEC", raising=False)  # as in Colab: the notebook's own pin
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)  # only the index below
     monkeypatch.chdir(tmp_path)  # reports land in tmp_path/tbkit-report
-    return venv
 
 
 def _execute(nb, tmp_path: Path, allow_errors: bool = False):
@@ -204,3 +209,82 @@ def test_install_cell_names_a_decoy_already_installed_and_restores_tbkit(tmp_pat
     (warning,) = [ln for ln in text.splitlines() if "also installs files into the `tbkit` package" in ln]
     assert warning.startswith("Warning: tbkit also installs") and "%pip uninstall -y tbkit" in warning
     assert "EXTENSION True" in text
+
+
+def _bare_kernel(tmp_path: Path, monkeypatch) -> tuple:
+    """A kernel holding only ipykernel, torch and numpy (tests/support/fresh_venv.py); (python, view)."""
+    python = fresh_venv(tmp_path / "venv")
+    _kernel(python, tmp_path, monkeypatch)
+    return python, tmp_path / "venv-shared-view"
+
+
+def _own_dists(python: Path) -> set:
+    """Distributions installed into the venv itself (not those it sees through the shared view)."""
+    site = next((python.parent.parent / "lib").glob("python*/site-packages"))
+    return {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+
+
+def _served(tbkit_wheel: Path, tmp_path: Path, leave_out: tuple = ()) -> list:
+    """tbkit-ml, its requirements but torch and numpy from the wheelhouse, and the decoy `tbkit`."""
+    import wheelhouse as wh
+    from decoy import CLOBBERING, build_wheel
+
+    deps = [wh.wheel_of(r) for r in wh.NOTEBOOK_DEPS if r.split("==")[0] not in leave_out]
+    return [tbkit_wheel, build_wheel(tmp_path / "decoy", "tbkit", "9.9.9", CLOBBERING), *deps]
+
+
+@pytest.mark.slow
+def test_run_all_in_a_bare_kernel_installs_only_what_is_missing(tmp_path, tbkit_wheel, wheelhouse, monkeypatch):
+    """A local kernel with only ipykernel, torch and numpy: cell 1 installs tbkit-ml, then pandas,
+    matplotlib, tqdm (and what they need) through the gate from an index on 127.0.0.1 that also serves
+    the decoy; nothing the kernel has is replaced, the decoy never lands, and every cell succeeds."""
+    import nbformat
+
+    from simple_index import SimpleIndex
+
+    python, view = _bare_kernel(tmp_path, monkeypatch)
+    shared = sorted(p.name for p in view.iterdir())
+    assert "pandas" not in shared and "tqdm" not in shared and "torch" in shared
+    before = _own_dists(python)
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    with SimpleIndex(tmp_path / "index", _served(tbkit_wheel, tmp_path)) as index:
+        monkeypatch.setenv("PIP_INDEX_URL", index.url)
+        cells = _execute(nb, tmp_path)
+
+    assert not [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    first = _text(cells[:1])
+    assert "tbkit: installing exactly the plan" in first, first
+    assert "not ready" not in first, first
+    added = _own_dists(python) - before
+    assert {"tbkit_ml", "pandas", "matplotlib", "tqdm"} <= added, added
+    assert "tbkit" not in added, "the decoy must never be installed"
+    # nothing the kernel already had was installed again beside it (numpy, torch, ipykernel's stack)
+    assert not added & {p.split("-")[0].lower() for p in shared if p.endswith(".dist-info")}, added
+    assert sorted(p.name for p in view.iterdir()) == shared and all(p.exists() for p in view.iterdir())
+    text = _text(cells)
+    for tier in (1, 2, 3):
+        assert any(ln.startswith(f"Tier {tier} verdict:") for ln in text.splitlines()), f"no Tier {tier} verdict"
+
+
+@pytest.mark.slow
+def test_a_requirement_the_index_cannot_serve_ends_cell_1_with_one_paragraph(tmp_path, tbkit_wheel, monkeypatch):
+    """pandas is missing and the index has no pandas: cell 1 ends with one paragraph (why, what to do),
+    no traceback; every later cell stops with that paragraph as a "not ready" error."""
+    import nbformat
+
+    from simple_index import SimpleIndex
+
+    _bare_kernel(tmp_path, monkeypatch)
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    with SimpleIndex(tmp_path / "index", _served(tbkit_wheel, tmp_path, leave_out=("pandas",))) as index:
+        monkeypatch.setenv("PIP_INDEX_URL", index.url)
+        cells = _execute(nb, tmp_path, allow_errors=True)
+
+    assert not [o for o in cells[0].get("outputs", []) if o.get("output_type") == "error"]
+    first = _text(cells[:1])
+    assert "Traceback" not in first, first
+    (paragraph,) = [ln for ln in first.splitlines() if ln.startswith("tbkit is not ready:")]
+    assert first.rstrip().endswith(paragraph) and "pandas" in paragraph, first
+    for i, cell in enumerate(cells[1:], start=1):
+        (error,) = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        assert error["ename"] == "RuntimeError" and error["evalue"] == paragraph, f"code cell {i}: {error}"

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from decoy import ADDING, CLOBBERING, build_wheel
+from fresh_venv import venv_over_tests
 from project_version import cargo_version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def test_the_distribution_name_is_tbkit_ml_everywhere():
 def venv_with_tbkit(tmp_path, tbkit_wheel) -> Path:
     """A venv (torch & co. from the system site) with the real wheel installed."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    venv_over_tests(venv)
     subprocess.run([str(venv / "bin" / "python"), *PIP, str(tbkit_wheel)], check=True)
     return venv
 

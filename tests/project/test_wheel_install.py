@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
+
+from fresh_venv import venv_over_tests
 
 
 @pytest.mark.slow
@@ -16,7 +17,7 @@ def test_release_wheel_runs_doctor_and_run_from_a_fresh_venv(tmp_path, tbkit_whe
     # --system-site-packages supplies torch & co. (several GB, installed once per machine);
     # tbkit itself comes only from the wheel.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    venv_over_tests(venv)
     py, tbkit = venv / "bin" / "python", venv / "bin" / "tbkit"
     subprocess.run(
         [

@@ -20,7 +20,7 @@ RELEASE = ROOT / ".github" / "workflows" / "release.yml"
 def _tool(name: str) -> str:
     path = shutil.which(name) or str(Path(sys.executable).parent / name)
     if not Path(path).exists():
-        pytest.fail(f"{name} is not installed; `pip install -e .[test]` (scripts/test.sh) installs it")
+        pytest.fail(f"{name} is not installed; scripts/test.sh installs it (the test extra) into its venv")
     return path
 
 

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 WHEELHOUSE = Path(os.environ.get("TBKIT_WHEELHOUSE", Path.home() / ".cache" / "tbkit-tests" / "wheelhouse"))
 
@@ -23,17 +25,37 @@ OTHERS += ("captum==0.9.0",)
 # that differ from distribution names, upgraded between `import tbkit` and their first import;
 # setuptools to build the small C extension the editable-install scenarios install.
 OTHERS += ("pyyaml==6.0.1", "pyyaml==6.0.2", "pyjwt==2.9.0", "pyjwt==2.10.1", "setuptools==80.9.0")
+# What the template notebook installs into a bare kernel (tbkit-ml's core requirements but torch and
+# numpy) and what those need on Linux, at the versions a fresh environment resolved (issue 24); served by
+# the notebook test's package index. No numpy here: the kernel's own numpy satisfies them.
+NOTEBOOK_DEPS = ("pandas==3.1.1", "matplotlib==3.11.2", "tqdm==4.70.1")
+NOTEBOOK_DEPS += ("python-dateutil==4.0.0", "tzdata==2026.6", "contourpy==1.3.3", "cycler==0.12.1")
+NOTEBOOK_DEPS += ("fonttools==4.68.0", "kiwisolver==1.5.1", "pillow==13.0.0", "pyparsing==3.3.3")
+OTHERS += NOTEBOOK_DEPS
 
 
 def wanted() -> list[str]:
     return [f"numpy=={v}" for v in NUMPY_VERSIONS] + list(OTHERS)
 
 
+def _normalized(name: str) -> str:
+    # wheel file names spell the distribution as its project does (PyYAML, python_dateutil): compare
+    # lower case with -, _ and . alike
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 def have(req: str) -> bool:
+    return wheel_of(req) is not None
+
+
+def wheel_of(req: str) -> Optional[Path]:
+    """The wheel in the wheelhouse for ``name==version``, or None."""
     name, version = req.split("==")
-    # wheel file names spell the distribution as its project does (PyYAML, PyJWT): compare lower case
-    prefix = f"{name}-{version}-".lower()
-    return any(p.name.lower().startswith(prefix) for p in WHEELHOUSE.glob("*.whl"))
+    for p in WHEELHOUSE.glob("*.whl"):
+        parts = p.name.split("-")
+        if _normalized(parts[0]) == _normalized(name) and parts[1] == version:
+            return p
+    return None
 
 
 def ensure() -> Path:

@@ -254,8 +254,11 @@ def _render_figures(report) -> None:
 
 def _run_specs(specs, ctx: CheckContext, report, flags, progress: bool, stream) -> None:
     import torch
-    from tqdm.auto import tqdm
 
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional at run time: one plain line per finished check instead
+        tqdm = _PlainProgress
     torch.manual_seed(ctx.seed)
     bar = tqdm(total=len(specs), disable=not progress, desc="tbkit", unit="check", leave=True)
     try:
@@ -270,6 +273,24 @@ def _run_specs(specs, ctx: CheckContext, report, flags, progress: bool, stream) 
             bar.update(1)
     finally:
         bar.close()
+
+
+class _PlainProgress:
+    """The part of tqdm's interface the runner uses, as one line on stderr per finished check."""
+
+    def __init__(self, total: int, disable: bool = False, desc: str = "", **_: object) -> None:
+        self.total, self.done, self.disable, self.desc, self.current = total, 0, disable, desc, ""
+
+    def set_postfix_str(self, text: str) -> None:
+        self.current = text
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if not self.disable:
+            print(f"{self.desc}: {self.done}/{self.total} {self.current} done", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 class _Stamper:

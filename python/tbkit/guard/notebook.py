@@ -209,10 +209,10 @@ class TbkitMagics(Magics):
     """``%tbkit doctor | install … | mode [strict|warn]``."""
 
     def __init__(self, shell: Any, gate: NotebookGate) -> None:
-        super().__init__(shell)  # type: ignore[no-untyped-call]  # IPython's Magics is not annotated
+        super().__init__(shell)
         self.gate = gate
 
-    @line_magic  # type: ignore[untyped-decorator]
+    @line_magic
     def tbkit(self, line: str = "") -> None:
         try:
             args = shlex.split(line)
@@ -352,16 +352,22 @@ def run_shell_cell(token: int) -> None:
     for command in cell.commands:
         if command.action == "refuse":  # warn mode
             print(f"tbkit (warn mode): running `{command.shown}` anyway: {command.refusal}", file=sys.stderr)
+    name, _, args = (cell.shell_magic or "bash").partition(" ")
+    _shell().run_cell_magic(name, args, "".join(cell.shell_body))
+
+
+def _shell() -> Any:
+    """The running IPython shell; these run only from its hooks, so there is one."""
     from IPython.core.getipython import get_ipython
 
-    name, _, args = (cell.shell_magic or "bash").partition(" ")
-    get_ipython().run_cell_magic(name, args, "".join(cell.shell_body))  # type: ignore[no-untyped-call]
+    ip = get_ipython()
+    if ip is None:
+        raise RuntimeError("tbkit: no IPython shell is running")
+    return ip
 
 
 def _run_original(command: PackageCommand) -> None:
-    from IPython.core.getipython import get_ipython
-
-    ip = get_ipython()  # type: ignore[no-untyped-call]
+    ip = _shell()
     if command.escape == "%":
         name, _, rest = command.text.strip().partition(" ")
         ip.run_line_magic(name, rest)
