@@ -99,3 +99,7 @@ class InstallFailed(TbkitError):
 
 class UsageError(TbkitError):
     """Bad arguments to a public function or command."""
+
+
+class OutputError(TbkitError):
+    """The environment refused a write of the report (disk full, permission, a file in the way)."""
