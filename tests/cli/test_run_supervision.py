@@ -232,3 +232,11 @@ def test_a_full_disk_is_one_paragraph_and_exit_2(tmp_path):
         assert not (mnt / "rep").exists()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_model_that_changes_its_weights_per_call_is_named_so_not_a_causal_leak(tmp_path):
+    proc = tbkit_run(MISBEHAVES, "--checks", "causal", "--no-progress", "--out", "rep", cwd=tmp_path, hostile="drift")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (row,) = report_of(tmp_path / "rep")["rows"]
+    assert row["metric"] == "weights unchanged by forward" and "changes its own weights" in row["detail"]
+    assert "sees the future" not in row["detail"] and "head.weight" in row["detail"]
