@@ -137,7 +137,7 @@ def _as_loaded(source_or_model, kind, say, load_options=None):
         lm = source_or_model
         if kind is not None and kind != lm.kind:
             lm = dataclasses.replace(lm, kind=kind, kind_reason="declared")
-        say(f"tbkit: {lm.summary()}")
+        say(f"tbkit: {lm.summary().splitlines()[0]}")  # its provenance was shown when it was loaded
         return lm
     from tbkit.sources import load
 
