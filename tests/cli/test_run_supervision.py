@@ -240,3 +240,17 @@ def test_a_model_that_changes_its_weights_per_call_is_named_so_not_a_causal_leak
     (row,) = report_of(tmp_path / "rep")["rows"]
     assert row["metric"] == "weights unchanged by forward" and "changes its own weights" in row["detail"]
     assert "sees the future" not in row["detail"] and "head.weight" in row["detail"]
+
+
+def test_a_process_the_model_leaves_behind_does_not_hold_the_run_open(tmp_path):
+    proc = tbkit_run(MISBEHAVES, "--checks", "summary,causal", "--no-progress", "--out", "rep", cwd=tmp_path,
+                     hostile="spawn", timeout=180)  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert report_of(tmp_path / "rep")["finished"] is True
+
+
+def test_out_as_the_working_folder_keeps_the_working_folder(tmp_path):
+    for _ in range(2):  # the second run replaces the first one's report in place
+        proc = tbkit_run("--checks", "summary", "--no-progress", "--out", ".", cwd=tmp_path, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert report_of(tmp_path)["finished"] is True and not list(tmp_path.parent.glob(f".{tmp_path.name}.tbkit-*"))

@@ -200,10 +200,10 @@ class Report:
 
 def terminal_text(text, limit: int = SUMMARY_DETAIL_CHARS) -> str:
     """Model-made text fit for one terminal line: control characters gone, cut to ``limit``."""
-    from tbkit.errors import shorten
+    from tbkit.errors import mask_credentials, shorten
 
     text = str(text)[: limit * 50]  # bounded before any pattern runs on it
-    return shorten(" ".join(_CONTROL.sub("", text).split()), limit)
+    return shorten(mask_credentials(" ".join(_CONTROL.sub("", text).split())), limit)
 
 
 def summary_of(d: dict, html_path=None, json_path=None) -> str:

@@ -120,11 +120,15 @@ def swap_in(staging: Path, out: Path) -> None:
     (``renameat2(RENAME_EXCHANGE)``), else entry by entry, report.json last."""
     try:
         if not os.path.lexists(out):
-            os.rename(staging, out)
-            return
+            try:
+                os.rename(staging, out)
+                return
+            except OSError as err:  # another run put it there meanwhile: replace as below
+                if not os.path.isdir(out):
+                    raise output_error(err, out) from None
         if out.is_symlink() or not out.is_dir():
             raise OutputError(f"the output folder {out} is not a folder (any more)", "Give a folder for --out.")
-        if _is_report_folder(out) and _exchange(staging, out):
+        if _is_report_folder(out) and not _holds_cwd(out) and _exchange(staging, out):
             shutil.rmtree(staging, ignore_errors=True)  # now holds the previous report
             return
         _swap_entries(staging, out)
@@ -146,6 +150,15 @@ def _swap_entries(staging: Path, out: Path) -> None:
         if src.exists():
             os.replace(src, out / name)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _holds_cwd(out: Path) -> bool:
+    """Swapping the folder a shell stands in would leave it in a deleted folder: replace entries then."""
+    try:
+        cwd = Path(os.getcwd()).resolve()
+    except OSError:
+        return False
+    return cwd == out or out in cwd.parents
 
 
 _RENAME_EXCHANGE = 2

@@ -25,7 +25,7 @@ from typing import Optional, Union
 
 from tbkit.checks import run_guard
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
-from tbkit.errors import TbkitError, UsageError
+from tbkit.errors import TbkitError, UsageError, mask_credentials
 
 DEFAULT_OUT_DIR = "tbkit-report"
 
@@ -379,7 +379,7 @@ def _check_rows(spec, ctx: CheckContext, stamp: _Stamper, check_timeout=None):
                 limit.resume()
         except Exception:
             limit.pause()
-            yield stamp(ctx.row(Status.ERROR, "crashed", None, "", traceback.format_exc()))
+            yield stamp(ctx.row(Status.ERROR, "crashed", None, "", mask_credentials(traceback.format_exc())))
             return
         except BaseException as exc:  # sys.exit, the model's own KeyboardInterrupt, the time limit
             limit.pause()

@@ -70,6 +70,9 @@ class Supervisor:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.progress.close()
+            if getattr(self, "child", None) is not None:
+                with _gone():  # whatever the model started in the child's session (it may hold our stdout)
+                    os.killpg(self.child.pid, signal.SIGKILL)
         return self._conclude()
 
     def _send_spec(self) -> None:
@@ -183,6 +186,9 @@ class Supervisor:
             print(f"tbkit: interrupted by {reason} while loading; nothing was written", file=sys.stderr)
         else:
             report_folder.swap_in(self.staging, self.out)
+            if self.json_out:  # the partial report is still the one document on stdout
+                sys.stdout.write((self.out / "report.json").read_text(encoding="utf-8").rstrip("\n") + "\n")
+                sys.stdout.flush()
             print(
                 f"tbkit: interrupted by {reason}; {len(d['rows'])} finished rows kept in "
                 f"{os.path.join(self.shown_out, 'report.json')} (marked interrupted)",

@@ -28,6 +28,11 @@ class Events:
         self.fd = fd
 
     def send(self, kind: str, **fields) -> None:
+        from tbkit.errors import mask_credentials
+
+        for key in ("paragraph", "trace"):  # what the parent prints: never a credential
+            if key in fields:
+                fields[key] = mask_credentials(fields[key])
         data = (json.dumps({"event": kind, **fields}, default=str) + "\n").encode("utf-8")
         try:
             while data:
