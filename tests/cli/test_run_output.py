@@ -65,3 +65,25 @@ def test_provenance_is_printed_once_when_running_a_loaded_model():
     tbkit.run(lm, checks="summary", progress=False, stream=out)
     assert str(lm.provenance).splitlines()[0] not in out.getvalue()
     assert os.getcwd()  # nothing to clean: no out_dir, no files
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_without_tqdm_is_plain_lines_even_in_a_terminal(monkeypatch):
+    from tbkit.checks.progress import Progress
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # a bare kernel: importing tqdm fails
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    stream = _Terminal()
+    progress = Progress(2, stream)
+    progress.started(0, "summary")
+    progress.finished(0, "summary", ["PASS", "PASS"], 0.5)
+    progress.finished(1, "causal", ["FAIL"], 1.0)
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "tbkit: [1/2] summary: 2 PASS (0.5 s)",
+        "tbkit: [2/2] causal: 1 FAIL (1.0 s)",
+    ]
