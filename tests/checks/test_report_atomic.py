@@ -64,6 +64,14 @@ def test_the_previous_report_stays_whole_until_the_new_one_is_swapped_in(temp_ch
     assert not report_folder.leftover_stagings(out)
 
 
+def test_the_returned_report_points_at_the_swapped_in_plots(decoder, tmp_path):
+    report = tbkit.run(decoder, checks="gradient_flow", out_dir=tmp_path / "rep", progress=False)
+    paths = [f.path for f in report.figures if f.path is not None]
+    assert paths and all(p.is_file() and p.parent == tmp_path / "rep" / "plots" for p in paths)
+    assert "data:image/png;base64," in report._repr_html_()
+    assert all(not f["path"].startswith("/") for f in report.to_dict()["figures"])
+
+
 def test_a_run_that_fails_before_its_report_leaves_the_previous_one(decoder, tmp_path):
     out = tmp_path / "rep"
     tbkit.run(decoder, checks="summary", out_dir=out, progress=False)

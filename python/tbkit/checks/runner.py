@@ -208,8 +208,19 @@ def run(
             raise
         _settle(staging, out, interrupted=False)
         if out is not None:
-            report.out_dir = out
+            _rebase(report, staging, out)
         return report
+
+
+def _rebase(report, staging: Path, out: Path) -> None:
+    """After the swap the files live in ``out``: the Report (and its plots) point there."""
+    report.out_dir = out
+    for figure in report.figures:
+        if figure.path is not None:
+            try:
+                figure.path = out / Path(figure.path).relative_to(staging)
+            except ValueError:
+                pass
 
 
 def _settle(staging, out, interrupted: bool) -> None:

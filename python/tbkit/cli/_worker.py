@@ -19,6 +19,8 @@ import time
 import traceback
 
 EVENTS_ENV = "TBKIT_WORKER_EVENTS"
+# bound before any model code runs: a model that patches os.write or json cannot cut the channel
+_write, _exit, _dumps = os.write, os._exit, json.dumps
 
 
 class Events:
@@ -33,12 +35,12 @@ class Events:
         for key in ("paragraph", "trace"):  # what the parent prints: never a credential
             if key in fields:
                 fields[key] = mask_credentials(fields[key])
-        data = (json.dumps({"event": kind, **fields}, default=str) + "\n").encode("utf-8")
+        data = (_dumps({"event": kind, **fields}, default=str) + "\n").encode("utf-8")
         try:
             while data:
-                data = data[os.write(self.fd, data) :]
+                data = data[_write(self.fd, data) :]
         except OSError:  # the parent is gone: nothing is left to report to
-            os._exit(1)
+            _exit(1)
 
     def started(self, index: int, check_id: str) -> None:
         self.send("started", index=index, check=check_id, time=time.time())
@@ -55,9 +57,9 @@ def _end(events: Events, code: int, kind: str, **fields) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except Exception:  # closed, replaced by None or by something odd: the event is what counts
             pass
-    os._exit(code)
+    _exit(code)
 
 
 def _watch_parent(parent: int) -> None:
@@ -66,7 +68,7 @@ def _watch_parent(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        os._exit(1)
+        _exit(1)
 
     threading.Thread(target=watch, name="tbkit-parent-watch", daemon=True).start()
 
