@@ -306,7 +306,7 @@ def test_a_real_sigint_mid_run_keeps_the_finished_rows(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
-    assert "INTERRUPTED" in stdout and "finished rows kept" in stdout
+    assert "INTERRUPTED" in stdout and "finished rows were kept in" in stdout
     data = json.loads((out / "report.json").read_text())
     assert data["interrupted"] is True and data["finished"] is False
     checks = [r["check"] for r in data["rows"]]

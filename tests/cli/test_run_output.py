@@ -59,12 +59,14 @@ def test_doctor_fix_commands_quote_a_hostile_distribution_name():
     assert shlex.split(line.strip().split("python", 1)[1])[-1] == hostile  # one argument, as named
 
 
-def test_provenance_is_printed_once_when_running_a_loaded_model():
-    lm = M.loaded(M.build(M.HealthyDecoder))
+def test_provenance_is_printed_once_in_the_readme_flow(tmp_path, capsys):
+    (tmp_path / "model.py").write_text((M.__file__ and open(M.__file__).read()) or "")
+    lm = tbkit.load(str(tmp_path / "model.py"), model_name="HealthyDecoder", kind="decoder")
     out = io.StringIO()
     tbkit.run(lm, checks="summary", progress=False, stream=out)
-    assert str(lm.provenance).splitlines()[0] not in out.getvalue()
-    assert os.getcwd()  # nothing to clean: no out_dir, no files
+    first = str(lm.provenance).splitlines()[0]
+    assert (capsys.readouterr().out + out.getvalue()).count(first) == 1
+    assert not list(tmp_path.glob("tbkit-report*")) and os.getcwd()  # no out_dir: no files
 
 
 class _Terminal(io.StringIO):

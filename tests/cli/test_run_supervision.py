@@ -154,6 +154,21 @@ def test_a_failed_load_or_a_killed_supervisor_leaves_the_previous_report_whole(t
             proc.kill()
     assert (tmp_path / "rep" / "report.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["plots", "report.html", "report.json"]
+    deadline = time.monotonic() + 30  # the worker does not run on as an orphan
+    while _workers_in(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _workers_in(tmp_path)
+
+
+def _workers_in(cwd: Path) -> list:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"tbkit.cli._worker" in (proc / "cmdline").read_bytes() and os.readlink(proc / "cwd") == str(cwd):
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
 
 
 def _wait_for_staging(cwd: Path, name: str, deadline_s: float = 120) -> Path:

@@ -137,7 +137,7 @@ def _as_loaded(source_or_model, kind, say, load_options=None):
         lm = source_or_model
         if kind is not None and kind != lm.kind:
             lm = dataclasses.replace(lm, kind=kind, kind_reason="declared")
-        say(f"tbkit: {lm.summary().splitlines()[0]}")  # its provenance was shown when it was loaded
+        say(f"tbkit: {lm.summary()}")  # the provenance, once: tbkit.load itself prints nothing
         return lm
     from tbkit.sources import load
 
@@ -201,7 +201,8 @@ def run(
         try:
             report = execute(lm, specs, device, staging, seed, options, stream, progress, check_timeout)
         except KeyboardInterrupt:
-            _settle(staging, out, interrupted=True)
+            kept = _settle(staging, out, interrupted=True)
+            say(f"tbkit: interrupted; the finished rows were kept{f' in {kept}' if kept else ''}")
             raise
         except BaseException:
             report_folder.discard(staging)  # the previous report stays as it was
@@ -223,16 +224,18 @@ def _rebase(report, staging: Path, out: Path) -> None:
                 pass
 
 
-def _settle(staging, out, interrupted: bool) -> None:
-    """Swap a staged report in (a partial one only when it was written, marked interrupted)."""
+def _settle(staging, out, interrupted: bool) -> Optional[Path]:
+    """Swap a staged report in (a partial one only when it was written, marked interrupted);
+    the report.json it put in place, if any."""
     from tbkit.checks import report_folder
 
     if staging is None:
-        return
+        return None
     if interrupted and not (staging / "report.html").is_file():
         report_folder.discard(staging)
-        return
+        return None
     report_folder.swap_in(staging, out)
+    return out / "report.json"
 
 
 def execute(lm, specs, device, folder, seed, options, stream, progress=True, check_timeout=None, listener=None):
@@ -249,8 +252,6 @@ def execute(lm, specs, device, folder, seed, options, stream, progress=True, che
         _render_figures(report)
     except KeyboardInterrupt:
         report.finish(interrupted=True, ended=run_guard.interrupt_reason())  # plots drawn so far are kept
-        where = f" in {report.json_path}" if report.json_path else ""
-        print(f"tbkit: interrupted; {len(report.rows)} finished rows kept{where}", file=stream, flush=True)
         raise
     finally:
         listener.close()

@@ -63,7 +63,16 @@ def _end(events: Events, code: int, kind: str, **fields) -> None:
 
 
 def _watch_parent(parent: int) -> None:
-    """End when the supervisor is gone (it was killed): an orphan would run on for nobody."""
+    """End when the supervisor is gone (it was killed): an orphan would run on for nobody. Linux
+    kills us with it (PR_SET_PDEATHSIG, even while stuck in C); elsewhere a thread polls."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before that took effect
+        _exit(1)
 
     def watch() -> None:
         while os.getppid() == parent:
