@@ -259,7 +259,8 @@ def test_without_out_dir_the_api_writes_no_files(tmp_path, monkeypatch):
 def test_runner_report_and_tier1_modules_import_nothing_heavy():
     """`tbkit run --help` and `import tbkit` stay fast: torch, pandas, matplotlib load on use."""
     code = (
-        "import sys, tbkit.checks.runner, tbkit.checks.report, tbkit.cli.run, tbkit.checks.tier1, tbkit.checks.inputs; "
+        "import sys, tbkit.checks.runner, tbkit.checks.report, tbkit.cli.run, tbkit.cli._supervise, "
+        "tbkit.checks.tier1, tbkit.checks.inputs; "
         "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'numpy', 'tqdm') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

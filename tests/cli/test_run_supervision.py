@@ -269,3 +269,25 @@ def test_out_as_the_working_folder_keeps_the_working_folder(tmp_path):
         proc = tbkit_run("--checks", "summary", "--no-progress", "--out", ".", cwd=tmp_path, timeout=180)
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert report_of(tmp_path)["finished"] is True and not list(tmp_path.parent.glob(f".{tmp_path.name}.tbkit-*"))
+
+
+def test_a_file_named_plots_in_out_is_one_paragraph_and_exit_2(tmp_path):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "plots").write_text("mine")
+    proc = tbkit_run("--checks", "summary", "--no-progress", "--out", str(out), cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "plots" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("tbkit: ") and (out / "plots").read_text() == "mine"
+
+
+def test_a_read_only_out_is_one_paragraph_and_exit_2(tmp_path):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (not root?)")
+    try:
+        proc = tbkit_run("--checks", "summary", "--no-progress", "--out", str(mnt / "rep"), cwd=tmp_path, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.startswith("tbkit: ") and "Traceback" not in proc.stderr
+        assert "writ" in proc.stderr  # "cannot be created … not writable"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
