@@ -132,8 +132,8 @@ class Supervisor:
             if self.forwarded > 1:  # asked twice: stop now
                 self._kill("a second interrupt")
                 return
-            with _gone():
-                os.kill(self.child.pid, signum)
+            with _gone():  # to the worker's whole session, as a terminal would: pip gets it too and stops cleanly
+                os.killpg(self.child.pid, signum)
             self.kill_at = time.monotonic() + GRACE_S
 
     def _enforce_limits(self) -> None:
