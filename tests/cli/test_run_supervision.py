@@ -291,3 +291,12 @@ def test_a_read_only_out_is_one_paragraph_and_exit_2(tmp_path):
         assert "writ" in proc.stderr  # "cannot be created … not writable"
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("hostile", ["open", "open_at_load"])
+def test_a_model_that_replaces_open_cannot_break_the_report(tmp_path, hostile):
+    proc = tbkit_run(MISBEHAVES, "--checks", "summary,causal,gradient_flow", "--no-progress", "--out", "rep",
+                     cwd=tmp_path, hostile=hostile)  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and report_of(tmp_path / "rep")["finished"] is True
+    assert any((tmp_path / "rep" / "plots").glob("*.png"))

@@ -315,7 +315,7 @@ def _run_specs(specs, ctx: CheckContext, report, flags, listener, stream, check_
         ctx.check_id, ctx.tier = spec.id, spec.tier
         first = len(report.rows)
         started = time.perf_counter()
-        for row in _run_one(spec, ctx, stream, check_timeout):
+        for row in _run_one(spec, ctx, stream, check_timeout, getattr(listener, "body", None)):
             report.add(row)
         report.write_json()
         run_guard.restore_builtins(builtins_kept)  # a model that replaced open() must not break the report
@@ -343,7 +343,7 @@ class _Stamper:
         self.last = time.perf_counter()
 
 
-def _run_one(spec, ctx: CheckContext, stream, check_timeout=None):
+def _run_one(spec, ctx: CheckContext, stream, check_timeout=None, on_body=None):
     """Yield the rows of one check with their timings; exceptions become rows."""
     stamp = _Stamper()
     if spec.applies is not None:
@@ -356,6 +356,8 @@ def _run_one(spec, ctx: CheckContext, stream, check_timeout=None):
         if refusal is not None:
             yield stamp(refusal)
             return
+    if on_body is not None:  # the time limit starts here: installing the requirements is not the check's time
+        on_body(spec.id)
     yield from _check_rows(spec, ctx, stamp, check_timeout)
 
 

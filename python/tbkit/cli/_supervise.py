@@ -119,6 +119,8 @@ class Supervisor:
         elif kind == "started":
             self.check, self.check_started = event["check"], time.monotonic()
             self.progress.started(event["index"], event["check"])
+        elif kind == "body":  # the check's limit counts from here, not from its package install
+            self.check_started = time.monotonic()
         elif kind == "finished":
             self.progress.finished(event["index"], event["check"], event["statuses"], event["seconds"])
             self.check = None

@@ -2,9 +2,9 @@
 (``cli/_supervise.py``) owns the exit code, the time limits, the output folder and stdout.
 
 The spec (a JSON dict built by ``cli/run.py``) arrives on stdin; events go back as JSON lines on
-the file descriptor named by ``$TBKIT_WORKER_EVENTS``: ``loading``, ``loaded``, ``started`` /
-``finished`` per check, then exactly one of ``done``, ``interrupted`` or ``error``. The report is
-written into the staging folder the parent made. The process ends with ``os._exit`` once the last
+the file descriptor named by ``$TBKIT_WORKER_EVENTS``: ``loading``, ``loaded``; per check
+``started``, ``body`` (its requirements are in place) and ``finished``; then exactly one of
+``done``, ``interrupted`` or ``error``. The report is written into the staging folder the parent made. The process ends with ``os._exit`` once the last
 event is flushed, so a thread the model left running cannot keep it alive.
 """
 
@@ -44,6 +44,9 @@ class Events:
 
     def started(self, index: int, check_id: str) -> None:
         self.send("started", index=index, check=check_id, time=time.time())
+
+    def body(self, check_id: str) -> None:
+        self.send("body", check=check_id)
 
     def finished(self, index: int, check_id: str, statuses: list, seconds: float) -> None:
         self.send("finished", index=index, check=check_id, statuses=statuses, seconds=seconds)
