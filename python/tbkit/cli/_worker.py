@@ -146,6 +146,10 @@ def main() -> None:
     os.dup2(devnull, 0)  # model code that asks for input gets end-of-file, never a hang
     os.close(devnull)
     _watch_parent(spec["parent"])
+    # the supervisor decides when to stop: signals it passes on are handled even when this process
+    # was started with them ignored (`tbkit run &` from a script ignores SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         work(spec, events)
     except BaseException as exc:
