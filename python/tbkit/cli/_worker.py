@@ -101,6 +101,8 @@ def _load(spec: dict, events: Events):
     def say(text: str) -> None:
         print(text, flush=True)
 
+    import torch  # noqa: F401 — tbkit's own imports are not the model's load time (a busy machine takes seconds)
+
     events.send("loading", time=time.time())
     lm = runner._as_loaded(spec["source"], spec["kind"], say, spec["load_options"])
     events.send("loaded")
