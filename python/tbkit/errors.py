@@ -12,12 +12,38 @@ import re
 # string, an overlong path) is cut in the middle with the omitted length named.
 MAX_CAUSE_CHARS = 1400
 MAX_FIX_CHARS = 500
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+# Longest text a mask is applied to whole: beyond it, head and tail are kept (each cut back to a
+# whitespace so no fragment of a cut URL survives) — every step on untrusted input stays bounded.
+MAX_MASKED_CHARS = 1_000_000
+# scheme://userinfo@host: the userinfo runs to the LAST '@' before the path (a password may hold '@').
+# Each pattern is linear: one character class per run, and the authority is bounded by '/', '?', '#'
+# or whitespace, none of which the userinfo part may contain.
+_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,30}://)(?P<authority>[^/?#\s]*)")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:access_token|token|api_key|apikey|key|sig|signature|password|passwd|secret)=)[^&#\s]*",
+    re.IGNORECASE,
+)
 
 
 def mask_credentials(text: str) -> str:
-    """``https://user:secret@host/…`` → ``https://***@host/…``: a URL's credentials are never echoed."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}***@", str(text))
+    """``https://user:secret@host/…`` → ``https://***@host/…`` and ``?token=…`` → ``?token=***``: a
+    URL's credentials are never echoed. Linear in the input, which is shortened first when huge."""
+    text = str(text)
+    if len(text) > MAX_MASKED_CHARS:
+        half = MAX_MASKED_CHARS // 2
+        head_words = text[:half].rsplit(None, 1)  # a token cut at the edge could be half a URL: dropped
+        tail_words = text[-half:].split(None, 1)
+        head = head_words[0] if len(head_words) == 2 else ""
+        tail = tail_words[1] if len(tail_words) == 2 else ""
+        text = f"{head} …[{len(text) - len(head) - len(tail)} characters omitted]… {tail}"
+
+    def authority(m: re.Match) -> str:
+        host = m["authority"]
+        at = host.rfind("@")
+        return m["scheme"] + (f"***@{host[at + 1 :]}" if at >= 0 else host)
+
+    text = _AUTHORITY.sub(authority, text)
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}***", text)
 
 
 def shorten(text: str, limit: int = 200) -> str:
@@ -73,3 +99,7 @@ class InstallFailed(TbkitError):
 
 class UsageError(TbkitError):
     """Bad arguments to a public function or command."""
+
+
+class OutputError(TbkitError):
+    """The environment refused a write of the report (disk full, permission, a file in the way)."""

@@ -183,7 +183,12 @@ def test_index_credentials_are_never_shown():
     )
     shown = index.describe()
     assert "s3cr3t" not in shown and "pypi-AgE" not in shown and "https://***@127.0.0.1/simple" in shown
-    assert "https://user:s3cr3t-token@127.0.0.1/simple" in index.args()  # pip itself still gets them
+    # pip itself still gets them, through its environment: never on its command line (`ps` shows that)
+    assert not [a for a in index.args() if "s3cr3t" in a or "pypi-AgE" in a]
+    assert index.env() == {
+        "PIP_INDEX_URL": "https://user:s3cr3t-token@127.0.0.1/simple",
+        "PIP_EXTRA_INDEX_URL": "https://__token__:pypi-AgEIcHlwaS5vcmc@127.0.0.1/x",
+    }
 
 
 def test_loaded_versions_are_pinned_as_pip_sees_them_installed():

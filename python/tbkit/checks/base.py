@@ -85,14 +85,18 @@ class Figure:
         if self.figure is None and self.draw is not None:
             self.figure, self.draw = self.draw(), None
         if self.figure is not None and self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            from tbkit.checks.report_folder import output_error
+
             tmp = self.path.with_name(f".{self.path.name}.part")
             try:  # a PNG appears whole or not at all (Ctrl-C while drawing)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
                 os.replace(tmp, self.path)
+            except OSError as err:
+                raise output_error(err, self.path) from None
             finally:
-                if tmp.exists():
-                    tmp.unlink()
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
         self.figure = None
 
     @property

@@ -8,22 +8,23 @@ engine (jinja2) is needed.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import json
 import os
 import platform
-import tempfile
+import re
 from pathlib import Path
 from typing import Optional
 
+from tbkit.checks import report_html
 from tbkit.checks.base import Row, Status, verdict_of
+from tbkit.checks.report_folder import atomic_write
+from tbkit.checks.report_html import COLUMNS, rows_html
 
 SCHEMA_VERSION = 1
-COLUMNS = ["tier", "check", "status", "metric", "value", "threshold", "detail", "seconds"]
-COLOURS = {"PASS": "#d4edda", "WARN": "#fff3cd", "FAIL": "#f8d7da", "ERROR": "#f5c6cb", "SKIP": "#e2e3e5"}
-BANNER = {"PASS": "#28a745", "WARN": "#d39e00", "FAIL": "#c82333"}
+SUMMARY_DETAIL_CHARS = 240  # a terminal line, not a 20 MB traceback
+# CSI/OSC sequences, lone escapes and other control characters: a model's text must not drive the terminal
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|[\x00-\x08\x0b-\x1f\x7f\x9b]")
 
 
 def environment(device=None, dtype=None) -> dict:
@@ -73,22 +74,6 @@ def model_facts(model) -> dict:
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 class Report:
     """Rows of one run plus everything needed to read them later.
 
@@ -108,6 +93,7 @@ class Report:
         self.figures: list = []  # shared with the CheckContext, filled by ctx.save_figure
         self.finished = False
         self.interrupted = False
+        self.ended: Optional[str] = None  # why an unfinished run stopped (SIGTERM, a check over its limit, …)
 
     # ---- reading -------------------------------------------------------------------------
     @property
@@ -133,6 +119,7 @@ class Report:
             "created_at": self.created_at,
             "finished": self.finished,
             "interrupted": self.interrupted,
+            "ended": self.ended,
             "verdict": self.verdict.value,
             "counts": self.counts(),
             "model": model_facts(self.model),
@@ -172,32 +159,21 @@ class Report:
 
     def write_json(self) -> None:
         if self.json_path is not None:
-            _atomic_write(self.json_path, self.to_json().encode("utf-8"))
+            atomic_write(self.json_path, self.to_json().encode("utf-8"))
 
-    def finish(self, interrupted: bool = False) -> None:
+    def finish(self, interrupted: bool = False, ended: Optional[str] = None) -> None:
         """Mark the run finished (or interrupted) and write report.json and report.html."""
         self.finished = not interrupted
         self.interrupted = interrupted
+        self.ended = ended
         self.write_json()
         if self.html_path is not None:
-            _atomic_write(self.html_path, self.to_html().encode("utf-8"))
+            atomic_write(self.html_path, self.to_html().encode("utf-8"))
 
     # ---- text ------------------------------------------------------------------------------
     def summary_text(self) -> str:
         """Verdict, counts, every FAIL/ERROR/WARN row in one line, and where the files are."""
-        counts = ", ".join(f"{v} {k}" for k, v in self.counts().items() if v)
-        lines = [f"verdict: {self.verdict.value} ({counts or 'no rows'})"]
-        if self.interrupted:
-            lines.append("interrupted: only the checks that finished are included")
-        for r in self.rows:
-            if r.status in (Status.FAIL, Status.ERROR, Status.WARN):
-                first = (r.detail or "").strip().splitlines()
-                lines.append(
-                    f"  {r.status.value:<5} {r.check}: {r.metric}: {first[-1 if r.status is Status.ERROR else 0] if first else ''}"
-                )
-        if self.html_path is not None:
-            lines.append(f"report: {self.html_path} (rows in {self.json_path})")
-        return "\n".join(lines)
+        return summary_of(self.to_dict(), self.html_path, self.json_path)
 
     # ---- HTML --------------------------------------------------------------------------------
     def _rel(self, path) -> Optional[str]:
@@ -212,79 +188,46 @@ class Report:
     def rows_table_html(self) -> str:
         return rows_html([r.to_dict() for r in self.rows])
 
-    def _banner_html(self) -> str:
-        v = self.verdict.value
-        counts = ", ".join(f"{n} {k}" for k, n in self.counts().items() if n)
-        state = "" if self.finished else (" — interrupted, partial" if self.interrupted else " — running")
-        return (
-            f'<div style="background:{BANNER[v]};color:white;padding:10px;font-size:20px;font-weight:bold">'
-            f"tbkit verdict: {v}{html.escape(state)}"
-            f'<span style="font-size:14px;font-weight:normal"> &nbsp; {html.escape(counts)}</span></div>'
-        )
-
-    def _figures_html(self) -> str:
-        parts = []
-        for f in self.figures:
-            if f.path is None or not Path(f.path).is_file():
-                continue
-            data = base64.b64encode(Path(f.path).read_bytes()).decode("ascii")
-            parts.append(
-                f'<figure style="display:inline-block;margin:8px"><img src="data:image/png;base64,{data}" '
-                f'alt="{html.escape(f.name)}"/><figcaption>{html.escape(f.check)}: {html.escape(f.name)}'
-                "</figcaption></figure>"
-            )
-        return "".join(parts)
-
     def to_html(self) -> str:
-        m = model_facts(self.model)
-        env_rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in self.environment.items()
-        )
-        facts = (
-            f"{m['class']}: kind {m['kind']} ({m['kind_reason']}), vocab {m['vocab_size']}, "
-            f"max length {m['max_len'] if m['max_len'] else 'not found'}"
-        )
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in m["notes"])
-        return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>tbkit report: {self.verdict.value}</title></head>
-<body style="font-family:sans-serif;margin:16px">
-{self._banner_html()}
-<h2>Model</h2><p>{html.escape(facts)}</p>{f"<ul>{notes}</ul>" if notes else ""}
-<pre style="background:#f6f8fa;padding:8px">{html.escape(m["provenance_text"])}</pre>
-<h2>Results</h2>{self.rows_table_html()}
-<h2>Plots</h2>{self._figures_html() or "<p>no plots</p>"}
-<h2>Environment</h2><table border="1" cellpadding="4" style="border-collapse:collapse">{env_rows}</table>
-<p style="color:#666">tbkit {html.escape(self.tbkit_version)}, report schema {SCHEMA_VERSION}, created {self.created_at}</p>
-</body></html>
-"""
+        return report_html.render(self.to_dict(), self.out_dir)
 
     def _repr_html_(self) -> str:
         """What a notebook shows for a Report: verdict banner, coloured rows and the plots."""
-        return f"<div>{self._banner_html()}{self.rows_table_html()}{self._figures_html()}</div>"
+        d = self.to_dict()
+        figures = report_html.figures_html(d, self.out_dir)
+        return f"<div>{report_html.banner_html(d)}{self.rows_table_html()}{figures}</div>"
 
 
-def rows_html(records: list, columns: list = COLUMNS) -> str:
-    """An HTML table of row dicts, each row coloured by its status (escaped, no template engine)."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = []
-    for d in records:
-        colour = COLOURS.get(str(d.get("status")), "#ffffff")
-        cells = []
-        for c in columns:
-            v = d.get(c)
-            if c == "value" and isinstance(v, float):
-                v = f"{v:.4g}"
-            elif c == "seconds" and isinstance(v, (int, float)):
-                v = f"{v:.2f}"
-            text = html.escape("" if v is None else str(v))
-            if c == "detail":
-                text = f'<div style="white-space:pre-wrap;max-width:60em">{text}</div>'
-            cells.append(f"<td>{text}</td>")
-        body.append(f'<tr style="background:{colour}">{"".join(cells)}</tr>')
-    return (
-        '<table style="border-collapse:collapse;font-size:13px" border="1" cellpadding="4">'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-    )
+def terminal_text(text, limit: int = SUMMARY_DETAIL_CHARS) -> str:
+    """Model-made text fit for one terminal line: control characters gone, cut to ``limit``."""
+    from tbkit.errors import mask_credentials, shorten
+
+    text = str(text)[: limit * 50]  # bounded before any pattern runs on it
+    return shorten(mask_credentials(" ".join(_CONTROL.sub("", text).split())), limit)
+
+
+def summary_of(d: dict, html_path=None, json_path=None) -> str:
+    """The terminal summary of a report dict: verdict, counts and "N rows from M checks", each
+    problem row on one cut line, and where the files are."""
+    counts = ", ".join(f"{v} {k}" for k, v in d["counts"].items() if v)
+    n_checks = len(dict.fromkeys(r["check"] for r in d["rows"]))
+    n_rows = len(d["rows"])
+    lines = [
+        f"verdict: {d['verdict']} ({counts or 'no rows'}) — {n_rows} row{'s' * (n_rows != 1)} from "
+        f"{n_checks} check{'s' * (n_checks != 1)}"
+    ]
+    if d["interrupted"]:
+        why = f" ({terminal_text(d['ended'])})" if d.get("ended") else ""
+        lines.append(f"interrupted{why}: only the checks that finished are included")
+    for r in d["rows"]:
+        if r["status"] in ("FAIL", "ERROR", "WARN"):
+            first = (r["detail"] or "").strip().splitlines()
+            line = first[-1 if r["status"] == "ERROR" else 0] if first else ""
+            where = f"{terminal_text(r['check'], 80)}: {terminal_text(r['metric'], 120)}"
+            lines.append(f"  {r['status']:<5} {where}: {terminal_text(line)}")
+    if html_path is not None:
+        lines.append(f"report: {html_path} (rows in {json_path})")
+    return "\n".join(lines)
 
 
 _STATUS_FRAME = None
@@ -311,9 +254,27 @@ def _status_frame_class():
     return _STATUS_FRAME
 
 
+def salvage(folder: Path, ended: str, row: Optional[dict] = None) -> Optional[dict]:
+    """Close the report a dead or killed run left in ``folder``: add ``row`` (the check it was in),
+    mark it interrupted with the reason, and write report.json and report.html from the JSON alone.
+    None when the run had not written its report yet (it died while loading)."""
+    try:
+        d = load_json(folder / "report.json")
+    except (OSError, ValueError):
+        return None
+    if row is not None:
+        d["rows"].append(row)
+    d.update(finished=False, interrupted=True, ended=ended)
+    d["counts"] = {s.value: sum(r["status"] == s.value for r in d["rows"]) for s in Status}
+    d["verdict"] = verdict_of(Status(r["status"]) for r in d["rows"]).value
+    atomic_write(folder / "report.json", json.dumps(d, indent=2, default=str).encode("utf-8"))
+    atomic_write(folder / "report.html", report_html.render(d, folder).encode("utf-8"))
+    return d
+
+
 def load_json(path) -> dict:
     """Read a report.json back (for tools and tests)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-__all__ = ["Report", "SCHEMA_VERSION", "COLUMNS", "environment", "model_facts", "load_json"]
+__all__ = ["Report", "SCHEMA_VERSION", "COLUMNS", "environment", "model_facts", "load_json", "summary_of"]

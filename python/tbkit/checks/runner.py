@@ -23,8 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional, Union
 
+from tbkit.checks import run_guard
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
-from tbkit.errors import TbkitError, UsageError
+from tbkit.errors import TbkitError, UsageError, mask_credentials
 
 DEFAULT_OUT_DIR = "tbkit-report"
 
@@ -136,7 +137,7 @@ def _as_loaded(source_or_model, kind, say, load_options=None):
         lm = source_or_model
         if kind is not None and kind != lm.kind:
             lm = dataclasses.replace(lm, kind=kind, kind_reason="declared")
-        say(f"tbkit: {lm.summary()}")
+        say(f"tbkit: {lm.summary()}")  # the provenance, once: tbkit.load itself prints nothing
         return lm
     from tbkit.sources import load
 
@@ -164,16 +165,24 @@ def run(
     stream=None,
     load_options: Optional[dict] = None,
     config=None,
+    check_timeout: Optional[float] = None,
 ):
     """Run the checks of ``tiers`` (or the ``checks`` named, from any tier) and return a Report.
 
     ``source_or_model``: anything ``tbkit.load`` accepts (None = the bundled example), or a
-    LoadedModel. ``out_dir`` (default ./tbkit-report) receives report.json, report.html and
-    plots/. ``options`` reach the checks (e.g. ``{"memory_budget_mb": 512}``,
-    ``{"latency_budget_ms": 50}``, or a threshold ``{"batch_equivalence.pass_rel": 1e-4}``).
-    ``stream`` receives the provenance and messages (default stdout); the progress bar goes to
-    stderr. ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given;
-    ``config`` is ``tbkit.load``'s (a config file's path, or a dict of keys over it)."""
+    LoadedModel. ``out_dir``: the folder that receives report.json, report.html and plots/ (written
+    into a fresh sibling folder and swapped in when done, so the previous report stays whole until
+    then); None (the default) writes no files — the Report holds the rows and plots in memory.
+    ``options`` reach the checks (e.g. ``{"memory_budget_mb": 512}``, ``{"latency_budget_ms": 50}``,
+    or a threshold ``{"batch_equivalence.pass_rel": 1e-4}``). ``stream`` receives the provenance and
+    messages (default stdout); progress goes to stderr (a bar in a terminal or notebook, a line per
+    check otherwise). ``load_options`` go to ``tbkit.load`` when a source is given; ``config`` is ``tbkit.load``'s (a config
+    file's path, or a dict of keys over it). ``check_timeout``:
+    seconds one check may take (main thread only; default none), an ERROR row when exceeded.
+
+    A model that calls ``sys.exit`` or raises ``KeyboardInterrupt`` inside a check gets an ERROR row;
+    the caller's random states and torch globals are left as they were."""
+    from tbkit.checks import report_folder
     from tbkit.sources.loaded import LoadedModel
 
     if config is not None:
@@ -189,24 +198,72 @@ def run(
             "load_options apply only when tbkit.run loads the source itself",
             "Pass them to tbkit.load instead, or pass the source to tbkit.run.",
         )
-    lm = _as_loaded(source_or_model, kind, say, load_options)
+    out = report_folder.resolve_out(out_dir) if out_dir is not None else None  # before any model code
+    with run_guard.caller_state(), run_guard.user_interrupts():
+        lm = _as_loaded(source_or_model, kind, say, load_options)
+        staging = report_folder.make_staging(out) if out is not None else None
+        try:
+            report = execute(lm, specs, device, staging, seed, options, stream, progress, check_timeout)
+        except KeyboardInterrupt:
+            kept = _settle(staging, out, interrupted=True)
+            say(f"tbkit: interrupted; the finished rows were kept{f' in {kept}' if kept else ''}")
+            raise
+        except BaseException:
+            report_folder.discard(staging)  # the previous report stays as it was
+            raise
+        _settle(staging, out, interrupted=False)
+        if out is not None:
+            _rebase(report, staging, out)
+        return report
+
+
+def _rebase(report, staging: Path, out: Path) -> None:
+    """After the swap the files live in ``out``: the Report (and its plots) point there."""
+    report.out_dir = out
+    for figure in report.figures:
+        if figure.path is not None:
+            try:
+                figure.path = out / Path(figure.path).relative_to(staging)
+            except ValueError:
+                pass
+
+
+def _settle(staging, out, interrupted: bool) -> Optional[Path]:
+    """Swap a staged report in (a partial one only when it was written, marked interrupted);
+    the report.json it put in place, if any."""
+    from tbkit.checks import report_folder
+
+    if staging is None:
+        return None
+    if interrupted and not (staging / "report.html").is_file():
+        report_folder.discard(staging)
+        return None
+    report_folder.swap_in(staging, out)
+    return out / "report.json"
+
+
+def execute(lm, specs, device, folder, seed, options, stream, progress=True, check_timeout=None, listener=None):
+    """Run ``specs`` on a loaded model, writing the report into ``folder`` (None: no files). On the
+    user's interrupt the partial report is finished, marked interrupted, and KeyboardInterrupt re-raised."""
+    from tbkit.checks.progress import Progress
+
     dev = resolve_device(device, lm.module)
-    report, ctx = _start_report(
-        lm, dev, specs, Path(out_dir if out_dir is not None else DEFAULT_OUT_DIR), seed, options
-    )
+    report, ctx = _start_report(lm, dev, specs, folder, seed, options)
+    listener = listener if listener is not None else Progress(len(specs), sys.stderr, enabled=progress)
     try:
         with _model_on(lm.module, dev) as flags:
-            _run_specs(specs, ctx, report, flags, progress, stream)
+            _run_specs(specs, ctx, report, flags, listener, stream, check_timeout)
         _render_figures(report)
     except KeyboardInterrupt:
-        report.finish(interrupted=True)  # the plots drawn so far are kept; the rest are skipped
-        say(f"tbkit: interrupted; {len(report.rows)} finished rows kept in {report.json_path}")
+        report.finish(interrupted=True, ended=run_guard.interrupt_reason())  # plots drawn so far are kept
         raise
+    finally:
+        listener.close()
     report.finish()
     return report
 
 
-def _start_report(lm, dev, specs, out: Path, seed: int, options: Optional[dict]):
+def _start_report(lm, dev, specs, out: Optional[Path], seed: int, options: Optional[dict]):
     """The Report (its JSON written at once) and the CheckContext the checks share."""
     from tbkit.checks.report import Report, environment
 
@@ -252,45 +309,24 @@ def _render_figures(report) -> None:
         figure.render()
 
 
-def _run_specs(specs, ctx: CheckContext, report, flags, progress: bool, stream) -> None:
+def _run_specs(specs, ctx: CheckContext, report, flags, listener, stream, check_timeout) -> None:
     import torch
 
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional at run time: one plain line per finished check instead
-        tqdm = _PlainProgress
     torch.manual_seed(ctx.seed)
-    bar = tqdm(total=len(specs), disable=not progress, desc="tbkit", unit="check", leave=True)
-    try:
-        for spec in specs:
-            bar.set_postfix_str(spec.id)
-            ctx.check_id, ctx.tier = spec.id, spec.tier
-            for row in _run_one(spec, ctx, stream):
-                report.add(row)
-            report.write_json()
-            for m, flag in flags:  # a check that forgot to restore modes must not affect the next
-                m.training = flag
-            bar.update(1)
-    finally:
-        bar.close()
-
-
-class _PlainProgress:
-    """The part of tqdm's interface the runner uses, as one line on stderr per finished check."""
-
-    def __init__(self, total: int, disable: bool = False, desc: str = "", **_: object) -> None:
-        self.total, self.done, self.disable, self.desc, self.current = total, 0, disable, desc, ""
-
-    def set_postfix_str(self, text: str) -> None:
-        self.current = text
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if not self.disable:
-            print(f"{self.desc}: {self.done}/{self.total} {self.current} done", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
+    builtins_kept = run_guard.snapshot_builtins()
+    for index, spec in enumerate(specs):
+        listener.started(index, spec.id)
+        ctx.check_id, ctx.tier = spec.id, spec.tier
+        first = len(report.rows)
+        started = time.perf_counter()
+        for row in _run_one(spec, ctx, stream, check_timeout, getattr(listener, "body", None)):
+            report.add(row)
+        report.write_json()
+        run_guard.restore_builtins(builtins_kept)  # a model that replaced open() must not break the report
+        for m, flag in flags:  # a check that forgot to restore modes must not affect the next
+            m.training = flag
+        statuses = [r.status.value for r in report.rows[first:]]
+        listener.finished(index, spec.id, statuses, time.perf_counter() - started)
 
 
 class _Stamper:
@@ -311,7 +347,7 @@ class _Stamper:
         self.last = time.perf_counter()
 
 
-def _run_one(spec, ctx: CheckContext, stream):
+def _run_one(spec, ctx: CheckContext, stream, check_timeout=None, on_body=None):
     """Yield the rows of one check with their timings; exceptions become rows."""
     stamp = _Stamper()
     if spec.applies is not None:
@@ -324,7 +360,9 @@ def _run_one(spec, ctx: CheckContext, stream):
         if refusal is not None:
             yield stamp(refusal)
             return
-    yield from _check_rows(spec, ctx, stamp)
+    if on_body is not None:  # the time limit starts here: installing the requirements is not the check's time
+        on_body(spec.id)
+    yield from _check_rows(spec, ctx, stamp, check_timeout)
 
 
 def _requirements(spec, ctx: CheckContext, stream) -> Optional[Row]:
@@ -347,18 +385,28 @@ def _requirements(spec, ctx: CheckContext, stream) -> Optional[Row]:
     return None
 
 
-def _check_rows(spec, ctx: CheckContext, stamp: _Stamper):
+def _check_rows(spec, ctx: CheckContext, stamp: _Stamper, check_timeout=None):
     produced = None
-    try:
-        for row in spec.func(ctx):
-            produced = stamp(row)
-            yield produced
-            stamp.resume()
-    except KeyboardInterrupt:
-        raise
-    except Exception:
-        yield stamp(ctx.row(Status.ERROR, "crashed", None, "", traceback.format_exc()))
-        return
+    with run_guard.CheckLimit(check_timeout) as limit:
+        try:
+            for row in spec.func(ctx):
+                limit.pause()  # storing the row is the report's time, never interrupted
+                produced = stamp(row)
+                yield produced
+                stamp.resume()
+                limit.resume()
+        except Exception:
+            limit.pause()
+            yield stamp(ctx.row(Status.ERROR, "crashed", None, "", mask_credentials(traceback.format_exc())))
+            return
+        except BaseException as exc:  # sys.exit, the model's own KeyboardInterrupt, the time limit
+            limit.pause()
+            detail = run_guard.escape_detail(exc)
+            if detail is None:
+                raise
+            metric = "time limit" if isinstance(exc, run_guard.CheckTimeout) else type(exc).__name__
+            yield stamp(ctx.row(Status.ERROR, metric, None, "", f"{detail}\n{traceback.format_exc(limit=-8)}"))
+            return
     if produced is not None:
         # work after the last row (saving a plot) belongs to the check: add it to its last row,
         # which the caller has already stored (it rewrites report.json after the check)
@@ -368,4 +416,4 @@ def _check_rows(spec, ctx: CheckContext, stamp: _Stamper):
         yield stamp(ctx.row(Status.ERROR, "no result", None, "", why))
 
 
-__all__ = ["run", "select_checks", "parse_tiers", "resolve_device", "DEFAULT_OUT_DIR"]
+__all__ = ["run", "execute", "select_checks", "parse_tiers", "resolve_device", "DEFAULT_OUT_DIR"]

@@ -159,3 +159,29 @@ def repeat_difference(ctx: CheckContext) -> float:
             b = inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed + 1)
         ctx.cache[key] = max_abs_diff(a, b)
     return ctx.cache[key]
+
+
+def weight_drift(ctx: CheckContext) -> list:
+    """Names of the parameters one eval forward changed: a model that updates its own weights when
+    called gives different outputs for identical calls, which must be named as such (not read as
+    a causal leak or randomness). Cached per run."""
+    key = ("drift",)
+    if key not in ctx.cache:
+        T = probe_length(ctx)
+        first, dec = model_inputs(*batch(ctx, 1, T))
+        before = _fingerprints(ctx.model.module)
+        with inp.eval_mode(ctx.model.module):
+            inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed)
+        after = _fingerprints(ctx.model.module)
+        ctx.cache[key] = [name for name, value in before.items() if after.get(name) != value]
+    return ctx.cache[key]
+
+
+def _fingerprints(module) -> dict:
+    import torch
+
+    with torch.no_grad():
+        return {
+            name: (float(p.detach().double().sum()), float(p.detach().double().abs().sum()))
+            for name, p in module.named_parameters()
+        }

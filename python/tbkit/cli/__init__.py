@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
     except TbkitError as err:
-        if debug:
-            raise
+        if debug:  # the traceback as well, never another exit code
+            import traceback
+
+            traceback.print_exc()
         print(f"tbkit: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

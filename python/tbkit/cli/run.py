@@ -1,20 +1,36 @@
 """`tbkit run [SOURCE]`: run the tiered checks and write a report.
 
-Exit codes: 0 PASS/WARN, 1 FAIL/ERROR, 2 usage or loading errors (TbkitError, mapped in cli.py).
+Exit codes: 0 PASS/WARN, 1 FAIL/ERROR or a run that did not finish, 2 usage, loading or
+environment errors (TbkitError, mapped in cli/__init__.py), 130 / 143 interrupted (SIGINT / SIGTERM).
 With --json only the report JSON goes to stdout; provenance, progress and the summary go to stderr.
+Everything is checked here without torch; the model then runs in a child process that
+``cli/_supervise.py`` watches (``_worker_spec`` is what it is told).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from pathlib import Path
+
+EPILOG = """\
+examples:
+  tbkit run                       check the bundled example (tiny_gpt), Tier 1
+  tbkit run my_model/ --tier 1,2  a folder with model.py (+ config.json); Tier 2 too
+  tbkit run model.py:GPT --json   the report JSON alone on stdout
+
+Tier 1 needs nothing beyond tbkit's own requirements. Tiers 2 and 3 may install packages (Tier 2:
+captum; Tier 3: lightning, optuna) through tbkit's install gate, which installs only when the plan
+cannot break anything already loaded, and otherwise SKIPs those checks with the reason.
+"""
 
 
 def configure(parser) -> None:
     """Every option of `tbkit run`: the source and how to load it, the checks, Tier 3 training.
     The three functions below are the one place where options are defined, group by group."""
+    import argparse
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     _source_options(parser)
     _check_options(parser)
     _tier3_options(parser)
@@ -46,7 +62,8 @@ def _source_options(parser) -> None:
         metavar="SECONDS",
         type=float,
         default=None,
-        help="limit on running the model code at import (default 60, or $TBKIT_IMPORT_TIMEOUT; 0 = none)",
+        help="limit on loading the model: import, construction and the first forward "
+        "(default 60, or $TBKIT_IMPORT_TIMEOUT; 0 = none)",
     )
     source.add_argument(
         "--no-import-guard",
@@ -88,7 +105,19 @@ def _check_options(parser) -> None:
         default=None,
         help="fail a speed row whose median forward latency exceeds this many ms",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (a bar in a terminal, else one line per finished check on stderr)",
+    )
+    parser.add_argument(
+        "--check-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="limit on one check; over it the check is an ERROR row and the run goes on "
+        "(default 1800, or $TBKIT_CHECK_TIMEOUT; 0 = none)",
+    )
 
 
 def _tier3_options(parser) -> None:
@@ -114,27 +143,35 @@ def _tier3_options(parser) -> None:
 
 def main(args) -> int:
     """Validate everything that can be checked without torch first (a wrong path answers at once),
-    then load and run."""
+    then run the model in a supervised child process."""
+    from tbkit.checks import report_folder, run_guard
     from tbkit.checks.runner import parse_tiers, select_checks
+    from tbkit.cli._supervise import supervise
     from tbkit.sources import config_files, resolve, time_limit
 
     tiers = parse_tiers(args.tier)
-    select_checks(tiers, args.checks)  # unknown ids are a usage error before anything loads
-    _check_out_dir(args.out)
+    specs = select_checks(tiers, args.checks)  # unknown ids are a usage error before anything loads
+    out = _check_out_dir(args.out)
     _check_data_file(args.data)
     resolve(args.source, model_name=args.model_name, path=args.path)
     config_files.explicit_path(args.config)
-    time_limit.resolve(args.import_timeout)
-    time_limit.exit_process_when_stuck = True  # this process is ours: code stuck in C must not hang it
-    return _run(args, tiers)
+    spec = _worker_spec(args, tiers, specs)
+    spec["load_timeout"] = time_limit.resolve(args.import_timeout)
+    spec["check_timeout"] = run_guard.resolve_timeout(args.check_timeout)
+    spec["staging"] = str(report_folder.make_staging(out))
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("TBKIT_DEBUG") == "1"
+    spec["debug"] = debug
+    return supervise(spec, out, args.out, json_out=args.json, progress=not args.no_progress, debug=debug)
 
 
-def _check_out_dir(out: str) -> None:
-    """--out must be a folder that exists or can be created; nothing is created here."""
+def _check_out_dir(out: str) -> Path:
+    """--out must be a folder that exists or can be created; nothing is created here. Returns it
+    as an absolute path (resolved before any model code runs, so a chdir changes nothing)."""
+    from tbkit.checks.report_folder import resolve_out
     from tbkit.errors import UsageError
     from tbkit.sources.files import what_is
 
-    path = Path(out).expanduser()
+    path = resolve_out(out)
     kind = what_is(path)
     if kind not in ("missing", "a folder"):
         raise UsageError(
@@ -153,6 +190,13 @@ def _check_out_dir(out: str) -> None:
             f"--out {out!r} cannot be {'written' if probe == path else 'created'}: {probe} is not writable",
             "Give a folder you can write to.",
         )
+    plots = path / "plots"
+    if os.path.lexists(plots) and not plots.is_symlink() and not plots.is_dir():
+        raise UsageError(
+            f"--out {out!r} holds a file named 'plots' where the report's plot folder goes",
+            "Move that file away, or give another folder for the report.",
+        )
+    return path
 
 
 def _check_data_file(data) -> None:
@@ -169,18 +213,15 @@ def _check_data_file(data) -> None:
         )
 
 
-def _run(args, tiers) -> int:
-    import tbkit
-    from tbkit.checks.base import Status
-
-    info = sys.stderr if args.json else sys.stdout
+def _worker_spec(args, tiers, specs) -> dict:
+    """What the child process is told: plain JSON values, paths absolute (model code may chdir)."""
     options = {}
     if args.memory_budget_mb is not None:
         options["memory_budget_mb"] = args.memory_budget_mb
     if args.latency_budget_ms is not None:
         options["latency_budget_ms"] = args.latency_budget_ms
     for key, value in (
-        ("data", args.data),
+        ("data", os.path.abspath(os.path.expanduser(args.data)) if args.data else None),
         ("synthetic", args.synthetic or None),
         ("hpo_trials", args.trials),
         ("storage", args.storage),
@@ -197,30 +238,21 @@ def _run(args, tiers) -> int:
             ("expected_sha256", args.sha256),
             ("offline", True if args.offline else None),
             ("model_name", args.model_name),
-            ("config", args.config),
-            ("path", args.path),
+            ("config", os.path.abspath(args.config) if args.config else None),
+            ("path", [os.path.abspath(p) for p in args.path] if args.path else None),
             ("import_timeout", args.import_timeout),
             ("import_guard", False if args.no_import_guard else None),
         )
         if v is not None
     } or None
-    # with --json, anything else that writes to stdout (a print in the model's forward, a library)
-    # is sent to stderr, so stdout stays one JSON document
-    with contextlib.redirect_stdout(info):
-        report = tbkit.run(
-            args.source,
-            tiers=tiers,
-            checks=args.checks,
-            kind=args.kind,
-            device=args.device,
-            out_dir=args.out,
-            seed=args.seed,
-            options=options,
-            progress=not args.no_progress,
-            stream=info,
-            load_options=load_options,
-        )
-    if args.json:
-        print(report.to_json())
-    print(report.summary_text(), file=info)
-    return 0 if report.verdict in (Status.PASS, Status.WARN) else 1
+    return {
+        "source": args.source,
+        "kind": args.kind,
+        "device": args.device,
+        "tiers": list(tiers),
+        "checks": args.checks,
+        "check_tiers": {s.id: s.tier for s in specs},
+        "seed": args.seed,
+        "options": options,
+        "load_options": load_options,
+    }

@@ -16,6 +16,7 @@ file reads (no importlib.metadata: `import tbkit` calls the quick variant and mu
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator
 from typing import Optional
 
@@ -85,8 +86,9 @@ class OwnershipReport:
             shown = ", ".join(self.changed[:3]) + (" …" if len(self.changed) > 3 else "")
             parts.append(f"{len(self.changed)} file(s) of {DISTRIBUTION} were replaced or removed ({shown})")
         pin = f"=={self.version}" if self.version else ""
-        fix = [f"python -m pip uninstall -y {o.name}" for o in self.owners]
-        fix.append(f"python -m pip install --no-deps --force-reinstall {DISTRIBUTION}{pin}")
+        # the other distribution's name comes from its own metadata: quoted, it stays one argument
+        fix = [f"python -m pip uninstall -y {shlex.quote(o.name)}" for o in self.owners]
+        fix.append(f"python -m pip install --no-deps --force-reinstall {shlex.quote(DISTRIBUTION + pin)}")
         if self.owners:
             what = (
                 f". `{PACKAGE}` on PyPI is an unrelated project; this one is published as `{DISTRIBUTION}`. "

@@ -34,6 +34,22 @@ DEFAULT_TIMEOUT = 15.0
 DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024
 
 
+def _keeps_caller_state(func):
+    """Loading runs model code: whatever it does to random states, torch globals or the working
+    folder is undone when the load returns (the caller's process is left as it was)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from tbkit.checks.run_guard import caller_state
+
+        with caller_state():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_keeps_caller_state
 def load(
     source=None,
     *,

@@ -10,11 +10,12 @@ Why this design (and not a watchdog thread alone, or a subprocess):
 - Elsewhere (a worker thread, Windows) the watchdog raises ``_Expired`` in the loading thread
   with ``PyThreadState_SetAsyncExc``: also at the next bytecode.
 - Neither reaches code stuck inside one C call that holds the GIL (e.g.
-  ``sum(itertools.repeat(1, 10**13))``): no Python thread can even run then. For that, a process
-  that owns itself (the CLI sets ``exit_process_when_stuck``) gets a last resort outside the
-  interpreter: a forked watchdog process that, ``GRACE_S`` after the limit, prints the message
-  and kills the stuck process (exit status 137, "killed"). A notebook is never ended; there the
-  limit is best effort, as documented.
+  ``sum(itertools.repeat(1, 10**13))``): no Python thread can even run then. `tbkit run` runs the
+  model in a worker process that its supervisor (cli/_supervise.py) kills after the load limit
+  plus a grace, with one paragraph. A process that owns itself and has no supervisor can set
+  ``exit_process_when_stuck`` to get a forked watchdog that, ``GRACE_S`` after the limit, prints the
+  message and kills it (exit status 137). A notebook is never ended; there the limit is best
+  effort, as documented.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tbkit.errors import SourceError
 DEFAULT_S = 60.0
 ENV = "TBKIT_IMPORT_TIMEOUT"
 GRACE_S = 3.0
-exit_process_when_stuck = False  # set by the CLI only
+exit_process_when_stuck = False  # for a process that owns itself and has no supervisor
 
 
 class _Expired(BaseException):

@@ -44,6 +44,16 @@ def check_causal(ctx: CheckContext):
     if T < 2:
         yield ctx.row(SKIP, "causality", None, "", f"maximum length {T}: no earlier position to protect")
         return
+    drifted = shared.weight_drift(ctx)
+    if drifted:  # identical calls differ because the weights move: that, not a leak, is the finding
+        shown = ", ".join(drifted[:5]) + (f" and {len(drifted) - 5} more" if len(drifted) > 5 else "")
+        why = (
+            f"the model changes its own weights when called ({shown} changed during one eval forward), so two "
+            "identical calls give different outputs and causality cannot be judged. A forward must not update "
+            "parameters (an in-place op on a weight, an optimizer step or a weight update inside forward?)"
+        )
+        yield ctx.row(FAIL, "weights unchanged by forward", len(drifted), "0 parameters", why)
+        return
     ids, enc = shared.batch(ctx, 1, T)  # one sequence: a leak is structural, every sequence shows it
     alt = inp.different_tokens(lm, ids, ctx.generator(3))
     with inp.eval_mode(lm.module):

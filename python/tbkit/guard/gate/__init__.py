@@ -324,7 +324,8 @@ def _execute(reqs: list[Req], the_plan: Plan, say: Say, quiet: bool) -> InstallR
         *pins,
     ]
     say(f"tbkit: installing exactly the plan ({len(pins)} distribution{'s' * (len(pins) != 1)}, --no-deps)")
-    run = pipmod.run_streamed(argv, echo=None if quiet else (lambda line: print(f"  pip: {line}", flush=True)))
+    echo = None if quiet else (lambda line: print(f"  pip: {line}", flush=True))
+    run = pipmod.run_streamed(argv, echo=echo, index=the_plan.index)
     importlib.invalidate_caches()
     report = _integrity().check()
     if not run.ok:

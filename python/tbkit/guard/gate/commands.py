@@ -8,6 +8,7 @@ in ``cell_refusal``). tbkit.guard.notebook finds the commands in a cell and wire
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -184,8 +185,18 @@ def shell_replacement(command: PackageCommand) -> str:
 
     argv = pipmod.base_argv() + ["--no-deps", *plan.index.args(), *plan.pip_args, *[i.pin() for i in plan.items]]
     env = [f"{k}={shlex.quote(v)}" for k, v in command.prepared.request.env.items()]
+    env += [_index_assignment(k, v) for k, v in plan.index.env().items()]
     header = "printf '%s\\n' " + shlex.quote(f"{plan}\ntbkit: installing exactly the plan (--no-deps)")
     return f"{header} && {' '.join(env + [pip_cli.shell_quote(argv)])}"
+
+
+def _index_assignment(name: str, url: str) -> str:
+    """An index URL with credentials for the command's environment: taken from the variable it came
+    from when it did (the secret is then not in the command text, which ``ps`` shows)."""
+    for source in ("TBKIT_PIP_INDEX_URL", name):
+        if os.environ.get(source) == url:
+            return f'{name}="${source}"'
+    return f"{name}={shlex.quote(url)}"
 
 
 def carry_out_command(command: PackageCommand) -> None:

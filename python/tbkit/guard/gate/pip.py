@@ -81,17 +81,29 @@ class IndexOptions:
         )
 
     def args(self) -> list[str]:
+        """pip's command line; an index URL that carries credentials is not on it (``ps`` shows
+        every argv to every user) but in ``env()``."""
         out: list[str] = []
         if self.no_index:
             out.append("--no-index")
-        if self.index_url:
+        if self.index_url and not has_credentials(self.index_url):
             out += ["--index-url", self.index_url]
-        for url in self.extra_index_urls:
-            out += ["--extra-index-url", url]
+        if not any(has_credentials(u) for u in self.extra_index_urls):
+            for url in self.extra_index_urls:
+                out += ["--extra-index-url", url]
         for link in self.find_links:
             out += ["--find-links", link]
         if self.pre:
             out.append("--pre")
+        return out
+
+    def env(self) -> dict[str, str]:
+        """The index URLs ``args()`` leaves out, for pip's environment (readable only by this user)."""
+        out: dict[str, str] = {}
+        if self.index_url and has_credentials(self.index_url):
+            out["PIP_INDEX_URL"] = self.index_url
+        if any(has_credentials(u) for u in self.extra_index_urls):
+            out["PIP_EXTRA_INDEX_URL"] = " ".join(self.extra_index_urls)  # pip splits it on whitespace
         return out
 
     def describe(self) -> str:
@@ -107,16 +119,27 @@ class IndexOptions:
 
 
 def redact(url: str) -> str:
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", url)
+    from tbkit.errors import mask_credentials
+
+    return mask_credentials(url)
+
+
+def has_credentials(url: str) -> bool:
+    """``scheme://user:password@host…`` (or a token in the query) carries a secret."""
+    from tbkit.errors import mask_credentials
+
+    return mask_credentials(url) != url
 
 
 def base_argv() -> list[str]:
     return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-color"]
 
 
-def pip_env() -> dict[str, str]:
+def pip_env(index: Optional[IndexOptions] = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(_EXTRA_ENV)
+    if index is not None:
+        env.update(index.env())
     for name in ("FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS"):  # set by ipykernel and CI runners
         env.pop(name, None)
     env["NO_COLOR"] = "1"
@@ -137,14 +160,14 @@ class PipRun:
         return self.returncode == 0
 
 
-def run_captured(argv: list[str], timeout: float = 900) -> PipRun:
+def run_captured(argv: list[str], timeout: float = 900, index: Optional[IndexOptions] = None) -> PipRun:
     """Run pip quietly, keeping its output for the error report."""
     proc = subprocess.run(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=pip_env(),
+        env=pip_env(index),
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
@@ -152,7 +175,9 @@ def run_captured(argv: list[str], timeout: float = 900) -> PipRun:
     return PipRun(argv, proc.returncode, output, output.splitlines()[-40:])
 
 
-def run_streamed(argv: list[str], echo: Optional[Callable[[str], None]]) -> PipRun:
+def run_streamed(
+    argv: list[str], echo: Optional[Callable[[str], None]], index: Optional[IndexOptions] = None
+) -> PipRun:
     """Run pip, passing each output line to ``echo`` as it arrives (progress in the notebook)."""
     tail: deque[str] = deque(maxlen=40)
     proc = subprocess.Popen(
@@ -160,7 +185,7 @@ def run_streamed(argv: list[str], echo: Optional[Callable[[str], None]]) -> PipR
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=pip_env(),
+        env=pip_env(index),
         stdin=subprocess.DEVNULL,
         bufsize=1,
     )

@@ -198,7 +198,7 @@ def _dry_run(d: DryRun, pins: Optional[str], tag: str) -> tuple[pipmod.PipRun, O
             argv += ["-c", constraints]
     requirements = d.requirements
     argv += [r.text for r in requirements]
-    run = pipmod.run_captured(argv)
+    run = pipmod.run_captured(argv, index=d.index)
     data = None
     if run.ok and os.path.exists(report):
         with open(report, encoding="utf-8") as fh:
