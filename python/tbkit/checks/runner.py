@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
+from tbkit.checks.options import validate_options
 from tbkit.errors import TbkitError, UsageError
 
 DEFAULT_OUT_DIR = "tbkit-report"
@@ -168,8 +169,11 @@ def run(
 
     ``source_or_model``: anything ``tbkit.load`` accepts (None = the bundled example), or a
     LoadedModel. ``out_dir`` (default ./tbkit-report) receives report.json, report.html and
-    plots/. ``options`` reach the checks (e.g. ``{"memory_budget_mb": 512}``,
-    ``{"latency_budget_ms": 50}``, or a threshold ``{"batch_equivalence.pass_rel": 1e-4}``).
+    plots/. ``options`` reach the checks by their declared names (docs/checks.md): a check's
+    threshold or option ``"<check id>.<name>"`` (``{"memory.budget_mb": 512}``,
+    ``{"batch_equivalence.pass_rel": 1e-4}``) or a run-level one (``data``, ``max_len``, …); the
+    older names ``memory_budget_mb``, ``latency_budget_ms``, … are aliases. An unknown name or a
+    value of the wrong type is a UsageError before anything loads.
     ``stream`` receives the provenance and messages (default stdout); the progress bar goes to
     stderr. ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given."""
     from tbkit.sources.loaded import LoadedModel
@@ -180,6 +184,7 @@ def run(
         print(text, file=stream, flush=True)
 
     specs = select_checks(tiers, checks)  # usage errors before any model code runs
+    options = validate_options(options, [s.id for s in specs])  # canonical names, declared types
     if load_options and isinstance(source_or_model, LoadedModel):
         raise UsageError(
             "load_options apply only when tbkit.run loads the source itself",

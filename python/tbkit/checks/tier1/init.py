@@ -10,6 +10,7 @@ from tbkit.checks.base import CheckContext, register
 from tbkit.checks.numeric import (
     fmt,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
 
@@ -25,7 +26,11 @@ def _is_norm(module) -> bool:
     "init",
     tier=1,
     summary="loss at init vs ln V, norm layers, identical tensors across layers, weight scale",
-    thresholds={"loss_warn_share": 0.1, "loss_fail_factor": 2.0, "max_gain": 10.0},
+    thresholds=(
+        Threshold("loss_warn_share", float, 0.1, "share of ln V", "|loss at init - ln V| above it WARN"),
+        Threshold("loss_fail_factor", float, 2.0, "x ln V", "loss at init above this multiple of ln V FAIL"),
+        Threshold("max_gain", float, 10.0, "x default init", "weight scale above this multiple WARN"),
+    ),
 )
 def check_init(ctx: CheckContext):
     """The state of a fresh model: finite parameters; loss at init close to ln V; norm layers at

@@ -12,6 +12,7 @@ from tbkit.checks.numeric import (
     max_abs_diff,
     output_scale,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
 
@@ -19,7 +20,10 @@ from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
     "padding",
     tier=1,
     summary="right padding and pad content leave real positions unchanged (grad, no_grad)",
-    thresholds={"pass_rel": 1e-5, "warn_rel": 1e-3},
+    thresholds=(
+        Threshold("pass_rel", float, 1e-5, "relative", "max change at real positions / max(1, |output|) for PASS"),
+        Threshold("warn_rel", float, 1e-3, "relative", "above it FAIL; between pass_rel and it WARN"),
+    ),
 )
 def check_padding(ctx: CheckContext):
     """Right padding must leave the real positions unchanged, and so must changing the tokens

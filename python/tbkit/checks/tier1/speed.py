@@ -10,6 +10,7 @@ from tbkit.checks.base import CheckContext, register
 from tbkit.checks.numeric import (
     new_figure,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN, forward_pair
 
 SPEED_BATCHES = (1, 2)  # shapes of the shared grid: their shared forward is the warm-up
@@ -19,7 +20,12 @@ SPEED_BATCHES = (1, 2)  # shapes of the shared grid: their shared forward is the
     "speed",
     tier=1,
     summary="forward latency (all threads, >= 6 timings per shape): median with 95% CI, tokens/s",
-    thresholds={"min_timings": 6, "seconds_per_shape": 0.005, "latency_budget_ms": None, "min_batch_speedup": 0.5},
+    thresholds=(
+        Threshold("min_timings", int, 6, "", "fewest timings per shape", positive=True),
+        Threshold("seconds_per_shape", float, 0.005, "s", "time spent timing each shape beyond the minimum"),
+        Threshold("latency_budget_ms", float, None, "ms", "a median forward latency above it FAILs", positive=True),
+        Threshold("min_batch_speedup", float, 0.5, "", "batch 2 tokens/s below this multiple of batch 1 WARN"),
+    ),
 )
 def check_speed(ctx: CheckContext):
     """Forward latency (eval, no_grad, all torch threads) at batch {1, 2} x the shared odd length
@@ -68,7 +74,7 @@ def _time_forwards(ctx: CheckContext, batches, T: int) -> list:
 
     steps = [step_for(B) for B in batches]
     min_n = max(2, int(ctx.threshold("min_timings")))  # never one: a spread of one sample is not a measurement
-    budget = float(ctx.options.get("speed_seconds_per_point", ctx.threshold("seconds_per_shape")))
+    budget = float(ctx.threshold("seconds_per_shape"))
     with inp.eval_mode(lm.module):
         for B, step in zip(batches, steps):
             if B <= shared.MAX_BATCH:
@@ -98,7 +104,7 @@ def _speed_row(ctx: CheckContext, B: int, T: int, t, threads: int):
     )
     if spread > 0.2:
         detail += " (a wide interval: other work shared the machine; the median is still the model's)"
-    budget = ctx.options.get("latency_budget_ms", ctx.threshold("latency_budget_ms"))
+    budget = ctx.threshold("latency_budget_ms")
     metric = f"median ms (B={B}, T={T})"
     if budget is None:
         return ctx.row(PASS, metric, round(med * 1e3, 4), "", detail + ". No latency budget given")

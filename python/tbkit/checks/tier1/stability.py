@@ -11,6 +11,7 @@ from tbkit.checks.numeric import (
     describe_error,
     new_figure,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN, forward_pair
 
 
@@ -18,7 +19,7 @@ from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN, forward_pair
     "stability",
     tier=1,
     summary="random ids, one repeated token, length 1 and max_len, bf16 autocast: finite, |logit| < 1e4",
-    thresholds={"max_abs_output": 1e4},
+    thresholds=(Threshold("max_abs_output", float, 1e4, "absolute", "max |output| at or above it WARN"),),
 )
 def check_stability(ctx: CheckContext):
     """Outputs stay finite and moderate on random ids, one repeated token, length 1, max_len and

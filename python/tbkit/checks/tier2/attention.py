@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier2.common import fmt_list, grad_mode_failure
 
 # Sizes of the probing inputs: small enough for a CPU, long enough for entropy and 1 % to mean
@@ -31,11 +32,11 @@ MAX_HEATMAP_LAYERS = 12
     "attention",
     tier=2,
     summary="per-head attention: future-key mass (decoders), entropy, sparsity, redundancy, heatmaps",
-    thresholds={
-        "future_mass": FUTURE_MASS_TOL,
-        "redundant_cosine": REDUNDANT_COSINE,
-        "capture_fidelity": CAPTURE_FIDELITY,
-    },
+    thresholds=(
+        Threshold("future_mass", float, FUTURE_MASS_TOL, "share", "attention weight on a future key above it FAIL"),
+        Threshold("redundant_cosine", float, REDUNDANT_COSINE, "cosine", "two heads this alike are redundant"),
+        Threshold("capture_fidelity", float, CAPTURE_FIDELITY, "relative", "outputs with/without capture may differ"),
+    ),
 )
 def check_attention(ctx: CheckContext) -> Iterator[Row]:
     """Per-head attention weights (hooks on nn.MultiheadAttention with per-head weights, or

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
+from tbkit.checks.spec import Threshold
 
 # overfit (CHECKS.md): one fixed batch 2 x 64, Adam 1e-3, at most 300 steps, clip 1.0
 OVERFIT_BATCH, OVERFIT_LEN, OVERFIT_STEPS, OVERFIT_LR = 2, 64, 300, 1e-3
@@ -20,7 +21,11 @@ OVERFIT_DROP = 0.90  # PASS when the loss falls by more than this fraction of it
     "overfit",
     tier=3,
     summary="memorise one fixed batch (2x64, Adam 1e-3, <=300 steps): loss must fall >90%",
-    thresholds={"loss_drop": OVERFIT_DROP, "steps": OVERFIT_STEPS, "lr": OVERFIT_LR},
+    thresholds=(
+        Threshold("loss_drop", float, OVERFIT_DROP, "share", "PASS when the loss falls by more than this share"),
+        Threshold("steps", int, OVERFIT_STEPS, "", "most optimiser steps", positive=True),
+        Threshold("lr", float, OVERFIT_LR, "", "Adam learning rate", positive=True),
+    ),
 )
 def check_overfit(ctx: CheckContext) -> Iterator[Row]:
     """Memorise one fixed batch of 2 x 64 seeded random ids (Adam at learning rate ``lr`` (1e-3),
