@@ -25,7 +25,12 @@ from typing import Optional, Union
 
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
 from tbkit.checks.options import validate_options
+from tbkit.checks.report import Report, environment
+from tbkit.checks.spec import TIER_MODULES
 from tbkit.errors import TbkitError, UsageError
+from tbkit.guard import gate
+from tbkit.sources import load
+from tbkit.sources.loaded import KINDS, LoadedModel
 
 DEFAULT_OUT_DIR = "tbkit-report"
 
@@ -35,8 +40,6 @@ DEFAULT_OUT_DIR = "tbkit-report"
 # ------------------------------------------------------------------------------------------
 def parse_tiers(tiers) -> tuple:
     """(1,), "1,2", [1, 3] → a sorted tuple of valid tier numbers; UsageError otherwise."""
-    from tbkit.checks import TIER_MODULES
-
     if isinstance(tiers, (int, str)):
         tiers = str(tiers).split(",")
     out = set()
@@ -53,8 +56,6 @@ def parse_tiers(tiers) -> tuple:
 def _import_tier(tier: int) -> None:
     import importlib
 
-    from tbkit.checks import TIER_MODULES
-
     name = TIER_MODULES[tier]
     try:
         importlib.import_module(name)
@@ -69,8 +70,6 @@ def _import_tier(tier: int) -> None:
 def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) -> list:
     """The CheckSpecs to run, in registry order. ``checks`` picks ids from any tier (``tiers`` is
     then not used); unknown ids → UsageError listing the valid ones."""
-    from tbkit.checks import TIER_MODULES
-
     if checks is None:
         wanted = parse_tiers(tiers)
         for t in wanted:
@@ -129,8 +128,6 @@ def resolve_device(device=None, module=None):
 
 
 def _as_loaded(source_or_model, kind, say, load_options=None):
-    from tbkit.sources.loaded import KINDS, LoadedModel
-
     if kind is not None and kind not in KINDS:
         raise UsageError(f"unknown model kind {kind!r}", f"Use one of {', '.join(KINDS)}.")
     if isinstance(source_or_model, LoadedModel):
@@ -139,8 +136,6 @@ def _as_loaded(source_or_model, kind, say, load_options=None):
             lm = dataclasses.replace(lm, kind=kind, kind_reason="declared")
         say(f"tbkit: {lm.summary()}")
         return lm
-    from tbkit.sources import load
-
     lm = load(source_or_model, kind=kind, log=say, **(load_options or {}))  # provenance shown before the code runs
     say(
         f"tbkit: {type(lm.module).__name__}: {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size}, "
@@ -176,8 +171,6 @@ def run(
     value of the wrong type is a UsageError before anything loads.
     ``stream`` receives the provenance and messages (default stdout); the progress bar goes to
     stderr. ``load_options`` go to ``tbkit.load`` (e.g. ``{"revision": sha}``) when a source is given."""
-    from tbkit.sources.loaded import LoadedModel
-
     stream = stream if stream is not None else sys.stdout
 
     def say(text: str) -> None:
@@ -209,8 +202,6 @@ def run(
 
 def _start_report(lm, dev, specs, out: Path, seed: int, options: Optional[dict]):
     """The Report (its JSON written at once) and the CheckContext the checks share."""
-    from tbkit.checks.report import Report, environment
-
     params = list(lm.module.parameters())
     dtype = params[0].dtype if params else None
     plain = {
@@ -310,10 +301,8 @@ def _run_one(spec, ctx: CheckContext, stream):
 def _requirements(spec, ctx: CheckContext, stream) -> Optional[Row]:
     """Get the check's ``needs`` through the install gate; a row when they could not be had."""
     try:
-        from tbkit.guard.gate import ensure
-
         with contextlib.redirect_stdout(stream):
-            ensure(*spec.needs)
+            gate.ensure(*spec.needs)
     except KeyboardInterrupt:
         raise
     except TbkitError as err:

@@ -16,6 +16,9 @@ import json
 import sys
 from pathlib import Path
 
+from tbkit.errors import UsageError
+from tbkit.sources import load
+
 
 def configure(parser) -> None:
     parser.add_argument(
@@ -72,8 +75,6 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
-    from tbkit.errors import UsageError
-    from tbkit.sources import load
     from tbkit.training.search import search
 
     if args.data is None and not args.synthetic:

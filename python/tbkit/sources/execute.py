@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from tbkit.errors import SourceError, shorten
+from tbkit.sources import files as sfiles
 from tbkit.sources import import_guard, time_limit
 from tbkit.sources.advice import missing_import_error
 
@@ -93,8 +94,6 @@ def import_module(dotted: str, label: str, *, folders, guard: bool, timeout: Opt
         _drop_foreign(folders)
         origin = _origin(dotted, folders)
         if guard and origin is not None:
-            from tbkit.sources import files as sfiles
-
             raw = sfiles.read_bounded(origin, "module file", sfiles.MAX_SOURCE_BYTES)
             import_guard.check(decode_source(raw, label), label)
         with _running(label, str(origin or dotted), folders, timeout):

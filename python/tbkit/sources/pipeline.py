@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tbkit.errors import SourceError
+from tbkit.sources import build, configs, execute, hf, inspect_model
+from tbkit.sources import files as sfiles
 from tbkit.sources.loaded import LoadedModel, Provenance, SourceFile
 
 
@@ -50,8 +52,6 @@ def _pin(files: dict, provenance: Provenance, where: str, opts: Options) -> None
 
 
 def _config(files: dict, where: str, opts: Options) -> dict:
-    from tbkit.sources import configs
-
     config = configs.parse(files["config.json"], f"config.json of {where}") if "config.json" in files else {}
     return {**config, **(opts.config_arg or {})}
 
@@ -61,8 +61,6 @@ def from_files(
 ) -> LoadedModel:
     """model code (+ optional config.json) → LoadedModel. ``base``: the folder the files are in
     (put on sys.path for the load, so sibling modules import), None when they live in memory."""
-    from tbkit.sources import execute
-
     where = provenance.location if provenance.source != "gist" else f"gist {provenance.gist_id}"
     _pin(files, provenance, where, opts)
     config = _config(files, where, opts)
@@ -87,8 +85,6 @@ def from_files(
 
 
 def _build(module, config: dict, label: str, provenance: Provenance, opts: Options, notes: list) -> LoadedModel:
-    from tbkit.sources import build, inspect_model
-
     flat = build.flatten_config(config, notes)
     builder, name, how = build.pick_builder(module, config, label, opts.model_name)
     notes.append(f"model built from {name} ({how})")
@@ -98,8 +94,6 @@ def _build(module, config: dict, label: str, provenance: Provenance, opts: Optio
 
 def from_module_name(dotted: str, class_name: str, paths: list, opts: Options) -> LoadedModel:
     """``package.module:Class`` imported from ``paths`` (the package's .py files are pinned)."""
-    from tbkit.sources import execute
-
     files, root = _package_files(dotted, paths)
     provenance = Provenance(source="package", location=f"{dotted}:{class_name} (from {root})")
     _pin(files, provenance, f"{dotted}:{class_name}", opts)
@@ -114,8 +108,6 @@ def from_module_name(dotted: str, class_name: str, paths: list, opts: Options) -
 
 def _package_files(dotted: str, paths: list) -> tuple:
     """({relative name: bytes} of the top-level package's .py files (at most 500), its folder)."""
-    from tbkit.sources import files as sfiles
-
     top = dotted.split(".")[0]
     for folder in paths:
         single = Path(folder) / f"{top}.py"
@@ -136,9 +128,6 @@ def _package_files(dotted: str, paths: list) -> tuple:
 
 def from_hf_config(path: Path, opts: Options) -> LoadedModel:
     """A Hugging Face config.json → transformers model (random init, offline)."""
-    from tbkit.sources import build, configs, hf, inspect_model
-    from tbkit.sources import files as sfiles
-
     files = {"config.json": sfiles.read_bounded(path, "config file", sfiles.MAX_CONFIG_BYTES)}
     provenance = Provenance(source="huggingface", location=str(path))
     _pin(files, provenance, str(path), opts)
@@ -161,8 +150,6 @@ def from_hf_config(path: Path, opts: Options) -> LoadedModel:
 def from_object(obj, opts: Options) -> LoadedModel:
     """An nn.Module instance (used as is) or class (constructed from ``config``)."""
     import torch.nn as nn
-
-    from tbkit.sources import build, inspect_model
 
     if opts.expected_sha256 is not None:
         raise SourceError(

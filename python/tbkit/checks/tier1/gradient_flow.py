@@ -13,6 +13,7 @@ from tbkit.checks.numeric import (
     fmt,
     new_figure,
 )
+from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN, forward_pair
 
@@ -51,8 +52,6 @@ def check_gradient_flow(ctx: CheckContext):
     WARN; total norm > ``max_total_norm`` (1e3) WARN; min/max per-layer norm < ``min_layer_ratio``
     (1e-4) WARN; no parameter moved by Adam (lr ``lr``) FAIL. Fix: use or delete unused modules;
     lower the init scale or clip."""
-    from tbkit.checks.restore import preserved
-
     lm = ctx.model
     with preserved(lm.module):
         facts = _backward_and_step(ctx)

@@ -184,7 +184,7 @@ def _init_identical_tensors(ctx: CheckContext):
 
 def _init_weight_gain(ctx: CheckContext):
     """4. scale of each weight matrix: gain = std * sqrt(fan_in). Default torch init gives ~0.58,
-    xavier ~0.7-1, normal(0, 0.02) less. CHECKS.md's first cut flagged > 4, but a fresh
+    xavier ~0.7-1, normal(0, 0.02) less. A first cut flagged > 4, but a fresh
     transformers T5 has an LM head of std 1 (gain sqrt(d) = 5.7 at d 32) by design: its forward
     scales the hidden state by d**-0.5 first, which one matrix cannot show. So only gains an order
     of magnitude above the default init (max_gain 10) are flagged; the loss at init judges the

@@ -138,7 +138,7 @@ def _padded_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
 
 
 def _padding_verdict(ctx: CheckContext, metric: str, rel: float, tol: float, detail: str, name: str):
-    # CHECKS.md says atol 1e-5; judged relative to the output scale (see numeric.output_scale),
+    # A first cut said atol 1e-5; judged relative to the output scale (see numeric.output_scale),
     # with a WARN band up to warn_rel for kernels that change with the padded length.
     if rel <= tol:
         return ctx.row(PASS, metric, rel, f"<= {tol:.0e}", detail)
@@ -155,7 +155,7 @@ def _padding_left(ctx: CheckContext, case: dict):
     """Batched generation pads on the left. Values may legitimately shift there (absolute
     positions move), so only finiteness is judged: causal mask + left padding makes the pad
     queries' rows fully masked, and under no_grad fused paths turn that into NaN that spreads to
-    real positions (CHECKS.md "Known traps"). A warning, not a failure: right padding, the
+    real positions (docs/checks_tier1.md, "Known traps"). A warning, not a failure: right padding, the
     criterion above, is what training uses."""
     import torch
 

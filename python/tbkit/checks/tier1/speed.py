@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 
 from tbkit.checks import inputs as inp
-from tbkit.checks import shared
+from tbkit.checks import shared, timing
 from tbkit.checks.base import CheckContext, register
 from tbkit.checks.numeric import (
     new_figure,
 )
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN, forward_pair
+from tbkit.checks.timing import machine_load
 
 SPEED_BATCHES = (1, 2)  # shapes of the shared grid: their shared forward is the warm-up
 
@@ -47,8 +48,8 @@ def check_speed(ctx: CheckContext):
     T = shared.probe_length(ctx)
     timings = _time_forwards(ctx, SPEED_BATCHES, T)
     points = [(B, T, t) for B, t in zip(SPEED_BATCHES, timings)]
-    for B, T, timing in points:
-        yield _speed_row(ctx, B, T, timing, threads)
+    for B, T, timed in points:
+        yield _speed_row(ctx, B, T, timed, threads)
     yield from _speed_scaling(ctx, points)
     _speed_figure(ctx, points, threads)
 
@@ -56,8 +57,6 @@ def check_speed(ctx: CheckContext):
 def _time_forwards(ctx: CheckContext, batches, T: int) -> list:
     """A Timing per batch size, measured interleaved (see ``timing.measure_interleaved``)."""
     import torch
-
-    from tbkit.checks import timing
 
     lm, dev = ctx.model, ctx.device
 
@@ -92,8 +91,6 @@ def _speed_inputs(ctx: CheckContext, B: int, T: int):
 
 
 def _speed_row(ctx: CheckContext, B: int, T: int, t, threads: int):
-    from tbkit.checks.timing import machine_load
-
     med = t.median
     lo, hi = t.median_ci()
     spread = (hi - lo) / med if med > 0 else 0.0
@@ -118,8 +115,6 @@ def _speed_scaling(ctx: CheckContext, points: list):
     round-by-round ratios of the interleaved timings (a burst of other work hits both sides of a
     round), and only when even the upper end of the ratio's confidence interval is below
     ``min_batch_speedup``."""
-    from tbkit.checks import timing
-
     (b1, _, t1), (b2, _, t2) = points[0], points[-1]
     factor = ctx.threshold("min_batch_speedup")
     rounds = timing.Timing([(b2 * x1) / (b1 * x2) for x1, x2 in zip(t1.times, t2.times)])

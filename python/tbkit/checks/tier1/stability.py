@@ -78,7 +78,7 @@ def _stability_case(ctx: CheckContext, name: str, forward, shape, state: dict, b
     import torch
 
     metric, limit = f"max |output|: {name}", ctx.threshold("max_abs_output")
-    soft = WARN if bf16 else FAIL  # CHECKS.md: non-finite under bf16 is a warning only
+    soft = WARN if bf16 else FAIL  # non-finite under bf16 autocast is a warning only (docs/checks.md, stability)
     try:
         out = forward().float()
     except Exception as err:

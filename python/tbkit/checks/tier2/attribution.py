@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
+from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier2.common import grad_mode_failure
 
@@ -52,8 +53,6 @@ def check_attribution(ctx: CheckContext) -> Iterator[Row]:
         )
         yield ctx.row(Status.SKIP, "attribution", None, "", why)
         return
-    from tbkit.checks.restore import preserved
-
     embedding, how_found = find_input_embedding(ctx.model)
     if embedding is None:
         yield ctx.row(Status.SKIP, "attribution", None, "", how_found)

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 
 from tbkit.checks.base import CheckContext, Row, Status, register
+from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Option, Threshold
 from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
 
@@ -100,7 +101,6 @@ def _baseline_losses(ctx: CheckContext, setup: dict) -> tuple:
     """Validation losses per seed of the model and of the reference, trained on the same budget."""
     import torch
 
-    from tbkit.checks.restore import preserved
     from tbkit.training import trainer as training
 
     model, fresh, cfg = ctx.model, setup["fresh"], dict(setup["ref_cfg"])

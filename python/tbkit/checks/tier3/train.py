@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tbkit.checks.base import CheckContext, Row, Status, register
+from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Option
 from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
 
@@ -34,7 +35,6 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
     Why: the real test of a design is whether it learns on real data. Thresholds: best validation
     loss not finite FAIL, not below its value before training WARN. Fix: learning rate, data, or the
     problems the other checks name."""
-    from tbkit.checks.restore import preserved
     from tbkit.training import trainer as training
 
     data, synthetic = data_option(ctx)
