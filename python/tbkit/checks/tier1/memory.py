@@ -47,7 +47,7 @@ def check_memory(ctx: CheckContext):
     (1, max_len/4), (1, max_len) and (2, max_len) (CUDA: peak allocated; CPU: bytes autograd saves).
 
     Why: what fits decides batch size and sequence length before any training starts.
-    Thresholds: ``budget_mb`` (option ``memory_budget_mb``; none by default): model + peak
+    Thresholds: ``budget_mb`` (``--memory-budget-mb``; none by default): model + peak
     activations above it FAIL; without a budget the row is information. Fix: smaller batch or
     length, activation checkpointing, lower precision."""
     lm = ctx.model

@@ -32,13 +32,13 @@ def check_speed(ctx: CheckContext):
     """Forward latency (eval, no_grad, all torch threads) at batch {1, 2} x the shared odd length
     (17, or less for short models): median of at least ``min_timings`` (6: the fewest for which an
     order-statistic 95% interval of the median exists) timings per shape, more while ``seconds_per_shape``
-    (0.005 s, option ``speed_seconds_per_point``) lasts, with a 95% order-statistic confidence
+    (0.005 s; the older option name ``speed_seconds_per_point`` is an alias) lasts, with a 95% order-statistic confidence
     interval of the median, and tokens/s.
 
     Why: latency and throughput decide what a model costs to serve. A measurement judges the
     model, never the machine: how noisy the machine was goes into the detail (and the report's
     environment block), never into the status. Thresholds: median above ``latency_budget_ms``
-    (option ``latency_budget_ms`` / ``--latency-budget-ms``; none by default) FAIL; tokens/s at
+    (``--latency-budget-ms``; none by default) FAIL; tokens/s at
     the larger batch below ``min_batch_speedup`` (0.5) x the smaller batch's (the upper end of the
     confidence interval of the round-by-round ratio of interleaved timings) WARN: batching makes this model slower. Fix: look for
     per-row Python loops or batch-dependent work in forward."""
