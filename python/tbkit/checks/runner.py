@@ -28,7 +28,6 @@ from tbkit.checks.options import validate_options
 from tbkit.checks.report import Report, environment
 from tbkit.checks.spec import TIER_MODULES
 from tbkit.errors import TbkitError, UsageError
-from tbkit.guard import gate
 from tbkit.sources import load
 from tbkit.sources.loaded import KINDS, LoadedModel
 
@@ -301,6 +300,10 @@ def _run_one(spec, ctx: CheckContext, stream):
 def _requirements(spec, ctx: CheckContext, stream) -> Optional[Row]:
     """Get the check's ``needs`` through the install gate; a row when they could not be had."""
     try:
+        # the gate (pip, importlib.metadata, subprocess) loads only when a check needs something:
+        # a run of Tier 1, and every usage error, never pays for it (benchmarks/bench_cli.py)
+        from tbkit.guard import gate
+
         with contextlib.redirect_stdout(stream):
             gate.ensure(*spec.needs)
     except KeyboardInterrupt:

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import sys
 
-from tbkit.errors import InstallFailed, InstallRefused
-from tbkit.guard.gate import ensure, plan
-from tbkit.guard.gate.requirements import validate_all
-
 
 def configure(parser) -> None:
     parser.add_argument("requirements", nargs="+", metavar="PKG", help='requirements, e.g. "captum>=0.9"')
@@ -33,6 +29,12 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
+    # imported here, not at the top: every `tbkit` command builds all subcommands' parsers, and
+    # only `tbkit install` should pay for loading the gate
+    from tbkit.errors import InstallFailed, InstallRefused
+    from tbkit.guard.gate import ensure, plan
+    from tbkit.guard.gate.requirements import validate_all
+
     try:  # a bad requirement is a usage error (exit 2), not a refusal of a plan (exit 1)
         validate_all(args.requirements, allow_urls=args.allow_urls, allow_paths=args.allow_paths)
     except InstallRefused as err:

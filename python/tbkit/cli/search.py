@@ -16,9 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-from tbkit.errors import UsageError
-from tbkit.sources import load
-
 
 def configure(parser) -> None:
     parser.add_argument(
@@ -75,6 +72,9 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
+    # imported here: every `tbkit` command builds this parser, only `tbkit search` needs these
+    from tbkit.errors import UsageError
+    from tbkit.sources import load
     from tbkit.training.search import search
 
     if args.data is None and not args.synthetic:
