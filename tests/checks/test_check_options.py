@@ -148,7 +148,7 @@ def _capacity_line(options: dict) -> float:
     assert rows
     (figure,) = ctx.figures
     fig = figure.figure if figure.figure is not None else figure.draw()
-    (line,) = fig.axes[0].lines  # the dashed threshold line on the weights histogram
+    (line,) = [ln for ln in fig.axes[0].lines if ln.get_linestyle() == "--"]  # the weights' threshold line
     return float(line.get_xdata()[0])
 
 

@@ -134,7 +134,8 @@ def render() -> str:
 def readme_table() -> str:
     """README's check table (between its marker comments), from the specs."""
     lines = [README_BEGIN, "| tier | id | what | thresholds and options (defaults) |", "|---|---|---|---|"]
-    lines += [f"| {s.tier} | `{s.id}` | {_cell(s.summary)} | {_defaults(s)} |" for s in _specs()]
+    by_tier = sorted(_specs(), key=lambda s: s.tier)  # stable: within a tier, its package's order
+    lines += [f"| {s.tier} | `{s.id}` | {_cell(s.summary)} | {_defaults(s)} |" for s in by_tier]
     return "\n".join([*lines, README_END])
 
 
