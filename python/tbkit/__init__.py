@@ -8,7 +8,7 @@ when a function that needs them is called.
 
 from __future__ import annotations
 
-# One version, one place: rust/probe/Cargo.toml, compiled into the probe (tests/test_release_version.py).
+# One version, one place: rust/probe/Cargo.toml, compiled into the probe (tests/project/test_release_version.py).
 from tbkit._probe import __version__
 from tbkit.guard import integrity, ownership
 

@@ -15,7 +15,8 @@ class UnreadableFileError(ProbeError):
     """A file the probe was asked to read could not be read."""
 
 class Finding:
-    """One distribution whose files on disk no longer match what this process loaded (frozen)."""
+    """One distribution whose files on disk no longer match what this process loaded (frozen:
+    compared and hashed by value)."""
 
     @property
     def distribution(self) -> str: ...
@@ -40,6 +41,7 @@ class Finding:
     ) -> None: ...
     def to_dict(self) -> dict[str, object]: ...
     def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
 
 class Report:
     """What one check found (frozen)."""

@@ -1,5 +1,5 @@
-"""One source of truth per check (issue 15 item 3): docs/checks.md is generated from the registry
-and must not be stale; every check documents itself and declares its thresholds; one naming
+"""One source of truth per check: docs/checks.md and README's check table are generated from the
+declared specs and must not be stale; every check documents itself and declares its thresholds; one naming
 scheme across tiers; thresholds are overridable per run; docs link only to files that exist."""
 
 from __future__ import annotations
@@ -15,11 +15,43 @@ ROOT = Path(__file__).resolve().parents[2]
 SPECS = checks_for(sorted(TIER_MODULES))
 
 
+STALE = "is stale: regenerate it with `PYTHONPATH=python python3 -m tbkit.checks.catalogue --write`"
+
+
 def test_docs_checks_md_is_generated_from_the_registry_and_not_stale():
     committed = (ROOT / "docs" / "checks.md").read_text(encoding="utf-8")
-    assert committed == catalogue.render(), (
-        "docs/checks.md is stale: regenerate it with `PYTHONPATH=python python3 -m tbkit.checks.catalogue > docs/checks.md`"
+    assert committed == catalogue.render(), f"docs/checks.md {STALE}"
+
+
+def test_readme_check_table_is_generated_from_the_specs_and_not_stale():
+    committed = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert catalogue.readme_table() in committed, f"README.md's check table {STALE}"
+    assert catalogue.readme_with_table(committed) == committed
+
+
+def test_the_catalogue_writes_both_pages(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text(
+        f"# x\n\n{catalogue.README_BEGIN}\nHAND-WRITTEN\n{catalogue.README_END}\n\nafter\n"
     )
+    assert catalogue.main(["--write", "--root", str(tmp_path)]) == 0
+    assert (tmp_path / "docs" / "checks.md").read_text(encoding="utf-8") == catalogue.render()
+    readme = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert catalogue.readme_table() in readme and "HAND-WRITTEN" not in readme and readme.endswith("after\n")
+    assert catalogue.write(tmp_path) == []  # current: nothing rewritten
+
+
+def test_every_declared_option_has_a_type_a_default_of_that_type_and_help():
+    from tbkit.checks import RUN_OPTIONS, validate_options
+
+    for spec in SPECS:
+        for name, option in spec.declared().items():
+            assert option.help, name
+            assert validate_options({name: option.default}, [spec.id]) == (
+                {} if option.default is None else {name: option.default}
+            )
+    for name, option in RUN_OPTIONS.items():
+        assert option.help, name
 
 
 def test_every_check_is_named_check_id_and_documents_why_thresholds_and_fix():

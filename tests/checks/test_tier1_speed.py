@@ -129,5 +129,5 @@ def test_the_cli_passes_latency_budget_ms_to_speed(tmp_path):
     import json
 
     report = json.loads(out.stdout)
-    assert out.returncode == 1 and report["run"]["options"]["latency_budget_ms"] == 1e-06
+    assert out.returncode == 1 and report["run"]["options"] == {"speed.latency_budget_ms": 1e-06}  # the canonical name
     assert {r["status"] for r in report["rows"] if r["metric"].startswith("median ms")} == {"FAIL"}

@@ -75,6 +75,18 @@ def test_named_exceptions(tmp_path):
     assert issubclass(integrity.ProbeUnavailableError, _probe.ProbeError)
 
 
+def test_the_compiled_classes_and_exceptions_are_named_under_tbkit_probe():
+    for cls in (_probe.ProbeError, _probe.UnreadableFileError, _probe.Finding, _probe.Report, _probe.Probe):
+        assert cls.__module__ == "tbkit._probe", cls
+    assert repr(_probe.ProbeError) == "<class 'tbkit._probe.ProbeError'>"
+
+
+def test_findings_hash_by_value_so_they_can_be_set_members_and_keys():
+    assert hash(_finding()) == hash(_finding())
+    assert {_finding(), _finding(), _finding("benign")} == {_finding(), _finding("benign")}
+    assert {_finding(): "seen"}[_finding()] == "seen"
+
+
 def test_the_stub_mirrors_the_compiled_module():
     tree = ast.parse(STUB.read_text())
     stub_names = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}

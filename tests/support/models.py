@@ -156,7 +156,7 @@ class LeakyMaskDecoder(HealthyDecoder):
 
 
 class IsCausalNoMaskDecoder(nn.Module):
-    """Relies on ``is_causal=True`` without passing a mask (CHECKS.md "Known traps"): torch raises
+    """Relies on ``is_causal=True`` without passing a mask (docs/checks_tier1.md, "Known traps"): torch raises
     in grad mode, and under eval + no_grad the fused fast path silently ignores causality."""
 
     KIND = "decoder"

@@ -15,7 +15,7 @@ from typing import Optional
 
 WHEELHOUSE = Path(os.environ.get("TBKIT_WHEELHOUSE", Path.home() / ".cache" / "tbkit-tests" / "wheelhouse"))
 
-# Three NumPy lines users actually hit (PROBE.md), plus small packages for the negative scenarios.
+# Three NumPy lines users actually hit (docs/probe.md), plus small packages for the negative scenarios.
 NUMPY_VERSIONS = ("1.26.4", "2.0.2", "2.2.6")
 OTHERS = ("six==1.17.0", "pip==25.3", "packaging==25.0")
 # captum for the Tier 2 gate test that installs it (pure Python; its deps come from the system).

@@ -127,6 +127,6 @@ def test_tbkit_run_passes_the_multi_device_flags_to_the_tier3_options(monkeypatc
     monkeypatch.setattr(tbkit, "run", fake_run)
     with pytest.raises(Stop):
         cmd.main(args)
-    assert (seen["devices"], seen["strategy"], seen["num_nodes"]) == (2, "ddp", 2)
+    assert (seen["train.devices"], seen["train.strategy"], seen["train.num_nodes"]) == (2, "ddp", 2)
     defaults = parser.parse_args([])
     assert (defaults.devices, defaults.strategy, defaults.num_nodes) == (None, None, None)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tbkit.checks.base import REGISTRY, CheckContext, CheckSpec, Row, Status, register, verdict_of
-
-TIER_MODULES = {1: "tbkit.checks.tier1", 2: "tbkit.checks.tier2", 3: "tbkit.checks.tier3"}
+from tbkit.checks.base import REGISTRY, CheckContext, Row, Status, register, verdict_of
+from tbkit.checks.options import validate_options
+from tbkit.checks.spec import ALIASES, RUN_OPTIONS, TIER_MODULES, CheckSpec, Option, Threshold
 
 
 def checks_for(tiers) -> list:
@@ -17,4 +17,18 @@ def checks_for(tiers) -> list:
     return [spec for spec in REGISTRY.values() if spec.tier in wanted]
 
 
-__all__ = ["REGISTRY", "CheckContext", "CheckSpec", "Row", "Status", "register", "verdict_of", "checks_for"]
+__all__ = [
+    "REGISTRY",
+    "CheckContext",
+    "CheckSpec",
+    "Row",
+    "Status",
+    "register",
+    "verdict_of",
+    "checks_for",
+    "Threshold",
+    "Option",
+    "RUN_OPTIONS",
+    "ALIASES",
+    "validate_options",
+]

@@ -3,8 +3,9 @@
 A check is a function ``check_<id>(ctx) -> Iterable[Row]`` registered with ``@register``. Its
 docstring is its documentation (docs/checks.md is generated from the registry by
 ``python -m tbkit.checks.catalogue``): what it checks, why it matters, its thresholds and the fix.
-Its thresholds are declared in ``register(..., thresholds={...})`` and read with
-``ctx.threshold(name)``; a run overrides one with the option ``"<check id>.<name>"``. It builds
+Its thresholds and options are declared in ``register(..., thresholds=(Threshold(...),),
+options=(Option(...),))`` (checks/spec.py) and read with ``ctx.threshold(name)`` /
+``ctx.option(name)``; a run sets one with the option ``"<check id>.<name>"``. It builds
 rows with ``ctx.row(...)`` (tier and check id are filled in), saves plots with
 ``ctx.save_figure(...)`` and never prints. The runner times it, turns an exception into an
 ``ERROR`` row with the traceback, and streams rows to the report as they come.
@@ -15,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from tbkit.checks.spec import RUN_OPTIONS, CheckSpec, Option, Threshold, canonical, options_of, thresholds_of
 
 if TYPE_CHECKING:  # torch is imported lazily; these are annotations only
     import torch
@@ -80,8 +84,6 @@ class Figure:
     def render(self) -> None:
         """Build the figure if it was given as a function, write the PNG (when there is a path),
         and drop the figure object."""
-        import os
-
         if self.figure is None and self.draw is not None:
             self.figure, self.draw = self.draw(), None
         if self.figure is not None and self.path is not None:
@@ -113,7 +115,7 @@ class CheckContext:
     device: torch.device
     out_dir: Optional[Path] = None
     seed: int = 0
-    options: dict = field(default_factory=dict)  # user options: memory budget, training data, …
+    options: dict = field(default_factory=dict)  # run options by canonical name (checks/spec.py)
     figures: list = field(default_factory=list)  # Figure entries, in order
     check_id: str = ""
     tier: int = 0
@@ -124,13 +126,30 @@ class CheckContext:
     # checks called directly render at once
     defer_figures: bool = False
 
+    def __post_init__(self) -> None:
+        self.options = canonical(self.options)  # older flat names → "<check id>.<name>"
+
     def threshold(self, name: str) -> Any:
         """The check's threshold ``name``: the run option ``"<check id>.<name>"`` when given, else
         the value declared with the check."""
         key = f"{self.check_id}.{name}"
         if key in self.options:
             return self.options[key]
-        return REGISTRY[self.check_id].thresholds[name]
+        return REGISTRY[self.check_id].thresholds[name].default
+
+    def option(self, name: str) -> Any:
+        """The check's option ``name`` (declared with ``register(options=...)``): the run option
+        ``"<check id>.<name>"`` when given, else its declared default."""
+        key = f"{self.check_id}.{name}"
+        if key in self.options:
+            return self.options[key]
+        return REGISTRY[self.check_id].options[name].default
+
+    def run_option(self, name: str) -> Any:
+        """A run-level option (``spec.RUN_OPTIONS``: data, batch_size, max_len, …) or its default."""
+        if name in self.options:
+            return self.options[name]
+        return RUN_OPTIONS[name].default
 
     def row(self, status: Status, metric: str = "", value: Any = None, threshold: str = "", detail: str = "") -> Row:
         return Row(self.tier, self.check_id, Status(status), metric, value, threshold, detail)
@@ -164,39 +183,27 @@ class CheckContext:
 CheckFunc = Callable[[CheckContext], Iterable[Row]]
 
 
-@dataclass(frozen=True)
-class CheckSpec:
-    id: str
-    tier: int
-    func: CheckFunc
-    summary: str
-    needs: tuple = ()  # requirement strings obtained through tbkit.ensure before the check runs
-    # ``applies(ctx) -> None | str``: a reason to SKIP, asked before ``needs`` are installed, so
-    # that a check which cannot run (no training data, wrong model kind) never costs an install.
-    applies: Optional[Callable[[CheckContext], Optional[str]]] = None
-    # name -> default value; each overridable with the run option "<id>.<name>"
-    thresholds: dict = field(default_factory=dict)
-
-    @property
-    def doc(self) -> str:
-        import inspect
-
-        return inspect.cleandoc(self.func.__doc__ or "")
-
-
 REGISTRY: dict[str, CheckSpec] = {}
 
 
 def register(
-    id: str, tier: int, summary: str, needs: tuple = (), applies=None, thresholds: Optional[dict] = None
+    id: str,
+    tier: int,
+    summary: str,
+    needs: tuple = (),
+    applies=None,
+    thresholds: Union[None, dict, Iterable[Threshold]] = None,
+    options: Optional[Iterable[Option]] = None,
 ) -> Callable[[CheckFunc], CheckFunc]:
     """Register ``check_<id>`` under its public ``id``. ``thresholds`` are its named, overridable
-    limits (see ``CheckContext.threshold``)."""
+    limits (``Threshold``s, see ``CheckContext.threshold``), ``options`` its other settings
+    (``Option``s, see ``CheckContext.option``)."""
 
     def deco(func: CheckFunc) -> CheckFunc:
         if id in REGISTRY:
             raise RuntimeError(f"check id {id!r} registered twice")
-        REGISTRY[id] = CheckSpec(id, tier, func, summary, tuple(needs), applies, dict(thresholds or {}))
+        declared = thresholds_of(thresholds)
+        REGISTRY[id] = CheckSpec(id, tier, func, summary, tuple(needs), applies, declared, options_of(options))
         return func
 
     return deco

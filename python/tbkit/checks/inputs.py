@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Optional
 
+from tbkit.sources.loaded import unwrap_output
+
 if TYPE_CHECKING:
     import torch
 
@@ -173,8 +175,6 @@ def _call(model: LoadedModel, ids, mask, decoder_ids):
     name = mask_argument(model) if mask is not None else None
     if name is None or name == "attention_mask" or model.kind == "seq2seq":
         return model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
-    from tbkit.sources.loaded import unwrap_output
-
     value = mask == 0 if MASK_ARGUMENTS[name] == "pad" else mask
     return unwrap_output(model.module(ids, **{name: value}))
 

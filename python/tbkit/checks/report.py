@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from tbkit import __version__
 from tbkit.checks import report_html
 from tbkit.checks.base import Row, Status, verdict_of
 from tbkit.checks.report_folder import atomic_write
@@ -81,8 +82,6 @@ class Report:
     ``json_path`` / ``html_path`` when the run has an output folder."""
 
     def __init__(self, model, out_dir: Optional[Path], env: dict, run: dict) -> None:
-        from tbkit import __version__
-
         self.model = model
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.environment = env

@@ -23,9 +23,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional, Union
 
-from tbkit.checks import run_guard
+from tbkit.checks import report_folder, run_guard
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
+from tbkit.checks.options import validate_options
+from tbkit.checks.progress import Progress
+from tbkit.checks.report import Report, environment
+from tbkit.checks.spec import TIER_MODULES
 from tbkit.errors import TbkitError, UsageError, mask_credentials
+from tbkit.sources import load
+from tbkit.sources.loaded import KINDS, LoadedModel
 
 DEFAULT_OUT_DIR = "tbkit-report"
 
@@ -35,8 +41,6 @@ DEFAULT_OUT_DIR = "tbkit-report"
 # ------------------------------------------------------------------------------------------
 def parse_tiers(tiers) -> tuple:
     """(1,), "1,2", [1, 3] → a sorted tuple of valid tier numbers; UsageError otherwise."""
-    from tbkit.checks import TIER_MODULES
-
     if isinstance(tiers, (int, str)):
         tiers = str(tiers).split(",")
     out = set()
@@ -53,8 +57,6 @@ def parse_tiers(tiers) -> tuple:
 def _import_tier(tier: int) -> None:
     import importlib
 
-    from tbkit.checks import TIER_MODULES
-
     name = TIER_MODULES[tier]
     try:
         importlib.import_module(name)
@@ -69,8 +71,6 @@ def _import_tier(tier: int) -> None:
 def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) -> list:
     """The CheckSpecs to run, in registry order. ``checks`` picks ids from any tier (``tiers`` is
     then not used); unknown ids → UsageError listing the valid ones."""
-    from tbkit.checks import TIER_MODULES
-
     if checks is None:
         wanted = parse_tiers(tiers)
         for t in wanted:
@@ -129,8 +129,6 @@ def resolve_device(device=None, module=None):
 
 
 def _as_loaded(source_or_model, kind, say, load_options=None):
-    from tbkit.sources.loaded import KINDS, LoadedModel
-
     if kind is not None and kind not in KINDS:
         raise UsageError(f"unknown model kind {kind!r}", f"Use one of {', '.join(KINDS)}.")
     if isinstance(source_or_model, LoadedModel):
@@ -139,8 +137,6 @@ def _as_loaded(source_or_model, kind, say, load_options=None):
             lm = dataclasses.replace(lm, kind=kind, kind_reason="declared")
         say(f"tbkit: {lm.summary()}")  # the provenance, once: tbkit.load itself prints nothing
         return lm
-    from tbkit.sources import load
-
     lm = load(source_or_model, kind=kind, log=say, **(load_options or {}))  # provenance shown before the code runs
     say(
         f"tbkit: {type(lm.module).__name__}: {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size}, "
@@ -173,8 +169,11 @@ def run(
     LoadedModel. ``out_dir``: the folder that receives report.json, report.html and plots/ (written
     into a fresh sibling folder and swapped in when done, so the previous report stays whole until
     then); None (the default) writes no files — the Report holds the rows and plots in memory.
-    ``options`` reach the checks (e.g. ``{"memory_budget_mb": 512}``, ``{"latency_budget_ms": 50}``,
-    or a threshold ``{"batch_equivalence.pass_rel": 1e-4}``). ``stream`` receives the provenance and
+    ``options`` reach the checks by their declared names (docs/checks.md): a check's threshold or
+    option ``"<check id>.<name>"`` (``{"memory.budget_mb": 512}``, ``{"batch_equivalence.pass_rel": 1e-4}``)
+    or a run-level one (``data``, ``max_len``, …); the older names ``memory_budget_mb``,
+    ``latency_budget_ms``, … are aliases. An unknown name or a value of the wrong type is a
+    UsageError before anything loads or is written. ``stream`` receives the provenance and
     messages (default stdout); progress goes to stderr (a bar in a terminal or notebook, a line per
     check otherwise). ``load_options`` go to ``tbkit.load`` when a source is given; ``config`` is ``tbkit.load``'s (a config
     file's path, or a dict of keys over it). ``check_timeout``:
@@ -182,9 +181,6 @@ def run(
 
     A model that calls ``sys.exit`` or raises ``KeyboardInterrupt`` inside a check gets an ERROR row;
     the caller's random states and torch globals are left as they were."""
-    from tbkit.checks import report_folder
-    from tbkit.sources.loaded import LoadedModel
-
     if config is not None:
         load_options = {**(load_options or {}), "config": config}
     stream = stream if stream is not None else sys.stdout
@@ -193,6 +189,7 @@ def run(
         print(text, file=stream, flush=True)
 
     specs = select_checks(tiers, checks)  # usage errors before any model code runs
+    options = validate_options(options, [s.id for s in specs])  # canonical names, declared types
     if load_options and isinstance(source_or_model, LoadedModel):
         raise UsageError(
             "load_options apply only when tbkit.run loads the source itself",
@@ -231,8 +228,6 @@ def _rebase(report, staging: Path, out: Path) -> None:
 def _settle(staging, out, interrupted: bool) -> Optional[Path]:
     """Swap a staged report in (a partial one only when it was written, marked interrupted);
     the report.json it put in place, if any."""
-    from tbkit.checks import report_folder
-
     if staging is None:
         return None
     if interrupted and not (staging / "report.html").is_file():
@@ -245,8 +240,6 @@ def _settle(staging, out, interrupted: bool) -> Optional[Path]:
 def execute(lm, specs, device, folder, seed, options, stream, progress=True, check_timeout=None, listener=None):
     """Run ``specs`` on a loaded model, writing the report into ``folder`` (None: no files). On the
     user's interrupt the partial report is finished, marked interrupted, and KeyboardInterrupt re-raised."""
-    from tbkit.checks.progress import Progress
-
     dev = resolve_device(device, lm.module)
     report, ctx = _start_report(lm, dev, specs, folder, seed, options)
     listener = listener if listener is not None else Progress(len(specs), sys.stderr, enabled=progress)
@@ -265,8 +258,6 @@ def execute(lm, specs, device, folder, seed, options, stream, progress=True, che
 
 def _start_report(lm, dev, specs, out: Optional[Path], seed: int, options: Optional[dict]):
     """The Report (its JSON written at once) and the CheckContext the checks share."""
-    from tbkit.checks.report import Report, environment
-
     params = list(lm.module.parameters())
     dtype = params[0].dtype if params else None
     plain = {
@@ -368,10 +359,12 @@ def _run_one(spec, ctx: CheckContext, stream, check_timeout=None, on_body=None):
 def _requirements(spec, ctx: CheckContext, stream) -> Optional[Row]:
     """Get the check's ``needs`` through the install gate; a row when they could not be had."""
     try:
-        from tbkit.guard.gate import ensure
+        # the gate (pip, importlib.metadata, subprocess) loads only when a check needs something:
+        # a run of Tier 1, and every usage error, never pays for it (benchmarks/bench_cli.py)
+        from tbkit.guard import gate
 
         with contextlib.redirect_stdout(stream):
-            ensure(*spec.needs)
+            gate.ensure(*spec.needs)
     except KeyboardInterrupt:
         raise
     except TbkitError as err:

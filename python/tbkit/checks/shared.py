@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from tbkit.checks import inputs as inp
+from tbkit.checks.numeric import max_abs_diff
 
 if TYPE_CHECKING:
     import torch
@@ -148,8 +149,6 @@ def repeat_difference(ctx: CheckContext) -> float:
     """max |a - b| between the shared forward of (1, probe length) and a second eval forward of the
     same input under another random state (seed + 1, forked): > 0 means something random stays on
     in eval. Shared by determinism and batch_equivalence (which names randomness as the cause)."""
-    from tbkit.checks.numeric import max_abs_diff
-
     key = ("repeat",)
     if key not in ctx.cache:
         T = probe_length(ctx)

@@ -1,6 +1,6 @@
-"""The `tbkit` command. Each subcommand lives in `tbkit.commands.<name>` and exposes
-``configure(parser)`` and ``main(args) -> int``; they are imported only when chosen, so
-`tbkit doctor` never pays for torch.
+"""The `tbkit` command. Each subcommand lives in `tbkit.cli.<name>` and exposes
+``configure(parser)`` and ``main(args) -> int``; what a subcommand needs beyond its options
+(torch, the model sources) is imported in its ``main``, so `tbkit doctor` never pays for torch.
 
 Exit codes shared by all subcommands: 0 success (PASS/WARN), 1 the thing checked failed,
 2 usage or loading errors.
@@ -13,6 +13,9 @@ import importlib
 import os
 import sys
 
+from tbkit._probe import __version__  # compiled from rust/probe/Cargo.toml: the one version
+from tbkit.errors import TbkitError
+
 COMMANDS = {
     "run": "run the tiered checks on a model and write a report",
     "doctor": "is what this interpreter has loaded still what is on disk, and is tbkit installed whole? (plus facts for bug reports)",
@@ -22,8 +25,6 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tbkit._probe import __version__  # compiled from rust/probe/Cargo.toml: the one version
-
     parser = argparse.ArgumentParser(prog="tbkit", description="Check and train transformer models safely.")
     parser.add_argument("--version", action="version", version=f"tbkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -41,8 +42,6 @@ def _command_module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tbkit.errors import TbkitError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -17,6 +17,9 @@ import json
 import os
 import sys
 
+from tbkit._probe import __version__  # the compiled module: right even if tbkit/__init__.py was replaced
+from tbkit.guard import integrity, ownership
+
 
 def configure(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -24,8 +27,6 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
-    from tbkit.guard import integrity, ownership
-
     report = integrity.check()  # before any import below
     owners = ownership.check(thorough=True)
     facts = collect_facts(report, owners, cuda=getattr(args, "cuda", False))
@@ -60,9 +61,6 @@ def shared_name_note(report, owners) -> str:
 
 def collect_facts(report, owners, cuda: bool = False) -> dict:
     import platform
-
-    from tbkit._probe import __version__  # the compiled module: right even if tbkit/__init__.py was replaced
-    from tbkit.guard import integrity
 
     loaded = integrity.loaded_distributions()
     facts = {

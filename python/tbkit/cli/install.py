@@ -29,6 +29,8 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
+    # imported here, not at the top: every `tbkit` command builds all subcommands' parsers, and
+    # only `tbkit install` should pay for loading the gate
     from tbkit.errors import InstallFailed, InstallRefused
     from tbkit.guard.gate import ensure, plan
     from tbkit.guard.gate.requirements import validate_all

@@ -97,13 +97,21 @@ def _check_options(parser) -> None:
         "--memory-budget-mb",
         type=float,
         default=None,
-        help="fail the memory check when model + peak activations exceed this many MB",
+        help="fail the memory check when model + peak activations exceed this many MB (= --option memory.budget_mb=MB)",
     )
     parser.add_argument(
         "--latency-budget-ms",
         type=float,
         default=None,
-        help="fail a speed row whose median forward latency exceeds this many ms",
+        help="fail a speed row whose median forward latency exceeds this many ms (= --option speed.latency_budget_ms=MS)",
+    )
+    parser.add_argument(
+        "--option",
+        metavar="NAME=VALUE",
+        action="append",
+        default=None,
+        help="set a check's threshold or option ('<check id>.<name>') or a run option (data, max_len, …) for this run; "
+        "repeatable; names and types: docs/checks.md",
     )
     parser.add_argument(
         "--no-progress",
@@ -126,7 +134,7 @@ def _tier3_options(parser) -> None:
     data = tier3.add_mutually_exclusive_group()
     data.add_argument("--data", metavar="FILE", default=None, help="training text file for train/hpo/baseline")
     data.add_argument("--synthetic", action="store_true", help="train on synthetic data (labelled so in the report)")
-    tier3.add_argument("--trials", type=int, default=None, help="hpo: number of trials (default 6)")
+    tier3.add_argument("--trials", type=int, default=None, help="hpo: number of trials (default 6; = hpo.trials)")
     tier3.add_argument(
         "--storage",
         metavar="URL",
@@ -145,12 +153,15 @@ def main(args) -> int:
     """Validate everything that can be checked without torch first (a wrong path answers at once),
     then run the model in a supervised child process."""
     from tbkit.checks import report_folder, run_guard
+    from tbkit.checks.options import validate_options
     from tbkit.checks.runner import parse_tiers, select_checks
     from tbkit.cli._supervise import supervise
     from tbkit.sources import config_files, resolve, time_limit
 
     tiers = parse_tiers(args.tier)
     specs = select_checks(tiers, args.checks)  # unknown ids are a usage error before anything loads
+    ids = [s.id for s in specs]
+    args.options = validate_options(_options(args, ids), ids)  # so are unknown options and bad values
     out = _check_out_dir(args.out)
     _check_data_file(args.data)
     resolve(args.source, model_name=args.model_name, path=args.path)
@@ -162,6 +173,33 @@ def main(args) -> int:
     debug = bool(getattr(args, "debug", False)) or os.environ.get("TBKIT_DEBUG") == "1"
     spec["debug"] = debug
     return supervise(spec, out, args.out, json_out=args.json, progress=not args.no_progress, debug=debug)
+
+
+def _options(args, check_ids: list) -> dict:
+    """The run's options by canonical name: each flag is the spelling of one declared option, and
+    ``--option NAME=VALUE`` sets any; the same option given twice is a usage error."""
+    from tbkit.checks.options import parse_cli_option
+    from tbkit.errors import UsageError
+
+    flags = {
+        "memory.budget_mb": ("--memory-budget-mb", args.memory_budget_mb),
+        "speed.latency_budget_ms": ("--latency-budget-ms", args.latency_budget_ms),
+        "data": ("--data", os.path.abspath(os.path.expanduser(args.data)) if args.data else None),
+        "synthetic": ("--synthetic", args.synthetic or None),
+        "hpo.trials": ("--trials", args.trials),
+        "hpo.storage": ("--storage", args.storage),
+        "train.devices": ("--devices", args.devices),
+        "train.strategy": ("--strategy", args.strategy),
+        "train.num_nodes": ("--num-nodes", args.num_nodes),
+    }
+    options = {name: value for name, (_, value) in flags.items() if value is not None}
+    spelled = {name: flag for name, (flag, value) in flags.items() if value is not None}
+    for text in getattr(args, "option", None) or ():
+        name, value = parse_cli_option(text, check_ids)
+        if name in options:
+            raise UsageError(f"option {name!r} is given twice ({spelled[name]} and --option {text})", "Give it once.")
+        options[name], spelled[name] = value, f"--option {text}"
+    return options
 
 
 def _check_out_dir(out: str) -> Path:
@@ -215,22 +253,7 @@ def _check_data_file(data) -> None:
 
 def _worker_spec(args, tiers, specs) -> dict:
     """What the child process is told: plain JSON values, paths absolute (model code may chdir)."""
-    options = {}
-    if args.memory_budget_mb is not None:
-        options["memory_budget_mb"] = args.memory_budget_mb
-    if args.latency_budget_ms is not None:
-        options["latency_budget_ms"] = args.latency_budget_ms
-    for key, value in (
-        ("data", os.path.abspath(os.path.expanduser(args.data)) if args.data else None),
-        ("synthetic", args.synthetic or None),
-        ("hpo_trials", args.trials),
-        ("storage", args.storage),
-        ("devices", args.devices),
-        ("strategy", args.strategy),
-        ("num_nodes", args.num_nodes),
-    ):
-        if value is not None:
-            options[key] = value
+    options = dict(args.options)
     load_options = {
         k: v
         for k, v in (

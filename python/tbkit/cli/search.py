@@ -78,6 +78,7 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
+    # imported here: every `tbkit` command builds this parser, only `tbkit search` needs these
     from tbkit.errors import UsageError
     from tbkit.sources import load
     from tbkit.training.search import search

@@ -32,9 +32,12 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from tbkit.errors import InstallRefused
+from tbkit.guard import integrity
 from tbkit.guard.gate import pip_cli
 from tbkit.guard.gate.commands import PackageCommand, carry_out_command, cell_refusal, judge, shell_replacement
+from tbkit.guard.gate.pip import pip_version
 from tbkit.guard.gate.pip_cli import CannotPlan
+from tbkit.guard.gate.runtime import in_colab, restart_hint
 
 MODES = ("strict", "warn")
 _ESCAPED = re.compile(r"^(?P<indent>[ \t]*)(?P<escape>[!%])(?P<cmd>(?![!%]).*?)(?P<nl>\r?\n?)$", re.S)
@@ -167,8 +170,6 @@ class NotebookGate:
         if self.banner_shown:
             return
         try:
-            from tbkit.guard import integrity
-
             report = integrity.check()
         except Exception as err:  # the hook must never break the user's cell
             if not self.check_broken:
@@ -246,10 +247,6 @@ class TbkitMagics(Magics):
 def doctor(mode: str) -> None:
     from IPython.display import display
 
-    from tbkit.guard import integrity
-    from tbkit.guard.gate.pip import pip_version
-    from tbkit.guard.gate.runtime import in_colab
-
     report = integrity.check()
     bundle = {"text/plain": str(report)}
     if hasattr(report, "_repr_html_"):
@@ -265,8 +262,6 @@ def doctor(mode: str) -> None:
 
 def show_banner(report: Any) -> None:
     """The restart banner: one mimebundle, so notebooks render HTML and terminals print text."""
-    from tbkit.guard.gate.runtime import restart_hint
-
     text, rows = banner_text(report)
     hint = restart_hint()
     items = "".join(f"<li><code>{html.escape(r)}</code></li>" for r in rows)
@@ -287,8 +282,6 @@ def show_banner(report: Any) -> None:
 
 
 def banner_text(report: Any) -> tuple[str, list[str]]:
-    from tbkit.guard.gate.runtime import restart_hint
-
     rows = [
         f"{f.distribution}: {f.loaded_version or '?'} loaded, {f.disk_version or 'missing'} on disk — {f.change}"
         for f in report.restart_findings
@@ -383,8 +376,6 @@ def load_ipython_extension(ip: Any) -> None:
         _GATE.unregister()
     _GATE = NotebookGate(ip)
     _GATE.register()
-    from tbkit.guard import integrity
-
     sticky = None
     try:
         sticky = integrity.first_restart_report()

@@ -24,7 +24,10 @@ import os
 import sys
 from typing import Callable, Optional
 
+from tbkit import examples
 from tbkit.errors import SourceError
+from tbkit.sources import files as sfiles
+from tbkit.sources import pipeline, refs, remote, time_limit
 from tbkit.sources.loaded import LoadedModel, Provenance, SourceFile
 from tbkit.sources.pipeline import content_sha256
 
@@ -81,9 +84,6 @@ def load(
     checked before any code runs; ``log`` gets the provenance before the code runs. Gist options:
     docs/sources.md (``GITHUB_TOKEN``, ``TBKIT_GITHUB_API``, ``TBKIT_OFFLINE``).
     """
-    from tbkit import examples
-    from tbkit.sources import pipeline, time_limit
-
     opts = pipeline.Options(
         kind=kind,
         **_config_options(config),
@@ -103,8 +103,6 @@ def load(
     if ref.form != "gist":
         _no_revision(revision, "a local path" if ref.form != "example" else "a bundled example")
         return _load_local(ref, opts)
-    from tbkit.sources import remote
-
     offline = os.environ.get("TBKIT_OFFLINE") == "1" if offline is None else bool(offline)
     g = remote.GistOptions(
         revision, cache_dir, api_url, token, timeout, max_file_bytes, retries, backoff, max_rate_wait, offline
@@ -115,9 +113,6 @@ def load(
 def resolve(source, *, model_name: Optional[str] = None, path=None, api_url: Optional[str] = None):
     """What ``source`` names (a ``refs.Ref``), checked without importing torch or running code:
     the CLI calls this first so that a wrong path or gist id is answered at once."""
-    from tbkit import examples
-    from tbkit.sources import refs
-
     if source is None:
         source = examples.DEFAULT
     if isinstance(source, os.PathLike):
@@ -132,9 +127,6 @@ def resolve(source, *, model_name: Optional[str] = None, path=None, api_url: Opt
 
 
 def _load_local(ref, opts) -> LoadedModel:
-    from tbkit.sources import files as sfiles
-    from tbkit.sources import pipeline
-
     if ref.form == "module":
         return pipeline.from_module_name(ref.module, ref.class_name, ref.paths, opts)
     if ref.form == "hf":

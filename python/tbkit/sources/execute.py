@@ -27,6 +27,7 @@ from typing import Optional
 
 from tbkit.errors import SourceError, shorten
 from tbkit.sources import advice, exports, import_guard, import_scan, time_limit
+from tbkit.sources import files as sfiles
 
 _INSTALLED = ("site-packages", "dist-packages")
 
@@ -96,8 +97,6 @@ def import_module(dotted: str, label: str, *, folders, guard: bool, timeout: Opt
         _drop_foreign(folders)
         found = origin(dotted, folders)
         if guard and found is not None:
-            from tbkit.sources import files as sfiles
-
             raw = sfiles.read_bounded(found, "module file", sfiles.MAX_SOURCE_BYTES)
             import_guard.check(decode_source(raw, label), label)
         if found is not None:

@@ -6,6 +6,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from tbkit.errors import mask_credentials
+
 KINDS = ("decoder", "encoder", "seq2seq")
 
 
@@ -36,8 +38,6 @@ class Provenance:
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
-        from tbkit.errors import mask_credentials
-
         out = asdict(self)
         out["location"] = mask_credentials(self.location)  # a URL's user:password@ is never recorded
         return out
@@ -48,8 +48,6 @@ class Provenance:
             where = f"gist {self.gist_id} by {self.owner or 'unknown owner'} at revision {self.revision}"
             if self.from_cache:
                 where += " (from cache)"
-        from tbkit.errors import mask_credentials
-
         lines = [f"model code from {mask_credentials(where)}"]
         if self.content_sha256:
             lines.append(f"content sha256 {self.content_sha256}")

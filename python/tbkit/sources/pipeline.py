@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tbkit.errors import SourceError
+from tbkit.sources import build, config_files, configs, execute, exports, hf, inspect_model
+from tbkit.sources import files as sfiles
 from tbkit.sources.loaded import LoadedModel, Provenance, SourceFile
 
 
@@ -54,8 +56,6 @@ def _pin(files: dict, provenance: Provenance, where: str, opts: Options) -> None
 def _config(files: dict, main: str, where: str, provenance: Provenance, base: Optional[Path], opts: Options) -> dict:
     """The config by config_files' precedence: --config, the config.json that came with the code,
     one in a package folder above it, one in a --path folder (recorded in the provenance)."""
-    from tbkit.sources import config_files
-
     local = base is not None and provenance.source != "gist"
     if local:
         bundled = (files.get("config.json"), str(base / "config.json"), str(base))
@@ -72,8 +72,6 @@ def from_files(
 ) -> LoadedModel:
     """model code (+ optional config.json) → LoadedModel. ``base``: the folder the files are in
     (put on sys.path for the load, so sibling modules import), None when they live in memory."""
-    from tbkit.sources import execute, exports
-
     where = provenance.location if provenance.source != "gist" else f"gist {provenance.gist_id}"
     _pin(files, provenance, where, opts)
     config = _config(files, main, where, provenance, base, opts)
@@ -100,8 +98,6 @@ def from_files(
 
 
 def _build(module, config: dict, label: str, provenance: Provenance, opts: Options, notes: list) -> LoadedModel:
-    from tbkit.sources import build, inspect_model
-
     flat = build.flatten_config(config, notes)
     builder, name, how = build.pick_builder(module, config, label, opts.model_name)
     notes.append(f"model built from {name} ({how})")
@@ -112,8 +108,6 @@ def _build(module, config: dict, label: str, provenance: Provenance, opts: Optio
 def from_module_name(dotted: str, class_name: str, paths: list, opts: Options) -> LoadedModel:
     """``package.module:Class`` imported from ``paths`` (the package's .py files are pinned; the
     config by config_files' precedence: --config, beside the module, package folders, --path)."""
-    from tbkit.sources import config_files, execute
-
     files, root = _package_files(dotted, paths)
     provenance = Provenance(source="package", location=f"{dotted}:{class_name} (from {root})")
     _pin(files, provenance, f"{dotted}:{class_name}", opts)
@@ -132,8 +126,6 @@ def from_module_name(dotted: str, class_name: str, paths: list, opts: Options) -
 
 def _package_files(dotted: str, paths: list) -> tuple:
     """({relative name: bytes} of the top-level package's .py files (at most 500), its folder)."""
-    from tbkit.sources import files as sfiles
-
     top = dotted.split(".")[0]
     for folder in paths:
         single = Path(folder) / f"{top}.py"
@@ -154,9 +146,6 @@ def _package_files(dotted: str, paths: list) -> tuple:
 
 def from_hf_config(path: Path, opts: Options) -> LoadedModel:
     """A Hugging Face config.json → transformers model (random init, offline)."""
-    from tbkit.sources import build, configs, hf, inspect_model
-    from tbkit.sources import files as sfiles
-
     if opts.config_file is not None:
         raise SourceError(
             f"the source {path} is itself a Hugging Face config, so --config {opts.config_file} has nothing to add to",
@@ -186,8 +175,6 @@ def from_hf_config(path: Path, opts: Options) -> LoadedModel:
 def from_object(obj, opts: Options) -> LoadedModel:
     """An nn.Module instance (used as is) or class (constructed from ``config``)."""
     import torch.nn as nn
-
-    from tbkit.sources import build, config_files, inspect_model
 
     if opts.expected_sha256 is not None:
         raise SourceError(

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tbkit import examples
 from tbkit.errors import SourceError, UsageError, shorten
 from tbkit.sources import files as sfiles
+from tbkit.sources import gist
 
 _CLASS_SUFFIX = re.compile(r"^(?P<src>.+):(?P<cls>[A-Za-z_]\w*)$")
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -59,8 +61,6 @@ def check_paths(paths) -> list:
 
 def resolve(source: str, *, model_name: Optional[str] = None, paths=None, api_url: Optional[str] = None) -> Ref:
     """The Ref a source string names; SourceError / UsageError (one paragraph) if it names nothing."""
-    from tbkit import examples
-
     extra = check_paths(paths)
     text = source.strip()
     class_name = None
@@ -75,8 +75,6 @@ def resolve(source: str, *, model_name: Optional[str] = None, paths=None, api_ur
         return _module(text, class_name, extra)
     if text in examples.names():
         return Ref("example", text, examples.path(text), class_name=class_name)
-    from tbkit.sources import gist
-
     if gist.looks_like_gist(text):
         gist.parse_ref(text, api_url or os.environ.get("TBKIT_GITHUB_API") or None)  # malformed → error now
         return Ref("gist", text, class_name=class_name)
@@ -138,8 +136,6 @@ def _module(dotted: str, class_name: str, extra: list) -> Ref:
 
 
 def _not_found(text: str, class_name) -> None:
-    from tbkit import examples
-
     if text.endswith(".py") or os.sep in text or text.startswith((".", "~")):
         raise SourceError(
             f"no such file or folder: {short(text)}", "Check the path (relative paths start at the current directory)."

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from tbkit.errors import SourceError
+from tbkit.sources import cache, gist
 from tbkit.sources.loaded import LoadedModel, Provenance
 from tbkit.sources.pipeline import Options, content_sha256, from_files
 
@@ -28,8 +29,6 @@ class GistOptions:
 
 
 def load_gist(text: str, g: GistOptions, opts: Options) -> LoadedModel:
-    from tbkit.sources import cache
-
     client = _client(g)
     gist_id, revision = _revision(text, g.revision, client.api_url)
     root = cache.resolve_root(g.cache_dir)
@@ -59,8 +58,6 @@ def _no_model_py_fix(files: dict) -> str:
 
 
 def _client(g: GistOptions):
-    from tbkit.sources import gist
-
     return gist.GistClient(
         g.api_url or os.environ.get("TBKIT_GITHUB_API") or None,
         g.token if g.token is not None else (os.environ.get("GITHUB_TOKEN") or None),
@@ -74,8 +71,6 @@ def _client(g: GistOptions):
 
 def _revision(text: str, revision, api_url: str) -> tuple:
     """(gist id, revision or None), the revision given once (in the source or as revision=)."""
-    from tbkit.sources import gist
-
     gist_id, ref_revision = gist.parse_ref(text, api_url)
     revision = gist.check_revision(revision)
     if revision and ref_revision and revision != ref_revision:
@@ -110,8 +105,6 @@ def _files_and_provenance(gist_id: str, snapshot, cached) -> tuple:
 
 def _cache_snapshot(root: Path, gist_id: str, snapshot, files: dict, opts: Options, notes: list) -> Optional[Path]:
     """Write a fetched revision to the cache (never content the caller's pin rejects); its folder."""
-    from tbkit.sources import cache
-
     if opts.expected_sha256 is not None and opts.expected_sha256 != content_sha256(files):
         return None
     meta = {
@@ -131,8 +124,6 @@ def _fetch_or_cached(client, root: Path, gist_id: str, revision: Optional[str], 
     """(snapshot, None) when fetched now; (None, cached revision) when offline or GitHub cannot be
     reached and a revision is cached (said in ``notes``). Other API errors are final; they only
     gain a pointer to a cached revision when one exists."""
-    from tbkit.sources import cache, gist
-
     what = f"gist {gist_id}" + (f" at revision {revision}" if revision else "")
     if offline:
         newest = None if revision else cache.newest_cached(root, gist_id)

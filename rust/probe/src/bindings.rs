@@ -196,22 +196,25 @@ const SEVERITIES: [Severity; 5] = [
     Severity::ProbeDegraded,
 ];
 
+// Named under the package (`tbkit._probe.ProbeError`), as the classes are: `__module__` is what
+// tracebacks, pickling and `except` clauses written from the repr go by.
 create_exception!(
-    _probe,
+    tbkit._probe,
     ProbeError,
     PyException,
     "Base class of the errors the probe raises."
 );
 create_exception!(
-    _probe,
+    tbkit._probe,
     UnreadableFileError,
     ProbeError,
     "A file the probe was asked to read could not be read."
 );
 
-/// One distribution whose files on disk no longer match what this process loaded.
-#[pyclass(module = "tbkit._probe", frozen, get_all, eq)]
-#[derive(PartialEq)]
+/// One distribution whose files on disk no longer match what this process loaded. Frozen, so it
+/// compares and hashes by value (findings can be set members and dict keys).
+#[pyclass(module = "tbkit._probe", frozen, get_all, eq, hash)]
+#[derive(PartialEq, Eq, Hash)]
 struct Finding {
     /// Canonical name, e.g. "numpy"; "(probe)" for the probe's own limits.
     distribution: String,

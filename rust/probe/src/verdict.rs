@@ -1,5 +1,5 @@
 //! What the probe concludes per distribution: the signals seen, and the severity they add up to
-//! (PROBE.md, "Severity").
+//! (docs/probe.md, "severity").
 
 use std::path::PathBuf;
 

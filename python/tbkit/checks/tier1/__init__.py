@@ -10,7 +10,8 @@ function per property, joined with ``yield from``. Rules every check keeps:
 - tolerances are for fp32 and widen by the dtype's machine epsilon for half-precision models;
 - thresholds are declared with each check (``register(thresholds=...)``) and overridable with the
   run option ``"<check id>.<name>"``.
-The criteria follow design/CHECKS.md; where a number differs, the reason is written beside it.
+Each check's criteria are its docstring and declared thresholds (docs/checks.md is generated from
+them); where a number was changed from a first cut, the reason is written beside it.
 """
 
 # Importing a check module registers it: the order below is the run order (and the docs' order).

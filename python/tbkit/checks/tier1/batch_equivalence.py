@@ -13,6 +13,7 @@ from tbkit.checks.numeric import (
     max_abs_diff,
     output_scale,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN
 
 
@@ -20,7 +21,10 @@ from tbkit.checks.tier1.common import FAIL, PASS, WARN
     "batch_equivalence",
     tier=1,
     summary="row i of a batched forward equals the same row run alone",
-    thresholds={"pass_rel": 1e-5, "warn_rel": 1e-3},
+    thresholds=(
+        Threshold("pass_rel", float, 1e-5, "relative", "max |batched - alone| / max(1, |output|) for PASS"),
+        Threshold("warn_rel", float, 1e-3, "relative", "above it FAIL; between pass_rel and it WARN"),
+    ),
 )
 def check_batch_equivalence(ctx: CheckContext):
     """Rows 0 and 1 of a batch of 7 (the shared shape batch) give the same outputs run alone and in

@@ -14,6 +14,7 @@ from tbkit.checks.numeric import (
     kind_guess_note,
     max_abs_diff,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
 
@@ -21,7 +22,7 @@ from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
     "causal",
     tier=1,
     summary="decoders: changing token s must not move outputs at t < s (grad, no_grad, inference_mode)",
-    thresholds={"max_change": 1e-6},
+    thresholds=(Threshold("max_change", float, 1e-6, "absolute", "largest allowed change of an output at t < s"),),
 )
 def check_causal(ctx: CheckContext):
     """Decoders (and the decoder side of seq2seq): changing the token at position s must not move

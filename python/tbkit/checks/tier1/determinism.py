@@ -10,6 +10,7 @@ from tbkit.checks.numeric import (
     dtype_scale,
     fmt,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS
 
 
@@ -17,7 +18,7 @@ from tbkit.checks.tier1.common import FAIL, PASS
     "determinism",
     tier=1,
     summary="two eval forwards on the same input are identical",
-    thresholds={"max_diff": 1e-6},
+    thresholds=(Threshold("max_diff", float, 1e-6, "absolute", "largest allowed |run1 - run2|"),),
 )
 def check_determinism(ctx: CheckContext):
     """Two eval forwards of the same input give the same output.

@@ -13,6 +13,8 @@ from tbkit.checks.numeric import (
     fmt,
     new_figure,
 )
+from tbkit.checks.restore import preserved
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN, forward_pair
 
 
@@ -30,7 +32,11 @@ def _layer_key(name: str) -> str:
     "gradient_flow",
     tier=1,
     summary="one backward on an LM loss (model restored after): every parameter reached, finite, moved by a step",
-    thresholds={"max_total_norm": 1e3, "min_layer_ratio": 1e-4, "lr": 1e-3},
+    thresholds=(
+        Threshold("max_total_norm", float, 1e3, "", "total gradient norm above it WARN"),
+        Threshold("min_layer_ratio", float, 1e-4, "", "a layer's gradient norm below this share of the largest WARN"),
+        Threshold("lr", float, 1e-3, "", "learning rate of the one Adam step every parameter must move by"),
+    ),
 )
 def check_gradient_flow(ctx: CheckContext):
     """One training-mode forward + backward on an LM loss on the model itself (``restore.preserved``
@@ -46,8 +52,6 @@ def check_gradient_flow(ctx: CheckContext):
     WARN; total norm > ``max_total_norm`` (1e3) WARN; min/max per-layer norm < ``min_layer_ratio``
     (1e-4) WARN; no parameter moved by Adam (lr ``lr``) FAIL. Fix: use or delete unused modules;
     lower the init scale or clip."""
-    from tbkit.checks.restore import preserved
-
     lm = ctx.model
     with preserved(lm.module):
         facts = _backward_and_step(ctx)

@@ -10,6 +10,7 @@ from tbkit.checks.base import CheckContext, register
 from tbkit.checks.numeric import (
     fmt,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
 
@@ -25,7 +26,11 @@ def _is_norm(module) -> bool:
     "init",
     tier=1,
     summary="loss at init vs ln V, norm layers, identical tensors across layers, weight scale",
-    thresholds={"loss_warn_share": 0.1, "loss_fail_factor": 2.0, "max_gain": 10.0},
+    thresholds=(
+        Threshold("loss_warn_share", float, 0.1, "share of ln V", "|loss at init - ln V| above it WARN"),
+        Threshold("loss_fail_factor", float, 2.0, "x ln V", "loss at init above this multiple of ln V FAIL"),
+        Threshold("max_gain", float, 10.0, "x default init", "weight scale above this multiple WARN"),
+    ),
 )
 def check_init(ctx: CheckContext):
     """The state of a fresh model: finite parameters; loss at init close to ln V; norm layers at
@@ -179,7 +184,7 @@ def _init_identical_tensors(ctx: CheckContext):
 
 def _init_weight_gain(ctx: CheckContext):
     """4. scale of each weight matrix: gain = std * sqrt(fan_in). Default torch init gives ~0.58,
-    xavier ~0.7-1, normal(0, 0.02) less. CHECKS.md's first cut flagged > 4, but a fresh
+    xavier ~0.7-1, normal(0, 0.02) less. A first cut flagged > 4, but a fresh
     transformers T5 has an LM head of std 1 (gain sqrt(d) = 5.7 at d 32) by design: its forward
     scales the hidden state by d**-0.5 first, which one matrix cannot show. So only gains an order
     of magnitude above the default init (max_gain 10) are flagged; the loss at init judges the

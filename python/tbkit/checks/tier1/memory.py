@@ -11,6 +11,7 @@ from tbkit.checks.numeric import (
     describe_error,
     new_figure,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS
 
 
@@ -35,14 +36,18 @@ def _memory_method(dev) -> str:
     "memory",
     tier=1,
     summary="parameter/buffer MB and activation memory over a (B, T) sweep",
-    thresholds={"budget_mb": None},
+    thresholds=(
+        Threshold(
+            "budget_mb", float, None, "MB", "model + peak activations above it FAIL (none: information)", positive=True
+        ),
+    ),
 )
 def check_memory(ctx: CheckContext):
     """Parameter and buffer MB, and the activation memory of a grad-mode forward at (batch, length)
     (1, max_len/4), (1, max_len) and (2, max_len) (CUDA: peak allocated; CPU: bytes autograd saves).
 
     Why: what fits decides batch size and sequence length before any training starts.
-    Thresholds: ``budget_mb`` (option ``memory_budget_mb``; none by default): model + peak
+    Thresholds: ``budget_mb`` (``--memory-budget-mb``; none by default): model + peak
     activations above it FAIL; without a budget the row is information. Fix: smaller batch or
     length, activation checkpointing, lower precision."""
     lm = ctx.model
@@ -67,9 +72,9 @@ def _memory_verdict(ctx: CheckContext, points: list, model_mb: float):
     peak = max(mb for _, _, mb in points)
     sweep = ", ".join(f"B={B} T={T}: {mb:.2f} MB" for B, T, mb in points)
     method = _memory_method(ctx.device)
-    budget = ctx.options.get("memory_budget_mb", ctx.threshold("budget_mb"))
+    budget = ctx.threshold("budget_mb")
     if budget is None:
-        why = f"{sweep}. Measured as {method}. No budget given (options={{'memory_budget_mb': N}} to enforce one)"
+        why = f"{sweep}. Measured as {method}. No budget given (option memory.budget_mb or --memory-budget-mb to enforce one)"
         return ctx.row(PASS, "peak activation MB", round(peak, 3), "", why)
     need = model_mb + peak
     status = FAIL if need > float(budget) else PASS

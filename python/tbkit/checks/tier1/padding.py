@@ -12,6 +12,7 @@ from tbkit.checks.numeric import (
     max_abs_diff,
     output_scale,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
 
@@ -19,7 +20,10 @@ from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
     "padding",
     tier=1,
     summary="right padding and pad content leave real positions unchanged (grad, no_grad)",
-    thresholds={"pass_rel": 1e-5, "warn_rel": 1e-3},
+    thresholds=(
+        Threshold("pass_rel", float, 1e-5, "relative", "max change at real positions / max(1, |output|) for PASS"),
+        Threshold("warn_rel", float, 1e-3, "relative", "above it FAIL; between pass_rel and it WARN"),
+    ),
 )
 def check_padding(ctx: CheckContext):
     """Right padding must leave the real positions unchanged, and so must changing the tokens
@@ -134,7 +138,7 @@ def _padded_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
 
 
 def _padding_verdict(ctx: CheckContext, metric: str, rel: float, tol: float, detail: str, name: str):
-    # CHECKS.md says atol 1e-5; judged relative to the output scale (see numeric.output_scale),
+    # A first cut said atol 1e-5; judged relative to the output scale (see numeric.output_scale),
     # with a WARN band up to warn_rel for kernels that change with the padded length.
     if rel <= tol:
         return ctx.row(PASS, metric, rel, f"<= {tol:.0e}", detail)
@@ -151,7 +155,7 @@ def _padding_left(ctx: CheckContext, case: dict):
     """Batched generation pads on the left. Values may legitimately shift there (absolute
     positions move), so only finiteness is judged: causal mask + left padding makes the pad
     queries' rows fully masked, and under no_grad fused paths turn that into NaN that spreads to
-    real positions (CHECKS.md "Known traps"). A warning, not a failure: right padding, the
+    real positions (docs/checks_tier1.md, "Known traps"). A warning, not a failure: right padding, the
     criterion above, is what training uses."""
     import torch
 

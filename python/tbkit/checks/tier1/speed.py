@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 
 from tbkit.checks import inputs as inp
-from tbkit.checks import shared
+from tbkit.checks import shared, timing
 from tbkit.checks.base import CheckContext, register
 from tbkit.checks.numeric import (
     new_figure,
 )
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN, forward_pair
+from tbkit.checks.timing import machine_load
 
 SPEED_BATCHES = (1, 2)  # shapes of the shared grid: their shared forward is the warm-up
 
@@ -19,19 +21,24 @@ SPEED_BATCHES = (1, 2)  # shapes of the shared grid: their shared forward is the
     "speed",
     tier=1,
     summary="forward latency (all threads, >= 6 timings per shape): median with 95% CI, tokens/s",
-    thresholds={"min_timings": 6, "seconds_per_shape": 0.005, "latency_budget_ms": None, "min_batch_speedup": 0.5},
+    thresholds=(
+        Threshold("min_timings", int, 6, "", "fewest timings per shape", positive=True),
+        Threshold("seconds_per_shape", float, 0.005, "s", "time spent timing each shape beyond the minimum"),
+        Threshold("latency_budget_ms", float, None, "ms", "a median forward latency above it FAILs", positive=True),
+        Threshold("min_batch_speedup", float, 0.5, "", "batch 2 tokens/s below this multiple of batch 1 WARN"),
+    ),
 )
 def check_speed(ctx: CheckContext):
     """Forward latency (eval, no_grad, all torch threads) at batch {1, 2} x the shared odd length
     (17, or less for short models): median of at least ``min_timings`` (6: the fewest for which an
     order-statistic 95% interval of the median exists) timings per shape, more while ``seconds_per_shape``
-    (0.005 s, option ``speed_seconds_per_point``) lasts, with a 95% order-statistic confidence
+    (0.005 s; the older option name ``speed_seconds_per_point`` is an alias) lasts, with a 95% order-statistic confidence
     interval of the median, and tokens/s.
 
     Why: latency and throughput decide what a model costs to serve. A measurement judges the
     model, never the machine: how noisy the machine was goes into the detail (and the report's
     environment block), never into the status. Thresholds: median above ``latency_budget_ms``
-    (option ``latency_budget_ms`` / ``--latency-budget-ms``; none by default) FAIL; tokens/s at
+    (``--latency-budget-ms``; none by default) FAIL; tokens/s at
     the larger batch below ``min_batch_speedup`` (0.5) x the smaller batch's (the upper end of the
     confidence interval of the round-by-round ratio of interleaved timings) WARN: batching makes this model slower. Fix: look for
     per-row Python loops or batch-dependent work in forward."""
@@ -41,8 +48,8 @@ def check_speed(ctx: CheckContext):
     T = shared.probe_length(ctx)
     timings = _time_forwards(ctx, SPEED_BATCHES, T)
     points = [(B, T, t) for B, t in zip(SPEED_BATCHES, timings)]
-    for B, T, timing in points:
-        yield _speed_row(ctx, B, T, timing, threads)
+    for B, T, timed in points:
+        yield _speed_row(ctx, B, T, timed, threads)
     yield from _speed_scaling(ctx, points)
     _speed_figure(ctx, points, threads)
 
@@ -50,8 +57,6 @@ def check_speed(ctx: CheckContext):
 def _time_forwards(ctx: CheckContext, batches, T: int) -> list:
     """A Timing per batch size, measured interleaved (see ``timing.measure_interleaved``)."""
     import torch
-
-    from tbkit.checks import timing
 
     lm, dev = ctx.model, ctx.device
 
@@ -68,7 +73,7 @@ def _time_forwards(ctx: CheckContext, batches, T: int) -> list:
 
     steps = [step_for(B) for B in batches]
     min_n = max(2, int(ctx.threshold("min_timings")))  # never one: a spread of one sample is not a measurement
-    budget = float(ctx.options.get("speed_seconds_per_point", ctx.threshold("seconds_per_shape")))
+    budget = float(ctx.threshold("seconds_per_shape"))
     with inp.eval_mode(lm.module):
         for B, step in zip(batches, steps):
             if B <= shared.MAX_BATCH:
@@ -86,8 +91,6 @@ def _speed_inputs(ctx: CheckContext, B: int, T: int):
 
 
 def _speed_row(ctx: CheckContext, B: int, T: int, t, threads: int):
-    from tbkit.checks.timing import machine_load
-
     med = t.median
     lo, hi = t.median_ci()
     spread = (hi - lo) / med if med > 0 else 0.0
@@ -98,7 +101,7 @@ def _speed_row(ctx: CheckContext, B: int, T: int, t, threads: int):
     )
     if spread > 0.2:
         detail += " (a wide interval: other work shared the machine; the median is still the model's)"
-    budget = ctx.options.get("latency_budget_ms", ctx.threshold("latency_budget_ms"))
+    budget = ctx.threshold("latency_budget_ms")
     metric = f"median ms (B={B}, T={T})"
     if budget is None:
         return ctx.row(PASS, metric, round(med * 1e3, 4), "", detail + ". No latency budget given")
@@ -112,8 +115,6 @@ def _speed_scaling(ctx: CheckContext, points: list):
     round-by-round ratios of the interleaved timings (a burst of other work hits both sides of a
     round), and only when even the upper end of the ratio's confidence interval is below
     ``min_batch_speedup``."""
-    from tbkit.checks import timing
-
     (b1, _, t1), (b2, _, t2) = points[0], points[-1]
     factor = ctx.threshold("min_batch_speedup")
     rounds = timing.Timing([(b2 * x1) / (b1 * x2) for x1, x2 in zip(t1.times, t2.times)])

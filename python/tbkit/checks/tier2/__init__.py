@@ -1,6 +1,6 @@
 """Tier 2 — what the model looks at, and how fragile it is.
 
-Four checks (ids are public, see CHECKS.md):
+Four checks (ids are public, see docs/checks.md):
 
 - ``attention``   per-head weights (tiers/attention_capture.py), entropy, sparsity, redundant heads,
                   heatmaps; for decoders, weight on future keys is a FAIL.

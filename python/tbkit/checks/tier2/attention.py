@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from tbkit.checks import inputs
+from tbkit.checks import attention_capture, inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier2.common import fmt_list, grad_mode_failure
 
 # Sizes of the probing inputs: small enough for a CPU, long enough for entropy and 1 % to mean
@@ -15,7 +16,7 @@ from tbkit.checks.tier2.common import fmt_list, grad_mode_failure
 ATTN_BATCH, ATTN_LEN = 2, 24
 
 
-FUTURE_MASS_TOL = 1e-6  # CHECKS.md: any attention weight on a future key above this is a leak
+FUTURE_MASS_TOL = 1e-6  # any attention weight on a future key above this is a leak
 
 
 REDUNDANT_COSINE = 0.95  # two heads whose (non-uniform part of the) maps agree this much
@@ -31,11 +32,11 @@ MAX_HEATMAP_LAYERS = 12
     "attention",
     tier=2,
     summary="per-head attention: future-key mass (decoders), entropy, sparsity, redundancy, heatmaps",
-    thresholds={
-        "future_mass": FUTURE_MASS_TOL,
-        "redundant_cosine": REDUNDANT_COSINE,
-        "capture_fidelity": CAPTURE_FIDELITY,
-    },
+    thresholds=(
+        Threshold("future_mass", float, FUTURE_MASS_TOL, "share", "attention weight on a future key above it FAIL"),
+        Threshold("redundant_cosine", float, REDUNDANT_COSINE, "cosine", "two heads this alike are redundant"),
+        Threshold("capture_fidelity", float, CAPTURE_FIDELITY, "relative", "outputs with/without capture may differ"),
+    ),
 )
 def check_attention(ctx: CheckContext) -> Iterator[Row]:
     """Per-head attention weights (hooks on nn.MultiheadAttention with per-head weights, or
@@ -49,8 +50,6 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
     whose maps' departure from uniform have cosine > ``redundant_cosine`` (0.95) WARN; entropy and
     sparsity are information. Weights that cannot be captured: SKIP with the reason. Fix: pass a
     causal mask that blocks every key after the query."""
-    from tbkit.checks import attention_capture
-
     model = ctx.model
     ids, decoder_ids, lengths, self_len = _attention_inputs(ctx)
     with inputs.eval_mode(model.module):

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
+from tbkit.checks.restore import preserved
+from tbkit.checks.spec import Threshold
 from tbkit.checks.tier2.common import grad_mode_failure
 
 ATTR_BATCH, ATTR_LEN = 2, 16
@@ -26,7 +28,10 @@ ATTR_LEAK_TOL = 1e-6  # share of |attribution| allowed on tokens after the targe
     tier=2,
     summary="captum LayerIntegratedGradients on the input embedding; decoders: no attribution to future tokens",
     needs=("captum>=0.9",),
-    thresholds={"rel_delta": ATTR_REL_DELTA, "future_share": ATTR_LEAK_TOL},
+    thresholds=(
+        Threshold("rel_delta", float, ATTR_REL_DELTA, "relative", "IG convergence delta above it retries at 200 steps"),
+        Threshold("future_share", float, ATTR_LEAK_TOL, "share", "share of |attribution| allowed on later tokens"),
+    ),
 )
 def check_attribution(ctx: CheckContext) -> Iterator[Row]:
     """captum ``LayerIntegratedGradients`` on the input embedding (plain IG on token ids cannot
@@ -48,8 +53,6 @@ def check_attribution(ctx: CheckContext) -> Iterator[Row]:
         )
         yield ctx.row(Status.SKIP, "attribution", None, "", why)
         return
-    from tbkit.checks.restore import preserved
-
     embedding, how_found = find_input_embedding(ctx.model)
     if embedding is None:
         yield ctx.row(Status.SKIP, "attribution", None, "", how_found)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.effective_rank import effective_rank, effective_ranks
+from tbkit.checks.spec import Threshold
 
 __all__ = ["check_capacity", "effective_rank"]
 
@@ -23,7 +24,12 @@ ERANK_COLLAPSE_RATIO = 0.25  # deepest layer's erank below this share of the fir
     "capacity",
     tier=2,
     summary="effective rank of weight matrices and of per-layer hidden states",
-    thresholds={"min_erank_ratio": ERANK_RATIO_WARN, "collapse_ratio": ERANK_COLLAPSE_RATIO},
+    thresholds=(
+        Threshold("min_erank_ratio", float, ERANK_RATIO_WARN, "share", "erank / min dimension below it WARN"),
+        Threshold(
+            "collapse_ratio", float, ERANK_COLLAPSE_RATIO, "share", "deepest layer's erank / first's below it WARN"
+        ),
+    ),
 )
 def check_capacity(ctx: CheckContext) -> Iterator[Row]:
     """Effective rank (exp of the spectral entropy) of every weight matrix and of each layer's
@@ -169,7 +175,7 @@ def _capacity_plot(ctx: CheckContext, weights, hidden) -> None:
     if weights:
         ax = fig.add_subplot(1, 2, 1)
         ax.hist([r for _, _, r, _ in weights], bins=20, range=(0, 1), color="tab:blue")
-        ax.axvline(ERANK_RATIO_WARN, color="tab:red", ls="--")
+        ax.axvline(ctx.threshold("min_erank_ratio"), color="tab:red", ls="--")  # the limit in force
         ax.set_xlabel("effective rank / min dimension")
         ax.set_ylabel("weight matrices")
         ax.set_title("weights")

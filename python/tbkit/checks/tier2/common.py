@@ -9,7 +9,7 @@ from tbkit.checks.base import CheckContext, Status
 def grad_mode_failure(ctx: CheckContext, err: Exception, what: str):
     """A FAIL row when the forward works under no_grad but raises in grad mode, else None.
 
-    The classic case (CHECKS.md, known traps): ``is_causal=True`` without a mask raises in grad mode,
+    The classic case (docs/checks_tier1.md, known traps): ``is_causal=True`` without a mask raises in grad mode,
     while under eval + no_grad the fused fast path runs and silently ignores causality."""
     import torch
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
+from tbkit.checks.spec import Threshold
 
 ROBUST_BATCH, ROBUST_LEN = 4, 100  # 100 positions: 1 % is exactly one token per row
 
@@ -20,7 +21,11 @@ ROBUST_WARN_AGREEMENT = 0.5
     "robustness",
     tier=2,
     summary="token substitution at 1/5/10/20 % of positions: KL and top-1 agreement elsewhere",
-    thresholds={"min_agreement_at_1pct": ROBUST_WARN_AGREEMENT},
+    thresholds=(
+        Threshold(
+            "min_agreement_at_1pct", float, ROBUST_WARN_AGREEMENT, "share", "top-1 agreement at 1 % below it WARN"
+        ),
+    ),
 )
 def check_robustness(ctx: CheckContext) -> Iterator[Row]:
     """Substitute 1, 5, 10 and 20 % of the tokens (seeded) and compare the outputs at the positions

@@ -1,6 +1,6 @@
 """Tier 3 — does the design learn, which settings suit it, and is it better than a plain reference?
 
-Four checks (ids are public, see CHECKS.md):
+Four checks (ids are public, see docs/checks.md):
 
 - ``overfit``  plain torch, no install: memorise one fixed batch, on the model itself, restored after.
 - ``train``    `tbkit.train` (lightning) on the user's data; synthetic only when asked, labelled so.
@@ -8,10 +8,10 @@ Four checks (ids are public, see CHECKS.md):
 - ``baseline`` uniform, unigram and a parameter-matched reference decoder on the same budget,
                several seeds, a paired t-test over seeds.
 
-``train``, ``hpo`` and ``baseline`` need data: ``ctx.options["data"]`` (a text file or token ids)
-or ``ctx.options["synthetic"] = True``; without either they are SKIP rows that say how to give it.
-Options read (all optional): batch_size, max_len, train_epochs, train_max_steps, hpo_trials,
-hpo_epochs, storage, study_name, baseline_seeds, baseline_steps, lr.
+``train``, ``hpo`` and ``baseline`` need data: the run option ``data`` (a text file or token ids)
+or ``synthetic=True``; without either they are SKIP rows that say how to give it. The options
+they read are declared with each check (``train.epochs``, ``hpo.trials``, …) and, for those they
+share (``batch_size``, ``lr``, ``max_len``), in ``checks/spec.RUN_OPTIONS``; docs/checks.md lists them.
 """
 
 # Importing a check module registers it: the order below is the run order (and the docs' order).

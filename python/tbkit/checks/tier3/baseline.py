@@ -7,7 +7,9 @@ import math
 from collections.abc import Iterator
 
 from tbkit.checks.base import CheckContext, Row, Status, register
-from tbkit.checks.tier3.common import data_option, option, synthetic_label, why_not_trainable
+from tbkit.checks.restore import preserved
+from tbkit.checks.spec import Option, Threshold
+from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
 
 # baseline: the reference must have a parameter count within this ratio of the model's
 PARAM_MATCH_TOL = 0.10
@@ -28,7 +30,15 @@ PRACTICAL_GAP = 0.01  # share of the reference's loss
     summary="vs uniform, unigram and a parameter-matched reference decoder (>=3 seeds, paired t-test)",
     needs=("lightning",),
     applies=why_not_trainable,
-    thresholds={"alpha": ALPHA, "practical_gap": PRACTICAL_GAP, "param_match_tol": PARAM_MATCH_TOL},
+    thresholds=(
+        Threshold("alpha", float, ALPHA, "p-value", "paired t-test significance level"),
+        Threshold("practical_gap", float, PRACTICAL_GAP, "share", "loss gap to the reference that matters"),
+        Threshold("param_match_tol", float, PARAM_MATCH_TOL, "share", "reference parameter count tolerance"),
+    ),
+    options=(
+        Option("seeds", int, 3, "", "training seeds per model (at least 3)", positive=True),
+        Option("steps", int, 150, "", "training steps per seed", positive=True),
+    ),
 )
 def check_baseline(ctx: CheckContext) -> Iterator[Row]:
     """Validation loss after the same training budget (``baseline_steps``, >= 3 seeds) against the
@@ -63,7 +73,7 @@ def _baseline_setup(ctx: CheckContext) -> dict:
     td, train_data, val_data, block = training.training_data(
         model,
         data,
-        max_len=ctx.options.get("max_len"),
+        max_len=ctx.run_option("max_len"),
         val_fraction=0.1,
         synthetic=synthetic,
         seed=ctx.seed,
@@ -71,10 +81,10 @@ def _baseline_setup(ctx: CheckContext) -> dict:
     )
     n_params = sum(p.numel() for p in model.module.parameters())
     return dict(
-        seeds=[ctx.seed + i for i in range(max(3, int(option(ctx, "baseline_seeds", 3))))],
-        steps=int(option(ctx, "baseline_steps", 150)),
-        batch=int(option(ctx, "batch_size", 16)),
-        lr=float(option(ctx, "lr", 1e-3)),
+        seeds=[ctx.seed + i for i in range(max(3, int(ctx.option("seeds"))))],
+        steps=int(ctx.option("steps")),
+        batch=int(ctx.run_option("batch_size")),
+        lr=float(ctx.run_option("lr")),
         block=block,
         train=train_data,
         val=val_data,
@@ -91,7 +101,6 @@ def _baseline_losses(ctx: CheckContext, setup: dict) -> tuple:
     """Validation losses per seed of the model and of the reference, trained on the same budget."""
     import torch
 
-    from tbkit.checks.restore import preserved
     from tbkit.training import trainer as training
 
     model, fresh, cfg = ctx.model, setup["fresh"], dict(setup["ref_cfg"])

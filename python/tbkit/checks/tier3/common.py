@@ -11,15 +11,10 @@ NO_DATA = (
 )
 
 
-def option(ctx: CheckContext, key: str, default):
-    value = ctx.options.get(key)
-    return default if value is None else value
-
-
 def why_not_trainable(ctx: CheckContext) -> Optional[str]:
     """The SKIP reason for checks that train, or None. The runner asks before installing their
     requirements, so a run without data never installs lightning just to say so."""
-    if ctx.options.get("data") is None and not ctx.options.get("synthetic", False):
+    if ctx.run_option("data") is None and not ctx.run_option("synthetic"):
         return NO_DATA
     if ctx.model.kind != "decoder":
         return (
@@ -31,7 +26,7 @@ def why_not_trainable(ctx: CheckContext) -> Optional[str]:
 
 def data_option(ctx: CheckContext):
     """(data, synthetic) for checks that train (``why_not_trainable`` has passed)."""
-    return ctx.options.get("data"), bool(ctx.options.get("synthetic", False))
+    return ctx.run_option("data"), bool(ctx.run_option("synthetic"))
 
 
 def synthetic_label(synthetic: bool) -> str:

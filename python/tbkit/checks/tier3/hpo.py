@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from typing import Optional
 
 from tbkit.checks.base import CheckContext, Row, Status, register
-from tbkit.checks.tier3.common import data_option, option, synthetic_label, why_not_trainable
+from tbkit.checks.spec import Option
+from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
 
 
 def _why_not_searchable(ctx: CheckContext) -> Optional[str]:
@@ -33,6 +34,12 @@ def _why_not_searchable(ctx: CheckContext) -> Optional[str]:
     summary="Optuna TPE + median pruning (Lightning callback): trials, best params, plots",
     needs=("optuna", "optuna-integration", "lightning"),
     applies=_why_not_searchable,
+    options=(
+        Option("trials", int, 6, "", "number of Optuna trials", positive=True),
+        Option("epochs", int, 3, "", "epochs per trial", positive=True),
+        Option("storage", str, None, "", "Optuna storage URL (sqlite:///study.db, postgresql://…); none: in memory"),
+        Option("study_name", str, None, "", "Optuna study name (workers sharing a storage share it)"),
+    ),
 )
 def check_hpo(ctx: CheckContext) -> Iterator[Row]:
     """Optuna TPE sampler + median pruner, pruning through the Lightning callback
@@ -49,12 +56,12 @@ def check_hpo(ctx: CheckContext) -> Iterator[Row]:
         ctx.model,
         data,
         synthetic=synthetic,
-        n_trials=int(option(ctx, "hpo_trials", 6)),
-        epochs=int(option(ctx, "hpo_epochs", 3)),
-        batch_size=int(option(ctx, "batch_size", 16)),
-        max_len=ctx.options.get("max_len"),
-        storage=ctx.options.get("storage"),
-        study_name=ctx.options.get("study_name"),
+        n_trials=int(ctx.option("trials")),
+        epochs=int(ctx.option("epochs")),
+        batch_size=int(ctx.run_option("batch_size")),
+        max_len=ctx.run_option("max_len"),
+        storage=ctx.option("storage"),
+        study_name=ctx.option("study_name"),
         device=ctx.device,
         seed=ctx.seed,
     )

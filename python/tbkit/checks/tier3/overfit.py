@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
+from tbkit.checks.restore import preserved
+from tbkit.checks.spec import Threshold
 
-# overfit (CHECKS.md): one fixed batch 2 x 64, Adam 1e-3, at most 300 steps, clip 1.0
+# overfit: one fixed batch 2 x 64, Adam 1e-3, at most 300 steps, clip 1.0
 OVERFIT_BATCH, OVERFIT_LEN, OVERFIT_STEPS, OVERFIT_LR = 2, 64, 300, 1e-3
 
 
@@ -20,7 +22,11 @@ OVERFIT_DROP = 0.90  # PASS when the loss falls by more than this fraction of it
     "overfit",
     tier=3,
     summary="memorise one fixed batch (2x64, Adam 1e-3, <=300 steps): loss must fall >90%",
-    thresholds={"loss_drop": OVERFIT_DROP, "steps": OVERFIT_STEPS, "lr": OVERFIT_LR},
+    thresholds=(
+        Threshold("loss_drop", float, OVERFIT_DROP, "share", "PASS when the loss falls by more than this share"),
+        Threshold("steps", int, OVERFIT_STEPS, "", "most optimiser steps", positive=True),
+        Threshold("lr", float, OVERFIT_LR, "", "Adam learning rate", positive=True),
+    ),
 )
 def check_overfit(ctx: CheckContext) -> Iterator[Row]:
     """Memorise one fixed batch of 2 x 64 seeded random ids (Adam at learning rate ``lr`` (1e-3),
@@ -33,8 +39,6 @@ def check_overfit(ctx: CheckContext) -> Iterator[Row]:
     decoders: teacher-forced argmax must reproduce the sequence; non-finite loss FAIL. Fix: check
     that the output depends on the input and that gradients reach all layers (gradient_flow)."""
     import torch
-
-    from tbkit.checks.restore import preserved
 
     model = ctx.model
     length = inputs.clamp_len(model, OVERFIT_LEN)

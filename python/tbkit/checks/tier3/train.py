@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tbkit.checks.base import CheckContext, Row, Status, register
-from tbkit.checks.tier3.common import data_option, option, synthetic_label, why_not_trainable
+from tbkit.checks.restore import preserved
+from tbkit.checks.spec import Option
+from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
 
 
 @register(
@@ -16,6 +18,13 @@ from tbkit.checks.tier3.common import data_option, option, synthetic_label, why_
     summary="fine-tune with lightning on the user's data: val loss / perplexity per epoch",
     needs=("lightning",),
     applies=why_not_trainable,
+    options=(
+        Option("epochs", int, 2, "", "training epochs", positive=True),
+        Option("max_steps", int, None, "", "stop after this many optimiser steps", positive=True),
+        Option("devices", int, None, "", "devices (processes) per machine", positive=True),
+        Option("strategy", str, None, "", "Lightning strategy (default ddp_fork, ddp under torchrun)"),
+        Option("num_nodes", int, None, "", "number of machines", positive=True),
+    ),
 )
 def check_train(ctx: CheckContext) -> Iterator[Row]:
     """Fine-tune with ``lightning.pytorch`` on the user's data (a text file or token ids; synthetic
@@ -26,7 +35,6 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
     Why: the real test of a design is whether it learns on real data. Thresholds: best validation
     loss not finite FAIL, not below its value before training WARN. Fix: learning rate, data, or the
     problems the other checks name."""
-    from tbkit.checks.restore import preserved
     from tbkit.training import trainer as training
 
     data, synthetic = data_option(ctx)
@@ -43,19 +51,19 @@ def _train(ctx: CheckContext, training, data, synthetic: bool, ckdir):
         data,
         in_place=True,
         synthetic=synthetic,
-        epochs=int(option(ctx, "train_epochs", 2)),
-        batch_size=int(option(ctx, "batch_size", 16)),
-        lr=float(option(ctx, "lr", 1e-3)),
-        max_len=ctx.options.get("max_len"),
-        max_steps=ctx.options.get("train_max_steps"),
+        epochs=int(ctx.option("epochs")),
+        batch_size=int(ctx.run_option("batch_size")),
+        lr=float(ctx.run_option("lr")),
+        max_len=ctx.run_option("max_len"),
+        max_steps=ctx.option("max_steps"),
         checkpoint_dir=ckdir,
         resume=False,
         device=ctx.device,
         seed=ctx.seed,
         # several devices / machines (tbkit run --devices/--strategy/--num-nodes); None = one device
-        devices=ctx.options.get("devices"),
-        strategy=ctx.options.get("strategy"),
-        num_nodes=ctx.options.get("num_nodes"),
+        devices=ctx.option("devices"),
+        strategy=ctx.option("strategy"),
+        num_nodes=ctx.option("num_nodes"),
     )
 
 

@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from tbkit.errors import InstallFailed, InstallRefused
-from tbkit.guard.gate import pip_cli
+from tbkit.guard.gate import flow, pip_cli
+from tbkit.guard.gate import pip as pipmod
 from tbkit.guard.gate.pip_cli import CannotPlan, ShellCommand
+from tbkit.guard.gate.plan import refused
+from tbkit.guard.gate.requirements import canonical
+from tbkit.guard.gate.runtime import restart_hint
 
 
 @dataclass
@@ -26,7 +30,7 @@ class PackageCommand:
     escape: str  # "!", "%", or "" for a line of a shell cell
     text: str
     action: str = "run"  # install | dry_run | run (the original, unchanged) | refuse
-    prepared: Any = None  # tbkit.guard.gate.Prepared for install / dry_run
+    prepared: Any = None  # tbkit.guard.gate.flow.Prepared for install / dry_run
     refusal: Optional[InstallRefused] = None
     reason: str = ""  # the refusal without its "tbkit refused …:" head, for the cell's one message
     quiet: bool = False
@@ -52,17 +56,12 @@ def _cannot_plan(shown: str, reason: str) -> InstallRefused:
 
 
 def _loaded_among(names: list[str]) -> list[tuple[str, str]]:
-    from tbkit.guard.gate import loaded_distributions
-    from tbkit.guard.gate.requirements import canonical
-
-    loaded = loaded_distributions()
+    loaded = flow.loaded_distributions()
     wanted = {canonical(re.split(r"[\[<>=!~;@ ]", n, maxsplit=1)[0]) for n in names if n.strip()}
     return sorted((name, version) for name, version in loaded.items() if name in wanted)
 
 
 def _judge_conda(cmd: ShellCommand, command: PackageCommand) -> None:
-    from tbkit.guard.gate.runtime import restart_hint
-
     hits = _loaded_among(pip_cli.conda_names(cmd))
     touched = ", ".join(f"{n} {v}" for n, v in hits)
     why = (
@@ -82,8 +81,6 @@ def _judge_conda(cmd: ShellCommand, command: PackageCommand) -> None:
 
 
 def _judge_uninstall(command: PackageCommand, parsed: pip_cli.ParsedPip) -> None:
-    from tbkit.guard.gate.runtime import restart_hint
-
     hits = _loaded_among(pip_cli.uninstall_names(parsed))
     if not hits:
         return  # removing what this process never imported cannot break it: runs as typed
@@ -100,13 +97,10 @@ def _judge_uninstall(command: PackageCommand, parsed: pip_cli.ParsedPip) -> None
 
 
 def _judge_install(cmd: ShellCommand, command: PackageCommand, parsed: pip_cli.ParsedPip) -> None:
-    from tbkit.guard import gate
-    from tbkit.guard.gate.plan import refused
-
     planned = pip_cli.install_request(cmd, parsed)
     opts = dict(planned.options)
     command.quiet = bool(opts.pop("quiet", False))
-    req = gate.request(
+    req = flow.request(
         *planned.requirements,
         allow_urls=True,  # typed into the notebook by its user: an explicit request
         allow_paths=True,
@@ -116,7 +110,7 @@ def _judge_install(cmd: ShellCommand, command: PackageCommand, parsed: pip_cli.P
         **opts,
     )
     command.head = f"tbkit refused to install {req.text}: "
-    command.prepared = gate.prepare(req)
+    command.prepared = flow.prepare(req)
     command.action = "dry_run" if planned.dry_run else "install"
     if not command.prepared.safe and not planned.dry_run:
         command.refuse(refused(command.prepared.plan), command.head)
@@ -181,8 +175,6 @@ def shell_replacement(command: PackageCommand) -> str:
         return "printf '%s\\n' " + shlex.quote(str(plan) if plan else "tbkit: already satisfied")
     if plan is None or not plan.items:
         return "echo " + shlex.quote(f"tbkit: {command.prepared.request.text}: already satisfied, nothing installed")
-    from tbkit.guard.gate import pip as pipmod
-
     argv = pipmod.base_argv() + ["--no-deps", *plan.index.args(), *plan.pip_args, *[i.pin() for i in plan.items]]
     env = [f"{k}={shlex.quote(v)}" for k, v in command.prepared.request.env.items()]
     env += [_index_assignment(k, v) for k, v in plan.index.env().items()]
@@ -201,15 +193,13 @@ def _index_assignment(name: str, url: str) -> str:
 
 def carry_out_command(command: PackageCommand) -> None:
     """Carry out an ``install`` or ``dry_run`` command in this process (plan shown, exact install, verified)."""
-    from tbkit.guard import gate
-
     prepared = command.prepared
     if command.action == "dry_run":
         print(prepared.plan if prepared.plan is not None else f"tbkit: {prepared.request.text}: already satisfied")
         return
-    say = gate.printer(command.quiet)
+    say = flow.printer(command.quiet)
     if prepared.plan is not None and prepared.plan.safe:
         say(str(prepared.plan))
-    result = gate.carry_out(prepared, say, command.quiet)
+    result = flow.carry_out(prepared, say, command.quiet)
     if not command.quiet:
         print(result, flush=True)

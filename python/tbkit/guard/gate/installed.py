@@ -7,10 +7,9 @@ may have been replaced; ``importlib.metadata`` only reads ``*.dist-info`` files.
 from __future__ import annotations
 
 import importlib.metadata as md
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-if TYPE_CHECKING:
-    from tbkit.guard.gate.requirements import Req
+from tbkit.guard.gate.requirements import Req, packaging_modules
 
 
 def installed_version(name: str) -> Optional[str]:
@@ -30,8 +29,6 @@ def satisfied(req: Req) -> bool:
         return False
     if not requirement.extras:
         return True
-    from tbkit.guard.gate.requirements import packaging_modules
-
     requirements = packaging_modules()[0]
     for line in md.requires(req.name) or ():
         dep = requirements.Requirement(line)

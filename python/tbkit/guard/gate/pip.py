@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+from tbkit.guard.gate.installed import installed_version
 from tbkit.guard.gate.requirements import check_option_value
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -205,8 +206,6 @@ def run_streamed(
 
 def pip_version() -> Optional[tuple[int, ...]]:
     """pip's version in this interpreter, read from its dist-info (pip is never imported here)."""
-    from tbkit.guard.gate.installed import installed_version
-
     v = installed_version("pip")
     if v is None:
         return None

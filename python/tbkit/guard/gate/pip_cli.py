@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tbkit.guard.gate.requirements import packaging_modules
+
 PipValue = Any  # a JSON value as the child wrote it
 
 
@@ -353,8 +355,6 @@ def _for_this_interpreter(text: str) -> Optional[str]:
     when the marker is false here, and installs it without the marker otherwise — so does the gate."""
     if ";" not in text:
         return text or None
-    from tbkit.guard.gate.requirements import packaging_modules
-
     requirements = packaging_modules()[0]
     try:
         req = requirements.Requirement(text)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from tbkit.errors import InstallFailed, InstallRefused
 from tbkit.guard.gate import pip as pipmod
 from tbkit.guard.gate.installed import installed_version
-from tbkit.guard.gate.requirements import Req, canonical
+from tbkit.guard.gate.requirements import Req, canonical, packaging_modules
 from tbkit.guard.gate.runtime import restart_hint
 
 MIN_PIP = (22, 2)  # first pip with `install --dry-run --report`
@@ -39,8 +39,6 @@ class PlanItem:
             return "new"
         if self.installed_version == self.version:
             return "reinstall"
-        from tbkit.guard.gate.requirements import packaging_modules
-
         Version = packaging_modules()[3].Version
         try:
             up = Version(self.version) > Version(self.installed_version)
@@ -158,8 +156,6 @@ def pinnable(loaded: dict[str, str]) -> dict[str, str]:
     matches only that label, so pinning the in-memory spelling would make pip think torch must change.
     (A real difference between loaded and installed is the probe's "restart required", checked first.)
     Versions that are not PEP 440 cannot be constrained and are left out."""
-    from tbkit.guard.gate.requirements import packaging_modules
-
     Version = packaging_modules()[3].Version
     out: dict[str, str] = {}
     for name, version in loaded.items():

@@ -434,7 +434,7 @@ impl Probe {
             self.tops[top].has_init = true;
         }
         let native = is_native(file);
-        // Track the top-level module file and every extension module (PROBE.md: ~150 paths), and
+        // Track the top-level module file and every extension module (~150 paths), and
         // in a namespace package shared by several distributions (`cuda/`, `google/`, `nvidia/`),
         // each second-level package's `__init__`, which is where one distribution starts.
         // (sys.modules order does not always put a parent first, so decide after the batch.)
