@@ -181,8 +181,6 @@ def run(
 
     A model that calls ``sys.exit`` or raises ``KeyboardInterrupt`` inside a check gets an ERROR row;
     the caller's random states and torch globals are left as they were."""
-    if config is not None:
-        load_options = {**(load_options or {}), "config": config}
     stream = stream if stream is not None else sys.stdout
 
     def say(text: str) -> None:
@@ -190,11 +188,7 @@ def run(
 
     specs = select_checks(tiers, checks)  # usage errors before any model code runs
     options = validate_options(options, [s.id for s in specs])  # canonical names, declared types
-    if load_options and isinstance(source_or_model, LoadedModel):
-        raise UsageError(
-            "load_options apply only when tbkit.run loads the source itself",
-            "Pass them to tbkit.load instead, or pass the source to tbkit.run.",
-        )
+    load_options = _load_options(source_or_model, load_options, config)
     out = report_folder.resolve_out(out_dir) if out_dir is not None else None  # before any model code
     with run_guard.caller_state(), run_guard.user_interrupts():
         lm = _as_loaded(source_or_model, kind, say, load_options)
@@ -212,6 +206,19 @@ def run(
         if out is not None:
             _rebase(report, staging, out)
         return report
+
+
+def _load_options(source_or_model, load_options: Optional[dict], config) -> Optional[dict]:
+    """``tbkit.load``'s keywords for this run (``config`` among them); a usage error for a model
+    that is already loaded."""
+    if config is not None:
+        load_options = {**(load_options or {}), "config": config}
+    if load_options and isinstance(source_or_model, LoadedModel):
+        raise UsageError(
+            "load_options and config apply only when tbkit.run loads the source itself",
+            "Pass them to tbkit.load instead, or pass the source to tbkit.run.",
+        )
+    return load_options
 
 
 def _rebase(report, staging: Path, out: Path) -> None:
