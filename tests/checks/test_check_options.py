@@ -79,6 +79,40 @@ def test_cli_option_values_are_converted_to_the_declared_type(tmp_path):
     assert not (tmp_path / "tbkit-report").exists()
 
 
+def test_cli_convention_flags_are_the_declared_run_options(tmp_path):
+    """--layout / --mask-convention / --max-len are spellings of the run options the convention
+    measurement reads: they reach report.json under their canonical names; a value outside the
+    declared choices, or the same option given twice, is a usage error (exit 2)."""
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tbkit", "run", "--checks", "summary", "--layout", "batch_first"]
+        + ["--mask-convention", "int-keep", "--max-len", "64", "--out", str(out), "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    options = json.loads((out / "report.json").read_text())["run"]["options"]
+    assert options == {"layout": "batch_first", "mask_convention": "int-keep", "max_len": 64}
+    twice = subprocess.run(
+        [sys.executable, "-m", "tbkit", "run", "--checks", "summary", "--max-len", "64", "--option", "max_len=32"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert twice.returncode == 2 and "given twice" in twice.stderr, twice.stderr
+    wrong = subprocess.run(
+        [sys.executable, "-m", "tbkit", "run", "--checks", "summary", "--option", "layout=sideways"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wrong.returncode == 2 and "batch_first" in wrong.stderr and "Traceback" not in wrong.stderr, wrong.stderr
+
+
 def test_python_unknown_option_raises_before_model_code_runs_or_anything_is_written(tmp_path, marking_model):
     out = tmp_path / "report"
     with pytest.raises(UsageError) as err:

@@ -113,6 +113,28 @@ def _check_options(parser) -> None:
         help="set a check's threshold or option ('<check id>.<name>') or a run option (data, max_len, …) for this run; "
         "repeatable; names and types: docs/checks.md",
     )
+    conventions = parser.add_argument_group(
+        "conventions", "what tbkit measures about the model's inputs; declare one when it cannot be measured"
+    )
+    conventions.add_argument(
+        "--layout",
+        choices=("batch_first", "seq_first"),
+        default=None,
+        help="where the batch dimension is in the model's inputs (= --option layout=...)",
+    )
+    conventions.add_argument(
+        "--mask-convention",
+        choices=("int-keep", "bool-keep", "bool-pad", "int-pad", "float-keep", "additive"),
+        default=None,
+        help="what the attention mask's values mean: dtype and whether True/1 keeps or pads (= --option mask_convention=...)",
+    )
+    conventions.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the longest input the model accepts, in tokens (= --option max_len=N)",
+    )
     parser.add_argument(
         "--no-progress",
         action="store_true",
@@ -191,6 +213,9 @@ def _options(args, check_ids: list) -> dict:
         "train.devices": ("--devices", args.devices),
         "train.strategy": ("--strategy", args.strategy),
         "train.num_nodes": ("--num-nodes", args.num_nodes),
+        "layout": ("--layout", args.layout),
+        "mask_convention": ("--mask-convention", args.mask_convention),
+        "max_len": ("--max-len", args.max_len),
     }
     options = {name: value for name, (_, value) in flags.items() if value is not None}
     spelled = {name: flag for name, (flag, value) in flags.items() if value is not None}
