@@ -192,6 +192,9 @@ def run(
     )
     try:
         with _model_on(lm.module, dev) as flags:
+            from tbkit.checks.measure import establish
+
+            report.model = ctx.model = establish(ctx)  # conventions measured once, before any check
             _run_specs(specs, ctx, report, flags, progress, stream)
         _render_figures(report)
     except KeyboardInterrupt:
