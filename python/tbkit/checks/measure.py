@@ -33,7 +33,6 @@ from tbkit.sources.conventions import (
     LAYOUTS,
     MASK_ARGUMENTS,
     MASK_ENCODINGS,
-    MASK_WORDS,
     Fact,
     default_conventions,
 )
@@ -64,8 +63,10 @@ def establish(ctx):
     lm = dataclasses.replace(lm, conventions=conv)
     ctx.model = lm
     conv.layout = _layout(ctx)
+    unbounded = not lm.max_len
     conv.max_len = _max_len(ctx)
-    lm.max_len = conv.max_len.value if conv.max_len is not None else None
+    if not (unbounded and conv.max_len.value == inp.DEFAULT_MAX_LEN and "max_len" not in ctx.options):
+        lm.max_len = conv.max_len.value  # (no limit and the default accepted: the model stays unbounded)
     if conv.mask_name is not None:
         from tbkit.checks.tier1.padding import measure_convention
 
@@ -92,7 +93,7 @@ def _layout(ctx) -> Fact:
     suspects = [n for n, m in ctx.model.module.named_modules() if isinstance(m, nn.MultiheadAttention)]
     suspects = [n for n in suspects if not getattr(ctx.model.module.get_submodule(n), "batch_first", False)]
     if not suspects:
-        return Fact("batch_first", "no sequence-first attention modules (nn.MultiheadAttention batch_first=False)")
+        return Fact("batch_first", "no sequence-first attention (no nn.MultiheadAttention with batch_first=False)")
     try:
         found = _layout_probe(ctx)
     except Exception as err:  # the checks will show the model's error; the layout stays unknown
@@ -106,7 +107,7 @@ def _layout(ctx) -> Fact:
     how = (
         f"could not be established ({where}; {found or 'changing token [0, 0] moved both or neither rows'}): "
         "batch-first assumed. Declare it with the run option layout='seq_first' (--layout) or the config.json "
-        "key \"layout\""
+        'key "layout"'
     )
     return Fact("batch_first", how, established=False)
 
@@ -141,7 +142,7 @@ def _layout_probe(ctx) -> Optional[str]:
 
 
 # ---- maximum length ------------------------------------------------------------------------
-def _max_len(ctx) -> Optional[Fact]:
+def _max_len(ctx) -> Fact:
     lm = ctx.model
     said = declared(ctx, "max_len") if "max_len" in ctx.options else None
     if said is not None:
@@ -203,7 +204,9 @@ def bounds_checked(module):
         if isinstance(x, torch.Tensor) and x.numel() and not x.is_floating_point():
             lo, hi = int(x.min()), int(x.max())
             if lo < 0 or hi >= mod.num_embeddings:
-                raise IndexError(f"index {hi if hi >= mod.num_embeddings else lo} out of range ({mod.num_embeddings} rows)")
+                raise IndexError(
+                    f"index {hi if hi >= mod.num_embeddings else lo} out of range ({mod.num_embeddings} rows)"
+                )
 
     hooks = [m.register_forward_pre_hook(check) for m in module.modules() if isinstance(m, nn.Embedding)]
     try:

@@ -159,3 +159,21 @@ def repeat_difference(ctx: CheckContext) -> float:
             b = inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed + 1)
         ctx.cache[key] = max_abs_diff(a, b)
     return ctx.cache[key]
+
+
+def rows_independent(ctx: CheckContext) -> bool:
+    """Whether a row's output is the same alone and in a batch (the shared forwards of (1, T) and
+    (2, T), which shape has already run): checks may stack their variants as rows of one batch only
+    then. False also when those forwards raise or hold NaN (then every variant runs alone)."""
+    from tbkit.checks.numeric import max_abs_diff, output_scale
+
+    key = ("rows_independent",)
+    if key not in ctx.cache:
+        T = probe_length(ctx)
+        try:
+            alone = forward(ctx, 1, T)
+            d = max_abs_diff(forward(ctx, 2, T)[:1], alone)
+            ctx.cache[key] = d == d and d <= 1e-5 * output_scale(alone)
+        except Exception:  # the model's error is reported by the checks that judge it
+            ctx.cache[key] = False
+    return ctx.cache[key]

@@ -44,7 +44,8 @@ DECODER_INPUTS = (
 # the model itself (RoBERTa derives positions from the pad id).
 SEGMENT_INPUTS = ("token_type_ids", "segment_info", "segment_ids", "segment_label", "token_types", "segments")
 POSITION_INPUTS = ("position_ids", "pos_ids")
-SYNTHESISED = SEGMENT_INPUTS + POSITION_INPUTS
+START_INPUTS = ("start_pos",)  # Meta's Llama reference code: forward(tokens, start_pos), 0 without a cache
+SYNTHESISED = SEGMENT_INPUTS + POSITION_INPUTS + START_INPUTS
 
 # Mask encodings: how a (B, T) keep-mask (1 = real token) is handed over. "keep"/"pad" is what a
 # True / 1 means; "additive" is 0 for real tokens and a large finite negative for padding.
@@ -101,6 +102,7 @@ def default_conventions(params: dict) -> Conventions:
         conv.mask = Fact(encoding, f"assumed from the parameter's name `{conv.mask_name}`", established=False)
     conv.inputs = [f"{n}=zeros (one segment)" for n in required(params) if n in SEGMENT_INPUTS]
     conv.inputs += [f"{n}=0..T-1" for n in required(params) if n in POSITION_INPUTS]
+    conv.inputs += [f"{n}=0" for n in required(params) if n in START_INPUTS]
     if "use_cache" in params:
         conv.inputs.append("use_cache=False")
     return conv
@@ -126,7 +128,6 @@ def decoder_input_name(params: dict, seq2seq_declared: bool = False) -> Optional
 
 def encode_mask(keep, encoding: str):
     """A (B, T) keep-mask (1 = real token) in ``encoding``."""
-    import torch
 
     keep = keep.bool()
     if encoding == "int-keep":
@@ -148,8 +149,9 @@ def _seq_first(x):
     return None if x is None else x.transpose(0, 1).contiguous()
 
 
-def call(lm, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
-    """Call ``lm.module`` under its conventions and return one (B, T, V|H) tensor."""
+def call(lm, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, extra=None):
+    """Call ``lm.module`` under its conventions and return one (B, T, V|H) tensor. ``extra``:
+    further keyword inputs, passed as they are (batch-first)."""
     import torch
 
     from tbkit.sources.loaded import unwrap_output
@@ -157,7 +159,7 @@ def call(lm, input_ids, attention_mask=None, decoder_input_ids=None, decoder_att
     params = lm._forward_params()
     conv = lm.conventions if lm.conventions is not None else default_conventions(params)
     lay = _seq_first if conv.seq_first else (lambda x: x)
-    kwargs: dict = {}
+    kwargs: dict = dict(extra or {})
     if attention_mask is not None and conv.mask_name is not None:
         kwargs[conv.mask_name] = encode_mask(attention_mask, conv.mask.value if conv.mask else "int-keep")
     targets = input_ids
@@ -174,6 +176,8 @@ def call(lm, input_ids, attention_mask=None, decoder_input_ids=None, decoder_att
             kwargs[name] = lay(torch.zeros_like(input_ids))
         elif name in POSITION_INPUTS and name not in kwargs:
             kwargs[name] = lay(torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids))
+        elif name in START_INPUTS and name not in kwargs:
+            kwargs[name] = 0
     if "use_cache" in params:
         kwargs["use_cache"] = False
     if lm.targets_argument:

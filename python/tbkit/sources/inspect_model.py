@@ -400,7 +400,8 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
         raise SourceError(
             f"the load-time forward of {cls} on token ids of shape (1, 2) raised {type(err).__name__}: "
             f"{' '.join(str(err).split())[:300]}{_line_in_model_code(err, model)}",
-            "Fix the model's forward (it must accept a (batch, seq) LongTensor of token ids); "
+            _setup_advice(model, err)
+            or "Fix the model's forward (it must accept a (batch, seq) LongTensor of token ids); "
             "run it yourself once to see the full traceback.",
         ) from None
     finally:
@@ -408,6 +409,20 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
         for h in hooks:
             h.remove()
     return out, fed
+
+
+def _setup_advice(model, err: BaseException) -> str:
+    """Advice for a model that needs setting up before its first call (``setup_caches`` and the
+    like): tbkit builds it with the file's ``build_model()`` function, which can do that."""
+    setup = next((n for n in ("setup_caches", "setup_cache", "init_caches") if callable(getattr(model, n, None))), None)
+    if setup is None and "setup" not in str(err).lower():
+        return ""
+    call = f"model.{setup}(...)" if setup else "the setup it needs"
+    return (
+        f"{type(model).__name__} needs setting up before its first call: define build_model() in the model file "
+        f"that builds it, runs {call} and returns it; tbkit calls build_model() when the file has one (or name it: "
+        "FILE.py:build_model)."
+    )
 
 
 def _line_in_model_code(err: BaseException, model) -> str:

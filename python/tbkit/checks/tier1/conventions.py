@@ -12,7 +12,7 @@ _DECLARE = {
     "layout": "declare it with the run option layout='batch_first'|'seq_first' (--layout) or config.json \"layout\"",
     "mask": (
         "declare it with the run option mask_convention (--mask-convention: int-keep, bool-keep, bool-pad, int-pad, "
-        "float-keep, additive) or config.json \"mask_convention\""
+        'float-keep, additive) or config.json "mask_convention"'
     ),
 }
 

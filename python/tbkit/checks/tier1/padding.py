@@ -166,7 +166,7 @@ def _padded_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
     import torch
 
     lm = ctx.model
-    if shared.repeat_difference(ctx) != 0:
+    if shared.repeat_difference(ctx) != 0 or not shared.rows_independent(ctx):
         out = inp.forward(lm, c["padded"], c["mask"], mode=mode, seed=ctx.seed, **c["batch_args"])
         return out, inp.forward(lm, c["repadded"], c["mask"], mode=mode, seed=ctx.seed, **c["batch_args"])
     args = {k: torch.cat([v, v]) for k, v in c["batch_args"].items()}
