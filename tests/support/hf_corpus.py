@@ -29,7 +29,8 @@ TINY = {
     **dict.fromkeys(("num_attention_heads", "n_head", "n_heads", "encoder_attention_heads"), 2),
     **dict.fromkeys(("decoder_attention_heads", "num_heads", "num_key_value_heads"), 2),
     **dict.fromkeys(("intermediate_size", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "d_ff", "n_inner"), 128),
-    **dict.fromkeys(("vocab_size", "src_vocab_size", "tgt_vocab_size"), 512),
+    **dict.fromkeys(("vocab_size", "src_vocab_size"), 512),
+    "tgt_vocab_size": 384,  # FSMT: separate source / target vocabularies
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"), 130),
     "head_dim": 32,
     "embedding_size": 64,
@@ -70,7 +71,13 @@ def tiny_config(model_type: str) -> Optional[dict]:
     if getattr(default, "sub_configs", None):
         return None  # multimodal / composite (vision, audio, encoder + decoder configs)
     config = {"model_type": model_type}
-    config.update({k: v for k, v in TINY.items() if hasattr(default, k)})
+    for key, value in TINY.items():
+        if hasattr(default, key):
+            try:  # some attributes refuse a value (XLNet has no length limit to set)
+                transformers.AutoConfig.for_model(model_type, **{key: value})
+            except Exception:
+                continue
+            config[key] = value
     return config
 
 
