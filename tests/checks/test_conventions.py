@@ -203,3 +203,17 @@ def test_parameters_reached_only_by_an_optional_input_are_a_warning_naming_it(tm
     assert failures(report) == []
     row = next(r for r in report.rows if r.metric == "parameters reached only by optional inputs")
     assert row.status.value == "WARN" and "encoder_hidden_states" in row.detail and "encoder_attn" in row.detail
+
+
+def test_length_probe_never_hands_an_out_of_range_index_to_an_embedding():
+    """On CUDA an out-of-range lookup is a device-side assert that breaks the process: the probe's
+    embeddings check their indices first and raise an ordinary IndexError instead."""
+    from tbkit.checks.measure import bounds_checked
+
+    model = _StatesMoreThanItTakes()
+    lookups = []
+    model.table.register_forward_hook(lambda *a: lookups.append(1))
+    with bounds_checked(model), pytest.raises(IndexError, match=r"index 40 out of range \(40 rows\)"):
+        model(torch.zeros(1, 41, dtype=torch.long))
+    assert lookups == []  # the table itself never ran
+    assert model(torch.zeros(1, 40, dtype=torch.long)).shape == (1, 40, 50)  # hooks removed after

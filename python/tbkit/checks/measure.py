@@ -62,6 +62,7 @@ def establish(ctx):
     conv = default_conventions(lm._forward_params())
     lm = dataclasses.replace(lm, conventions=conv)
     ctx.model = lm
+    lm.pad_token_id, conv.pad = _pad_id(lm)
     conv.layout = _layout(ctx)
     unbounded = not lm.max_len
     conv.max_len = _max_len(ctx)
@@ -78,6 +79,24 @@ def establish(ctx):
             why = f"could not be established (the probe raised {describe_error(err)})"
             conv.mask = Fact(MASK_ARGUMENTS[conv.mask_name], why, established=False)
     return lm
+
+
+def _pad_id(lm) -> tuple:
+    """(pad id, where it comes from): the model's config, else its input embedding's padding_idx,
+    else 0. Random ids avoid it, and padding fills with it (RoBERTa counts positions from it)."""
+    from tbkit.sources.inspect_model import guess_input_embedding
+
+    cfg = getattr(lm.module, "config", None)
+    for where, value in (
+        ("the model's config pad_token_id", getattr(cfg, "pad_token_id", None)),
+        ("config.json pad_token_id", (lm.config or {}).get("pad_token_id") if isinstance(lm.config, dict) else None),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < lm.vocab_size:
+            return value, where
+    guess = guess_input_embedding(lm.module)
+    if guess is not None and guess[1].padding_idx is not None and 0 <= guess[1].padding_idx < lm.vocab_size:
+        return int(guess[1].padding_idx), f"padding_idx of {guess[0]}"
+    return int(lm.pad_token_id), "none found; 0 assumed"
 
 
 # ---- layout --------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def rows_independent(ctx: CheckContext) -> bool:
     """Whether a row's output is the same alone and in a batch (the shared forwards of (1, T) and
     (2, T), which shape has already run): checks may stack their variants as rows of one batch only
     then. False also when those forwards raise or hold NaN (then every variant runs alone)."""
-    from tbkit.checks.numeric import max_abs_diff, output_scale
+    from tbkit.checks.numeric import max_abs_diff
 
     key = ("rows_independent",)
     if key not in ctx.cache:
@@ -173,7 +173,9 @@ def rows_independent(ctx: CheckContext) -> bool:
         try:
             alone = forward(ctx, 1, T)
             d = max_abs_diff(forward(ctx, 2, T)[:1], alone)
-            ctx.cache[key] = d == d and d <= 1e-5 * output_scale(alone)
+            # exactly equal: a GEMM may round a row differently by where it sits in the batch, and
+            # causal judges changes of 1e-6 between rows of one call
+            ctx.cache[key] = d == 0
         except Exception:  # the model's error is reported by the checks that judge it
             ctx.cache[key] = False
     return ctx.cache[key]

@@ -87,6 +87,7 @@ class Conventions:
     mask: Optional[Fact] = None  # value: one of MASK_ENCODINGS
     mask_tries: list = field(default_factory=list)  # what each other encoding gave, in words
     inputs: list = field(default_factory=list)  # words for each input tbkit synthesises
+    pad: str = ""  # where the pad id comes from
 
     @property
     def seq_first(self) -> bool:

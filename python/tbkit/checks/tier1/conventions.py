@@ -48,6 +48,7 @@ def check_conventions(ctx: CheckContext):
     if lm.targets_argument:
         given.append(f"{lm.targets_argument}=<the input ids> (for every position's logits)")
     detail = "tbkit supplies " + "; ".join(given) if given else "token ids (and the mask) only"
+    detail += f"; pad id {lm.pad_token_id} ({conv.pad}): random ids avoid it, padding uses it"
     yield ctx.row(PASS, "inputs", len(given), "", detail)
 
 
