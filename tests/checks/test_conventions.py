@@ -217,3 +217,10 @@ def test_length_probe_never_hands_an_out_of_range_index_to_an_embedding():
         model(torch.zeros(1, 41, dtype=torch.long))
     assert lookups == []  # the table itself never ran
     assert model(torch.zeros(1, 40, dtype=torch.long)).shape == (1, 40, 50)  # hooks removed after
+
+
+def test_layout_declared_in_config_json_is_used_and_said():
+    config = json.loads((PUBLIC / "word_language_model" / "config.json").read_text())
+    lm = tbkit.load(str(PUBLIC / "word_language_model"), config={**config, "layout": "seq_first"})
+    layout = conventions(run(lm, checks="conventions"))["layout"]
+    assert layout.value == "seq_first" and "declared: config.json key 'layout'" in layout.detail
