@@ -66,8 +66,8 @@ def establish(ctx):
     conv.layout = _layout(ctx)
     unbounded = not lm.max_len
     conv.max_len = _max_len(ctx)
-    if not (unbounded and conv.max_len.value == inp.DEFAULT_MAX_LEN and "max_len" not in ctx.options):
-        lm.max_len = conv.max_len.value  # (no limit and the default accepted: the model stays unbounded)
+    stays_unbounded = unbounded and conv.max_len.value == inp.DEFAULT_MAX_LEN and "max_len" not in ctx.options
+    lm.max_len = None if stays_unbounded else conv.max_len.value  # (no limit, and the default length accepted)
     if conv.mask_name is not None:
         from tbkit.checks.tier1.padding import measure_convention
 
@@ -173,7 +173,7 @@ def _max_len(ctx) -> Fact:
     if start is None:
         start, facts = inp.DEFAULT_MAX_LEN, f"no limit found on the model; {inp.DEFAULT_MAX_LEN} tokens tried"
     try:
-        ok, err = _accepts(ctx, start)
+        ok, err = _accepts_shared(ctx, start)
     except Exception as probe_err:  # never stop the run over a probe
         return Fact(start, f"{facts} (the length probe itself raised {describe_error(probe_err)})", False)
     if ok:
@@ -244,6 +244,20 @@ def _accepts(ctx, T: int) -> tuple:
     try:
         with inp.eval_mode(lm.module), bounds_checked(lm.module):
             inp.forward(lm, ids, decoder_ids=dec, seed=ctx.seed)
+    except Exception as err:  # the model's answer to this length
+        return False, err
+    return True, None
+
+
+def _accepts_shared(ctx, T: int) -> tuple:
+    """``_accepts`` through the run's shared (1, T) forward at the maximum length (the one memory
+    measures and shape and stability read): the probe then costs no forward of its own."""
+    from tbkit.checks import shared
+
+    ctx.model.max_len = T
+    try:
+        with bounds_checked(ctx.model.module):
+            shared.forward(ctx, 1, T)
     except Exception as err:  # the model's answer to this length
         return False, err
     return True, None
