@@ -39,7 +39,11 @@ TINY = {
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id")
 TOKEN_IDS += ("cls_token_id", "mask_token_id", "unk_token_id")
 # per-type keys that must agree with the tiny sizes
-EXTRA = {"reformer": {"axial_pos_embds_dim": [32, 32], "axial_pos_shape": [8, 16], "max_position_embeddings": 128}}
+EXTRA = {
+    "reformer": {"axial_pos_embds_dim": [32, 32], "axial_pos_shape": [8, 16], "max_position_embeddings": 128},
+    "codegen": {"rotary_dim": 16},  # defaults to 64, more than a tiny head of 32
+    "gptj": {"rotary_dim": 16},
+}
 # Whole-sweep speed: the speed check never FAILs and dominates the time of a tiny model.
 CHECKS = "summary,conventions,shape,batch_equivalence,causal,padding,stability,determinism,init,gradient_flow,memory"
 
