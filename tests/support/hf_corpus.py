@@ -57,6 +57,14 @@ KNOWN_FAILS: dict = {
         "causal: XLNetLMHeadModel without a perm_mask (attn_type 'bi', its default) lets every position see every "
         "other; its causal order comes only from the permutation mask the caller gives"
     ),
+    "convbert": (
+        "padding: ConvBERT's span-based dynamic convolution (nn.functional.unfold over the sequence, "
+        "modeling_convbert.py) is not masked, so pad tokens next to real ones move their outputs"
+    ),
+    "cpmant": (
+        "causal: CPM-Ant is a prefix LM; its context flags default to all ones (modeling_cpmant.py), and context "
+        "tokens attend both ways"
+    ),
     "prophetnet": (
         "causal: ProphetNet's decoder output at position 0 moves by ~2.5e-6 when decoder token 1 changes (measured "
         "with transformers alone, no tbkit in the loop): a small real dependence of the first position on the next"
