@@ -105,18 +105,25 @@ def tiny_config(model_type: str) -> Optional[dict]:
         return None  # multimodal / composite (vision, audio, encoder + decoder configs)
     config = {"model_type": model_type}
     for key, value in TINY.items():
-        if hasattr(default, key):
+        if _has(default, key):
             try:  # some attributes refuse a value (XLNet has no length limit to set)
                 transformers.AutoConfig.for_model(model_type, **{key: value})
             except Exception:
                 continue
             config[key] = value
     for i, key in enumerate(TOKEN_IDS):
-        value = getattr(default, key, None)
+        value = getattr(default, key, None) if _has(default, key) else None
         if isinstance(value, int) and value >= TINY["vocab_size"]:
             config[key] = i + 1
     config.update(EXTRA.get(model_type, {}))
     return config
+
+
+def _has(config, key: str) -> bool:
+    try:  # per-layer configs raise a RuntimeError for a global attribute
+        return hasattr(config, key)
+    except Exception:
+        return False
 
 
 @dataclass
