@@ -41,3 +41,14 @@ def wheelhouse() -> Path:
             "(scripts/test.sh does) to fetch them once"
         )
     return wh.WHEELHOUSE
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The full Hugging Face corpus (``@pytest.mark.corpus``, ~20 min) runs only when asked for:
+    ``-m corpus`` (CI) or TBKIT_CORPUS=1; the default run keeps its fast subset."""
+    if "corpus" in (config.getoption("-m") or "") or os.environ.get("TBKIT_CORPUS") == "1":
+        return
+    skip = pytest.mark.skip(reason="the full corpus runs with -m corpus (or TBKIT_CORPUS=1)")
+    for item in items:
+        if "corpus" in item.keywords:
+            item.add_marker(skip)

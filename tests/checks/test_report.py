@@ -38,6 +38,7 @@ def test_dataframe_has_the_public_columns_and_one_row_per_result(full_run):
     assert (df["seconds"] >= 0).all() and df["seconds"].sum() > 0
     assert set(df["check"]) == {
         "summary",
+        "conventions",
         "shape",
         "batch_equivalence",
         "causal",

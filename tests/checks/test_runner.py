@@ -178,7 +178,7 @@ def test_usage_errors_are_one_paragraph(kwargs, words, decoder, tmp_path):
 
 
 def test_unknown_check_error_lists_the_valid_ids(decoder, tmp_path):
-    with pytest.raises(UsageError, match="tier 1: summary, shape, batch_equivalence, causal"):
+    with pytest.raises(UsageError, match="tier 1: summary, conventions, shape, batch_equivalence, causal"):
         tbkit.run(decoder, checks="casual", out_dir=tmp_path, progress=False)
 
 

@@ -37,13 +37,13 @@ def test_padding_uses_a_mask_taken_as_mask_and_says_so(tmp_path):
     rows = rows_of(M.loaded(M.build(M.MaskKwargDecoder)), "padding", tmp_path)
     assert {r.status.value for r in rows} == {"PASS"}, [r.detail for r in rows]
     right = [r for r in rows if r.metric.startswith("real-position change")]
-    assert len(right) == 2 and all("mask passed as mask= (1 for real tokens" in r.detail for r in right)
+    assert len(right) == 2 and all("mask passed as `mask=`, int, 1 = keep, measured" in r.detail for r in right)
 
 
 def test_padding_uses_torch_key_padding_convention_for_src_key_padding_mask(tmp_path):
     rows = rows_of(M.loaded(M.build(M.KeyPaddingMaskEncoder)), "padding", tmp_path)
     assert [r.status.value for r in rows] == ["PASS", "PASS"], [r.detail for r in rows]
-    assert all("src_key_padding_mask= (bool, True at padding" in r.detail for r in rows)
+    assert all("`src_key_padding_mask=`, bool, True = padding, measured" in r.detail for r in rows)
 
 
 def test_batch_equivalence_names_randomness_when_the_model_is_random_in_eval(tmp_path):

@@ -12,8 +12,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Optional
 
-from tbkit.sources.loaded import unwrap_output
-
 if TYPE_CHECKING:
     import torch
 
@@ -25,16 +23,9 @@ DEFAULT_MAX_LEN = 128
 
 MODES = ("grad", "no_grad", "inference_mode")
 
-# Names under which models take a padding mask, in the order they are looked for, with what the
-# value means: "keep" = 1 for real tokens (the HF convention), "pad" = True for padding (torch's
-# key_padding_mask convention).
-MASK_ARGUMENTS = {
-    "attention_mask": "keep",
-    "mask": "keep",
-    "key_padding_mask": "pad",
-    "src_key_padding_mask": "pad",
-    "padding_mask": "pad",
-}
+# Names under which models take a padding mask, with the convention the name suggests (the
+# conventions probe measures the real one: tbkit.sources.conventions, checks/conventions.py).
+from tbkit.sources.conventions import MASK_ARGUMENTS, MASK_WORDS  # noqa: E402
 
 
 def usable_max_len(model: LoadedModel, cap: int = DEFAULT_MAX_LEN) -> int:
@@ -153,7 +144,10 @@ def eval_mode(module) -> Iterator[None]:
 
 
 def mask_argument(model: LoadedModel) -> Optional[str]:
-    """The parameter of the model's forward that takes the padding mask (see MASK_ARGUMENTS), or None."""
+    """The parameter of the model's forward that takes the padding mask, or None."""
+    conv = model.conventions
+    if conv is not None:
+        return conv.mask_name
     import inspect
 
     try:
@@ -163,20 +157,19 @@ def mask_argument(model: LoadedModel) -> Optional[str]:
     return next((name for name in MASK_ARGUMENTS if name in params), None)
 
 
-def mask_convention(name: str) -> str:
-    """How a check passes the mask under ``name``, in words for a row's detail."""
-    if MASK_ARGUMENTS.get(name) == "pad":
-        return f"{name}= (bool, True at padding, torch's key_padding_mask convention)"
-    return f"{name}= (1 for real tokens, 0 for padding)"
+def mask_convention(model: LoadedModel) -> str:
+    """How the mask is passed, in words for a row's detail: name, dtype, polarity and how known."""
+    conv = model.conventions
+    name = mask_argument(model)
+    fact = conv.mask if conv is not None else None
+    encoding = fact.value if fact is not None else MASK_ARGUMENTS.get(name or "", "int-keep")
+    how = fact.how if fact is not None else "from the parameter's name"
+    return f"`{name}=`, {MASK_WORDS[encoding]}, {how}"
 
 
 def _call(model: LoadedModel, ids, mask, decoder_ids):
-    """``model.forward`` with the mask under the parameter name the model's forward takes."""
-    name = mask_argument(model) if mask is not None else None
-    if name is None or name == "attention_mask" or model.kind == "seq2seq":
-        return model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
-    value = mask == 0 if MASK_ARGUMENTS[name] == "pad" else mask
-    return unwrap_output(model.module(ids, **{name: value}))
+    """``model.forward``: the mask goes under the model's own name, dtype and polarity."""
+    return model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
 
 
 def forward(

@@ -25,6 +25,8 @@ from typing import Optional, Union
 
 from tbkit.checks import report_folder, run_guard
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
+from tbkit.checks.measure import establish, not_measured
+from tbkit.checks.numeric import describe_error
 from tbkit.checks.options import validate_options
 from tbkit.checks.progress import Progress
 from tbkit.checks.report import Report, environment
@@ -252,6 +254,7 @@ def execute(lm, specs, device, folder, seed, options, stream, progress=True, che
     listener = listener if listener is not None else Progress(len(specs), sys.stderr, enabled=progress)
     try:
         with _model_on(lm.module, dev) as flags:
+            report.model = ctx.model = _establish(ctx, check_timeout)  # once, before any check
             _run_specs(specs, ctx, report, flags, listener, stream, check_timeout)
         _render_figures(report)
     except KeyboardInterrupt:
@@ -343,6 +346,22 @@ class _Stamper:
         """Restart the clock after the consumer has handled a row (report.json is rewritten per
         row): that time is the report's, not the check's."""
         self.last = time.perf_counter()
+
+
+def _establish(ctx: CheckContext, check_timeout):
+    """The model's conventions, measured once before the checks and under the same time limit: a
+    probe that the model makes hang, exit or interrupt is cut off, and the checks run on what could
+    be established (they meet the model's behaviour themselves and report it as their ERROR)."""
+    try:
+        with run_guard.CheckLimit(check_timeout):
+            return establish(ctx)
+    except UsageError:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt, run_guard.CheckTimeout) as exc:
+        detail = run_guard.escape_detail(exc) if not isinstance(exc, Exception) else describe_error(exc)
+        if detail is None:  # the user's own Ctrl-C
+            raise
+        return not_measured(ctx, f"the probe was cut off ({detail})")
 
 
 def _run_one(spec, ctx: CheckContext, stream, check_timeout=None, on_body=None):

@@ -115,7 +115,9 @@ class Supervisor:
         if kind == "loading":
             self.phase, self.load_started = "loading", time.monotonic()
         elif kind == "loaded":
-            self.phase = "checks"
+            # Measuring the model's conventions runs model code before the first check starts: it
+            # is under the check limit, and a probe that never returns is the conventions row's ERROR.
+            self.phase, self.check, self.check_started = "checks", "conventions", time.monotonic()
         elif kind == "started":
             self.check, self.check_started = event["check"], time.monotonic()
             self.progress.started(event["index"], event["check"])
@@ -224,7 +226,7 @@ class Supervisor:
         if self.check is None:
             return None
         seconds = round(time.monotonic() - self.check_started, 4)
-        tier = self.spec["check_tiers"].get(self.check, 0)
+        tier = self.spec["check_tiers"].get(self.check, 1)  # "conventions" (measured before any check) is Tier 1
         return {"tier": tier, "check": self.check, "status": "ERROR", "metric": metric, "value": None,
                 "threshold": "", "detail": detail, "seconds": seconds}  # fmt: skip
 

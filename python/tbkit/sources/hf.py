@@ -47,7 +47,7 @@ def build(config: dict, where: str, class_name: Optional[str], notes: list) -> t
     rest = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
     try:
         hf_config = transformers.AutoConfig.for_model(model_type, **rest)
-    except (ValueError, KeyError, TypeError) as err:
+    except Exception as err:  # configs raise anything (XLNet: NotImplementedError for a length): one paragraph
         raise SourceError(
             f"{where} has model_type {model_type!r}, which this transformers {transformers.__version__} cannot "
             f"build ({shorten(' '.join(str(err).split()), 200)})",

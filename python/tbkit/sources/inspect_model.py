@@ -11,18 +11,10 @@ import re
 from typing import Optional
 
 from tbkit.errors import SourceError
+from tbkit.sources.conventions import SYNTHESISED, decoder_input_name
 from tbkit.sources.loaded import KINDS, LoadedModel, Provenance
 
 _POSITION_NAME = re.compile(r"(^|[._])(pe|wpe|pos\w*|position\w*)$", re.IGNORECASE)
-_DECODER_INPUTS = (
-    "decoder_input_ids",
-    "tgt",
-    "tgt_ids",
-    "target_ids",
-    "decoder_ids",
-    "decoder_inputs",
-    "tgt_input_ids",
-)
 _INTERMEDIATE = re.compile(r"_(output|out|outputs|hidden|hidden_states|residual)$")
 # Code that builds or requests a causal mask. Deliberately specific: a comment saying "not causal"
 # or an ``is_causal=False`` must not count as evidence.
@@ -111,8 +103,9 @@ def forward_params(model) -> dict:
         return {}
 
 
-def check_forward_signature(model, params: dict) -> bool:
-    """Raise for a forward tbkit cannot call; return True if it takes a decoder input (seq2seq)."""
+def check_forward_signature(model, params: dict, seq2seq_declared: bool = False) -> bool:
+    """Raise for a forward tbkit cannot call; return True if it takes a decoder input (seq2seq).
+    Required inputs tbkit synthesises (segment ids, position ids) are no obstacle."""
     P = inspect.Parameter
     cls = type(model).__name__
     positional = [
@@ -134,13 +127,14 @@ def check_forward_signature(model, params: dict) -> bool:
             "Export the model again with a current Transformer Builder (its forward must be forward(self, input_ids, "
             "attention_mask=None)), or fix forward to compute those tensors itself.",
         )
-    decoder_input = next((n for n in params if n in _DECODER_INPUTS), None)
-    extra = [n for n in required[1:] if n != decoder_input]
+    decoder_input = decoder_input_name(params, seq2seq_declared)
+    extra = [n for n in required[1:] if n != decoder_input and n not in SYNTHESISED]
     if extra:
         raise SourceError(
             f"{cls}.forward requires {', '.join(extra)} besides the token ids, but tbkit calls "
             "forward(input_ids, attention_mask=None) (and decoder_input_ids for seq2seq)",
-            "Give those arguments defaults (attention_mask=None), or name a seq2seq target input decoder_input_ids.",
+            "Give those arguments defaults (attention_mask=None); for a seq2seq model whose 2nd argument is the "
+            "decoder input, declare it (kind='seq2seq', --kind seq2seq).",
         )
     return decoder_input is not None
 
@@ -212,8 +206,8 @@ def inspect_and_wrap(
     forward (B=1, T=2), and return the LoadedModel. ``kind_reason`` says where a given ``kind``
     came from (default: declared by the caller)."""
     params = forward_params(model)
-    takes_decoder_input = check_forward_signature(model, params)
     declared, declared_reason = _declared_kind(kind, kind_reason, config)
+    takes_decoder_input = check_forward_signature(model, params, declared == "seq2seq")
     seq2seq = _seq2seq(model, declared, takes_decoder_input, params)
     guess = guess_input_embedding(model)
     config_vocab = flat.get("vocab_size") if isinstance(flat.get("vocab_size"), int) else None
@@ -296,7 +290,10 @@ def _probe_vocab(model, guess, config_vocab, provenance) -> int:
 def _input_vocab(model, fed: set, guess, config_vocab, notes: list) -> tuple:
     """(input embedding name, vocabulary size): the embedding that actually received the ids wins
     over name guessing; the config is only compared against it."""
-    hit = next((n for n, _ in embeddings(model) if n in fed), None)
+    # seq2seq: both sides were fed the ids; the smaller table bounds them (FSMT: src/tgt vocabularies)
+    hits = [(m.num_embeddings, n) for n, m in embeddings(model) if n in fed and not _POSITION_NAME.search(n)]
+    hits = hits or [(m.num_embeddings, n) for n, m in embeddings(model) if n in fed]
+    hit = min(hits)[1] if hits else None
     token_name, token_emb = (hit, dict(embeddings(model))[hit]) if hit else (guess if guess else (None, None))
     if token_emb is None:
         notes.append(f"no input nn.Embedding found; vocabulary size {config_vocab} taken from the config")
@@ -353,7 +350,7 @@ def _infer_kind(model, params: dict, seq2seq: bool, width: int, vocab: int) -> t
     mask must still come out as a decoder (so the causal check can fail it): evidence of intent
     (mask-building code, an LM head) counts, not measured behaviour."""
     if seq2seq:
-        decoder_input = next(n for n in params if n in _DECODER_INPUTS)
+        decoder_input = decoder_input_name(params)
         return "seq2seq", f"inferred: forward takes a decoder input ({decoder_input})"
     hugging_face = _hugging_face_kind(model)
     if hugging_face is not None:
@@ -405,7 +402,8 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
         raise SourceError(
             f"the load-time forward of {cls} on token ids of shape (1, 2) raised {type(err).__name__}: "
             f"{' '.join(str(err).split())[:300]}{_line_in_model_code(err, model)}",
-            "Fix the model's forward (it must accept a (batch, seq) LongTensor of token ids); "
+            _setup_advice(model, err)
+            or "Fix the model's forward (it must accept a (batch, seq) LongTensor of token ids); "
             "run it yourself once to see the full traceback.",
         ) from None
     finally:
@@ -413,6 +411,20 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
         for h in hooks:
             h.remove()
     return out, fed
+
+
+def _setup_advice(model, err: BaseException) -> str:
+    """Advice for a model that needs setting up before its first call (``setup_caches`` and the
+    like): tbkit builds it with the file's ``build_model()`` function, which can do that."""
+    setup = next((n for n in ("setup_caches", "setup_cache", "init_caches") if callable(getattr(model, n, None))), None)
+    if setup is None and "setup" not in str(err).lower():
+        return ""
+    call = f"model.{setup}(...)" if setup else "the setup it needs"
+    return (
+        f"{type(model).__name__} needs setting up before its first call: define build_model() in the model file "
+        f"that builds it, runs {call} and returns it; tbkit calls build_model() when the file has one (or name it: "
+        "FILE.py:build_model)."
+    )
 
 
 def _line_in_model_code(err: BaseException, model) -> str:

@@ -81,28 +81,22 @@ class LoadedModel:
     # that parameter; forward() then passes the input ids (the decoder ids for seq2seq) as targets
     targets_argument: Optional[str] = None
 
+    # how the model is called (layout, mask, inputs): measured or declared per run, see
+    # tbkit.sources.conventions; None = what the forward's signature alone says
+    conventions: Any = None
+
     # ---- the forward contract -------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
         """Call the model and return one tensor: (B, T, V) logits or (B, T, H) hidden states.
 
-        ``attention_mask`` is 1 for real tokens, 0 for padding (the HF convention). It is passed
-        only when the model's forward accepts it (see ``accepts_attention_mask``). For seq2seq,
+        ``attention_mask`` is 1 for real tokens, 0 for padding (the HF convention); it is handed
+        over under the model's own mask parameter, dtype and polarity, and inputs are transposed
+        for a sequence-first model (``tbkit.sources.conventions.call``). For seq2seq,
         ``decoder_input_ids`` defaults to ``input_ids`` and T is the decoder length.
         """
-        kwargs = {}
-        targets = input_ids
-        params = self._forward_params()
-        if attention_mask is not None and "attention_mask" in params:
-            kwargs["attention_mask"] = attention_mask
-        if self.kind == "seq2seq":
-            dec = input_ids if decoder_input_ids is None else decoder_input_ids
-            name = "decoder_input_ids" if "decoder_input_ids" in params else _second_positional(params)
-            kwargs[name] = targets = dec
-            if decoder_attention_mask is not None and "decoder_attention_mask" in params:
-                kwargs["decoder_attention_mask"] = decoder_attention_mask
-        if self.targets_argument:
-            kwargs[self.targets_argument] = targets
-        return unwrap_output(self.module(input_ids, **kwargs))
+        from tbkit.sources.conventions import call
+
+        return call(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)
 
     __call__ = forward
 
@@ -126,13 +120,6 @@ class LoadedModel:
     def _repr_pretty_(self, printer, cycle) -> None:
         """IPython shows the summary and provenance (not the dataclass dump) when a cell ends in a load."""
         printer.text("LoadedModel(...)" if cycle else "\n".join([self.summary(), *(f"note: {n}" for n in self.notes)]))
-
-
-def _second_positional(params: dict) -> str:
-    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(names) < 2:
-        raise TypeError("seq2seq model's forward takes no decoder input argument")
-    return names[1]
 
 
 def unwrap_output(out):

@@ -17,6 +17,7 @@ them); where a number was changed from a first cut, the reason is written beside
 # Importing a check module registers it: the order below is the run order (and the docs' order).
 # isort: off
 from tbkit.checks.tier1 import summary  # noqa: F401
+from tbkit.checks.tier1 import conventions  # noqa: F401
 from tbkit.checks.tier1 import shape  # noqa: F401
 from tbkit.checks.tier1 import batch_equivalence  # noqa: F401
 from tbkit.checks.tier1 import causal  # noqa: F401

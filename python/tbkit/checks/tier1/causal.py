@@ -65,10 +65,10 @@ def check_causal(ctx: CheckContext):
 def _causal_outputs(ctx: CheckContext, mode: str, ids, enc, alt, positions) -> tuple:
     """(output of ``ids``, [output with position s changed, for each s]).
 
-    A deterministic model gets one forward for all variants (rows stacked in one batch, so every
-    comparison is between rows of the same call); a model that is random in eval gets one seeded
-    forward per variant, so each sees the same random draws and its randomness is judged by
-    ``determinism``, not taken for a causal leak."""
+    A deterministic model whose batch rows are independent gets one forward for all variants (rows
+    stacked in one batch, so every comparison is between rows of the same call); a model that is
+    random in eval, or whose rows influence each other (batch_equivalence judges that), gets one
+    seeded forward per variant: its randomness or batch mixing is not taken for a causal leak."""
     import torch
 
     variants = [ids]
@@ -77,7 +77,7 @@ def _causal_outputs(ctx: CheckContext, mode: str, ids, enc, alt, positions) -> t
         x[:, s] = alt[:, s]
         variants.append(x)
     lm = ctx.model
-    if shared.repeat_difference(ctx) == 0:
+    if shared.repeat_difference(ctx) == 0 and shared.rows_independent(ctx):
         stacked = torch.cat(variants)
         first, dec = shared.model_inputs(stacked, None if enc is None else enc.repeat(len(variants), 1))
         outs = inp.forward(lm, first, decoder_ids=dec, mode=mode, seed=ctx.seed).split(ids.shape[0])

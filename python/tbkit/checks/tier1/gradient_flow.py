@@ -148,9 +148,7 @@ def _adam_step(ctx: CheckContext, with_grad: list, zero: list) -> dict:
 def _gradient_connectivity(ctx: CheckContext, f: dict):
     metric = "parameters without gradient"
     if f["never_ran"]:
-        names = ", ".join(f["never_ran"][:20]) + (" …" if len(f["never_ran"]) > 20 else "")
-        why = f"disconnected: {names} — their modules never run in forward, so they never train. Use them in forward or delete them"
-        yield ctx.row(FAIL, metric, len(f["no_grad"]), "0", why)
+        yield from _never_ran(ctx, f, metric)
     elif f["elsewhere"]:
         why = (
             f"used in forward but not connected to the checked output ({f['what']}): {', '.join(f['elsewhere'][:20])}; "
@@ -161,6 +159,42 @@ def _gradient_connectivity(ctx: CheckContext, f: dict):
         yield ctx.row(
             PASS, metric, 0, "0", f"all {f['trainable']} trainable tensors got a gradient from the {f['what']}"
         )
+
+
+def _never_ran(ctx: CheckContext, f: dict, metric: str):
+    """Parameters whose modules never ran: WARN when an optional input of forward reaches them (or
+    might: one tbkit cannot build), FAIL when no input of the signature can."""
+    from tbkit.checks.tier1.reachable import reached_by
+
+    owner = lambda n: n.rsplit(".", 1)[0] if "." in n else ""  # noqa: E731
+    reached, untried = reached_by(ctx, {owner(n) for n in f["never_ran"]})
+    dead = [n for n in f["never_ran"] if owner(n) not in reached]
+    optional = [n for n in f["never_ran"] if owner(n) in reached]
+    if optional:
+        inputs = sorted({reached[owner(n)] for n in optional})
+        why = (
+            f"{len(optional)} tensors run only under optional inputs ({'; '.join(inputs)}), which this check does "
+            f"not give: {_names(optional)}. They train when those inputs are given"
+        )
+        yield ctx.row(WARN, "parameters reached only by optional inputs", len(optional), "0", why)
+    if not dead:
+        return
+    if untried:
+        why = (
+            f"{_names(dead)}: their modules did not run under the inputs tbkit gives; forward also takes "
+            f"{', '.join(untried)} (not synthesised here), which may reach them. If none does, they never train"
+        )
+        yield ctx.row(WARN, metric, len(dead), "0", why)
+        return
+    why = (
+        f"disconnected: {_names(dead)} — their modules never run in forward, under any input its signature "
+        "takes, so they never train. Use them in forward or delete them"
+    )
+    yield ctx.row(FAIL, metric, len(dead), "0", why)
+
+
+def _names(names: list) -> str:
+    return ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
 
 
 def _gradient_zero(ctx: CheckContext, f: dict):

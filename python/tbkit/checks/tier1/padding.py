@@ -37,7 +37,9 @@ def check_padding(ctx: CheckContext):
     Thresholds: change relative to max(1, |output|) <= ``pass_rel`` (1e-5) PASS, <= ``warn_rel``
     (1e-3) WARN, else FAIL; NaN in real positions FAIL; no mask parameter WARN. Fix: turn the mask
     into a key padding mask in every attention layer; use a large finite negative, not -inf."""
-    lm = ctx.model
+    from tbkit.checks.measure import establish
+
+    lm = establish(ctx)  # the mask convention, measured on the inputs below (done once per run)
     name = inp.mask_argument(lm)
     if name is None:
         yield ctx.row(WARN, "attention_mask", "not accepted", "accepted", _no_mask_text())
@@ -46,12 +48,30 @@ def check_padding(ctx: CheckContext):
     if T < 2:
         yield ctx.row(SKIP, "real positions", None, "", f"maximum length {T}: no room for padding")
         return
-    case = _padding_case(ctx, T)
+    case = padding_case(ctx)
     with inp.eval_mode(lm.module):
         for mode in ("grad", "no_grad"):
             yield from _padding_mode(ctx, case, mode, name)
         if lm.kind == "decoder":
             yield from _padding_left(ctx, case)
+
+
+def measure_convention(ctx: CheckContext) -> list:
+    """Find the mask encoding under which padding leaves real positions unchanged, on the very
+    inputs and no_grad forwards the check judges (cached: no extra forward when the first holds)."""
+    from tbkit.checks.measure import measure_mask
+
+    if shared.probe_length(ctx) < 2:
+        return []
+    case = padding_case(ctx)
+
+    def outputs(ctx):
+        alone, out, out2 = padding_outputs(ctx, case, "no_grad")
+        return alone, case["real"](out), case["real"](out2)
+
+    tol = ctx.options.get("padding.warn_rel", 1e-3) * dtype_scale(ctx.model)
+    with inp.eval_mode(ctx.model.module):
+        return measure_mask(ctx, outputs, tol)
 
 
 def _no_mask_text() -> str:
@@ -63,8 +83,14 @@ def _no_mask_text() -> str:
     )
 
 
-def _padding_case(ctx: CheckContext, T: int) -> dict:
+def padding_case(ctx: CheckContext) -> dict:
     """The inputs: row 1 keeps L real tokens then padding; the same tokens alone; other pad content."""
+    if ("padding_case",) not in ctx.cache:
+        ctx.cache[("padding_case",)] = _padding_case(ctx, shared.probe_length(ctx))
+    return ctx.cache[("padding_case",)]
+
+
+def _padding_case(ctx: CheckContext, T: int) -> dict:
     import torch
 
     lm, dev = ctx.model, ctx.device
@@ -91,10 +117,9 @@ def _padding_mode(ctx: CheckContext, case: dict, mode: str, name: str):
     metric = f"real-position change ({mode})"
     L, T, real = c["L"], c["T"], c["real"]
     try:
-        alone = inp.forward(lm, c["ids"][1:2, :L], c["ones"], mode=mode, seed=ctx.seed, **c["alone_args"])[0]
-        out, out2 = _padded_outputs(ctx, c, mode)
+        alone, out, out2 = padding_outputs(ctx, c, mode)
     except Exception as err:
-        detail = f"a right-padded batch (mask passed as {inp.mask_convention(name)}) raised under {mode}: "
+        detail = f"a right-padded batch (mask passed as {inp.mask_convention(lm)}) raised under {mode}: "
         yield ctx.row(FAIL, metric, None, f"<= {tol:.0e}", detail + describe_error(err))
         return
     if not bool(torch.isfinite(alone).all()):
@@ -115,10 +140,27 @@ def _padding_mode(ctx: CheckContext, case: dict, mode: str, name: str):
     d_pad, d_fill = max_abs_diff(real(out), alone), max_abs_diff(real(out2), real(out))
     rel = max(d_pad, d_fill) / output_scale(alone)
     detail = (
-        f"mask passed as {inp.mask_convention(name)}; row with {L} real tokens then {T - L} pads vs the same "
+        f"mask passed as {inp.mask_convention(lm)}; row with {L} real tokens then {T - L} pads vs the same "
         f"tokens alone: {fmt(d_pad)}; other tokens under the padding: {fmt(d_fill)} (max relative {fmt(rel)})"
     )
     yield _padding_verdict(ctx, metric, rel, tol, detail, name)
+
+
+def padding_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
+    """(row alone, padded batch, batch with other pad content) under the run's mask convention,
+    computed once per (convention, mode); raises what the model raised."""
+    conv = ctx.model.conventions
+    key = ("padding", conv.mask.value if conv is not None and conv.mask is not None else None, mode)
+    if key not in ctx.cache:
+        try:
+            L = c["L"]
+            alone = inp.forward(ctx.model, c["ids"][1:2, :L], c["ones"], mode=mode, seed=ctx.seed, **c["alone_args"])
+            ctx.cache[key] = (alone[0], *_padded_outputs(ctx, c, mode))
+        except Exception as err:  # the model's answer under this convention
+            ctx.cache[key] = err
+    if isinstance(ctx.cache[key], Exception):
+        raise ctx.cache[key]
+    return ctx.cache[key]
 
 
 def _padded_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
@@ -128,7 +170,7 @@ def _padded_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
     import torch
 
     lm = ctx.model
-    if shared.repeat_difference(ctx) != 0:
+    if shared.repeat_difference(ctx) != 0 or not shared.rows_independent(ctx):
         out = inp.forward(lm, c["padded"], c["mask"], mode=mode, seed=ctx.seed, **c["batch_args"])
         return out, inp.forward(lm, c["repadded"], c["mask"], mode=mode, seed=ctx.seed, **c["batch_args"])
     args = {k: torch.cat([v, v]) for k, v in c["batch_args"].items()}
@@ -148,6 +190,9 @@ def _padding_verdict(ctx: CheckContext, metric: str, rel: float, tol: float, det
         f": padding changes the real positions, so the {name} is not honoured. Turn it into a key padding mask "
         "(e.g. src_key_padding_mask = attention_mask == 0) in every attention layer"
     )
+    tries = ctx.model.conventions.mask_tries if ctx.model.conventions is not None else []
+    if tries:
+        fix += ". No other mask convention keeps them either (" + "; ".join(tries) + ")"
     return ctx.row(FAIL, metric, rel, f"<= {tol:.0e}", detail + fix)
 
 
