@@ -38,7 +38,7 @@ _LAZY = {
     "Report": ("tbkit.checks.report", "Report"),
     "ensure": ("tbkit.guard.gate", "ensure"),
     "install": ("tbkit.guard.gate", "install"),
-    "train": ("tbkit.training.trainer", "train"),
+    "train": ("tbkit.training.api", "train"),
     "search": ("tbkit.training.search", "search"),
     "TbkitError": ("tbkit.errors", "TbkitError"),
     "SourceError": ("tbkit.errors", "SourceError"),

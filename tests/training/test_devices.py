@@ -85,7 +85,7 @@ def test_bad_multi_device_arguments_are_usage_errors(args, message):
 
 def test_the_sampler_gives_each_step_the_same_rows_on_one_device_and_on_two():
     pytest.importorskip("lightning", reason="lightning is a tier3 extra")
-    from tbkit.training.engine import EpochSampler
+    from tbkit.training.lightning_module import EpochSampler
 
     n, batch = 10, 4  # n odd on purpose: two processes leave one index out
     for epoch in (0, 1):

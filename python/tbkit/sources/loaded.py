@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -100,6 +101,12 @@ class LoadedModel:
         return unwrap_output(self.module(input_ids, **kwargs))
 
     __call__ = forward
+
+    def with_module(self, module: Any) -> LoadedModel:
+        """The same facts around another module of the same design (a copy to train, a fresh
+        instance, a reference model on the same data); nothing read from the old module's forward
+        is carried over."""
+        return dataclasses.replace(self, module=module)
 
     @property
     def accepts_attention_mask(self) -> bool:
