@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 @dataclass
@@ -39,16 +39,18 @@ def memorise(
     lr: float,
     loss_drop: float,
     next_token: bool = True,
+    read_every: Optional[int] = None,
 ) -> Memorised:
     """Adam (``lr``, clip 1.0) on ``ids`` through ``forward`` (the caller sets modes, seeds and
-    restores the model). ``next_token``: logits at t predict ids at t+1, else reconstruct ids."""
+    restores the model). ``next_token``: logits at t predict ids at t+1, else reconstruct ids.
+    ``read_every``: steps between read-backs (default 1 on the CPU, 8 on an accelerator)."""
     import torch
 
     for p in module.parameters():
         p.grad = None
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    read_every = 1 if ids.device.type == "cpu" else 8
+    read_every = read_every or (1 if ids.device.type == "cpu" else 8)
     result, pending = Memorised(), []
     for step in range(steps + 1):
         loss, hits, total = _loss_and_hits(forward, ids, next_token)
