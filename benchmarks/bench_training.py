@@ -263,16 +263,15 @@ def main(argv=None) -> None:
         f"{torch.get_num_threads()} threads; per step = (t({args.long}) - t({args.short})) / {args.long - args.short}"
     )
     print(f"medians of {args.rounds} alternating rounds\n")
-    rows = []
-    for name in args.models.split(","):
-        rows += measure(name.strip(), device, args)
     head = f"{'model':8} {'params':>9} {'what':10} {'precision':10} {'tbkit steps/s':>13} {'loop steps/s':>12}"
-    print(head + f" {'tbkit tok/s':>11} {'loop tok/s':>10} {'tbkit/loop':>10}")
-    for name, n_params, key, precision, tokens, ours, loop in rows:
-        print(
-            f"{name:8} {n_params:>9,} {key:10} {precision:10} {1 / ours:>13.1f} {1 / loop:>12.1f} "
-            f"{tokens / ours:>11.0f} {tokens / loop:>10.0f} {loop / ours:>9.2f}x"
-        )
+    print(head + f" {'tbkit tok/s':>11} {'loop tok/s':>10} {'tbkit/loop':>10}", flush=True)
+    for name in args.models.split(","):  # each model's rows as soon as it is measured
+        for model, n_params, key, precision, tokens, ours, loop in measure(name.strip(), device, args):
+            print(
+                f"{model:8} {n_params:>9,} {key:10} {precision:10} {1 / ours:>13.1f} {1 / loop:>12.1f} "
+                f"{tokens / ours:>11.0f} {tokens / loop:>10.0f} {loop / ours:>9.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
