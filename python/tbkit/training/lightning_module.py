@@ -66,8 +66,10 @@ class EpochBatches(torch.utils.data.Sampler):
         return math.ceil(len(self.order) / self.batch)
 
     def __iter__(self):
+        # a generator: the order is drawn at the first batch, not when the iterator is made (a
+        # resumed run makes it before Lightning sets the epoch, as torch's BatchSampler is lazy too)
         index = torch.tensor(list(self.order), dtype=torch.long).to(self.device)
-        return iter(index.split(self.batch))
+        yield from index.split(self.batch)
 
 
 class Blocks(torch.utils.data.Dataset):
