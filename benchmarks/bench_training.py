@@ -36,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BATCH, LEN = 16, 64  # train / hpo batch
 OVERFIT_BATCH = 2  # the overfit check's fixed batch is 2 x 64
+OVERFIT_FACTOR = 8  # overfit runs 8x --short/--long steps: its steps are about 8x cheaper than train's
 SEVEN_M = dict(vocab=8000, d=256, heads=4, layers=4, max_len=128)
 
 
@@ -146,14 +147,41 @@ def loop_overfit(lm, device, steps: int) -> tuple:
 
 
 # ---- tbkit -------------------------------------------------------------------------------------
-def tbkit_train(lm, ids, device, steps: int) -> tuple:
+def step_clock(device):
+    """A Lightning callback timing steps 2..n inside fit (setup excluded by construction)."""
+    import lightning.pytorch as pl
+
+    class StepClock(pl.Callback):
+        def __init__(self) -> None:
+            self.first = self.last = None
+            self.steps = 0
+
+        def on_train_batch_start(self, trainer, *args) -> None:
+            if self.first is None and trainer.global_step == 1:
+                sync(device)
+                self.first = Clock()
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if self.first is not None:
+                self.steps += 1
+                if self.steps == trainer.max_steps - 1:
+                    sync(device)
+                    self.last = self.first.read()
+
+        def per_step(self) -> tuple:
+            return tuple(t / max(1, self.steps) for t in self.last)
+
+    return StepClock()
+
+
+def tbkit_train(lm, ids, device, steps: int, clock=None) -> tuple:
     """(seconds, precision) of tbkit.train cut at ``steps``; the data outlast the long run's epoch."""
     import torch
 
     import tbkit
 
     with tempfile.TemporaryDirectory() as ck:
-        clock = Clock()
+        total = Clock()
         res = tbkit.train(
             lm,
             (ids, torch.ones_like(ids)),
@@ -167,8 +195,9 @@ def tbkit_train(lm, ids, device, steps: int) -> tuple:
             checkpoint_dir=ck,
             resume=False,
             device=str(device),
+            callbacks=[clock] if clock is not None else [],
         )
-        seconds = clock.read()
+        seconds = total.read()
     assert res.global_step == steps, (res.global_step, steps)
     return seconds, res.precision
 
@@ -225,9 +254,9 @@ def measure(name: str, device, args) -> list:
     ids = torch.randint(0, lm.vocab_size, (args.long * BATCH + 1, LEN), generator=torch.Generator().manual_seed(0))
     precision = tbkit_train(lm, ids, device, 2)[1]  # warm-up, and the precision tbkit chose
     pairs = {
-        "overfit": (
-            lambda n: tbkit_overfit(lm, device, n),
-            lambda n: loop_overfit(lm, device, n),
+        "overfit": (  # OVERFIT_FACTOR times the steps (a 2 x 64 step is cheap), seconds per step kept
+            lambda n: tuple(t / OVERFIT_FACTOR for t in tbkit_overfit(lm, device, n * OVERFIT_FACTOR)),
+            lambda n: tuple(t / OVERFIT_FACTOR for t in loop_overfit(lm, device, n * OVERFIT_FACTOR)),
             OVERFIT_BATCH * LEN,
         ),
         "train": (
@@ -236,12 +265,22 @@ def measure(name: str, device, args) -> list:
             BATCH * LEN,
         ),
     }
+    if args.in_fit:  # steady steps inside fit, timed by a callback, against the loop's long run per step
+
+        def in_fit(n: int) -> tuple:
+            clock = step_clock(device)
+            tbkit_train(lm, ids, device, n, clock)
+            return tuple(t * n for t in clock.per_step())
+
+        pairs["train, in-fit"] = (in_fit, lambda n: loop_train(lm, ids, device, n, precision), BATCH * LEN)
     if args.hpo:
         pairs["hpo trial"] = (
             lambda n: tbkit_hpo_trial(lm, device, n),
             lambda n: loop_train(lm, ids, device, n, precision),
             BATCH * LEN,
         )
+    if args.only:
+        pairs = {k: v for k, v in pairs.items() if k in args.only.split(";")}
     times: dict = {(k, side): [] for k in pairs for side in ("tbkit", "loop")}
     for r in range(args.rounds):
         for key, (ours, loop, _) in pairs.items():
@@ -267,6 +306,8 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-hpo", dest="hpo", action="store_false")
+    p.add_argument("--in-fit", action="store_true", help="also time train's steps inside fit (a callback)")
+    p.add_argument("--only", default=None, help="semicolon-separated subset of: overfit;train;hpo trial;train, in-fit")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads:
