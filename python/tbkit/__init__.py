@@ -40,7 +40,7 @@ _LAZY = {
     "install": ("tbkit.guard.gate", "install"),
     "ensure_requirements": ("tbkit.guard.dependencies", "ensure_requirements"),
     "NotReady": ("tbkit.guard.dependencies", "NotReady"),
-    "train": ("tbkit.training.trainer", "train"),
+    "train": ("tbkit.training.api", "train"),
     "search": ("tbkit.training.search", "search"),
     "TbkitError": ("tbkit.errors", "TbkitError"),
     "SourceError": ("tbkit.errors", "SourceError"),

@@ -12,7 +12,7 @@ import torch
 
 import models as M
 from tbkit.errors import UsageError
-from tbkit.training.trainer import closures_over_own_submodules, copy_loaded
+from tbkit.training.copies import closures_over_own_submodules, copy_loaded
 
 
 def test_a_lambda_over_an_own_submodule_is_found():

@@ -112,7 +112,7 @@ def test_tier3_modules_import_no_heavy_library():
     import sys
 
     code = (
-        "import sys, tbkit.training.data, tbkit.training.trainer, tbkit.training.search, tbkit.checks.tier3, tbkit.cli.search; "
+        "import sys, tbkit.training.data, tbkit.training.api, tbkit.training.search, tbkit.checks.tier3, tbkit.cli.search; "
         "print(sorted(m for m in ('torch', 'lightning', 'optuna', 'pandas', 'matplotlib', 'numpy') "
         "if m in sys.modules))"
     )

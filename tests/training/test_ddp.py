@@ -3,7 +3,7 @@ bundled example to the same losses as one device, and resume from a checkpoint.
 
 What "the same" means here: `batch_size` is the global batch, so each of the two processes takes
 half of every step's rows, and the data order is a seeded permutation per epoch that both set-ups
-share (`engine.EpochSampler`). The training data hold 64 blocks, a multiple of the global batch
+share (`lightning_module.EpochSampler`). The training data hold 64 blocks, a multiple of the global batch
 (8) and of the process count, so every global step trains on exactly the same 8 blocks in both
 runs. DDP then averages the two halves' gradients, which equals the one-device gradient because
 every block is full (no padding: equal token counts per half). What remains is float32 rounding:

@@ -85,7 +85,7 @@ def test_bad_multi_device_arguments_are_usage_errors(args, message):
 
 def test_the_sampler_gives_each_step_the_same_rows_on_one_device_and_on_two():
     pytest.importorskip("lightning", reason="lightning is a tier3 extra")
-    from tbkit.training.engine import EpochSampler
+    from tbkit.training.lightning_module import EpochSampler
 
     n, batch = 10, 4  # n odd on purpose: two processes leave one index out
     for epoch in (0, 1):
@@ -104,6 +104,23 @@ def test_the_sampler_gives_each_step_the_same_rows_on_one_device_and_on_two():
     second = EpochSampler(n, 3)
     second.set_epoch(1)
     assert list(first) != list(second)  # and each epoch has its own order
+
+
+def test_batches_draw_the_epoch_order_when_the_first_batch_is_taken():
+    """A resumed run makes the batch iterator before Lightning sets the epoch: the order must be
+    the one of the epoch set by then (as with torch's lazy BatchSampler), not of epoch 0."""
+    pytest.importorskip("lightning", reason="lightning is a tier3 extra")
+    import torch
+
+    from tbkit.training.lightning_module import EpochBatches, EpochSampler
+
+    batches = EpochBatches(EpochSampler(10, seed=3), 4, torch.device("cpu"))
+    early = iter(batches)
+    batches.set_epoch(1)
+    expected = EpochSampler(10, seed=3)
+    expected.set_epoch(1)
+    assert torch.cat(list(early)).tolist() == list(expected)
+    assert [len(b) for b in batches] == [4, 4, 2] and len(batches) == 3
 
 
 def test_tbkit_run_passes_the_multi_device_flags_to_the_tier3_options(monkeypatch):

@@ -166,9 +166,7 @@ def test_a_worker_that_loses_the_race_for_the_last_slot_runs_nothing_and_says_so
         def tell(self, *args, **kwargs):
             return self.inner.tell(*args, **kwargs)
 
-    ran = _work(
-        optuna, OtherWorkerAsksRightAfterOurCount(study), lambda t: pytest.fail("must not run"), 3, None, [], []
-    )
+    ran = _work(OtherWorkerAsksRightAfterOurCount(study), lambda t: pytest.fail("must not run"), 3, None, [], [])
     assert ran == 0
     trials = study.get_trials(deepcopy=False)
     assert [t.number for t in trials if t.state == TrialState.COMPLETE] == [0, 1, 2]
@@ -217,7 +215,7 @@ def test_a_dead_trial_is_failed_by_heartbeat_retried_and_run_by_a_worker_that_fo
 
     hb = Heartbeat(interval=1, grace=2, max_retry=1)
     url = f"sqlite:///{tmp_path / 'hb.db'}"
-    study = _open_study(optuna, url, "hb", False, 0, 3, hb)
+    study = _open_study(url, "hb", False, 0, 3, hb)
     study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
     dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     dead.set_user_attr("tbkit_heartbeat", 1)  # as tbkit's worker marks a trial that beats
@@ -229,7 +227,7 @@ def test_a_dead_trial_is_failed_by_heartbeat_retried_and_run_by_a_worker_that_fo
         seen.append(trial.suggest_float("x", 0, 1))
         return 1.0
 
-    ran = _work(optuna, study, objective, 2, 60, notes := [], [], hb)
+    ran = _work(study, objective, 2, 60, notes := [], [], hb)
     assert ran == 1 and seen == [dead_x]  # the dead trial's parameters, run here
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
@@ -246,8 +244,8 @@ def test_a_full_study_does_not_wait_for_a_trial_that_never_beats(tmp_path):
     from tbkit.training.search import _open_study, _work
     from tbkit.training.workers import Heartbeat
 
-    study = _open_study(optuna, f"sqlite:///{tmp_path / 'old.db'}", "old", False, 0, 3, Heartbeat(1, 2, 1))
+    study = _open_study(f"sqlite:///{tmp_path / 'old.db'}", "old", False, 0, 3, Heartbeat(1, 2, 1))
     study.ask()  # RUNNING for good, no heartbeat
     notes: list = []
-    assert _work(optuna, study, lambda t: pytest.fail("must not run"), 1, 60, notes, [], Heartbeat(1, 2, 1)) == 0
+    assert _work(study, lambda t: pytest.fail("must not run"), 1, 60, notes, [], Heartbeat(1, 2, 1)) == 0
     assert not notes  # it left at once: waiting would have ended only by "stopped by the timeout"

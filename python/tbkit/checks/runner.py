@@ -15,7 +15,6 @@ What the runner guarantees, whatever a check does:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import time
 import traceback
@@ -31,9 +30,10 @@ from tbkit.checks.options import validate_options
 from tbkit.checks.progress import Progress
 from tbkit.checks.report import Report, environment
 from tbkit.checks.spec import TIER_MODULES
+from tbkit.devices import resolve_device
 from tbkit.errors import TbkitError, UsageError, mask_credentials
-from tbkit.sources import load
-from tbkit.sources.loaded import KINDS, LoadedModel
+from tbkit.sources.coerce import as_loaded
+from tbkit.sources.loaded import LoadedModel
 
 DEFAULT_OUT_DIR = "tbkit-report"
 
@@ -99,54 +99,6 @@ def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) ->
     return [s for s in REGISTRY.values() if s.id in ids]
 
 
-def resolve_device(device=None, module=None):
-    """The device to run on: as asked, else where the model already lives, else CUDA, then
-    Apple MPS, then CPU. Asking for a device that is not there is a UsageError."""
-    import torch
-
-    if device is not None:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise UsageError(f"{device!r} is not a device ({err})", "Use cpu, cuda, cuda:1 or mps.") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(
-                "device 'cuda' was asked for but this torch sees no CUDA GPU",
-                "Use --device cpu, or a runtime with a GPU (Colab: Runtime → Change runtime type).",
-            )
-        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError("device 'mps' was asked for but is not available here", "Use --device cpu.")
-        return dev
-    if module is not None:
-        devices = {p.device for p in module.parameters()}
-        if len(devices) == 1 and next(iter(devices)).type != "cpu":
-            return next(iter(devices))
-        if len(devices) > 1:  # spread over devices (device_map): inputs go where the first layer is
-            return next(module.parameters()).device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _as_loaded(source_or_model, kind, say, load_options=None):
-    if kind is not None and kind not in KINDS:
-        raise UsageError(f"unknown model kind {kind!r}", f"Use one of {', '.join(KINDS)}.")
-    if isinstance(source_or_model, LoadedModel):
-        lm = source_or_model
-        if kind is not None and kind != lm.kind:
-            lm = dataclasses.replace(lm, kind=kind, kind_reason="declared")
-        say(f"tbkit: {lm.summary()}")  # the provenance, once: tbkit.load itself prints nothing
-        return lm
-    lm = load(source_or_model, kind=kind, log=say, **(load_options or {}))  # provenance shown before the code runs
-    say(
-        f"tbkit: {type(lm.module).__name__}: {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size}, "
-        f"max length {lm.max_len if lm.max_len else 'not found'}"
-    )
-    return lm
-
-
 # ------------------------------------------------------------------------------------------
 # running
 # ------------------------------------------------------------------------------------------
@@ -193,7 +145,7 @@ def run(
     load_options = _load_options(source_or_model, load_options, config)
     out = report_folder.resolve_out(out_dir) if out_dir is not None else None  # before any model code
     with run_guard.caller_state(), run_guard.user_interrupts():
-        lm = _as_loaded(source_or_model, kind, say, load_options)
+        lm = as_loaded(source_or_model, kind, log=say, load_options=load_options)
         staging = report_folder.make_staging(out) if out is not None else None
         try:
             report = execute(lm, specs, device, staging, seed, options, stream, progress, check_timeout)

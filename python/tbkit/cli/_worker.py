@@ -96,7 +96,7 @@ def _paragraph_of(exc: BaseException) -> str:
 
 
 def _load(spec: dict, events: Events):
-    from tbkit.checks import runner
+    from tbkit.sources.coerce import as_loaded
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -104,7 +104,7 @@ def _load(spec: dict, events: Events):
     import torch  # noqa: F401 — tbkit's own imports are not the model's load time (a busy machine takes seconds)
 
     events.send("loading", time=time.time())
-    lm = runner._as_loaded(spec["source"], spec["kind"], say, spec["load_options"])
+    lm = as_loaded(spec["source"], spec["kind"], log=say, load_options=spec["load_options"])
     events.send("loaded")
     return lm
 

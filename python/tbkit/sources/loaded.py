@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -99,6 +100,12 @@ class LoadedModel:
         return call(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)
 
     __call__ = forward
+
+    def with_module(self, module: Any) -> LoadedModel:
+        """The same facts around another module of the same design (a copy to train, a fresh
+        instance, a reference model on the same data); nothing read from the old module's forward
+        is carried over."""
+        return dataclasses.replace(self, module=module)
 
     @property
     def accepts_attention_mask(self) -> bool:

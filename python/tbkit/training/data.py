@@ -385,3 +385,32 @@ def unigram_cross_entropy(train: TokenData, val: TokenData, vocab_size: int) -> 
 
 def uniform_cross_entropy(vocab_size: int) -> float:
     return math.log(vocab_size)
+
+
+# ---- what a run trains on ------------------------------------------------------------------------
+def block_length(loaded: Any, max_len: Optional[int]) -> int:
+    """The block length: ``max_len`` (checked against the model's limit), else min(limit, 128)."""
+    limit = loaded.max_len
+    if max_len is None:
+        return min(limit, 128) if limit else 128
+    if limit is not None and max_len > limit:
+        raise UsageError(
+            f"max_len {max_len} exceeds the model's maximum sequence length {limit}", f"Use max_len={limit} or less."
+        )
+    return int(max_len)
+
+
+def training_data(loaded: Any, data: Any, *, max_len, val_fraction, synthetic, seed, level) -> tuple:
+    """(TokenData, train split, validation split, block length) for ``loaded`` from what the user gave."""
+    block = block_length(loaded, max_len)
+    td = prepare(
+        data,
+        vocab_size=loaded.vocab_size,
+        block_len=block,
+        pad_id=loaded.pad_token_id,
+        synthetic=synthetic,
+        seed=seed,
+        level=level,
+    )
+    train_data, val_data = split(td, val_fraction, seed)
+    return td, train_data, val_data, block

@@ -19,7 +19,7 @@ Strategy when ``devices * num_nodes > 1`` and none is given:
 
 ``batch_size`` is the global batch: each of the ``world`` processes takes ``batch_size // world``
 rows of every optimizer step, so one device and several train on the same batches (see
-``EpochSampler`` in ``engine.py``).
+``EpochSampler`` in ``lightning_module.py``).
 """
 
 from __future__ import annotations

@@ -15,11 +15,13 @@
   scheduler really warms up over), and ``dropout`` only when the model has dropout to set (a
   factory taking ``dropout=``, or ``nn.Dropout`` modules).
 
-optuna, optuna-integration and lightning come through the install gate when missing.
+optuna, optuna-integration and lightning come through the install gate when missing; optuna is
+imported inside the functions that use it, after the gate (``import tbkit`` stays light).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
 import os
@@ -29,6 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from tbkit.errors import TbkitError, UsageError
+from tbkit.sources.coerce import as_loaded
+from tbkit.sources.loaded import LoadedModel
+from tbkit.training import workers
+from tbkit.training.config import SearchConfig, from_options
+from tbkit.training.copies import copy_loaded, refuse_lying_copies
+from tbkit.training.data import training_data
+from tbkit.training.dependencies import require
+from tbkit.training.fit import fit
+from tbkit.training.plots import history_figure, importance_figure
 
 DEFAULT_SPACE = {
     "lr": (1e-4, 1e-2, "log"),
@@ -91,28 +102,24 @@ def _with_driver(url: Optional[str]) -> Optional[str]:
     psycopg2-binary through the gate when there is none."""
     if url is None or not (url.startswith("postgresql://") or url.startswith("postgres://")):
         return url
-    import importlib.util
-
     rest = url.split("://", 1)[1]
     if importlib.util.find_spec("psycopg2") is not None:
         return "postgresql+psycopg2://" + rest
     if importlib.util.find_spec("psycopg") is not None:
         return "postgresql+psycopg://" + rest
-    from tbkit.training.trainer import require
-
     require("psycopg2-binary")
     return "postgresql+psycopg2://" + rest
 
 
-def _open_study(optuna, storage: Optional[str], study_name: str, worker: bool, seed: int, n_startup: int, hb=None):
-    from tbkit.training.workers import rdb_storage
+def _open_study(storage: Optional[str], study_name: str, worker: bool, seed: int, n_startup: int, hb=None):
+    import optuna
 
     sampler = optuna.samplers.TPESampler(seed=None if worker else seed, n_startup_trials=n_startup)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     shown = display_url(storage)
     storage = _with_driver(storage)
     try:
-        storage = rdb_storage(optuna, storage, hb) if storage is not None else None
+        storage = workers.rdb_storage(storage, hb) if storage is not None else None
         if worker:
             if storage is None:
                 raise UsageError(
@@ -147,9 +154,6 @@ def _open_study(optuna, storage: Optional[str], study_name: str, worker: bool, s
 def _model_maker(model_factory_or_source, kind: Optional[str]):
     """(make(params) -> LoadedModel, takes_dropout: bool, base LoadedModel or None)."""
     import torch.nn as nn
-
-    from tbkit.sources.loaded import LoadedModel
-    from tbkit.training.trainer import as_loaded, copy_loaded, refuse_lying_copies
 
     obj = model_factory_or_source
     if callable(obj) and not isinstance(obj, (nn.Module, LoadedModel)) and not isinstance(obj, type):
@@ -192,28 +196,25 @@ class _Setup:
     notes: list
 
 
-def _check_search_args(n_trials, epochs) -> None:
-    if int(n_trials) < 1:
-        raise UsageError(f"n_trials={n_trials} must be 1 or more", "Pass n_trials=1 or more.")
-    if int(epochs) < 1:
-        raise UsageError(f"epochs={epochs} must be 1 or more", "Pass epochs=1 or more (pruning acts per epoch).")
-
-
-def _prepare(model_factory_or_source, data, *, kind, max_len, val_fraction, synthetic, seed, level, search_space):
-    from tbkit.training import trainer as training
-
-    make, dropout_ok, base = _model_maker(model_factory_or_source, kind)
+def _prepare(model_factory_or_source: Any, data: Any, cfg: SearchConfig) -> _Setup:
+    make, dropout_ok, base = _model_maker(model_factory_or_source, cfg.kind)
     probe = base if base is not None else make({})
     if probe.kind != "decoder":
         raise UsageError(
             f"tbkit.search trains causal language models; this model's kind is {probe.kind}",
             "Pass a decoder, or declare kind='decoder' if it is one.",
         )
-    td, train_data, val_data, _ = training.training_data(
-        probe, data, max_len=max_len, val_fraction=val_fraction, synthetic=synthetic, seed=seed, level=level
+    td, train_data, val_data, _ = training_data(
+        probe,
+        data,
+        max_len=cfg.max_len,
+        val_fraction=cfg.val_fraction,
+        synthetic=cfg.synthetic,
+        seed=cfg.seed,
+        level=cfg.tokenizer_level,
     )
     space = dict(DEFAULT_SPACE)
-    space.update(search_space or {})
+    space.update(cfg.search_space or {})
     notes = list(td.notes)
     if not dropout_ok and space.get("dropout") is not None:
         space["dropout"] = None
@@ -222,13 +223,11 @@ def _prepare(model_factory_or_source, data, *, kind, max_len, val_fraction, synt
     return _Setup(make, td, train_data, val_data, space, notes)
 
 
-def _objective(setup: _Setup, *, epochs: int, batch_size: int, device, seed: int):
+def _objective(setup: _Setup, cfg: SearchConfig):
     """The function Optuna calls per trial: suggest, train a fresh model, return the best val loss."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from tbkit.training import trainer as training
-
-    total_steps = math.ceil(len(setup.train_data) / batch_size) * epochs
+    total_steps = math.ceil(len(setup.train_data) / cfg.batch_size) * cfg.epochs
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial) -> float:
@@ -238,19 +237,15 @@ def _objective(setup: _Setup, *, epochs: int, batch_size: int, device, seed: int
         warmup = int(round(params.get("warmup_frac", 0.0) * total_steps))
         trial.set_user_attr("warmup_steps", warmup)  # what the scheduler was given
         trial.set_user_attr("worker", worker_id)  # which process ran it (several may share a study)
-        out = training.fit(
-            setup.make(params),
-            setup.train_data,
-            setup.val_data,
-            epochs=epochs,
-            batch_size=batch_size,
+        run = cfg.trial(
             lr=params.get("lr", 1e-3),
             weight_decay=params.get("weight_decay", 0.0),
             warmup_steps=warmup,
-            device=device,
-            seed=seed + trial.number,
-            save_checkpoints=False,
-            callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_loss")],
+            seed=cfg.seed + trial.number,
+        )
+        pruning = PyTorchLightningPruningCallback(trial, monitor="val_loss")
+        out = fit(
+            setup.make(params), setup.train_data, setup.val_data, run, callbacks=(pruning,), save_checkpoints=False
         )
         vals = [r["val_loss"] for r in out.history.epochs if "val_loss" in r]
         if not vals or not all(math.isfinite(v) for v in vals):
@@ -261,71 +256,39 @@ def _objective(setup: _Setup, *, epochs: int, batch_size: int, device, seed: int
 
 
 def search(
-    model_factory_or_source,
-    data=None,
-    *,
-    n_trials: int = 20,
-    storage: Optional[str] = None,
-    study_name: Optional[str] = None,
-    worker: bool = False,
-    timeout: Optional[float] = None,
-    epochs: int = 3,
-    batch_size: int = 16,
-    max_len: Optional[int] = None,
-    val_fraction: float = 0.1,
-    synthetic: bool = False,
-    seed: int = 0,
-    device=None,
-    search_space: Optional[dict] = None,
-    kind: Optional[str] = None,
-    n_startup_trials: int = 3,
-    tokenizer_level: str = "char",
-    heartbeat: Optional[int] = None,
-    grace_period: Optional[int] = None,
-    max_retry: Optional[int] = None,
+    model_factory_or_source: Any, data: Any = None, config: Optional[SearchConfig] = None, **options: Any
 ) -> SearchResult:
     """Search lr / weight decay / warmup (/ dropout) for a causal LM; minimises validation loss.
 
     ``model_factory_or_source``: a callable returning a fresh model (called once per trial, with
     ``dropout=`` when it takes it), or a model / LoadedModel / source (each trial trains a copy).
+    Options: ``config`` (a SearchConfig) and/or its fields as keywords (``n_trials=6, storage=…``);
     ``search_space`` overrides ranges: ``{"lr": (1e-4, 3e-3, "log"), "dropout": None, …}`` (None
     drops a parameter). ``heartbeat`` (s; default 60 with an RDB ``storage``, 0: off), ``grace_period``
     (default twice that), ``max_retry`` (default 3): dead workers' trials, see training/workers.py."""
-    from tbkit.training import trainer as training
-    from tbkit.training import workers
-
-    _check_search_args(n_trials, epochs)
-    hb = workers.heartbeat_settings(storage, heartbeat, grace_period, max_retry)
-    training.require("optuna", "optuna-integration", "lightning")
+    cfg = from_options(SearchConfig, config, options)
+    cfg.check()
+    hb = workers.heartbeat_settings(cfg.storage, cfg.heartbeat, cfg.grace_period, cfg.max_retry)
+    require("optuna", "optuna-integration", "lightning")
     import optuna
 
-    setup = _prepare(
-        model_factory_or_source,
-        data,
-        kind=kind,
-        max_len=max_len,
-        val_fraction=val_fraction,
-        synthetic=synthetic,
-        seed=seed,
-        level=tokenizer_level,
-        search_space=search_space,
-    )
-    objective = _objective(setup, epochs=epochs, batch_size=batch_size, device=device, seed=seed)
+    setup = _prepare(model_factory_or_source, data, cfg)
+    objective = _objective(setup, cfg)
     notes, failures = setup.notes, []
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one INFO line per trial; restored after
     try:
-        study = _open_study(optuna, storage, study_name or "tbkit-search", worker, seed, n_startup_trials, hb)
-        ran = _work(optuna, study, objective, n_trials, timeout, notes, failures, hb)
+        study = _open_study(
+            cfg.storage, cfg.study_name or "tbkit-search", cfg.worker, cfg.seed, cfg.n_startup_trials, hb
+        )
+        ran = _work(study, objective, cfg.n_trials, cfg.timeout, notes, failures, hb)
     finally:
         optuna.logging.set_verbosity(previous)
-    return _result(study, setup, storage, hb, notes, failures, ran)
+    return _result(study, setup, cfg.storage, hb, notes, failures, ran)
 
 
 def _result(study, setup: _Setup, storage, hb, notes: list, failures: list, ran: int) -> SearchResult:
     from optuna.trial import TrialState
-
-    from tbkit.training import workers
 
     trials = study.get_trials(deepcopy=False)
     by_state = {
@@ -359,49 +322,48 @@ def _result(study, setup: _Setup, storage, hb, notes: list, failures: list, ran:
     )
 
 
-def _work(optuna, study, objective, n_trials: int, timeout, notes: list, failures: list, hb=None) -> int:
+def _work(study, objective, n_trials: int, timeout, notes: list, failures: list, hb=None) -> int:
     """Run trials until the study's ``n_trials`` slots are filled (over all workers) or ``timeout``
     passes; returns how many this process ran."""
-    from tbkit.training import workers
-
     deadline = None if timeout is None else time.monotonic() + timeout
     ran = 0
     while True:
-        trial = workers.next_trial(optuna, study, n_trials, hb, deadline)
+        trial = workers.next_trial(study, n_trials, hb, deadline)
         if trial is None:
             break
         ran += 1
-        _run_trial(optuna, study, trial, objective, failures, hb, notes)
+        _run_trial(study, trial, objective, failures, hb, notes)
     if deadline is not None and time.monotonic() >= deadline:
         notes.append(f"stopped by the timeout of {timeout} s")
     return ran
 
 
-def _run_trial(optuna, study, trial, objective, failures: list, hb, notes: list) -> None:
+def _run_trial(study, trial, objective, failures: list, hb, notes: list) -> None:
+    import optuna
     from optuna.trial import TrialState
-
-    from tbkit.training import workers
 
     try:
         with workers.heartbeat_while(study, trial, hb):
             value = objective(trial)
     except optuna.TrialPruned:
-        _tell(optuna, study, trial, notes, state=TrialState.PRUNED)
+        _tell(study, trial, notes, state=TrialState.PRUNED)
         return
     except KeyboardInterrupt:
-        _tell(optuna, study, trial, notes, state=TrialState.FAIL, error="interrupted (KeyboardInterrupt)")
+        _tell(study, trial, notes, state=TrialState.FAIL, error="interrupted (KeyboardInterrupt)")
         raise
     except Exception as err:  # one bad trial (NaN, OOM) must not end the study; recorded per trial
         msg = f"trial {trial.number}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         failures.append(msg)
-        _tell(optuna, study, trial, notes, state=TrialState.FAIL, error=msg)
+        _tell(study, trial, notes, state=TrialState.FAIL, error=msg)
         return
-    _tell(optuna, study, trial, notes, value=value)
+    _tell(study, trial, notes, value=value)
 
 
-def _tell(optuna, study, trial, notes: list, value=None, state=None, error: Optional[str] = None) -> None:
+def _tell(study, trial, notes: list, value=None, state=None, error: Optional[str] = None) -> None:
     """study.tell, except when other workers already failed the trial as dead (its heartbeat
     stalled although this process lived): then its retry counts, and this result is only noted."""
+    import optuna
+
     try:
         if error is not None:
             trial.set_user_attr("tbkit_error", error)
@@ -411,59 +373,3 @@ def _tell(optuna, study, trial, notes: list, value=None, state=None, error: Opti
             f"trial {trial.number} finished here after other workers had failed it for a missing heartbeat; "
             "its result was dropped (its retry stands for it)"
         )
-
-
-# ---- plots (matplotlib Figure, never pyplot or plotly) ---------------------------------------------
-def history_figure(study, synthetic: bool = False):
-    from matplotlib.figure import Figure
-    from optuna.trial import TrialState
-
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.add_subplot(1, 1, 1)
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    if done:
-        ax.plot([t.number for t in done], [t.value for t in done], "o", label="completed")
-        best, xs, ys = math.inf, [], []
-        for t in done:
-            best = min(best, t.value)
-            xs.append(t.number)
-            ys.append(best)
-        ax.step(xs, ys, where="post", label="best so far")
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    if pruned:
-        ax.plot(
-            [t.number for t in pruned],
-            [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-            "x",
-            label="pruned (last reported)",
-        )
-    ax.set_xlabel("trial")
-    ax.set_ylabel("validation loss")
-    ax.set_title("optimization history" + (" [SYNTHETIC DATA]" if synthetic else ""))
-    if done or pruned:
-        ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def importance_figure(study):
-    """(Figure or None, note): fANOVA parameter importances over the completed trials."""
-    import optuna
-    from matplotlib.figure import Figure
-
-    n_done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    if n_done < 2:
-        return None, f"no importance plot: it needs 2 or more completed trials, the study has {n_done}"
-    try:
-        imp = optuna.importance.get_param_importances(study)
-    except Exception as err:  # e.g. all completed trials share one value
-        return None, f"no importance plot: {type(err).__name__}: {err}"
-    fig = Figure(figsize=(5, 3))
-    ax = fig.add_subplot(1, 1, 1)
-    names = list(imp)[::-1]
-    ax.barh(names, [imp[n] for n in names])
-    ax.set_xlabel("importance (fANOVA)")
-    ax.set_title("hyperparameter importance")
-    fig.tight_layout()
-    return fig, ""

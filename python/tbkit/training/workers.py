@@ -23,6 +23,8 @@ every worker alike, whether a freshly asked trial still has a slot.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
 import warnings
 from dataclasses import dataclass
@@ -80,11 +82,11 @@ def heartbeat_settings(
     return Heartbeat(interval, grace, max_retry)
 
 
-def rdb_storage(optuna, url: str, hb: Optional[Heartbeat]):
+def rdb_storage(url: str, hb: Optional[Heartbeat]):
     """What ``create_study``/``load_study`` get: the URL itself, or an RDBStorage with heartbeats."""
     if hb is None:
         return url
-    import inspect
+    import optuna
 
     storages = optuna.storages
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
@@ -119,15 +121,17 @@ def slots_filled(trials, below: Optional[int] = None) -> int:
 
 
 # ---- the worker loop -------------------------------------------------------------------------
-def fail_stale(optuna, study) -> None:
+def fail_stale(study) -> None:
     """Optuna's own check: RUNNING trials silent for longer than the grace period become FAIL and
     the storage's retry callback queues them again."""
+    import optuna
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
 
-def next_trial(optuna, study, n_trials: int, hb: Optional[Heartbeat], deadline: Optional[float] = None):
+def next_trial(study, n_trials: int, hb: Optional[Heartbeat], deadline: Optional[float] = None):
     """The next trial for this worker to run, or None when the study needs no more from it.
 
     With heartbeats, a worker that finds every slot filled stays (until ``deadline``, a
@@ -138,7 +142,7 @@ def next_trial(optuna, study, n_trials: int, hb: Optional[Heartbeat], deadline: 
 
     while deadline is None or time.monotonic() < deadline:
         if hb is not None:
-            fail_stale(optuna, study)
+            fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if slots_filled(trials) >= n_trials and not waiting:
@@ -166,8 +170,6 @@ def next_trial(optuna, study, n_trials: int, hb: Optional[Heartbeat], deadline: 
 
 def heartbeat_while(study, trial, hb: Optional[Heartbeat]):
     """Optuna's heartbeat thread for ``trial`` (the one ``study.optimize`` runs), or a no-op."""
-    import contextlib
-
     if hb is None:
         return contextlib.nullcontext()
     from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses

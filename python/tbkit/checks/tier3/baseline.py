@@ -10,6 +10,11 @@ from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Option, Threshold
 from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
+from tbkit.training.config import TrainConfig
+from tbkit.training.copies import copy_loaded
+from tbkit.training.data import training_data, uniform_cross_entropy, unigram_cross_entropy
+from tbkit.training.evaluation import evaluate
+from tbkit.training.fit import fit
 
 # baseline: the reference must have a parameter count within this ratio of the model's
 PARAM_MATCH_TOL = 0.10
@@ -64,13 +69,10 @@ def check_baseline(ctx: CheckContext) -> Iterator[Row]:
 
 
 def _baseline_setup(ctx: CheckContext) -> dict:
-    from tbkit.training import data as tdata
-    from tbkit.training import trainer as training
-
     data, synthetic = data_option(ctx)
     model = ctx.model
     # the same tokens, blocks and split as tbkit.train on this data
-    td, train_data, val_data, block = training.training_data(
+    td, train_data, val_data, block = training_data(
         model,
         data,
         max_len=ctx.run_option("max_len"),
@@ -89,8 +91,8 @@ def _baseline_setup(ctx: CheckContext) -> dict:
         train=train_data,
         val=val_data,
         label=synthetic_label(td.synthetic),
-        uniform=tdata.uniform_cross_entropy(model.vocab_size),
-        unigram=tdata.unigram_cross_entropy(train_data, val_data, model.vocab_size),
+        uniform=uniform_cross_entropy(model.vocab_size),
+        unigram=unigram_cross_entropy(train_data, val_data, model.vocab_size),
         n_params=n_params,
         ref_cfg=match_reference(n_params, model.vocab_size, block),
         fresh=_fresh_builder(model.module),
@@ -101,34 +103,27 @@ def _baseline_losses(ctx: CheckContext, setup: dict) -> tuple:
     """Validation losses per seed of the model and of the reference, trained on the same budget."""
     import torch
 
-    from tbkit.training import trainer as training
-
     model, fresh, cfg = ctx.model, setup["fresh"], dict(setup["ref_cfg"])
     cfg.pop("params", None)
     model_losses, ref_losses = [], []
     for seed in setup["seeds"]:
         torch.manual_seed(seed)
         if fresh:
-            model_losses.append(_train_and_evaluate(ctx, setup, training.copy_loaded(model, module=fresh()), seed))
+            model_losses.append(_train_and_evaluate(ctx, setup, copy_loaded(model, module=fresh()), seed))
         else:  # the model itself, put back exactly after each seed: every seed starts from its weights
             with preserved(model.module):
-                own = training.copy_loaded(model, module=model.module)
+                own = copy_loaded(model, module=model.module)
                 model_losses.append(_train_and_evaluate(ctx, setup, own, seed))
         torch.manual_seed(seed)
-        reference = training.copy_loaded(model, module=ReferenceDecoder(model.vocab_size, setup["block"], **cfg))
+        reference = copy_loaded(model, module=ReferenceDecoder(model.vocab_size, setup["block"], **cfg))
         ref_losses.append(_train_and_evaluate(ctx, setup, reference, seed))
     return model_losses, ref_losses
 
 
 def _train_and_evaluate(ctx: CheckContext, setup: dict, lm, seed: int) -> float:
-    from tbkit.training import trainer as training
-
     lm.module.to(ctx.device)
     steps = setup["steps"]
-    training.fit(
-        lm,
-        setup["train"],
-        setup["val"],
+    config = TrainConfig(
         epochs=10**6,
         max_steps=steps,
         batch_size=setup["batch"],
@@ -137,9 +132,9 @@ def _train_and_evaluate(ctx: CheckContext, setup: dict, lm, seed: int) -> float:
         warmup_steps=max(1, steps // 10),
         device=ctx.device,
         seed=seed,
-        save_checkpoints=False,
     )
-    return training.evaluate(lm, setup["val"], setup["batch"], device=ctx.device)
+    fit(lm, setup["train"], setup["val"], config, save_checkpoints=False)
+    return evaluate(lm, setup["val"], setup["batch"], device=ctx.device)
 
 
 def _baseline_rows(ctx: CheckContext, setup: dict, m, r) -> Iterator[Row]:

@@ -8,6 +8,8 @@ from typing import Optional
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.spec import Option
 from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
+from tbkit.training.api import search
+from tbkit.training.copies import closures_over_own_submodules
 
 
 def _why_not_searchable(ctx: CheckContext) -> Optional[str]:
@@ -16,8 +18,6 @@ def _why_not_searchable(ctx: CheckContext) -> Optional[str]:
     why = why_not_trainable(ctx)
     if why is not None:
         return why
-    from tbkit.training.trainer import closures_over_own_submodules
-
     leaks = closures_over_own_submodules(ctx.model.module)
     if leaks:
         return (
@@ -49,10 +49,8 @@ def check_hpo(ctx: CheckContext) -> Iterator[Row]:
 
     Why: which learning rate, dropout and batch size suit the design. Thresholds: at least one trial
     must complete, else FAIL. Fix: widen the search space or the budget."""
-    from tbkit.training import search as hpo
-
     data, synthetic = data_option(ctx)
-    res = hpo.search(
+    res = search(
         ctx.model,
         data,
         synthetic=synthetic,

@@ -10,6 +10,7 @@ from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
+from tbkit.training.memorise import memorise
 
 # overfit: one fixed batch 2 x 64, Adam 1e-3, at most 300 steps, clip 1.0
 OVERFIT_BATCH, OVERFIT_LEN, OVERFIT_STEPS, OVERFIT_LR = 2, 64, 300, 1e-3
@@ -64,38 +65,21 @@ def check_overfit(ctx: CheckContext) -> Iterator[Row]:
 def _memorise(ctx: CheckContext, ids) -> tuple:
     """(losses per step, hits, total) of Adam on the fixed batch (inside ``preserved``)."""
     import torch
-    import torch.nn.functional as F
 
-    model, module = ctx.model, ctx.model.module
-    next_token = model.kind in ("decoder", "seq2seq")
-
-    def loss_and_hits():
-        out = model.forward(ids).float()
-        # encoders with an LM head: reconstruct the token at each position
-        logits, target = (out[:, :-1], ids[:, 1:]) if next_token else (out, ids)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-        hits = logits.argmax(-1) == target
-        return loss, int(hits.sum()), hits.numel()
-
+    model = ctx.model
     torch.manual_seed(ctx.seed)
-    for p in module.parameters():
-        p.grad = None
-    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=ctx.threshold("lr"))
-    losses, steps, drop = [], int(ctx.threshold("steps")), ctx.threshold("loss_drop")
     # eval mode: dropout off, so the check measures whether the model CAN fit, not the noise
-    with inputs.eval_mode(module):
-        for step in range(steps + 1):
-            loss, hits, total = loss_and_hits()
-            losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]):
-                break
-            if step == steps or (losses[-1] < (1 - drop) * losses[0] and hits == total):
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-            opt.step()
-    return losses, hits, total
+    with inputs.eval_mode(model.module):
+        done = memorise(
+            model.forward,
+            model.module,
+            ids,
+            steps=int(ctx.threshold("steps")),
+            lr=ctx.threshold("lr"),
+            loss_drop=ctx.threshold("loss_drop"),
+            next_token=model.kind in ("decoder", "seq2seq"),
+        )
+    return done.losses, done.hits, done.total
 
 
 def _overfit_rows(ctx: CheckContext, losses: list, hits: int, total: int, length: int) -> Iterator[Row]:

@@ -10,6 +10,7 @@ from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Option
 from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
+from tbkit.training.api import TrainResult, loss_curve_figure, train
 
 
 @register(
@@ -35,18 +36,16 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
     Why: the real test of a design is whether it learns on real data. Thresholds: best validation
     loss not finite FAIL, not below its value before training WARN. Fix: learning rate, data, or the
     problems the other checks name."""
-    from tbkit.training import trainer as training
-
     data, synthetic = data_option(ctx)
     ckdir = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoints" / "train"
     with preserved(ctx.model.module):
-        result = _train(ctx, training, data, synthetic, ckdir)
+        result = _train(ctx, data, synthetic, ckdir)
     yield from _train_rows(ctx, result)
-    ctx.save_figure(training.loss_curve_figure(result), "loss_curve")
+    ctx.save_figure(loss_curve_figure(result), "loss_curve")
 
 
-def _train(ctx: CheckContext, training, data, synthetic: bool, ckdir):
-    return training.train(
+def _train(ctx: CheckContext, data, synthetic: bool, ckdir) -> TrainResult:
+    return train(
         ctx.model,
         data,
         in_place=True,

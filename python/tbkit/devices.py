@@ -1,0 +1,57 @@
+"""Which torch device a run uses: one rule for the checks (``tbkit.run``) and for training.
+
+As asked (checked: a device that is not there is a UsageError naming the way out), else where the
+model already lives, else CUDA, then Apple MPS, then the CPU. torch is imported inside: ``import
+tbkit`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tbkit.errors import UsageError
+
+
+def mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def checked_device(device: Any) -> Any:
+    """``device`` (a string or torch.device) as a torch.device that this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"{device!r} is not a device ({err})", "Use cpu, cuda, cuda:1 or mps.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "device 'cuda' was asked for but this torch sees no CUDA GPU",
+            "Use --device cpu, or a runtime with a GPU (Colab: Runtime → Change runtime type).",
+        )
+    if dev.type == "mps" and not mps_available():
+        raise UsageError("device 'mps' was asked for but is not available here", "Use --device cpu.")
+    return dev
+
+
+def resolve_device(device: Any = None, module: Any = None) -> Any:
+    """The device to run on: as asked, else where ``module`` already lives, else CUDA, then Apple
+    MPS, then CPU. Asking for a device that is not there is a UsageError."""
+    import torch
+
+    if device is not None:
+        return checked_device(device)
+    if module is not None:
+        devices = {p.device for p in module.parameters()}
+        if len(devices) == 1 and next(iter(devices)).type != "cpu":
+            return next(iter(devices))
+        if len(devices) > 1:  # spread over devices (device_map): inputs go where the first layer is
+            return next(module.parameters()).device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
