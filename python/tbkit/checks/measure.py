@@ -53,6 +53,17 @@ def declared(ctx, key: str) -> Optional[tuple]:
     return None
 
 
+# The mask convention is measured on the padding check's own inputs and forwards (no extra forward
+# when the first convention holds); the padding module hands its probe over when it is imported,
+# so this module never imports a check (no import cycle).
+_MASK_PROBE: list = []
+
+
+def register_mask_probe(probe) -> None:
+    """``probe(ctx) -> list`` of what each tried encoding gave (tbkit.checks.tier1.padding)."""
+    _MASK_PROBE[:] = [probe]
+
+
 def establish(ctx):
     """The run's LoadedModel with its conventions measured or declared (``ctx.model`` is replaced
     by the caller). Bad declared values are UsageErrors; a probe that crashes never stops the run."""
@@ -68,11 +79,9 @@ def establish(ctx):
     conv.max_len = _max_len(ctx)
     stays_unbounded = unbounded and conv.max_len.value == inp.DEFAULT_MAX_LEN and "max_len" not in ctx.options
     lm.max_len = None if stays_unbounded else conv.max_len.value  # (no limit, and the default length accepted)
-    if conv.mask_name is not None:
-        from tbkit.checks.tier1.padding import measure_convention
-
+    if conv.mask_name is not None and _MASK_PROBE:
         try:
-            conv.mask_tries = measure_convention(ctx)
+            conv.mask_tries = _MASK_PROBE[0](ctx)
         except UsageError:
             raise
         except Exception as err:  # the padding check reports the model's own error

@@ -26,13 +26,14 @@ cannot break anything already loaded, and otherwise SKIPs those checks with the 
 
 def configure(parser) -> None:
     """Every option of `tbkit run`: the source and how to load it, the checks, Tier 3 training.
-    The three functions below are the one place where options are defined, group by group."""
+    The functions below are the one place where options are defined, group by group."""
     import argparse
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     _source_options(parser)
     _check_options(parser)
+    _convention_options(parser)
     _tier3_options(parser)
 
 
@@ -113,6 +114,23 @@ def _check_options(parser) -> None:
         help="set a check's threshold or option ('<check id>.<name>') or a run option (data, max_len, …) for this run; "
         "repeatable; names and types: docs/checks.md",
     )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (a bar in a terminal, else one line per finished check on stderr)",
+    )
+    parser.add_argument(
+        "--check-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="limit on one check; over it the check is an ERROR row and the run goes on "
+        "(default 1800, or $TBKIT_CHECK_TIMEOUT; 0 = none)",
+    )
+
+
+def _convention_options(parser) -> None:
+    """Declarations for what tbkit measures about the model's inputs (docs/checks_tier1.md)."""
     conventions = parser.add_argument_group(
         "conventions", "what tbkit measures about the model's inputs; declare one when it cannot be measured"
     )
@@ -134,19 +152,6 @@ def _check_options(parser) -> None:
         default=None,
         metavar="N",
         help="the longest input the model accepts, in tokens (= --option max_len=N)",
-    )
-    parser.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress (a bar in a terminal, else one line per finished check on stderr)",
-    )
-    parser.add_argument(
-        "--check-timeout",
-        metavar="SECONDS",
-        type=float,
-        default=None,
-        help="limit on one check; over it the check is an ERROR row and the run goes on "
-        "(default 1800, or $TBKIT_CHECK_TIMEOUT; 0 = none)",
     )
 
 

@@ -155,8 +155,6 @@ def call(lm, input_ids, attention_mask=None, decoder_input_ids=None, decoder_att
     further keyword inputs, passed as they are (batch-first)."""
     import torch
 
-    from tbkit.sources.loaded import unwrap_output
-
     params = lm._forward_params()
     conv = lm.conventions if lm.conventions is not None else default_conventions(params)
     lay = _seq_first if conv.seq_first else (lambda x: x)
@@ -185,3 +183,28 @@ def call(lm, input_ids, attention_mask=None, decoder_input_ids=None, decoder_att
         kwargs[lm.targets_argument] = lay(targets)
     out = unwrap_output(lm.module(lay(input_ids), **kwargs))
     return out.transpose(0, 1) if conv.seq_first and out.dim() >= 2 else out
+
+
+def unwrap_output(out):
+    """A tensor from a tensor, tuple/list (first element), dict or object with ``logits`` /
+    ``last_hidden_state`` (HF-style outputs)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state"):
+        if isinstance(out, dict) and key in out:
+            return out[key]
+        value = getattr(out, key, None) if not isinstance(out, dict) else None
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+    raise TypeError(
+        f"the model returned {type(out).__name__}, which holds no logits tensor; return a tensor, "
+        "a tuple whose first item is the logits, or an object with .logits / .last_hidden_state"
+    )

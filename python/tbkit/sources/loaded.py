@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from tbkit.errors import mask_credentials
+from tbkit.sources.conventions import call, unwrap_output  # noqa: F401 — unwrap_output: re-exported
 
 KINDS = ("decoder", "encoder", "seq2seq")
 
@@ -95,8 +96,6 @@ class LoadedModel:
         for a sequence-first model (``tbkit.sources.conventions.call``). For seq2seq,
         ``decoder_input_ids`` defaults to ``input_ids`` and T is the decoder length.
         """
-        from tbkit.sources.conventions import call
-
         return call(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)
 
     __call__ = forward
@@ -127,28 +126,3 @@ class LoadedModel:
     def _repr_pretty_(self, printer, cycle) -> None:
         """IPython shows the summary and provenance (not the dataclass dump) when a cell ends in a load."""
         printer.text("LoadedModel(...)" if cycle else "\n".join([self.summary(), *(f"note: {n}" for n in self.notes)]))
-
-
-def unwrap_output(out):
-    """A tensor from a tensor, tuple/list (first element), dict or object with ``logits`` /
-    ``last_hidden_state`` (HF-style outputs)."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("logits", "last_hidden_state"):
-        if isinstance(out, dict) and key in out:
-            return out[key]
-        value = getattr(out, key, None) if not isinstance(out, dict) else None
-        if isinstance(value, torch.Tensor):
-            return value
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if isinstance(out, dict):
-        tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
-        if len(tensors) == 1:
-            return tensors[0]
-    raise TypeError(
-        f"the model returned {type(out).__name__}, which holds no logits tensor; return a tensor, "
-        "a tuple whose first item is the logits, or an object with .logits / .last_hidden_state"
-    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
 from tbkit.checks.base import CheckContext, register
+from tbkit.checks.measure import establish, measure_mask, register_mask_probe
 from tbkit.checks.numeric import (
     describe_error,
     dtype_scale,
@@ -37,8 +38,6 @@ def check_padding(ctx: CheckContext):
     Thresholds: change relative to max(1, |output|) <= ``pass_rel`` (1e-5) PASS, <= ``warn_rel``
     (1e-3) WARN, else FAIL; NaN in real positions FAIL; no mask parameter WARN. Fix: turn the mask
     into a key padding mask in every attention layer; use a large finite negative, not -inf."""
-    from tbkit.checks.measure import establish
-
     lm = establish(ctx)  # the mask convention, measured on the inputs below (done once per run)
     name = inp.mask_argument(lm)
     if name is None:
@@ -59,8 +58,6 @@ def check_padding(ctx: CheckContext):
 def measure_convention(ctx: CheckContext) -> list:
     """Find the mask encoding under which padding leaves real positions unchanged, on the very
     inputs and no_grad forwards the check judges (cached: no extra forward when the first holds)."""
-    from tbkit.checks.measure import measure_mask
-
     if shared.probe_length(ctx) < 2:
         return []
     case = padding_case(ctx)
@@ -224,3 +221,6 @@ def _padding_left(ctx: CheckContext, case: dict):
             "or use a large finite negative instead of -inf"
         )
         yield ctx.row(WARN, metric, "NaN/Inf", "finite", why)
+
+
+register_mask_probe(measure_convention)
