@@ -126,7 +126,6 @@ def test_batches_draw_the_epoch_order_when_the_first_batch_is_taken():
 def test_tbkit_run_passes_the_multi_device_flags_to_the_tier3_options(monkeypatch):
     import argparse
 
-    import tbkit
     from tbkit.cli import run as cmd
 
     parser = argparse.ArgumentParser()
@@ -134,16 +133,13 @@ def test_tbkit_run_passes_the_multi_device_flags_to_the_tier3_options(monkeypatc
     args = parser.parse_args(["--tier", "3", "--synthetic", "--devices", "2", "--strategy", "ddp", "--num-nodes", "2"])
     seen = {}
 
-    class Stop(Exception):
-        pass
+    def fake_supervise(spec, *args, **kw):  # only the wiring is under test: nothing runs
+        seen.update(spec["options"])
+        return 0
 
-    def fake_run(source, **kw):  # only the wiring is under test: stop before anything runs
-        seen.update(kw["options"])
-        raise Stop
-
-    monkeypatch.setattr(tbkit, "run", fake_run)
-    with pytest.raises(Stop):
-        cmd.main(args)
+    monkeypatch.setattr("tbkit.cli._supervise.supervise", fake_supervise)
+    monkeypatch.setattr("tbkit.checks.report_folder.make_staging", lambda out: out)
+    assert cmd.main(args) == 0
     assert (seen["train.devices"], seen["train.strategy"], seen["train.num_nodes"]) == (2, "ddp", 2)
     defaults = parser.parse_args([])
     assert (defaults.devices, defaults.strategy, defaults.num_nodes) == (None, None, None)

@@ -304,6 +304,7 @@ def _establish(ctx: CheckContext, check_timeout):
     """The model's conventions, measured once before the checks and under the same time limit: a
     probe that the model makes hang, exit or interrupt is cut off, and the checks run on what could
     be established (they meet the model's behaviour themselves and report it as their ERROR)."""
+    builtins_kept = run_guard.snapshot_builtins()
     try:
         with run_guard.CheckLimit(check_timeout):
             return establish(ctx)
@@ -314,6 +315,8 @@ def _establish(ctx: CheckContext, check_timeout):
         if detail is None:  # the user's own Ctrl-C
             raise
         return not_measured(ctx, f"the probe was cut off ({detail})")
+    finally:
+        run_guard.restore_builtins(builtins_kept)  # a model that replaced open() must not break the report
 
 
 def _run_one(spec, ctx: CheckContext, stream, check_timeout=None, on_body=None):
