@@ -44,8 +44,8 @@ def wheelhouse() -> Path:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The full Hugging Face corpus (``@pytest.mark.corpus``, ~20 min) runs only when asked for:
-    ``-m corpus`` (CI) or TBKIT_CORPUS=1; the default run keeps its fast subset."""
+    """The full Hugging Face corpus (``@pytest.mark.corpus``, ~25 min on 2 cores) runs only when asked
+    for: ``-m corpus`` or TBKIT_CORPUS=1 (``.ci/run`` sets it); the default run keeps its fast subset."""
     if "corpus" in (config.getoption("-m") or "") or os.environ.get("TBKIT_CORPUS") == "1":
         return
     skip = pytest.mark.skip(reason="the full corpus runs with -m corpus (or TBKIT_CORPUS=1)")
