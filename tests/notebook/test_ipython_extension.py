@@ -4,6 +4,8 @@ The full notebook scenario (a real kernel, NumPy replaced underneath) is tests/n
 
 from __future__ import annotations
 
+import importlib.metadata
+import subprocess
 import sys
 
 import pytest
@@ -177,7 +179,25 @@ def test_shell_cells_and_conda_are_gated(ip, tmp_path, capsys):
     assert "it would change pytest" in capsys.readouterr().out
 
 
-def test_a_satisfied_install_in_a_shell_cell_runs_the_rest_of_the_cell(ip, tmp_path, wheelhouse, capfd):
+@pytest.fixture
+def six_installed(wheelhouse):
+    """six present in the test venv for one test, and gone again after it if it was not there before
+    (a fresh venv has no six: the test must not depend on what an earlier run left)."""
+    try:
+        importlib.metadata.version("six")
+        yield
+        return
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-index", "--find-links", str(wheelhouse), "six==1.17.0"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*pip, "uninstall", "-y", "six"], check=True)
+
+
+def test_a_satisfied_install_in_a_shell_cell_runs_the_rest_of_the_cell(ip, tmp_path, wheelhouse, six_installed, capfd):
     marker = tmp_path / "ran"
     result = ip.run_cell(
         f"%%bash\necho before > {marker}\nPIP_NO_CACHE_DIR=1 pip install --no-index --find-links {wheelhouse} six\n"
