@@ -38,6 +38,19 @@ TINY = {
 # special token ids a type's defaults put past the tiny vocabulary (Whisper's pad 50256)
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id")
 TOKEN_IDS += ("cls_token_id", "mask_token_id", "unk_token_id")
+# multi-head latent attention (DeepSeek-V2/V3 and its descendants): head sizes that agree with each other
+# and with the tiny heads (their head_dim is the rotary part, qk_rope_head_dim)
+LATENT_ATTENTION = {
+    "qk_rope_head_dim": 16,
+    "qk_nope_head_dim": 16,
+    "qk_head_dim": 32,
+    "head_dim": 16,
+    "v_head_dim": 32,
+    "kv_lora_rank": 32,
+    "q_lora_rank": 32,
+}
+# per-layer lists a type's defaults give for its full depth, cut to the tiny depth
+PER_LAYER = ("layer_types", "mlp_layer_types")
 # per-type keys that must agree with the tiny sizes
 EXTRA = {
     "reformer": {"axial_pos_embds_dim": [32, 32], "axial_pos_shape": [8, 16], "max_position_embeddings": 128},
@@ -124,6 +137,12 @@ def tiny_config(model_type: str) -> Optional[dict]:
             except Exception:
                 continue
             config[key] = value
+    if _has(default, "qk_rope_head_dim"):
+        config.update({key: value for key, value in LATENT_ATTENTION.items() if _has(default, key)})
+    for key in PER_LAYER:
+        value = getattr(default, key, None) if _has(default, key) else None
+        if isinstance(value, (list, tuple)) and len(value) > TINY["num_hidden_layers"]:
+            config[key] = list(value[: TINY["num_hidden_layers"]])
     for i, key in enumerate(TOKEN_IDS):
         value = getattr(default, key, None) if _has(default, key) else None
         if isinstance(value, int) and value >= TINY["vocab_size"]:
