@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
 from tbkit import examples
 from tbkit.errors import SourceError
@@ -31,19 +32,27 @@ from tbkit.sources import pipeline, refs, remote, time_limit
 from tbkit.sources.loaded import LoadedModel, Provenance, SourceFile
 from tbkit.sources.pipeline import content_sha256
 
+if TYPE_CHECKING:
+    from typing import ParamSpec, TypeGuard, TypeVar
+
+    from torch import nn
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+
 __all__ = ["load", "resolve", "LoadedModel", "Provenance", "SourceFile", "content_sha256"]
 
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024
 
 
-def _keeps_caller_state(func):
+def _keeps_caller_state(func: Callable[P, R]) -> Callable[P, R]:
     """Loading runs model code: whatever it does to random states, torch globals or the working
     folder is undone when the load returns (the caller's process is left as it was)."""
     import functools
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from tbkit.checks.run_guard import caller_state
 
         with caller_state():
@@ -54,17 +63,17 @@ def _keeps_caller_state(func):
 
 @_keeps_caller_state
 def load(
-    source=None,
+    source: object = None,
     *,
     revision: Optional[str] = None,
     kind: Optional[str] = None,
-    config=None,
+    config: Union[dict[str, Any], str, os.PathLike[str], None] = None,
     model_name: Optional[str] = None,
-    path=None,
+    path: refs.Paths = None,
     import_timeout: Optional[float] = None,
     import_guard: bool = True,
     expected_sha256: Optional[str] = None,
-    cache_dir=None,
+    cache_dir: Union[str, os.PathLike[str], None] = None,
     api_url: Optional[str] = None,
     token: Optional[str] = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -110,7 +119,9 @@ def load(
     return remote.load_gist(ref.text, g, opts)
 
 
-def resolve(source, *, model_name: Optional[str] = None, path=None, api_url: Optional[str] = None):
+def resolve(
+    source: object, *, model_name: Optional[str] = None, path: refs.Paths = None, api_url: Optional[str] = None
+) -> refs.Ref:
     """What ``source`` names (a ``refs.Ref``), checked without importing torch or running code:
     the CLI calls this first so that a wrong path or gist id is answered at once."""
     if source is None:
@@ -126,24 +137,25 @@ def resolve(source, *, model_name: Optional[str] = None, path=None, api_url: Opt
     return refs.resolve(source, model_name=model_name, paths=path, api_url=api_url)
 
 
-def _load_local(ref, opts) -> LoadedModel:
-    if ref.form == "module":
-        return pipeline.from_module_name(ref.module, ref.class_name, ref.paths, opts)
+def _load_local(ref: refs.Ref, opts: pipeline.Options) -> LoadedModel:
+    if ref.form == "module":  # refs._module sets the module and class names
+        return pipeline.from_module_name(cast(str, ref.module), cast(str, ref.class_name), ref.paths, opts)
+    path = cast(Path, ref.path)  # every other local form has its path (refs._local, examples.path)
     if ref.form == "hf":
-        return pipeline.from_hf_config(ref.path, opts)
+        return pipeline.from_hf_config(path, opts)
     if ref.form == "file":
-        files = {ref.path.name: sfiles.read_bounded(ref.path, "model file", sfiles.MAX_SOURCE_BYTES)}
-        cfg = ref.path.parent / "config.json"
-        if ref.path.name != "config.json" and sfiles.exists(cfg):
+        files = {path.name: sfiles.read_bounded(path, "model file", sfiles.MAX_SOURCE_BYTES)}
+        cfg = path.parent / "config.json"
+        if path.name != "config.json" and sfiles.exists(cfg):
             files["config.json"] = sfiles.read_bounded(cfg, "config file", sfiles.MAX_CONFIG_BYTES)
-        provenance = Provenance(source="file", location=str(ref.path))
-        return pipeline.from_files(files, ref.path.name, provenance, ref.path.parent, opts)
+        provenance = Provenance(source="file", location=str(path))
+        return pipeline.from_files(files, path.name, provenance, path.parent, opts)
     source = "example" if ref.form == "example" else "folder"
-    provenance = Provenance(source=source, location=ref.text if source == "example" else str(ref.path))
-    return pipeline.from_files(sfiles.read_folder(ref.path), "model.py", provenance, ref.path, opts)
+    provenance = Provenance(source=source, location=ref.text if source == "example" else str(path))
+    return pipeline.from_files(sfiles.read_folder(path), "model.py", provenance, path, opts)
 
 
-def _config_options(config) -> dict:
+def _config_options(config: object) -> dict[str, Any]:
     """``config=``: a dict (keys over the config file's) or a path (the file read, checked now)."""
     from tbkit.sources import config_files
 
@@ -153,7 +165,7 @@ def _config_options(config) -> dict:
     }
 
 
-def _is_model_object(source) -> bool:
+def _is_model_object(source: object) -> TypeGuard[Union[nn.Module, type[nn.Module]]]:
     """An nn.Module instance or class; without torch imported, nothing can be one (no import here)."""
     torch = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "nn"):
@@ -162,6 +174,6 @@ def _is_model_object(source) -> bool:
     return isinstance(source, nn.Module) or (isinstance(source, type) and issubclass(source, nn.Module))
 
 
-def _no_revision(revision, what):
+def _no_revision(revision: Optional[str], what: str) -> None:
     if revision is not None:
         raise SourceError(f"revision= applies to gists only, but the source is {what}", "Leave revision out.")

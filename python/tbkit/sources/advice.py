@@ -5,18 +5,28 @@ package to install from PyPI; a relative import in a file is answered with the m
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from tbkit.errors import SourceError
 from tbkit.sources import config_files
+
+if TYPE_CHECKING:
+    from tbkit.sources.execute import Folders
+    from tbkit.sources.import_scan import Missing
 
 _CONFIG_ANY = "give its config with --config FILE (config= in tbkit.load)"
 _PARENT_LEVELS = 6  # how far up from the model file a package folder is looked for
 
 
 def missing_import_error(
-    err: ImportError, label: str, filename: str, folders, config_file=None, also=()
+    err: ImportError,
+    label: str,
+    filename: str,
+    folders: Folders,
+    config_file: Optional[Path] = None,
+    also: Iterable[Missing] = (),
 ) -> SourceError:
     """For an ImportError raised while the code ran; ``also``: more missing imports (import_scan.Missing)
     found in the file that raised it, named in the same paragraph."""
@@ -39,7 +49,7 @@ def missing_import_error(
     )
 
 
-def missing_modules_error(missing: list, label: str, filename: str, folders) -> SourceError:
+def missing_modules_error(missing: Sequence[Missing], label: str, filename: str, folders: Folders) -> SourceError:
     """One paragraph for all missing imports (import_scan.Missing): a path problem when one of them
     exists beside the file or above it, else the packages to install, with their pip names."""
     start = _start_folder(filename)
@@ -74,8 +84,8 @@ def missing_modules_error(missing: list, label: str, filename: str, folders) -> 
     )
 
 
-def _listed(missing: list) -> str:
-    def one(m) -> str:
+def _listed(missing: Sequence[Missing]) -> str:
+    def one(m: Missing) -> str:
         extra = [f"line {m.line}"] if m.line else []
         if "." in m.name:
             extra.append(f"not in the installed {m.name.rsplit('.', 1)[0]}")
@@ -86,7 +96,7 @@ def _listed(missing: list) -> str:
     return ", ".join(one(m) for m in missing)
 
 
-def _pips(missing: list) -> str:
+def _pips(missing: Sequence[Missing]) -> str:
     """The install arguments: pip names of the missing top-level packages (a missing submodule of an
     installed package is not fixed by installing it again)."""
     return ", ".join(repr(p) for p in dict.fromkeys(m.pip for m in missing if "." not in m.name))
@@ -136,7 +146,7 @@ def _find_upwards(top: str, start: Path) -> Optional[Path]:
     return None
 
 
-def _path_problem(label: str, missing: str, top: str, found: Path, filename: str, folders) -> SourceError:
+def _path_problem(label: str, missing: str, top: str, found: Path, filename: str, folders: Folders) -> SourceError:
     what = f"{top}.py" if (found / f"{top}.py").is_file() else f"the folder {top}/"
     on_path = any(Path(f).resolve() == found for f in folders)
     cause = (

@@ -9,10 +9,15 @@ from __future__ import annotations
 import inspect
 import re
 import types
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from tbkit.errors import SourceError, shorten
 from tbkit.sources import advice, config_files, configs, exports
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from tbkit.sources.loaded import Provenance
 
 # Config keys that describe the export rather than constructor arguments.
 META_KEYS = {
@@ -47,15 +52,16 @@ _NODE_ALIASES = {
 }
 
 
-def _node_type(node: dict) -> str:
+def _node_type(node: dict[str, Any]) -> str:
     for key in ("type", "nodeType", "node_type", "kind"):
-        if isinstance(node.get(key), str):
-            return node[key].lower()
+        value = node.get(key)
+        if isinstance(value, str):
+            return value.lower()
     ident = str(node.get("id", ""))
     return re.sub(r"_\d+.*$", "", ident).lower()
 
 
-def flatten_config(config: dict, notes: list) -> dict:
+def flatten_config(config: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """Flat view of a config: top-level keys, plus sizes derived from a ``nodes`` list.
 
     Explicit top-level keys win over derived ones (a disagreement is noted)."""
@@ -68,7 +74,7 @@ def flatten_config(config: dict, notes: list) -> dict:
             "the config has a 'nodes' entry that is not a list of objects",
             'Each node must look like {"id": "mhsa_0", "type": "mhsa", "params": {...}}; export the model again.',
         )
-    derived: dict = {}
+    derived: dict[str, int] = {}
     attention_nodes = 0
     for node in nodes:
         ntype = _node_type(node)
@@ -101,7 +107,7 @@ def flatten_config(config: dict, notes: list) -> dict:
 
 
 # ---- picking and constructing --------------------------------------------------------------
-def defined_modules(module: types.ModuleType) -> dict:
+def defined_modules(module: types.ModuleType) -> dict[str, type[nn.Module]]:
     """nn.Module subclasses defined in this file (not imported into it)."""
     import torch.nn as nn
 
@@ -112,7 +118,9 @@ def defined_modules(module: types.ModuleType) -> dict:
     }
 
 
-def pick_builder(module: types.ModuleType, config: dict, label: str, model_name: Optional[str] = None) -> tuple:
+def pick_builder(
+    module: types.ModuleType, config: dict[str, Any], label: str, model_name: Optional[str] = None
+) -> tuple[Callable[..., Any], str, str]:
     """(callable, name, how): the name asked for (``:Class`` / model_name=, then config
     model_name), then CustomTransformer / Model / build_model(), then the single nn.Module class
     defined in the file, then the single one no other class of the file uses (the top model)."""
@@ -145,11 +153,18 @@ def pick_builder(module: types.ModuleType, config: dict, label: str, model_name:
     )
 
 
-def _named(module, wanted, asked_by: str, candidates: dict, label: str) -> tuple:
+def _named(
+    module: types.ModuleType, wanted: object, asked_by: str, candidates: dict[str, type[nn.Module]], label: str
+) -> tuple[Callable[..., Any], str, str]:
     import torch.nn as nn
 
     obj = vars(module).get(wanted) if isinstance(wanted, str) else None
-    if obj is None or not callable(obj) or (inspect.isclass(obj) and not issubclass(obj, nn.Module)):
+    if (
+        not isinstance(wanted, str)
+        or obj is None
+        or not callable(obj)
+        or (inspect.isclass(obj) and not issubclass(obj, nn.Module))
+    ):
         listed = ", ".join(sorted(candidates)) or "none"
         raise SourceError(
             f"{asked_by} {shorten(repr(wanted), 80)} names no nn.Module class or builder function in {label} "
@@ -159,9 +174,9 @@ def _named(module, wanted, asked_by: str, candidates: dict, label: str) -> tuple
     return obj, wanted, asked_by
 
 
-def _unused_by_others(candidates: dict) -> list:
+def _unused_by_others(candidates: dict[str, type[nn.Module]]) -> list[str]:
     """Candidate classes whose name appears in no other candidate's source (read from the file)."""
-    sources = {}
+    sources: dict[str, str] = {}
     for name, cls in candidates.items():
         try:
             sources[name] = inspect.getsource(cls)
@@ -174,7 +189,14 @@ def _unused_by_others(candidates: dict) -> list:
     )
 
 
-def _keyword_arguments(builder, name: str, flat: dict, notes: list, module, provenance) -> dict:
+def _keyword_arguments(
+    builder: Callable[..., Any],
+    name: str,
+    flat: dict[str, Any],
+    notes: list[str],
+    module: Optional[types.ModuleType],
+    provenance: Optional[Provenance],
+) -> dict[str, Any]:
     """The arguments for the builder: a config object when it takes one, else the config keys its
     signature names (unknown keys noted, missing required ones named)."""
     found = configs.config_class(builder, module)
@@ -208,7 +230,15 @@ def _keyword_arguments(builder, name: str, flat: dict, notes: list, module, prov
     return kwargs
 
 
-def construct(builder, name: str, flat: dict, notes: list, module=None, provenance=None, export: bool = False):
+def construct(
+    builder: Callable[..., Any],
+    name: str,
+    flat: dict[str, Any],
+    notes: list[str],
+    module: Optional[types.ModuleType] = None,
+    provenance: Optional[Provenance] = None,
+    export: bool = False,
+) -> nn.Module:
     """Call the builder (seeded) with the arguments ``_keyword_arguments`` chose; ``provenance``
     names the config file read (or where tbkit looked) in the messages; ``export``: the code is a
     Transformer Builder export (exports.py), the only case where "export it again" is advice."""
@@ -220,7 +250,7 @@ def construct(builder, name: str, flat: dict, notes: list, module=None, provenan
         with torch.random.fork_rng(devices=[]):
             # Only the CPU generator: fork_rng(devices=[]) restores just that one, and
             # torch.manual_seed would also reseed (and so disturb) the caller's CUDA generators.
-            torch.random.default_generator.manual_seed(SEED)
+            torch.default_generator.manual_seed(SEED)
             model = builder(**kwargs)
     except Exception as err:
         shown = ", ".join(f"{k}={shorten(repr(v), 60)}" for k, v in kwargs.items())

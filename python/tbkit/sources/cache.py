@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 from tbkit.errors import SourceError
 
@@ -28,6 +28,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
 _GIST_ID = re.compile(r"^[0-9a-fA-F]{1,64}$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 
+# A cached revision: (files {name: bytes}, meta dict, folder)
+Cached = tuple[dict[str, bytes], dict[str, Any], Path]
+
 
 def default_root() -> Path:
     env = os.environ.get("TBKIT_CACHE_DIR")
@@ -38,11 +41,11 @@ def default_root() -> Path:
     return base / "tbkit" / "gists"
 
 
-def resolve_root(cache_dir) -> Path:
+def resolve_root(cache_dir: Union[str, os.PathLike[str], None]) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_root()
 
 
-def check_file_name(name) -> str:
+def check_file_name(name: object) -> str:
     """Return ``name`` if it is safe as a single path component, else raise SourceError."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
         raise SourceError(
@@ -63,7 +66,7 @@ def revision_dir(root: Path, gist_id: str, revision: str) -> Path:
     return root / gist_id / revision
 
 
-def read_revision(root: Path, gist_id: str, revision: str) -> Optional[tuple]:
+def read_revision(root: Path, gist_id: str, revision: str) -> Optional[Cached]:
     """(files {name: bytes}, meta dict, folder) for a cached revision, or None if not cached."""
     folder = revision_dir(root, gist_id, revision)
     meta_path = folder / META_NAME
@@ -99,7 +102,7 @@ def newest_cached(root: Path, gist_id: str) -> Optional[str]:
     return best[1] if best else None
 
 
-def write_revision(root: Path, gist_id: str, revision: str, files: dict, meta: dict) -> Path:
+def write_revision(root: Path, gist_id: str, revision: str, files: dict[str, bytes], meta: dict[str, Any]) -> Path:
     """Write a revision atomically: everything goes into a temp folder next to the target, which
     is then renamed into place. A crash leaves at most a ``.tmp-*`` folder, never a partial
     revision. Returns the final folder."""

@@ -20,7 +20,7 @@ def as_loaded(
     kind: Optional[str] = None,
     *,
     log: Optional[Callable[[str], None]] = None,
-    load_options: Optional[dict] = None,
+    load_options: Optional[dict[str, Any]] = None,
 ) -> LoadedModel:
     """A LoadedModel from a LoadedModel, an ``nn.Module`` or any source ``tbkit.load`` takes."""
     if kind is not None and kind not in KINDS:

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 from tbkit.errors import SourceError
 from tbkit.sources import configs
 from tbkit.sources import files as sfiles
+
+if TYPE_CHECKING:
+    from tbkit.sources.loaded import Provenance
 
 NAME = "config.json"
 _FIX = "--config FILE (config='FILE' or config={...} in tbkit.load)"
@@ -29,14 +33,14 @@ _FIX = "--config FILE (config='FILE' or config={...} in tbkit.load)"
 class ConfigRead:
     """The config a load uses: the values, the file they came from (or where tbkit looked)."""
 
-    values: dict
+    values: dict[str, Any]
     file: Optional[str] = None  # how messages name the file read: a path, or "config.json of gist <id>"
     sha256: Optional[str] = None
     size: Optional[int] = None
-    looked: list = field(default_factory=list)  # where config.json was looked for, when none was read
+    looked: list[str] = field(default_factory=list)  # where config.json was looked for, when none was read
 
 
-def explicit_path(config) -> Optional[Path]:
+def explicit_path(config: object) -> Optional[Path]:
     """``config=`` as a path (str / PathLike): resolved and checked to be a regular file; else None."""
     if config is None or isinstance(config, dict):
         return None
@@ -55,10 +59,17 @@ def explicit_path(config) -> Optional[Path]:
     return path.resolve()
 
 
-def choose(explicit: Optional[Path], bundled: Optional[tuple], folders: list, overrides: Optional[dict]) -> ConfigRead:
+def choose(
+    explicit: Optional[Path],
+    bundled: Optional[tuple[Optional[bytes], str, str]],
+    folders: Sequence[Union[str, Path]],
+    overrides: Optional[dict[str, Any]],
+) -> ConfigRead:
     """The config by precedence. ``bundled``: (bytes or None, shown name, where) of the config.json
     that comes with the code (beside the file, in the gist); ``folders``: where to look next, in order."""
-    raw, shown, looked = None, None, []
+    raw: Optional[bytes] = None
+    shown: Optional[str] = None
+    looked: list[str] = []
     if explicit is not None:
         raw, shown = sfiles.read_bounded(explicit, "config file", sfiles.MAX_CONFIG_BYTES), str(explicit)
     elif bundled is not None and bundled[0] is not None:
@@ -72,14 +83,14 @@ def choose(explicit: Optional[Path], bundled: Optional[tuple], folders: list, ov
                 raw, shown = sfiles.read_bounded(candidate, "config file", sfiles.MAX_CONFIG_BYTES), str(candidate)
                 break
             looked.append(str(folder))
-    values = configs.parse(raw, shown) if raw is not None else {}
+    values = configs.parse(raw, cast(str, shown)) if raw is not None else {}  # shown is set with raw above
     read = ConfigRead({**values, **(overrides or {})}, shown, looked=[] if raw is not None else looked)
     if raw is not None:
         read.sha256, read.size = hashlib.sha256(raw).hexdigest(), len(raw)
     return read
 
 
-def package_folders(file: Path, top: Optional[Path] = None) -> list:
+def package_folders(file: Path, top: Optional[Path] = None) -> list[Path]:
     """Folders from the file's own one upwards while they are packages (hold ``__init__.py``),
     stopping at ``top`` (the top-level package folder of ``pkg.module``) when given."""
     folder = file.parent
@@ -90,35 +101,38 @@ def package_folders(file: Path, top: Optional[Path] = None) -> list:
     return out
 
 
-def record(provenance, read: ConfigRead) -> None:
+def record(provenance: Provenance, read: ConfigRead) -> None:
     """Put the file read (name, sha256) or where tbkit looked into the provenance."""
     provenance.config_file, provenance.config_sha256 = read.file, read.sha256
     provenance.config_looked = list(read.looked)
 
 
-def named(provenance) -> str:
+def named(provenance: Optional[Provenance]) -> str:
     """'the config read from X' or 'no config file (tbkit looked for config.json in …)'."""
-    if getattr(provenance, "config_file", None):
-        return f"the config read from {provenance.config_file}"
+    file = getattr(provenance, "config_file", None)
+    if file:
+        return f"the config read from {file}"
     looked = getattr(provenance, "config_looked", None) or []
     where = f" (tbkit looked for {NAME} in {_listed(looked)})" if looked else ""
     return f"no config file{where}"
 
 
-def lacks(provenance) -> str:
+def lacks(provenance: Optional[Provenance]) -> str:
     """The end of 'X() requires k, …': which config lacks it, or that none was read (and where looked)."""
-    if getattr(provenance, "config_file", None):
-        return f"which the config read from {provenance.config_file} does not provide"
+    file = getattr(provenance, "config_file", None)
+    if file:
+        return f"which the config read from {file} does not provide"
     looked = getattr(provenance, "config_looked", None) or []
     if looked:
         return f"and no config file was read (tbkit looked for {NAME} in {_listed(looked)})"
     return "which the config does not provide"
 
 
-def add_keys_hint(provenance, keys: str) -> str:
+def add_keys_hint(provenance: Optional[Provenance], keys: str) -> str:
     """How to supply ``keys``: in the file that was read, or — none read — where one would be found."""
-    if getattr(provenance, "config_file", None):
-        return f"Add {keys} to {provenance.config_file} (the config tbkit read), or give another with {_FIX}."
+    file = getattr(provenance, "config_file", None)
+    if file:
+        return f"Add {keys} to {file} (the config tbkit read), or give another with {_FIX}."
     looked = getattr(provenance, "config_looked", None) or []
     if looked:
         return f"Put a {NAME} with {keys} in {looked[0]}, or pass {_FIX}."
@@ -135,12 +149,13 @@ def where_it_goes(file: Path, explicit: Optional[Path]) -> str:
     return f"give its config with --config FILE or place it at {beside}"
 
 
-def _listed(items: list) -> str:
+def _listed(items: Sequence[object]) -> str:
     return ", ".join(map(str, items))
 
 
-def _unique(folders: list) -> list:
-    seen, out = set(), []
+def _unique(folders: Sequence[Union[str, Path]]) -> list[Union[str, Path]]:
+    seen: set[str] = set()
+    out: list[Union[str, Path]] = []
     for f in folders:
         key = str(Path(f).resolve()) if not str(f).startswith("<") else str(f)
         if key not in seen:

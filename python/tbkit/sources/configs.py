@@ -9,8 +9,9 @@ import dataclasses
 import inspect
 import json
 import re
+import types
 import typing
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from tbkit.errors import SourceError
 from tbkit.sources.files import MAX_CONFIG_BYTES
@@ -20,7 +21,7 @@ _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 
-def parse(raw: Optional[bytes], where: str) -> dict:
+def parse(raw: Optional[bytes], where: str) -> dict[str, Any]:
     """config.json bytes → dict; SourceError naming the problem (and the limit, for bounds)."""
     if raw is None:
         return {}
@@ -67,7 +68,7 @@ def _depth(text: str) -> int:
 
 
 # ---- config objects ------------------------------------------------------------------------
-def config_class(builder, module) -> Optional[tuple]:
+def config_class(builder: Callable[..., Any], module: Optional[types.ModuleType]) -> Optional[tuple[str, type]]:
     """(parameter name, class) when ``builder`` takes a config object: a parameter annotated with
     a dataclass, or a single parameter while the file defines exactly one ``*Config`` class."""
     try:
@@ -94,7 +95,7 @@ def config_class(builder, module) -> Optional[tuple]:
     return None
 
 
-def _hints(builder) -> dict:
+def _hints(builder: Callable[..., Any]) -> dict[str, Any]:
     target = builder.__init__ if inspect.isclass(builder) else builder
     try:
         return typing.get_type_hints(target)
@@ -104,12 +105,12 @@ def _hints(builder) -> dict:
         return {k: glb.get(v, v) if isinstance(v, str) else v for k, v in raw.items()}
 
 
-def build_object(cls: type, flat: dict, owner: str, source: str = "the config"):
+def build_object(cls: type, flat: dict[str, Any], owner: str, source: str = "the config") -> object:
     """An instance of the config class from the config keys: unknown keys → SourceError naming
     them (and ``source``, the config they came from), missing keys → the class defaults."""
     known = _fields(cls)
     unknown = sorted(set(flat) - known) if known is not None else []
-    if unknown:
+    if known is not None and unknown:  # unknown keys exist only when the fields are known
         raise SourceError(
             f"config keys {', '.join(unknown)} are not fields of {cls.__name__}, which {owner} takes "
             f"(its fields: {', '.join(sorted(known)) or 'none'}; the keys come from {source})",
@@ -129,7 +130,7 @@ def build_object(cls: type, flat: dict, owner: str, source: str = "the config"):
         ) from None
 
 
-def _fields(cls: type) -> Optional[set]:
+def _fields(cls: type[Any]) -> Optional[set[str]]:
     """Names the config class accepts; None when it takes anything (``**kwargs``)."""
     if dataclasses.is_dataclass(cls):
         return {f.name for f in dataclasses.fields(cls) if f.init}

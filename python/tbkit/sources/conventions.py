@@ -12,8 +12,14 @@ ids, position ids, ``use_cache=False``).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    import torch
+
+    from tbkit.sources.loaded import LoadedModel
 
 LAYOUTS = ("batch_first", "seq_first")
 
@@ -85,16 +91,16 @@ class Conventions:
     layout: Fact = field(default_factory=lambda: Fact("batch_first", "assumed: no sequence-first attention modules"))
     mask_name: Optional[str] = None
     mask: Optional[Fact] = None  # value: one of MASK_ENCODINGS
-    mask_tries: list = field(default_factory=list)  # what each other encoding gave, in words
-    inputs: list = field(default_factory=list)  # words for each input tbkit synthesises
+    mask_tries: list[str] = field(default_factory=list)  # what each other encoding gave, in words
+    inputs: list[str] = field(default_factory=list)  # words for each input tbkit synthesises
     pad: str = ""  # where the pad id comes from
 
     @property
     def seq_first(self) -> bool:
-        return self.layout.value == "seq_first"
+        return bool(self.layout.value == "seq_first")
 
 
-def default_conventions(params: dict) -> Conventions:
+def default_conventions(params: Mapping[str, inspect.Parameter]) -> Conventions:
     """What a signature alone says: the mask parameter by name and the inputs tbkit supplies."""
     conv = Conventions()
     conv.mask_name = next((n for n in MASK_ARGUMENTS if n in params), None)
@@ -109,12 +115,12 @@ def default_conventions(params: dict) -> Conventions:
     return conv
 
 
-def required(params: dict) -> list:
+def required(params: Mapping[str, inspect.Parameter]) -> list[str]:
     P = inspect.Parameter
     return [n for n, p in params.items() if p.default is P.empty and p.kind not in (P.VAR_KEYWORD, P.VAR_POSITIONAL)]
 
 
-def decoder_input_name(params: dict, seq2seq_declared: bool = False) -> Optional[str]:
+def decoder_input_name(params: Mapping[str, inspect.Parameter], seq2seq_declared: bool = False) -> Optional[str]:
     """The parameter that takes the decoder input: a known name, else (declared seq2seq) the 2nd
     positional parameter."""
     name = next((n for n in params if n in DECODER_INPUTS), None)
@@ -127,7 +133,7 @@ def decoder_input_name(params: dict, seq2seq_declared: bool = False) -> Optional
     return name
 
 
-def encode_mask(keep, encoding: str):
+def encode_mask(keep: torch.Tensor, encoding: str) -> torch.Tensor:
     """A (B, T) keep-mask (1 = real token) in ``encoding``."""
 
     keep = keep.bool()
@@ -146,19 +152,26 @@ def encode_mask(keep, encoding: str):
     raise ValueError(f"unknown mask convention {encoding!r}; use one of {', '.join(MASK_ENCODINGS)}")
 
 
-def _seq_first(x):
+def _seq_first(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if x is None else x.transpose(0, 1).contiguous()
 
 
-def call(lm, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, extra=None):
+def call(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    decoder_input_ids: Optional[torch.Tensor] = None,
+    decoder_attention_mask: Optional[torch.Tensor] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> torch.Tensor:
     """Call ``lm.module`` under its conventions and return one (B, T, V|H) tensor. ``extra``:
     further keyword inputs, passed as they are (batch-first)."""
     import torch
 
     params = lm._forward_params()
-    conv = lm.conventions if lm.conventions is not None else default_conventions(params)
-    lay = _seq_first if conv.seq_first else (lambda x: x)
-    kwargs: dict = dict(extra or {})
+    conv: Conventions = lm.conventions if lm.conventions is not None else default_conventions(params)
+    lay: Callable[[Optional[torch.Tensor]], Optional[torch.Tensor]] = _seq_first if conv.seq_first else (lambda x: x)
+    kwargs: dict[str, Any] = dict(extra or {})
     if attention_mask is not None and conv.mask_name is not None:
         kwargs[conv.mask_name] = encode_mask(attention_mask, conv.mask.value if conv.mask else "int-keep")
     targets = input_ids
@@ -185,7 +198,7 @@ def call(lm, input_ids, attention_mask=None, decoder_input_ids=None, decoder_att
     return out.transpose(0, 1) if conv.seq_first and out.dim() >= 2 else out
 
 
-def unwrap_output(out):
+def unwrap_output(out: Any) -> torch.Tensor:
     """A tensor from a tensor, tuple/list (first element), dict or object with ``logits`` /
     ``last_hidden_state`` (HF-style outputs)."""
     import torch
@@ -194,7 +207,8 @@ def unwrap_output(out):
         return out
     for key in ("logits", "last_hidden_state"):
         if isinstance(out, dict) and key in out:
-            return out[key]
+            named: torch.Tensor = out[key]  # taken unchecked, as before (HF ModelOutput is a dict of tensors)
+            return named
         value = getattr(out, key, None) if not isinstance(out, dict) else None
         if isinstance(value, torch.Tensor):
             return value

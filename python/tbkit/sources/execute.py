@@ -17,19 +17,23 @@ import contextlib
 import hashlib
 import importlib
 import linecache
+import os
 import sys
 import sysconfig
 import traceback
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from tbkit.errors import SourceError, shorten
 from tbkit.sources import advice, exports, import_guard, import_scan, time_limit
 from tbkit.sources import files as sfiles
 
 _INSTALLED = ("site-packages", "dist-packages")
+
+# The folders put on sys.path for a load (the source's own, --path ones)
+Folders = Sequence[Union[str, os.PathLike[str]]]
 
 
 def decode_source(raw: bytes, label: str) -> str:
@@ -57,7 +61,7 @@ def exec_model_code(
     filename: str,
     label: str,
     *,
-    folders=(),
+    folders: Folders = (),
     guard: bool = True,
     timeout: Optional[float] = None,
     config_file: Optional[Path] = None,
@@ -91,7 +95,9 @@ def exec_model_code(
     return module
 
 
-def import_module(dotted: str, label: str, *, folders, guard: bool, timeout: Optional[float]) -> types.ModuleType:
+def import_module(
+    dotted: str, label: str, *, folders: Folders, guard: bool, timeout: Optional[float]
+) -> types.ModuleType:
     """Import ``package.module`` from ``folders`` (guard on its own file first)."""
     with on_sys_path(folders):
         _drop_foreign(folders)
@@ -105,7 +111,7 @@ def import_module(dotted: str, label: str, *, folders, guard: bool, timeout: Opt
             return importlib.import_module(dotted)
 
 
-def refuse_missing_imports(text: str, label: str, filename: str, folders) -> None:
+def refuse_missing_imports(text: str, label: str, filename: str, folders: Folders) -> None:
     """Before anything runs: every import the code needs that cannot be found, named at once."""
     with on_sys_path(folders):
         missing = import_scan.missing(text)
@@ -113,7 +119,7 @@ def refuse_missing_imports(text: str, label: str, filename: str, folders) -> Non
         raise advice.missing_modules_error(missing, label, filename, folders)
 
 
-def origin(dotted: str, folders) -> Optional[Path]:
+def origin(dotted: str, folders: Folders) -> Optional[Path]:
     """The file of ``dotted`` found under ``folders`` without importing anything."""
     parts = dotted.split(".")
     for folder in folders:
@@ -126,7 +132,7 @@ def origin(dotted: str, folders) -> Optional[Path]:
 
 @contextlib.contextmanager
 def _running(
-    label: str, filename: str, folders, timeout: Optional[float], config_file: Optional[Path] = None
+    label: str, filename: str, folders: Folders, timeout: Optional[float], config_file: Optional[Path] = None
 ) -> Iterator[None]:
     """The common frame: sys.path, the time limit, and errors turned into one paragraph."""
     try:
@@ -146,7 +152,7 @@ def _running(
         raise _raised(err, label, filename) from None
 
 
-def _also_missing(err: ModuleNotFoundError, folders) -> list:
+def _also_missing(err: ModuleNotFoundError, folders: Folders) -> list[import_scan.Missing]:
     """The other missing imports of the user file whose import raised ``err`` (a module the model
     file imports, e.g. ``from .layers import …``), so that all of them are named at once."""
     frames = [f.filename for f in traceback.extract_tb(err.__traceback__)]
@@ -170,7 +176,7 @@ def _raised(err: BaseException, label: str, filename: str) -> SourceError:
 
 
 @contextlib.contextmanager
-def on_sys_path(folders) -> Iterator[None]:
+def on_sys_path(folders: Iterable[Union[str, os.PathLike[str]]]) -> Iterator[None]:
     added = [str(f) for f in folders if str(f) not in sys.path]
     sys.path[:0] = added
     try:
@@ -181,10 +187,10 @@ def on_sys_path(folders) -> Iterator[None]:
                 sys.path.remove(entry)
 
 
-def _drop_foreign(folders) -> None:
+def _drop_foreign(folders: Folders) -> None:
     """Forget modules named like something in ``folders`` that were loaded from another user
     folder (not from an installed package), so this load imports its own files."""
-    names = set()
+    names: set[str] = set()
     for folder in map(Path, folders):
         with contextlib.suppress(OSError):
             names |= {p.stem if p.suffix == ".py" else p.name for p in folder.iterdir()}

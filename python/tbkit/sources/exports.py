@@ -10,7 +10,7 @@ a ``config.json`` with a ``nodes`` list or an ``exporter`` key, or model code de
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Any, Optional
 
 _CLASS = re.compile(r"^class\s+CustomTransformer\s*\(", re.MULTILINE)
 _NODE_ATTR = re.compile(
@@ -18,12 +18,12 @@ _NODE_ATTR = re.compile(
 )
 
 
-def recognise(code: Optional[str], config: Optional[dict] = None) -> bool:
+def recognise(code: Optional[str], config: Optional[dict[str, Any]] = None) -> bool:
     """True when the code or the config carries the exporter's marks."""
     config = config or {}
     if isinstance(config.get("nodes"), list) or "exporter" in config:
         return True
-    return bool(code) and bool(_CLASS.search(code)) and bool(_NODE_ATTR.search(code))
+    return bool(code and _CLASS.search(code) and _NODE_ATTR.search(code))
 
 
 def again(export: bool) -> str:

@@ -76,7 +76,7 @@ def read_bounded(path: Path, role: str, limit: int) -> bytes:
     return data
 
 
-def read_folder(folder: Path) -> dict:
+def read_folder(folder: Path) -> dict[str, bytes]:
     """{'model.py': bytes[, 'config.json': bytes]} of a model folder (config.json optional)."""
     model = folder / "model.py"
     files = {"model.py": read_bounded(model, "model file", MAX_SOURCE_BYTES)}

@@ -21,11 +21,13 @@ import json
 import re
 import socket
 import time
+import typing
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Callable, Optional
+from email.message import Message
+from typing import Any, Callable, Optional
 
 from tbkit.errors import SourceError
 from tbkit.sources.cache import check_file_name
@@ -41,7 +43,15 @@ class _DropAuthOnCrossHostRedirect(urllib.request.HTTPRedirectHandler):
     """urllib copies every header, Authorization included, onto a redirect; to another host
     the token must not follow."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: typing.IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> Optional[urllib.request.Request]:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
             new.remove_header("Authorization")
@@ -58,7 +68,7 @@ class GistSnapshot:
     gist_id: str
     revision: str
     owner: Optional[str]
-    files: dict  # name -> bytes
+    files: dict[str, bytes]  # name -> bytes
     fetched_at: str  # ISO 8601 UTC
 
 
@@ -71,7 +81,7 @@ def looks_like_gist(text: str) -> bool:
     )
 
 
-def parse_ref(text: str, api_url: Optional[str] = None) -> tuple:
+def parse_ref(text: str, api_url: Optional[str] = None) -> tuple[str, Optional[str]]:
     """(gist_id, revision or None) from an id, ``id@sha`` or URL; SourceError if malformed."""
     t = text.strip()
     m = _BARE.match(t)
@@ -118,11 +128,11 @@ def parse_ref(text: str, api_url: Optional[str] = None) -> tuple:
     return gist_id.lower(), (_check_sha(sha, text) if sha else None)
 
 
-def check_revision(revision) -> Optional[str]:
+def check_revision(revision: Optional[str]) -> Optional[str]:
     return None if revision is None else _check_sha(revision, revision)
 
 
-def _check_sha(sha, text) -> str:
+def _check_sha(sha: object, text: str) -> str:
     if not isinstance(sha, str) or not re.fullmatch(_SHA, sha):
         raise SourceError(
             f"{_short(str(sha))} (from {_short(str(text))}) is not a gist revision; a revision is the full "
@@ -206,7 +216,7 @@ class GistClient:
         return GistSnapshot(gist_id, resolved, owner, files, now)
 
     # ---- files -------------------------------------------------------------------------------
-    def _file_bytes(self, gist_id: str, name: str, entry: dict) -> bytes:
+    def _file_bytes(self, gist_id: str, name: str, entry: dict[str, Any]) -> bytes:
         size = entry.get("size")
         if isinstance(size, int) and size > self.max_file_bytes:
             raise self._too_big(gist_id, name, size)
@@ -228,7 +238,7 @@ class GistClient:
             raise self._too_big(gist_id, name, len(data))
         return data
 
-    def _too_big(self, gist_id, name, size) -> SourceError:
+    def _too_big(self, gist_id: str, name: str, size: int) -> SourceError:
         return self._error(
             f"file {name} of gist {gist_id} is {size} bytes, over the per-file limit of {self.max_file_bytes} bytes",
             "A model export is a few kilobytes; check you have the right gist, or raise max_file_bytes=... if you trust it.",
@@ -245,7 +255,7 @@ class GistClient:
         if auth and self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         rate_wait = {"used": False}
-        failures: list = []
+        failures: list[str] = []
         attempt = 0
         while True:
             try:
@@ -275,10 +285,10 @@ class GistClient:
             self._sleep(min(self.backoff * (2**attempt), 8.0))
             attempt += 1
 
-    def _once(self, url: str, headers: dict, what: str, limit: int) -> bytes:
+    def _once(self, url: str, headers: dict[str, str], what: str, limit: int) -> bytes:
         req = urllib.request.Request(url, headers=headers, method="GET")
         with self._opener.open(req, timeout=self.timeout) as resp:
-            body = resp.read(limit + 1)
+            body: bytes = resp.read(limit + 1)  # an http.client.HTTPResponse
         if len(body) > limit:
             raise self._error(
                 f"{what} is larger than the limit of {limit} bytes",
@@ -294,7 +304,9 @@ class GistClient:
             return f"connection failed: {reason}"
         return f"connection failed: {type(err).__name__}"
 
-    def _http_failure(self, err: urllib.error.HTTPError, url: str, what: str, rate_wait: dict) -> Optional[str]:
+    def _http_failure(
+        self, err: urllib.error.HTTPError, url: str, what: str, rate_wait: dict[str, bool]
+    ) -> Optional[str]:
         """A retryable failure's description (5xx), None after waiting out a short rate limit once;
         raises SourceError for final answers (404, 401, 403, rate limits, other statuses)."""
         status, hdrs = err.code, err.headers
@@ -331,7 +343,7 @@ class GistClient:
             "Check api_url / TBKIT_GITHUB_API and try again.",
         ) from None
 
-    def _rate_limit_error(self, status: int, hdrs, what: str) -> SourceError:
+    def _rate_limit_error(self, status: int, hdrs: Message, what: str) -> SourceError:
         reset = _reset_time(hdrs)
         when = "at an unknown time (the response carried no reset header)"
         if reset is not None:
@@ -359,20 +371,20 @@ class GistClient:
         return SourceError(self._redact(cause), self._redact(fix))
 
 
-def _latest_version(data: dict) -> Optional[str]:
+def _latest_version(data: dict[str, Any]) -> Optional[str]:
     history = data.get("history")
     if isinstance(history, list) and history and isinstance(history[0], dict):
         return history[0].get("version")
     return None
 
 
-def _is_rate_limited(status: int, hdrs) -> bool:
+def _is_rate_limited(status: int, hdrs: Message) -> bool:
     if status == 429:
         return True
     return hdrs.get("x-ratelimit-remaining") == "0" or hdrs.get("retry-after") is not None
 
 
-def _retry_after_seconds(hdrs) -> Optional[float]:
+def _retry_after_seconds(hdrs: Message) -> Optional[float]:
     value = hdrs.get("retry-after")
     if value is None:
         return None
@@ -386,7 +398,7 @@ def _retry_after_seconds(hdrs) -> Optional[float]:
         return None
 
 
-def _reset_time(hdrs) -> Optional[_dt.datetime]:
+def _reset_time(hdrs: Message) -> Optional[_dt.datetime]:
     wait = _retry_after_seconds(hdrs)
     if wait is not None:
         return (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=wait)).replace(microsecond=0)

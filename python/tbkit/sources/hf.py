@@ -4,9 +4,13 @@ architecture's head."""
 
 from __future__ import annotations
 
-from typing import Optional
+import types
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit.errors import SourceError, shorten
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # (head name suffixes, Auto class, kind) — the first match wins
 _HEADS = (
@@ -21,11 +25,11 @@ _MAPPINGS = (
 )
 
 
-def is_hf_config(config: dict) -> bool:
+def is_hf_config(config: dict[str, Any]) -> bool:
     return isinstance(config.get("model_type"), str)
 
 
-def _transformers(where: str):
+def _transformers(where: str) -> types.ModuleType:
     try:
         import transformers
     except ImportError:
@@ -37,7 +41,9 @@ def _transformers(where: str):
     return transformers
 
 
-def build(config: dict, where: str, class_name: Optional[str], notes: list) -> tuple:
+def build(
+    config: dict[str, Any], where: str, class_name: Optional[str], notes: list[str]
+) -> tuple[nn.Module, Optional[str], Optional[str]]:
     """(model, kind, kind reason) from a Hugging Face config dict; seeded random init. The kind is
     None (to be inferred) for an architecture without a recognised head."""
     import torch
@@ -55,7 +61,7 @@ def build(config: dict, where: str, class_name: Optional[str], notes: list) -> t
         ) from None
     auto, kind, arch = _choose(transformers, config, class_name, where)
     with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(0)
+        torch.default_generator.manual_seed(0)
         try:
             model = _instantiate(auto, hf_config)
         except Exception as err:
@@ -68,14 +74,16 @@ def build(config: dict, where: str, class_name: Optional[str], notes: list) -> t
     return model, kind, (f"from the Hugging Face architecture {arch}" if kind else None)
 
 
-def _instantiate(cls, hf_config):
+def _instantiate(cls: type, hf_config: Any) -> Any:  # a transformers model class and config
     for method in ("from_config", "_from_config"):  # Auto classes / concrete model classes
         if hasattr(cls, method):
             return getattr(cls, method)(hf_config)
     return cls(hf_config)
 
 
-def _choose(transformers, config: dict, class_name: Optional[str], where: str) -> tuple:
+def _choose(
+    transformers: types.ModuleType, config: dict[str, Any], class_name: Optional[str], where: str
+) -> tuple[type, Optional[str], str]:
     """(class or Auto class, kind, architecture name)."""
     archs = config.get("architectures")
     wanted = class_name or (archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None)

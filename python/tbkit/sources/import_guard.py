@@ -37,7 +37,7 @@ def check(text: str, label: str) -> None:
             )
 
 
-def _top_level(body: list) -> Iterator[ast.stmt]:
+def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
     """Statements that run at import, descending into if/try/with blocks but not into functions,
     classes or a ``__main__`` guard."""
     for node in body:

@@ -54,21 +54,21 @@ _PATH_CHANGES = ("sys.path", "sys.modules", "sys.meta_path", "addsitedir", "__pa
 class Missing:
     module: str  # as written in the import (``a.b``)
     name: str  # what is missing: the top-level package, or the submodule
-    line: int
+    line: Optional[int]  # None: raised while the code ran (advice.missing_import_error), not read from a line
 
     @property
     def pip(self) -> str:
         return PIP_NAMES.get(self.name, self.name)
 
 
-def missing(text: str) -> list:
+def missing(text: str) -> list[Missing]:
     """The imports of ``text`` that cannot be found (call with the load's folders on sys.path);
     one entry per missing name, in file order. Unparsable text gives none (compile() reports it)."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
         return []
-    out: dict = {}
+    out: dict[str, Missing] = {}
     for module, line in _imports(tree.body):
         name = _missing_part(module)
         if name is not None and name not in out:
@@ -76,7 +76,7 @@ def missing(text: str) -> list:
     return list(out.values())
 
 
-def _imports(body: list) -> Iterator[tuple]:
+def _imports(body: list[ast.stmt]) -> Iterator[tuple[str, int]]:
     """(dotted module, line) of the imports that always run at import time, in order; stops at a
     statement that might change what can be imported."""
     for node in body:

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from tbkit.errors import SourceError
 from tbkit.sources.conventions import SYNTHESISED, decoder_input_name
 from tbkit.sources.loaded import KINDS, LoadedModel, Provenance
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
+
+Params = Mapping[str, inspect.Parameter]  # a forward's parameters, by name
 
 _POSITION_NAME = re.compile(r"(^|[._])(pe|wpe|pos\w*|position\w*)$", re.IGNORECASE)
 _INTERMEDIATE = re.compile(r"_(output|out|outputs|hidden|hidden_states|residual)$")
@@ -31,13 +39,13 @@ _DECLARED_LIMITS = (
 
 
 # ---- vocabulary ----------------------------------------------------------------------------
-def embeddings(model) -> list:
+def embeddings(model: nn.Module) -> list[tuple[str, nn.Embedding]]:
     import torch.nn as nn
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
 
 
-def guess_input_embedding(model) -> Optional[tuple]:
+def guess_input_embedding(model: nn.Module) -> Optional[tuple[str, nn.Embedding]]:
     """The first nn.Embedding not named like a position table."""
     for name, emb in embeddings(model):
         if not _POSITION_NAME.search(name):
@@ -46,13 +54,15 @@ def guess_input_embedding(model) -> Optional[tuple]:
 
 
 # ---- maximum length ------------------------------------------------------------------------
-def find_max_len(model, flat: dict, token_embedding: Optional[str], notes: list) -> tuple:
+def find_max_len(
+    model: nn.Module, flat: dict[str, Any], token_embedding: Optional[str], notes: list[str]
+) -> tuple[Optional[int], str]:
     """(max_len or None, how). Position table > declared attribute > config."""
-    d_model = None
+    d_model: Optional[int] = None
     for name, emb in embeddings(model):
         if name == token_embedding:
             d_model = emb.embedding_dim
-    found = None
+    found: Optional[tuple[int, str]] = None
     for name, emb in embeddings(model):
         if name != token_embedding and _POSITION_NAME.search(name):
             # Some tables reserve leading rows (HF BART's learned positions keep `offset = 2`):
@@ -96,14 +106,14 @@ def find_max_len(model, flat: dict, token_embedding: Optional[str], notes: list)
 
 
 # ---- forward contract ----------------------------------------------------------------------
-def forward_params(model) -> dict:
+def forward_params(model: nn.Module) -> dict[str, inspect.Parameter]:
     try:
         return dict(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
         return {}
 
 
-def check_forward_signature(model, params: dict, seq2seq_declared: bool = False) -> bool:
+def check_forward_signature(model: nn.Module, params: Params, seq2seq_declared: bool = False) -> bool:
     """Raise for a forward tbkit cannot call; return True if it takes a decoder input (seq2seq).
     Required inputs tbkit synthesises (segment ids, position ids) are no obstacle."""
     P = inspect.Parameter
@@ -139,7 +149,7 @@ def check_forward_signature(model, params: dict, seq2seq_declared: bool = False)
     return decoder_input is not None
 
 
-def _is_library_class(cls) -> bool:
+def _is_library_class(cls: type) -> bool:
     """Classes from installed libraries (torch, transformers, anything in site-packages): their
     source mentions causal masks for options the model may not use, so it is no evidence."""
     import sys
@@ -150,13 +160,14 @@ def _is_library_class(cls) -> bool:
     return "site-packages" in filename or "dist-packages" in filename
 
 
-def _hugging_face_kind(model) -> Optional[tuple]:
+def _hugging_face_kind(model: nn.Module) -> Optional[tuple[str, str]]:
     """A transformers model says whether it generates text; trust that over its source code."""
     is_transformers_model = any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
-    if not is_transformers_model or not callable(getattr(model, "can_generate", None)):
+    can_generate = getattr(model, "can_generate", None)
+    if not is_transformers_model or not callable(can_generate):
         return None
     try:
-        generates = bool(model.can_generate())
+        generates = bool(can_generate())
     except Exception:
         return None
     if generates:
@@ -164,9 +175,9 @@ def _hugging_face_kind(model) -> Optional[tuple]:
     return "encoder", f"inferred: {type(model).__name__} is a Hugging Face model that does not generate text"
 
 
-def _causal_evidence(model) -> Optional[str]:
+def _causal_evidence(model: nn.Module) -> Optional[str]:
     """Why the code looks causal, from the source of the model's own classes (if readable)."""
-    seen = set()
+    seen: set[type] = set()
     for mod in model.modules():
         cls = type(mod)
         if cls in seen or _is_library_class(cls):
@@ -182,7 +193,7 @@ def _causal_evidence(model) -> Optional[str]:
     return None
 
 
-def _has_encoder_and_decoder(model) -> bool:
+def _has_encoder_and_decoder(model: nn.Module) -> bool:
     import torch.nn as nn
 
     kinds = {type(m) for m in model.modules()}
@@ -194,11 +205,11 @@ _TARGET_NAMES = ("targets", "labels")
 
 
 def inspect_and_wrap(
-    model,
-    config: dict,
-    flat: dict,
+    model: nn.Module,
+    config: dict[str, Any],
+    flat: dict[str, Any],
     provenance: Provenance,
-    notes: list,
+    notes: list[str],
     kind: Optional[str] = None,
     kind_reason: Optional[str] = None,
 ) -> LoadedModel:
@@ -249,7 +260,9 @@ def inspect_and_wrap(
     )
 
 
-def _declared_kind(kind, kind_reason, config: dict) -> tuple:
+def _declared_kind(
+    kind: Optional[str], kind_reason: Optional[str], config: dict[str, Any]
+) -> tuple[Optional[str], str]:
     declared = kind if kind is not None else config.get("kind")
     if declared is not None and declared not in KINDS:
         where = "kind=" if kind is not None else "the config's 'kind'"
@@ -261,7 +274,7 @@ def _declared_kind(kind, kind_reason, config: dict) -> tuple:
     return declared, "from config 'kind'"
 
 
-def _seq2seq(model, declared, takes_decoder_input: bool, params: dict) -> bool:
+def _seq2seq(model: nn.Module, declared: Optional[str], takes_decoder_input: bool, params: Params) -> bool:
     if (
         declared == "seq2seq"
         and not takes_decoder_input
@@ -274,7 +287,9 @@ def _seq2seq(model, declared, takes_decoder_input: bool, params: dict) -> bool:
     return declared == "seq2seq" or (declared is None and takes_decoder_input)
 
 
-def _probe_vocab(model, guess, config_vocab, provenance) -> int:
+def _probe_vocab(
+    model: nn.Module, guess: Optional[tuple[str, nn.Embedding]], config_vocab: Optional[int], provenance: Provenance
+) -> int:
     from tbkit.sources.config_files import add_keys_hint
 
     probe_vocab = guess[1].num_embeddings if guess else config_vocab
@@ -287,7 +302,13 @@ def _probe_vocab(model, guess, config_vocab, provenance) -> int:
     return probe_vocab
 
 
-def _input_vocab(model, fed: set, guess, config_vocab, notes: list) -> tuple:
+def _input_vocab(
+    model: nn.Module,
+    fed: set[str],
+    guess: Optional[tuple[str, nn.Embedding]],
+    config_vocab: Optional[int],
+    notes: list[str],
+) -> tuple[Optional[str], int]:
     """(input embedding name, vocabulary size): the embedding that actually received the ids wins
     over name guessing; the config is only compared against it."""
     # seq2seq: both sides were fed the ids; the smaller table bounds them (FSMT: src/tgt vocabularies)
@@ -297,7 +318,8 @@ def _input_vocab(model, fed: set, guess, config_vocab, notes: list) -> tuple:
     token_name, token_emb = (hit, dict(embeddings(model))[hit]) if hit else (guess if guess else (None, None))
     if token_emb is None:
         notes.append(f"no input nn.Embedding found; vocabulary size {config_vocab} taken from the config")
-        return None, config_vocab
+        # set: with no embedding, _probe_vocab took the config's vocab_size (and raised without one)
+        return None, cast(int, config_vocab)
     vocab = token_emb.num_embeddings
     if config_vocab is not None and config_vocab != vocab:
         notes.append(
@@ -307,7 +329,7 @@ def _input_vocab(model, fed: set, guess, config_vocab, notes: list) -> tuple:
     return token_name, vocab
 
 
-def _adapted_forward(probe: LoadedModel, params: dict, notes: list) -> tuple:
+def _adapted_forward(probe: LoadedModel, params: Params, notes: list[str]) -> tuple[torch.Tensor, set[str]]:
     """The tiny forward, adapting to a forward that returns the last position only unless it is
     given targets (nanoGPT's ``forward(idx, targets=None)``): then targets are always passed."""
     import torch
@@ -328,7 +350,7 @@ def _adapted_forward(probe: LoadedModel, params: dict, notes: list) -> tuple:
     return out, fed
 
 
-def _check_output_shape(model, out, target) -> None:
+def _check_output_shape(model: nn.Module, out: torch.Tensor, target: Optional[str]) -> None:
     if out.dim() == 3 and tuple(out.shape[:2]) == (1, 2):
         return
     cls = type(model).__name__
@@ -345,7 +367,7 @@ def _check_output_shape(model, out, target) -> None:
     )
 
 
-def _infer_kind(model, params: dict, seq2seq: bool, width: int, vocab: int) -> tuple:
+def _infer_kind(model: nn.Module, params: Params, seq2seq: bool, width: int, vocab: int) -> tuple[str, str]:
     """(kind, "inferred: <why>") for a model whose kind was not declared. A decoder with a broken
     mask must still come out as a decoder (so the causal check can fail it): evidence of intent
     (mask-building code, an LM head) counts, not measured behaviour."""
@@ -369,16 +391,16 @@ def _infer_kind(model, params: dict, seq2seq: bool, width: int, vocab: int) -> t
     return "encoder", reason
 
 
-def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
+def _tiny_forward(loaded: LoadedModel, ids: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
     """Run forward(B=1, T=2) in eval/no_grad; return (output, names of embeddings fed the ids)."""
     import torch
 
     model = loaded.module
-    fed = set()
-    hooks = []
+    fed: set[str] = set()
+    hooks: list[RemovableHandle] = []
     for name, emb in embeddings(model):
 
-        def hook(mod, args, _name=name):
+        def hook(mod: nn.Module, args: tuple[Any, ...], _name: str = name) -> None:
             if args and isinstance(args[0], torch.Tensor) and args[0].shape == ids.shape and torch.equal(args[0], ids):
                 fed.add(_name)
 
@@ -413,7 +435,7 @@ def _tiny_forward(loaded: LoadedModel, ids) -> tuple:
     return out, fed
 
 
-def _setup_advice(model, err: BaseException) -> str:
+def _setup_advice(model: nn.Module, err: BaseException) -> str:
     """Advice for a model that needs setting up before its first call (``setup_caches`` and the
     like): tbkit builds it with the file's ``build_model()`` function, which can do that."""
     setup = next((n for n in ("setup_caches", "setup_cache", "init_caches") if callable(getattr(model, n, None))), None)
@@ -427,7 +449,7 @@ def _setup_advice(model, err: BaseException) -> str:
     )
 
 
-def _line_in_model_code(err: BaseException, model) -> str:
+def _line_in_model_code(err: BaseException, model: nn.Module) -> str:
     """' (model.py line N)' for the deepest frame in the model's own file, if there is one."""
     import sys
     import traceback

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit.errors import mask_credentials
 from tbkit.sources.conventions import call, unwrap_output  # noqa: F401 — unwrap_output: re-exported
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("decoder", "encoder", "seq2seq")
 
@@ -31,13 +34,13 @@ class Provenance:
     revision: Optional[str] = None  # always set for gists: the resolved, pinned revision
     fetched_at: Optional[str] = None  # ISO 8601 UTC
     from_cache: bool = False
-    files: list = field(default_factory=list)  # SourceFile entries
+    files: list[SourceFile] = field(default_factory=list)
     content_sha256: Optional[str] = None  # over all files, sorted by name (name, NUL, bytes, NUL)
     config_file: Optional[str] = None  # the config file read (sources/config_files.py), if any
     config_sha256: Optional[str] = None
-    config_looked: list = field(default_factory=list)  # where config.json was looked for, when none was read
+    config_looked: list[str] = field(default_factory=list)  # where config.json was looked for, when none was read
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         out = asdict(self)
@@ -71,13 +74,13 @@ class LoadedModel:
     """
 
     module: Any  # torch.nn.Module
-    config: dict
+    config: dict[str, Any]
     kind: str  # one of KINDS
     kind_reason: str  # "declared", "from config 'kind'", or "inferred: <why>"
     vocab_size: int
     max_len: Optional[int]
     provenance: Provenance
-    notes: list = field(default_factory=list)  # human-readable findings made while loading
+    notes: list[str] = field(default_factory=list)  # human-readable findings made while loading
     pad_token_id: int = 0
     # set when forward returns every position only when given targets (nanoGPT style): the name of
     # that parameter; forward() then passes the input ids (the decoder ids for seq2seq) as targets
@@ -88,7 +91,13 @@ class LoadedModel:
     conventions: Any = None
 
     # ---- the forward contract -------------------------------------------------------------
-    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        decoder_input_ids: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Call the model and return one tensor: (B, T, V) logits or (B, T, H) hidden states.
 
         ``attention_mask`` is 1 for real tokens, 0 for padding (the HF convention); it is handed
@@ -110,8 +119,8 @@ class LoadedModel:
     def accepts_attention_mask(self) -> bool:
         return "attention_mask" in self._forward_params()
 
-    def _forward_params(self) -> dict:
-        cached = self.__dict__.get("_params_cache")
+    def _forward_params(self) -> dict[str, inspect.Parameter]:
+        cached: Optional[dict[str, inspect.Parameter]] = self.__dict__.get("_params_cache")
         if cached is None:
             cached = dict(inspect.signature(self.module.forward).parameters)
             self.__dict__["_params_cache"] = cached
@@ -123,6 +132,6 @@ class LoadedModel:
             f"max length {self.max_len if self.max_len is not None else 'unbounded'}\n{self.provenance}"
         )
 
-    def _repr_pretty_(self, printer, cycle) -> None:
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # printer: IPython's PrettyPrinter
         """IPython shows the summary and provenance (not the dataclass dump) when a cell ends in a load."""
         printer.text("LoadedModel(...)" if cycle else "\n".join([self.summary(), *(f"note: {n}" for n in self.notes)]))

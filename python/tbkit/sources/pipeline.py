@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from tbkit.errors import SourceError
 from tbkit.sources import build, config_files, configs, execute, exports, hf, inspect_model
 from tbkit.sources import files as sfiles
 from tbkit.sources.loaded import LoadedModel, Provenance, SourceFile
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -22,18 +27,18 @@ class Options:
     """What every pipeline needs from ``tbkit.load``'s arguments."""
 
     kind: Optional[str] = None
-    config_arg: Optional[dict] = None  # config={...}: keys over the config file's
+    config_arg: Optional[dict[str, Any]] = None  # config={...}: keys over the config file's
     config_file: Optional[Path] = None  # --config FILE / config="FILE": read instead of any config.json
     expected_sha256: Optional[str] = None
     log: Optional[Callable[[str], None]] = None
     model_name: Optional[str] = None
-    paths: list = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
     import_timeout: Optional[float] = None
     import_guard: bool = True
     export: bool = False  # set while loading: the code is a Transformer Builder export (exports.py)
 
 
-def content_sha256(files: dict) -> str:
+def content_sha256(files: Mapping[str, bytes]) -> str:
     """sha256 over all files sorted by name: name, NUL, bytes, NUL for each (see Provenance)."""
     h = hashlib.sha256()
     for name in sorted(files):
@@ -41,7 +46,7 @@ def content_sha256(files: dict) -> str:
     return h.hexdigest()
 
 
-def _pin(files: dict, provenance: Provenance, where: str, opts: Options) -> None:
+def _pin(files: dict[str, bytes], provenance: Provenance, where: str, opts: Options) -> None:
     """Record the content in the provenance and refuse it, before any code runs, if pinned otherwise."""
     provenance.files = [SourceFile(n, len(b), hashlib.sha256(b).hexdigest()) for n, b in sorted(files.items())]
     provenance.content_sha256 = content_sha256(files)
@@ -53,11 +58,12 @@ def _pin(files: dict, provenance: Provenance, where: str, opts: Options) -> None
         )
 
 
-def _config(files: dict, main: str, where: str, provenance: Provenance, base: Optional[Path], opts: Options) -> dict:
+def _config(
+    files: dict[str, bytes], main: str, where: str, provenance: Provenance, base: Optional[Path], opts: Options
+) -> dict[str, Any]:
     """The config by config_files' precedence: --config, the config.json that came with the code,
     one in a package folder above it, one in a --path folder (recorded in the provenance)."""
-    local = base is not None and provenance.source != "gist"
-    if local:
+    if base is not None and provenance.source != "gist":  # a local source
         bundled = (files.get("config.json"), str(base / "config.json"), str(base))
         above = config_files.package_folders(base / main)[1:]
     else:
@@ -68,7 +74,12 @@ def _config(files: dict, main: str, where: str, provenance: Provenance, base: Op
 
 
 def from_files(
-    files: dict, main: str, provenance: Provenance, base: Optional[Path], opts: Options, notes: Optional[list] = None
+    files: dict[str, bytes],
+    main: str,
+    provenance: Provenance,
+    base: Optional[Path],
+    opts: Options,
+    notes: Optional[list[str]] = None,
 ) -> LoadedModel:
     """model code (+ optional config.json) → LoadedModel. ``base``: the folder the files are in
     (put on sys.path for the load, so sibling modules import), None when they live in memory."""
@@ -97,7 +108,14 @@ def from_files(
         raise
 
 
-def _build(module, config: dict, label: str, provenance: Provenance, opts: Options, notes: list) -> LoadedModel:
+def _build(
+    module: types.ModuleType,
+    config: dict[str, Any],
+    label: str,
+    provenance: Provenance,
+    opts: Options,
+    notes: list[str],
+) -> LoadedModel:
     flat = build.flatten_config(config, notes)
     builder, name, how = build.pick_builder(module, config, label, opts.model_name)
     notes.append(f"model built from {name} ({how})")
@@ -105,7 +123,7 @@ def _build(module, config: dict, label: str, provenance: Provenance, opts: Optio
     return inspect_model.inspect_and_wrap(model, config, flat, provenance, notes, kind=opts.kind)
 
 
-def from_module_name(dotted: str, class_name: str, paths: list, opts: Options) -> LoadedModel:
+def from_module_name(dotted: str, class_name: str, paths: list[Path], opts: Options) -> LoadedModel:
     """``package.module:Class`` imported from ``paths`` (the package's .py files are pinned; the
     config by config_files' precedence: --config, beside the module, package folders, --path)."""
     files, root = _package_files(dotted, paths)
@@ -124,7 +142,7 @@ def from_module_name(dotted: str, class_name: str, paths: list, opts: Options) -
     return _build(module, config, f"module {dotted}", provenance, opts, [])
 
 
-def _package_files(dotted: str, paths: list) -> tuple:
+def _package_files(dotted: str, paths: list[Path]) -> tuple[dict[str, bytes], Path]:
     """({relative name: bytes} of the top-level package's .py files (at most 500), its folder)."""
     top = dotted.split(".")[0]
     for folder in paths:
@@ -164,7 +182,7 @@ def from_hf_config(path: Path, opts: Options) -> LoadedModel:
         )
     if opts.log:
         opts.log(str(provenance))
-    notes: list = []
+    notes: list[str] = []
     model, kind, reason = hf.build(config, str(path), opts.model_name, notes)
     flat = build.flatten_config({k: v for k, v in config.items() if k != "model_type"}, notes)
     if opts.kind is not None:
@@ -172,7 +190,7 @@ def from_hf_config(path: Path, opts: Options) -> LoadedModel:
     return inspect_model.inspect_and_wrap(model, config, flat, provenance, notes, kind=kind, kind_reason=reason)
 
 
-def from_object(obj, opts: Options) -> LoadedModel:
+def from_object(obj: Union[nn.Module, type[nn.Module]], opts: Options) -> LoadedModel:
     """An nn.Module instance (used as is) or class (constructed from ``config``)."""
     import torch.nn as nn
 
@@ -189,7 +207,7 @@ def from_object(obj, opts: Options) -> LoadedModel:
     if opts.log:
         opts.log(str(provenance))
     config = read.values
-    notes: list = []
+    notes: list[str] = []
     flat = build.flatten_config(config, notes)
     model = (
         obj

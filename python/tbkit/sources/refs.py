@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional, Union
 
 from tbkit import examples
 from tbkit.errors import SourceError, UsageError, shorten
@@ -25,6 +26,9 @@ from tbkit.sources import gist
 _CLASS_SUFFIX = re.compile(r"^(?P<src>.+):(?P<cls>[A-Za-z_]\w*)$")
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
+# ``path=`` / ``--path``: one folder or several
+Paths = Union[str, os.PathLike[str], Iterable[Union[str, os.PathLike[str]]], None]
+
 
 @dataclass
 class Ref:
@@ -33,14 +37,14 @@ class Ref:
     path: Optional[Path] = None  # folder / file / config.json, resolved
     module: Optional[str] = None  # dotted module name (form "module")
     class_name: Optional[str] = None  # from ":Class" or model_name=
-    paths: list = field(default_factory=list)  # extra sys.path entries for this load
+    paths: list[Path] = field(default_factory=list)  # extra sys.path entries for this load
 
 
-def short(text, limit: int = 80) -> str:
+def short(text: object, limit: int = 80) -> str:
     return repr(shorten(" ".join(str(text).split()), limit))
 
 
-def check_paths(paths) -> list:
+def check_paths(paths: Paths) -> list[Path]:
     """``path=`` / ``--path``: one folder or a list of them, each existing; resolved Paths."""
     if paths is None:
         return []
@@ -59,7 +63,9 @@ def check_paths(paths) -> list:
     return out
 
 
-def resolve(source: str, *, model_name: Optional[str] = None, paths=None, api_url: Optional[str] = None) -> Ref:
+def resolve(
+    source: str, *, model_name: Optional[str] = None, paths: Paths = None, api_url: Optional[str] = None
+) -> Ref:
     """The Ref a source string names; SourceError / UsageError (one paragraph) if it names nothing."""
     extra = check_paths(paths)
     text = source.strip()
@@ -95,7 +101,7 @@ def _one_name(from_suffix: Optional[str], model_name: Optional[str]) -> Optional
     return from_suffix or model_name
 
 
-def _local(text: str, path: Path, class_name, extra) -> Ref:
+def _local(text: str, path: Path, class_name: Optional[str], extra: list[Path]) -> Ref:
     kind = sfiles.what_is(path)
     if kind == "a folder":
         model = path / "model.py"
@@ -123,7 +129,7 @@ def _local(text: str, path: Path, class_name, extra) -> Ref:
     )
 
 
-def _module(dotted: str, class_name: str, extra: list) -> Ref:
+def _module(dotted: str, class_name: str, extra: list[Path]) -> Ref:
     search = extra or [Path.cwd()]
     top = dotted.split(".")[0]
     if not any(sfiles.exists(d / f"{top}.py") or sfiles.what_is(d / top) == "a folder" for d in search):
@@ -135,7 +141,7 @@ def _module(dotted: str, class_name: str, extra: list) -> Ref:
     return Ref("module", f"{dotted}:{class_name}", module=dotted, class_name=class_name, paths=search)
 
 
-def _not_found(text: str, class_name) -> None:
+def _not_found(text: str, class_name: Optional[str]) -> NoReturn:
     if text.endswith(".py") or os.sep in text or text.startswith((".", "~")):
         raise SourceError(
             f"no such file or folder: {short(text)}", "Check the path (relative paths start at the current directory)."

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union, cast
 
 from tbkit.errors import SourceError
 from tbkit.sources import cache, gist
@@ -17,7 +17,7 @@ from tbkit.sources.pipeline import Options, content_sha256, from_files
 @dataclass
 class GistOptions:
     revision: Optional[str] = None
-    cache_dir: object = None
+    cache_dir: Union[str, os.PathLike[str], None] = None
     api_url: Optional[str] = None
     token: Optional[str] = None
     timeout: float = 15.0
@@ -32,9 +32,9 @@ def load_gist(text: str, g: GistOptions, opts: Options) -> LoadedModel:
     client = _client(g)
     gist_id, revision = _revision(text, g.revision, client.api_url)
     root = cache.resolve_root(g.cache_dir)
-    notes: list = []
+    notes: list[str] = []
     cached = cache.read_revision(root, gist_id, revision) if revision else None  # pinned: no network
-    snapshot = None
+    snapshot: Optional[gist.GistSnapshot] = None
     if cached is None:
         snapshot, cached = _fetch_or_cached(client, root, gist_id, revision, g.offline, notes)
     files, provenance = _files_and_provenance(gist_id, snapshot, cached)
@@ -44,11 +44,14 @@ def load_gist(text: str, g: GistOptions, opts: Options) -> LoadedModel:
             f"(files: {', '.join(sorted(files)) or 'none'})",
             _no_model_py_fix(files),
         )
-    base = _cache_snapshot(root, gist_id, snapshot, files, opts, notes) if snapshot is not None else cached[2]
+    if snapshot is not None:
+        base = _cache_snapshot(root, gist_id, snapshot, files, opts, notes)
+    else:
+        base = cast(cache.Cached, cached)[2]  # no snapshot: a cached revision was read (_fetch_or_cached)
     return from_files(files, "model.py", provenance, base, opts, notes)
 
 
-def _no_model_py_fix(files: dict) -> str:
+def _no_model_py_fix(files: dict[str, bytes]) -> str:
     from tbkit.sources import exports
 
     config = files.get("config.json", b"")
@@ -57,7 +60,7 @@ def _no_model_py_fix(files: dict) -> str:
     return "Check the gist id, or put the model code in the gist as model.py (its config as config.json)."
 
 
-def _client(g: GistOptions):
+def _client(g: GistOptions) -> gist.GistClient:
     return gist.GistClient(
         g.api_url or os.environ.get("TBKIT_GITHUB_API") or None,
         g.token if g.token is not None else (os.environ.get("GITHUB_TOKEN") or None),
@@ -69,7 +72,7 @@ def _client(g: GistOptions):
     )
 
 
-def _revision(text: str, revision, api_url: str) -> tuple:
+def _revision(text: str, revision: Optional[str], api_url: str) -> tuple[str, Optional[str]]:
     """(gist id, revision or None), the revision given once (in the source or as revision=)."""
     gist_id, ref_revision = gist.parse_ref(text, api_url)
     revision = gist.check_revision(revision)
@@ -81,7 +84,9 @@ def _revision(text: str, revision, api_url: str) -> tuple:
     return gist_id, revision or ref_revision
 
 
-def _files_and_provenance(gist_id: str, snapshot, cached) -> tuple:
+def _files_and_provenance(
+    gist_id: str, snapshot: Optional[gist.GistSnapshot], cached: Optional[cache.Cached]
+) -> tuple[dict[str, bytes], Provenance]:
     if snapshot is not None:
         return snapshot.files, Provenance(
             source="gist",
@@ -91,7 +96,7 @@ def _files_and_provenance(gist_id: str, snapshot, cached) -> tuple:
             revision=snapshot.revision,
             fetched_at=snapshot.fetched_at,
         )
-    files, meta, _folder = cached
+    files, meta, _folder = cast(cache.Cached, cached)  # no snapshot: a cached revision was read
     return files, Provenance(
         source="gist",
         location=f"{gist_id}@{meta.get('revision')}",
@@ -103,7 +108,9 @@ def _files_and_provenance(gist_id: str, snapshot, cached) -> tuple:
     )
 
 
-def _cache_snapshot(root: Path, gist_id: str, snapshot, files: dict, opts: Options, notes: list) -> Optional[Path]:
+def _cache_snapshot(
+    root: Path, gist_id: str, snapshot: gist.GistSnapshot, files: dict[str, bytes], opts: Options, notes: list[str]
+) -> Optional[Path]:
     """Write a fetched revision to the cache (never content the caller's pin rejects); its folder."""
     if opts.expected_sha256 is not None and opts.expected_sha256 != content_sha256(files):
         return None
@@ -120,7 +127,9 @@ def _cache_snapshot(root: Path, gist_id: str, snapshot, files: dict, opts: Optio
         return None
 
 
-def _fetch_or_cached(client, root: Path, gist_id: str, revision: Optional[str], offline: bool, notes: list) -> tuple:
+def _fetch_or_cached(
+    client: gist.GistClient, root: Path, gist_id: str, revision: Optional[str], offline: bool, notes: list[str]
+) -> tuple[Optional[gist.GistSnapshot], Optional[cache.Cached]]:
     """(snapshot, None) when fetched now; (None, cached revision) when offline or GitHub cannot be
     reached and a revision is cached (said in ``notes``). Other API errors are final; they only
     gain a pointer to a cached revision when one exists."""

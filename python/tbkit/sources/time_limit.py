@@ -25,7 +25,8 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Optional
+from types import FrameType
+from typing import Optional, Union
 
 from tbkit.errors import SourceError
 
@@ -39,7 +40,7 @@ class _Expired(BaseException):
     """Raised inside the model code; a BaseException so that ``except Exception`` cannot swallow it."""
 
 
-def resolve(seconds) -> Optional[float]:
+def resolve(seconds: Union[float, str, None]) -> Optional[float]:
     """The limit in seconds: the argument, else $TBKIT_IMPORT_TIMEOUT, else 60; 0 or None-ish → no limit."""
     if seconds is None:
         seconds = os.environ.get(ENV, DEFAULT_S)
@@ -71,11 +72,11 @@ def limit(seconds: Optional[float], label: str) -> Iterator[None]:
         yield
         return
     done = threading.Event()
-    fired = []
+    fired: list[Union[int, str]] = []  # the signal number, or "watchdog"
     use_alarm = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     _start_watchdog(seconds, label, done, None if use_alarm else threading.get_ident(), fired)
 
-    def expire(signum, frame) -> None:
+    def expire(signum: int, frame: Optional[FrameType]) -> None:
         fired.append(signum)
         raise _Expired()
 
@@ -98,7 +99,9 @@ def limit(seconds: Optional[float], label: str) -> Iterator[None]:
         raise _message(label, seconds)
 
 
-def _start_watchdog(seconds: float, label: str, done: threading.Event, thread_id: Optional[int], fired: list) -> None:
+def _start_watchdog(
+    seconds: float, label: str, done: threading.Event, thread_id: Optional[int], fired: list[Union[int, str]]
+) -> None:
     def watch() -> None:
         if done.wait(seconds):
             return
