@@ -24,8 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
 
 # nn.MultiheadAttention.forward's parameters after (query, key, value), for callers that pass
 # them positionally: the pre-hook turns those into keywords before rewriting two of them.
@@ -38,7 +44,7 @@ class AttentionMap:
 
     layer: str  # qualified module name ("" is the root module)
     source: str  # "MultiheadAttention" | "softmax" | "scaled_dot_product_attention" | "returned"
-    weights: object  # torch.Tensor
+    weights: torch.Tensor
 
     @property
     def heads(self) -> int:
@@ -47,10 +53,10 @@ class AttentionMap:
 
 @dataclass
 class CaptureResult:
-    maps: list = field(default_factory=list)  # AttentionMap entries, in call order
-    output_with_capture: object = None
-    output_without_capture: object = None
-    notes: list = field(default_factory=list)
+    maps: list[AttentionMap] = field(default_factory=list)  # in call order
+    output_with_capture: Optional[torch.Tensor] = None
+    output_without_capture: Optional[torch.Tensor] = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def max_output_change(self) -> float:
@@ -61,7 +67,7 @@ class CaptureResult:
         return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
 
 
-def capture(forward: Callable[[], object], root, batch: int, lengths: set) -> CaptureResult:
+def capture(forward: Callable[[], torch.Tensor], root: nn.Module, batch: int, lengths: set[int]) -> CaptureResult:
     """Run ``forward()`` (a closure calling the model) twice: plainly, then with capture.
 
     ``root`` is the ``nn.Module`` to hook. ``batch`` and ``lengths`` (the sequence lengths fed in)
@@ -75,7 +81,7 @@ def capture(forward: Callable[[], object], root, batch: int, lengths: set) -> Ca
 
     names = {m: n for n, m in root.named_modules()}
     state = _State(batch=batch, lengths=set(lengths), names=names)
-    handles = []
+    handles: list[RemovableHandle] = []
     try:
         for module in root.modules():
             if isinstance(module, torch.nn.MultiheadAttention):
@@ -97,7 +103,7 @@ def capture(forward: Callable[[], object], root, batch: int, lengths: set) -> Ca
 
 
 @contextlib.contextmanager
-def _fastpath_disabled():
+def _fastpath_disabled() -> Iterator[None]:
     import torch
 
     mha = getattr(torch.backends, "mha", None)
@@ -115,22 +121,22 @@ def _fastpath_disabled():
 class _State:
     """What the hooks share during the capturing forward."""
 
-    def __init__(self, batch: int, lengths: set, names: dict) -> None:
+    def __init__(self, batch: int, lengths: set[int], names: dict[nn.Module, str]) -> None:
         self.batch = batch
         self.lengths = lengths
         self.names = names
-        self.maps: list = []
-        self.stack: list = []  # modules entered and not yet left (innermost last)
-        self.mha_calls: list = []  # per active MHA call: (asked need_weights, asked average)
-        self.seen: set = set()  # ids of weight tensors already recorded or handed out by us
-        self.keep: list = []  # keep those tensors alive so their ids stay unique
+        self.maps: list[AttentionMap] = []
+        self.stack: list[nn.Module] = []  # modules entered and not yet left (innermost last)
+        self.mha_calls: list[tuple[bool, bool]] = []  # per active MHA call: (asked need_weights, asked average)
+        self.seen: set[int] = set()  # ids of weight tensors already recorded or handed out by us
+        self.keep: list[object] = []  # keep those tensors alive so their ids stay unique
         self.fastpath_note = ""
 
     # -- generic modules: a name stack, and returned weights ------------------------------
-    def enter(self, module, args):
+    def enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.stack.append(module)
 
-    def leave(self, module, args, output):
+    def leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
         for tensor in _tensors_in(output):
@@ -139,7 +145,9 @@ class _State:
                 self._record(self.names.get(module, "?"), "returned", w, tensor)
 
     # -- nn.MultiheadAttention: force per-head weights, give the caller what it asked for ----
-    def mha_pre(self, module, args, kwargs):
+    def mha_pre(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         self.stack.append(module)
         kwargs = dict(kwargs)
         for name, value in zip(_MHA_LATER_PARAMS, args[3:]):
@@ -151,7 +159,9 @@ class _State:
         kwargs["average_attn_weights"] = False
         return tuple(args[:3]), kwargs
 
-    def mha_post(self, module, args, kwargs, output):
+    def mha_post(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> tuple[Any, Any]:
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
         need, avg = self.mha_calls.pop()
@@ -177,12 +187,12 @@ class _State:
     def current_name(self) -> str:
         return self.names.get(self.stack[-1], "?") if self.stack else ""
 
-    def on_softmax(self, out) -> None:
+    def on_softmax(self, out: object) -> None:
         w = self._as_square(out, require_4d=False)
         if w is not None:
             self._record(self.current_name(), "softmax", w, out)
 
-    def on_sdpa(self, args, kwargs) -> None:
+    def on_sdpa(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         w = _sdpa_weights(*args, **kwargs)
         if w is not None:
             w = self._as_square(w, require_4d=True)
@@ -190,7 +200,7 @@ class _State:
             self._record(self.current_name(), "scaled_dot_product_attention", w, None)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _as_square(self, t, require_4d: bool):
+    def _as_square(self, t: object, require_4d: bool) -> Optional[torch.Tensor]:
         """(B, H, Tq, Tk) view of ``t`` if it looks like attention weights of this forward."""
         import torch
 
@@ -208,7 +218,7 @@ class _State:
             return None
         return t.detach().reshape(self.batch, lead // self.batch, tq, tk)
 
-    def _record(self, name: str, source: str, w, original) -> None:
+    def _record(self, name: str, source: str, w: torch.Tensor, original: object) -> None:
         if original is not None:
             self.seen.add(id(original))
             self.keep.append(original)
@@ -220,9 +230,9 @@ class _FunctionSpy:
 
     def __init__(self, state: _State) -> None:
         self.state = state
-        self.mode = None
+        self.mode: Optional[contextlib.AbstractContextManager[object, Optional[bool]]] = None
 
-    def __enter__(self):
+    def __enter__(self) -> _FunctionSpy:
         import torch
         import torch.nn.functional as F
         from torch.overrides import TorchFunctionMode
@@ -232,7 +242,13 @@ class _FunctionSpy:
         state = self.state
 
         class Spy(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
+            def __torch_function__(
+                self,
+                func: Callable[..., Any],
+                types: Iterable[type],
+                args: tuple[Any, ...] = (),
+                kwargs: Optional[dict[str, Any]] = None,
+            ) -> Any:
                 kwargs = kwargs or {}
                 out = func(*args, **kwargs)
                 if state.inside_mha():  # recorded exactly by the MHA hooks already
@@ -244,15 +260,17 @@ class _FunctionSpy:
                         state.on_sdpa(args, kwargs)
                 return out
 
-        self.mode = Spy()
-        self.mode.__enter__()
+        mode: contextlib.AbstractContextManager[object, Optional[bool]] = Spy()
+        self.mode = mode
+        mode.__enter__()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> Optional[bool]:
+        assert self.mode is not None  # set by __enter__
         return self.mode.__exit__(*exc)
 
 
-def _softmax_over_last_dim(args, kwargs) -> bool:
+def _softmax_over_last_dim(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     x = args[0] if args else kwargs.get("input")
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     if x is None or dim is None or not hasattr(x, "dim"):
@@ -261,8 +279,16 @@ def _softmax_over_last_dim(args, kwargs) -> bool:
 
 
 def _sdpa_weights(
-    query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, **_ignored
-):
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: Optional[torch.Tensor] = None,
+    attn_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    **_ignored: Any,
+) -> Optional[torch.Tensor]:
     """softmax(QKᵀ·scale + mask) exactly as ``F.scaled_dot_product_attention`` defines it."""
     import torch
 
@@ -288,7 +314,7 @@ def _sdpa_weights(
     return torch.softmax(scores, dim=-1)
 
 
-def _tensors_in(output):
+def _tensors_in(output: object) -> list[torch.Tensor]:
     import torch
 
     if isinstance(output, torch.Tensor):
@@ -300,7 +326,7 @@ def _tensors_in(output):
     return []
 
 
-def _rows_sum_to_one(w) -> bool:
+def _rows_sum_to_one(w: torch.Tensor) -> bool:
     import torch
 
     if w.numel() == 0 or bool((w < 0).any()):
@@ -309,7 +335,7 @@ def _rows_sum_to_one(w) -> bool:
     return bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3))
 
 
-def describe_nothing_found(root) -> str:
+def describe_nothing_found(root: nn.Module) -> str:
     """Why no weights could be captured, in words, for the SKIP row."""
     kinds = sorted({type(m).__name__ for m in root.modules()})
     shown = ", ".join(kinds[:12]) + (", …" if len(kinds) > 12 else "")

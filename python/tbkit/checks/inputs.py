@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from tbkit.sources.loaded import LoadedModel
 
@@ -25,7 +26,9 @@ MODES = ("grad", "no_grad", "inference_mode")
 
 # Names under which models take a padding mask, with the convention the name suggests (the
 # conventions probe measures the real one: tbkit.sources.conventions, checks/conventions.py).
-from tbkit.sources.conventions import MASK_ARGUMENTS, MASK_WORDS  # noqa: E402
+# (MASK_ARGUMENTS is re-exported: checks read it as ``inputs.MASK_ARGUMENTS``)
+from tbkit.sources.conventions import MASK_ARGUMENTS as MASK_ARGUMENTS  # noqa: E402
+from tbkit.sources.conventions import MASK_WORDS, Conventions  # noqa: E402
 
 
 def usable_max_len(model: LoadedModel, cap: int = DEFAULT_MAX_LEN) -> int:
@@ -50,7 +53,7 @@ def token_ids(
     batch: int,
     length: int,
     generator: torch.Generator,
-    device=None,
+    device: Optional[torch.device] = None,
     *,
     avoid_pad: bool = True,
 ) -> torch.Tensor:
@@ -87,7 +90,7 @@ def different_tokens(model: LoadedModel, ids: torch.Tensor, generator: torch.Gen
     return out
 
 
-def attention_mask(lengths: Sequence[int], total: int, device=None) -> torch.Tensor:
+def attention_mask(lengths: Sequence[int], total: int, device: Optional[torch.device] = None) -> torch.Tensor:
     """(B, total) mask, 1 for real tokens then 0 for right padding (the HF convention)."""
     import torch
 
@@ -118,6 +121,7 @@ def grad_mode(mode: str) -> Iterator[None]:
     native TransformerEncoderLayer path) run only in the last two, so masking bugs can hide there."""
     import torch
 
+    ctx: contextlib.AbstractContextManager[None]
     if mode == "grad":
         ctx = torch.enable_grad()
     elif mode == "no_grad":
@@ -131,7 +135,7 @@ def grad_mode(mode: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def eval_mode(module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode and restore each one's own flag afterwards (a user's
     model may deliberately keep some submodules in another mode)."""
     flags = [(m, m.training) for m in module.modules()]
@@ -145,7 +149,7 @@ def eval_mode(module) -> Iterator[None]:
 
 def mask_argument(model: LoadedModel) -> Optional[str]:
     """The parameter of the model's forward that takes the padding mask, or None."""
-    conv = model.conventions
+    conv: Optional[Conventions] = model.conventions
     if conv is not None:
         return conv.mask_name
     import inspect
@@ -159,7 +163,7 @@ def mask_argument(model: LoadedModel) -> Optional[str]:
 
 def mask_convention(model: LoadedModel) -> str:
     """How the mask is passed, in words for a row's detail: name, dtype, polarity and how known."""
-    conv = model.conventions
+    conv: Optional[Conventions] = model.conventions
     name = mask_argument(model)
     fact = conv.mask if conv is not None else None
     encoding = fact.value if fact is not None else MASK_ARGUMENTS.get(name or "", "int-keep")
@@ -167,9 +171,12 @@ def mask_convention(model: LoadedModel) -> str:
     return f"`{name}=`, {MASK_WORDS[encoding]}, {how}"
 
 
-def _call(model: LoadedModel, ids, mask, decoder_ids):
+def _call(
+    model: LoadedModel, ids: torch.Tensor, mask: Optional[torch.Tensor], decoder_ids: Optional[torch.Tensor]
+) -> torch.Tensor:
     """``model.forward``: the mask goes under the model's own name, dtype and polarity."""
-    return model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    out: torch.Tensor = model.forward(ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    return out
 
 
 def forward(

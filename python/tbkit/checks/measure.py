@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Optional
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from tbkit.checks import inputs as inp
 from tbkit.checks.numeric import describe_error, fmt, max_abs_diff, output_scale
@@ -33,16 +34,24 @@ from tbkit.sources.conventions import (
     LAYOUTS,
     MASK_ARGUMENTS,
     MASK_ENCODINGS,
+    Conventions,
     Fact,
     default_conventions,
 )
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from tbkit.checks.base import CheckContext
+    from tbkit.sources.loaded import LoadedModel
 
 # Errors that mean "this length is too long" (and only those are bisected: a model that fails at
 # every length has a bug, which the checks must see, not a shorter limit).
 _LENGTH_ERRORS = ("out of range", "out of bounds", "index", "size of tensor", "must match the size", "exceed")
 
 
-def declared(ctx, key: str) -> Optional[tuple]:
+def declared(ctx: CheckContext, key: str) -> Optional[tuple[Any, str]]:
     """(value, where) for a convention the user declared: run option, then ``config.json`` key."""
     value = ctx.options.get(key)
     if value is not None:
@@ -56,15 +65,15 @@ def declared(ctx, key: str) -> Optional[tuple]:
 # The mask convention is measured on the padding check's own inputs and forwards (no extra forward
 # when the first convention holds); the padding module hands its probe over when it is imported,
 # so this module never imports a check (no import cycle).
-_MASK_PROBE: list = []
+_MASK_PROBE: list[Callable[[CheckContext], list[str]]] = []
 
 
-def register_mask_probe(probe) -> None:
+def register_mask_probe(probe: Callable[[CheckContext], list[str]]) -> None:
     """``probe(ctx) -> list`` of what each tried encoding gave (tbkit.checks.tier1.padding)."""
     _MASK_PROBE[:] = [probe]
 
 
-def establish(ctx):
+def establish(ctx: CheckContext) -> LoadedModel:
     """The run's LoadedModel with its conventions measured or declared (``ctx.model`` is replaced
     by the caller). Bad declared values are UsageErrors; a probe that crashes never stops the run."""
     lm = ctx.model
@@ -90,14 +99,14 @@ def establish(ctx):
     return lm
 
 
-def not_measured(ctx, why: str):
+def not_measured(ctx: CheckContext, why: str) -> LoadedModel:
     """The run's LoadedModel when the measurement itself was cut off (the model hung, exited or
     raised outside a forward's usual errors): what was established stays, the rest is marked as
     not measured with ``why``, and the checks then meet the model's behaviour themselves."""
     lm = ctx.model
     if lm.conventions is None:
         lm = dataclasses.replace(lm, conventions=default_conventions(lm._forward_params()))
-    conv = lm.conventions
+    conv: Conventions = lm.conventions
     if conv.max_len is None:
         conv.max_len = Fact(lm.max_len or inp.DEFAULT_MAX_LEN, f"not measured: {why}", established=False)
     if conv.mask is not None and not conv.mask_tries and conv.mask.established:
@@ -105,7 +114,7 @@ def not_measured(ctx, why: str):
     return lm
 
 
-def _pad_id(lm) -> tuple:
+def _pad_id(lm: LoadedModel) -> tuple[int, str]:
     """(pad id, where it comes from): the model's config, else its input embedding's padding_idx,
     else 0. Random ids avoid it, and padding fills with it (RoBERTa counts positions from it)."""
     from tbkit.sources.inspect_model import guess_input_embedding
@@ -124,7 +133,7 @@ def _pad_id(lm) -> tuple:
 
 
 # ---- layout --------------------------------------------------------------------------------
-def _layout(ctx) -> Fact:
+def _layout(ctx: CheckContext) -> Fact:
     import torch.nn as nn
 
     said = declared(ctx, "layout")
@@ -155,7 +164,7 @@ def _layout(ctx) -> Fact:
     return Fact("batch_first", how, established=False)
 
 
-def _layout_probe(ctx) -> Optional[str]:
+def _layout_probe(ctx: CheckContext) -> Optional[str]:
     """Change token [0, 0] of a (3, T) input (T = 5 or less) fed as it is: a batch-first model moves
     row 0 only, a sequence-first model (reading dim 0 as positions) column 0 only."""
     lm = ctx.model
@@ -167,7 +176,7 @@ def _layout_probe(ctx) -> Optional[str]:
     alt = ids.clone()
     alt[0, 0] = inp.different_tokens(lm, ids, gen)[0, 0]
     enc = inp.token_ids(lm, 3, T, gen, ctx.device) if lm.kind == "seq2seq" else None
-    outs = []
+    outs: list[torch.Tensor] = []
     with inp.eval_mode(lm.module):
         for x in (ids, alt):  # seq2seq: the encoder side is perturbed, decoder fixed
             first, dec = (x, enc) if enc is not None else (x, None)
@@ -185,7 +194,7 @@ def _layout_probe(ctx) -> Optional[str]:
 
 
 # ---- maximum length ------------------------------------------------------------------------
-def _max_len(ctx) -> Fact:
+def _max_len(ctx: CheckContext) -> Fact:
     lm = ctx.model
     said = declared(ctx, "max_len") if "max_len" in ctx.options else None
     if said is not None:
@@ -202,6 +211,7 @@ def _max_len(ctx) -> Fact:
         return Fact(start, f"{facts} (the length probe itself raised {describe_error(probe_err)})", False)
     if ok:
         return Fact(start, f"measured: {facts}; length {start} accepted")
+    err = cast(Exception, err)  # not ok: _accepts_shared returned the model's error with it
     if not any(word in str(err).lower() for word in _LENGTH_ERRORS):
         return Fact(start, f"{facts}; length {start} raised {describe_error(err)} (not a length error)", False)
     longest = _bisect(ctx, 2, start)
@@ -213,7 +223,7 @@ def _max_len(ctx) -> Fact:
     return Fact(longest, how, established=False)
 
 
-def _length_facts(lm) -> tuple:
+def _length_facts(lm: LoadedModel) -> tuple[Optional[int], str]:
     """(length the model's own facts give, those facts in words)."""
     import torch.nn as nn
 
@@ -236,13 +246,13 @@ def _length_facts(lm) -> tuple:
 
 
 @contextlib.contextmanager
-def bounds_checked(module):
+def bounds_checked(module: nn.Module) -> Iterator[None]:
     """Every nn.Embedding raises IndexError for an out-of-range index before the lookup: on CUDA
     the lookup itself would be a device-side assert that breaks the process."""
     import torch
     import torch.nn as nn
 
-    def check(mod, args):
+    def check(mod: nn.Embedding, args: tuple[Any, ...]) -> None:
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.numel() and not x.is_floating_point():
             lo, hi = int(x.min()), int(x.max())
@@ -259,7 +269,7 @@ def bounds_checked(module):
             h.remove()
 
 
-def _accepts(ctx, T: int) -> tuple:
+def _accepts(ctx: CheckContext, T: int) -> tuple[bool, Optional[Exception]]:
     """(True, None) when a (1, T) eval no_grad forward runs, else (False, the error)."""
     lm = ctx.model
     gen = ctx.generator(9)
@@ -273,7 +283,7 @@ def _accepts(ctx, T: int) -> tuple:
     return True, None
 
 
-def _accepts_shared(ctx, T: int) -> tuple:
+def _accepts_shared(ctx: CheckContext, T: int) -> tuple[bool, Optional[Exception]]:
     """``_accepts`` through the run's shared (1, T) forward at the maximum length (the one memory
     measures and shape and stability read): the probe then costs no forward of its own."""
     from tbkit.checks import shared
@@ -287,7 +297,7 @@ def _accepts_shared(ctx, T: int) -> tuple:
     return True, None
 
 
-def _bisect(ctx, lo: int, hi: int) -> int:
+def _bisect(ctx: CheckContext, lo: int, hi: int) -> int:
     """Longest length in [lo, hi) accepted, given lo accepted (the load-time forward) and hi not."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -299,7 +309,7 @@ def _bisect(ctx, lo: int, hi: int) -> int:
 
 
 # ---- mask ----------------------------------------------------------------------------------
-def mask_order(ctx) -> list:
+def mask_order(ctx: CheckContext) -> list[str]:
     """Encodings to try, the declared one alone, else the name's first. ``attention_mask`` keeps
     its documented polarity (1 = keep): only its dtype is retried."""
     lm = ctx.model
@@ -320,15 +330,19 @@ def mask_order(ctx) -> list:
     return [first, *rest]
 
 
-def measure_mask(ctx, outputs, tol: float) -> list:
+def measure_mask(
+    ctx: CheckContext,
+    outputs: Callable[[CheckContext], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    tol: float,
+) -> list[str]:
     """Try each encoding (``outputs(ctx)`` = (alone, padded, repadded) real positions under the
     current one); set the first that keeps real positions unchanged as measured. Returns what
     each try gave, in words (empty when the first held)."""
-    conv = ctx.model.conventions
+    conv: Conventions = ctx.model.conventions
     order = mask_order(ctx)
     if conv.mask is not None and conv.mask.how.startswith("declared"):
         return []
-    tried = []
+    tried: list[str] = []
     for encoding in order:
         conv.mask = Fact(encoding, "being measured", established=False)
         try:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import torch
+    from matplotlib.figure import Figure
+
+    from tbkit.sources.loaded import LoadedModel
 
 
-def dtype_scale(model) -> float:
+def dtype_scale(model: LoadedModel) -> float:
     """How much looser than fp32 a tolerance must be for this model's parameter dtype."""
     import torch
 
@@ -51,20 +54,20 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".strip()
 
 
-def fmt(x) -> str:
+def fmt(x: Optional[float]) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "nan"
     return f"{x:.3g}"
 
 
-def new_figure(width: float = 6.4, height: float = 3.6):
+def new_figure(width: float = 6.4, height: float = 3.6) -> Figure:
     """A matplotlib Figure built without pyplot (no global state, no GUI backend)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
 
 
-def kind_guess_note(model) -> str:
+def kind_guess_note(model: LoadedModel) -> str:
     """For rows whose verdict depends on the model kind: when the kind was inferred, say so, with
     the evidence and how to override it (empty when the kind was declared)."""
     reason = str(model.kind_reason or "")

@@ -18,22 +18,32 @@ import contextlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# (owner module, name, Parameter, value, grad, requires_grad)
+_ParamEntry = tuple["nn.Module", str, "nn.Parameter", "torch.Tensor", Optional["torch.Tensor"], bool]
+# (owner module, name, tensor or None, value or None)
+_BufferEntry = tuple["nn.Module", str, Optional["torch.Tensor"], Optional["torch.Tensor"]]
 
 
 @dataclass
 class _Snapshot:
-    params: list = field(default_factory=list)  # (owner module, name, Parameter, value, grad, requires_grad)
-    buffers: list = field(default_factory=list)  # (owner module, name, tensor or None, value)
-    flags: list = field(default_factory=list)  # (module, training)
-    rng: dict = field(default_factory=dict)
+    params: list[_ParamEntry] = field(default_factory=list)
+    buffers: list[_BufferEntry] = field(default_factory=list)
+    flags: list[tuple[nn.Module, bool]] = field(default_factory=list)  # (module, training)
+    rng: dict[str, Any] = field(default_factory=dict)
 
 
-def _rng_state() -> dict:
+def _rng_state() -> dict[str, Any]:
     import torch
 
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # torch.cuda.is_initialized has no annotations in torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     try:
         import numpy
@@ -44,7 +54,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict[str, Any]) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])
@@ -57,7 +67,7 @@ def _set_rng_state(state: dict) -> None:
         numpy.random.set_state(state["numpy"])
 
 
-def snapshot(module) -> _Snapshot:
+def snapshot(module: nn.Module) -> _Snapshot:
     """Everything ``restore`` puts back. Values are cloned; the tensor objects are kept too, so
     references the user holds (an optimizer's param list) stay valid after the restore."""
     snap = _Snapshot(rng=_rng_state())
@@ -86,20 +96,20 @@ def restore(snap: _Snapshot) -> None:
                 p.data.copy_(value)
             p.requires_grad_(requires_grad)
             p.grad = grad
-        for owner, name, b, value in snap.buffers:
+        for owner, name, b, saved in snap.buffers:
             owner._buffers[name] = b
-            if b is not None:
-                if b.shape != value.shape or b.dtype != value.dtype or b.device != value.device:
-                    b.data = value
+            if b is not None and saved is not None:  # saved is None exactly when b is
+                if b.shape != saved.shape or b.dtype != saved.dtype or b.device != saved.device:
+                    b.data = saved
                 else:
-                    b.copy_(value)
+                    b.copy_(saved)
     for owner, training in snap.flags:
         owner.training = training
     _set_rng_state(snap.rng)
 
 
 @contextlib.contextmanager
-def preserved(module) -> Iterator[_Snapshot]:
+def preserved(module: nn.Module) -> Iterator[_Snapshot]:
     """Run the block on ``module`` itself; afterwards the module and the random states are exactly
     as before, also when the block raises or is interrupted. Yields the snapshot (its saved values
     serve as "before" for a check that compares)."""

@@ -22,8 +22,10 @@ from tbkit.checks.numeric import max_abs_diff
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from tbkit.checks.base import CheckContext
+    from tbkit.sources.loaded import LoadedModel
 
 MAX_BATCH = 7  # the largest batch Tier 1 builds (shape: batch {1, 2, 7})
 MASTER_OFFSET = 100  # generator offset of the master batch (checks use 1..20 for their own draws)
@@ -36,7 +38,7 @@ def probe_length(ctx: CheckContext) -> int:
     return min(longest, 17) if longest >= 3 else longest
 
 
-def _masters(ctx: CheckContext) -> tuple:
+def _masters(ctx: CheckContext) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     key = ("master",)
     if key not in ctx.cache:
         lm = ctx.model
@@ -45,10 +47,11 @@ def _masters(ctx: CheckContext) -> tuple:
         ids = inp.token_ids(lm, MAX_BATCH, longest, gen, ctx.device)
         enc = inp.token_ids(lm, MAX_BATCH, longest, gen, ctx.device) if lm.kind == "seq2seq" else None
         ctx.cache[key] = (ids, enc)
-    return ctx.cache[key]
+    masters: tuple[torch.Tensor, Optional[torch.Tensor]] = ctx.cache[key]
+    return masters
 
 
-def batch(ctx: CheckContext, B: int, T: int) -> tuple:
+def batch(ctx: CheckContext, B: int, T: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(ids, encoder ids or None) of shape (B, T): the token ids a check perturbs or pads, and for
     seq2seq the fixed encoder input (other kinds feed ``ids`` alone)."""
     ids, enc = _masters(ctx)
@@ -58,7 +61,7 @@ def batch(ctx: CheckContext, B: int, T: int) -> tuple:
     return ids[:B, :T].contiguous(), None if enc is None else enc[:B, :T].contiguous()
 
 
-def model_inputs(ids: torch.Tensor, enc: Optional[torch.Tensor]) -> tuple:
+def model_inputs(ids: torch.Tensor, enc: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(first positional input, decoder ids) for ``inputs.forward``: seq2seq feeds the encoder
     ids first and ``ids`` as the decoder input; other kinds feed ``ids`` alone."""
     return (ids, None) if enc is None else (enc, ids)
@@ -79,7 +82,7 @@ def forward(ctx: CheckContext, B: int, T: int) -> torch.Tensor:
                     ctx.cache[key] = inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed)
             except Exception as err:  # the model's own error: every check that asks sees it
                 ctx.cache[key] = err
-    value = ctx.cache[key]
+    value: torch.Tensor | Exception = ctx.cache[key]
     if isinstance(value, Exception):
         raise value
     return value
@@ -91,7 +94,7 @@ def activation_bytes(ctx: CheckContext, B: int, T: int) -> int:
     key = ("activations", B, T)
     if key not in ctx.cache:
         _measure(ctx, B, T)
-    value = ctx.cache[key]
+    value: int | Exception = ctx.cache[key]
     if isinstance(value, Exception):
         raise value
     return value
@@ -113,7 +116,9 @@ def _measure(ctx: CheckContext, B: int, T: int) -> None:
     ctx.cache.setdefault(("forward", B, T), out)
 
 
-def measure_activations(lm, first, dec, device) -> tuple:
+def measure_activations(
+    lm: LoadedModel, first: torch.Tensor, dec: Optional[torch.Tensor], device: torch.device
+) -> tuple[int, torch.Tensor]:
     """(activation bytes, detached output) of one forward in grad mode (what training keeps alive).
 
     CUDA: peak allocated during the forward above what was allocated before it.
@@ -131,9 +136,9 @@ def measure_activations(lm, first, dec, device) -> tuple:
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base), out.detach()
     resident = {t.untyped_storage().data_ptr() for t in (*lm.module.parameters(), *lm.module.buffers())}
-    seen: dict = {}
+    seen: dict[int, int] = {}
 
-    def pack(t):
+    def pack(t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
         if s.data_ptr() not in resident:
             seen[s.data_ptr()] = s.nbytes()
@@ -157,10 +162,11 @@ def repeat_difference(ctx: CheckContext) -> float:
         with inp.eval_mode(ctx.model.module):
             b = inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed + 1)
         ctx.cache[key] = max_abs_diff(a, b)
-    return ctx.cache[key]
+    diff: float = ctx.cache[key]
+    return diff
 
 
-def weight_drift(ctx: CheckContext) -> list:
+def weight_drift(ctx: CheckContext) -> list[str]:
     """Names of the parameters one eval forward changed: a model that updates its own weights when
     called gives different outputs for identical calls, which must be named as such (not read as
     a causal leak or randomness). Cached per run."""
@@ -173,10 +179,11 @@ def weight_drift(ctx: CheckContext) -> list:
             inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed)
         after = _fingerprints(ctx.model.module)
         ctx.cache[key] = [name for name, value in before.items() if after.get(name) != value]
-    return ctx.cache[key]
+    drifted: list[str] = ctx.cache[key]
+    return drifted
 
 
-def _fingerprints(module) -> dict:
+def _fingerprints(module: nn.Module) -> dict[str, tuple[float, float]]:
     import torch
 
     with torch.no_grad():
@@ -201,4 +208,5 @@ def rows_independent(ctx: CheckContext) -> bool:
             ctx.cache[key] = d == 0
         except Exception:  # the model's error is reported by the checks that judge it
             ctx.cache[key] = False
-    return ctx.cache[key]
+    independent: bool = ctx.cache[key]
+    return independent

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     dtype_scale,
     fmt,
@@ -26,7 +27,7 @@ from tbkit.checks.tier1.common import FAIL, PASS, WARN
         Threshold("warn_rel", float, 1e-3, "relative", "above it FAIL; between pass_rel and it WARN"),
     ),
 )
-def check_batch_equivalence(ctx: CheckContext):
+def check_batch_equivalence(ctx: CheckContext) -> Iterator[Row]:
     """Rows 0 and 1 of a batch of 7 (the shared shape batch) give the same outputs run alone and in
     a batch of 2.
 
@@ -53,7 +54,7 @@ def check_batch_equivalence(ctx: CheckContext):
     yield from _batch_equivalence_row(ctx, diff, diff / output_scale(full), T, 2)
 
 
-def _batch_equivalence_row(ctx: CheckContext, diff: float, rel: float, T: int, rows: int):
+def _batch_equivalence_row(ctx: CheckContext, diff: float, rel: float, T: int, rows: int) -> Iterator[Row]:
     k = dtype_scale(ctx.model)
     pass_rel, warn_rel = ctx.threshold("pass_rel") * k, ctx.threshold("warn_rel") * k
     metric = "max relative difference"

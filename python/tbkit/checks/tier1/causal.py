@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Optional
 
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     describe_error,
     dtype_scale,
@@ -17,6 +19,9 @@ from tbkit.checks.numeric import (
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
+if TYPE_CHECKING:
+    import torch
+
 
 @register(
     "causal",
@@ -24,7 +29,7 @@ from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
     summary="decoders: changing token s must not move outputs at t < s (grad, no_grad, inference_mode)",
     thresholds=(Threshold("max_change", float, 1e-6, "absolute", "largest allowed change of an output at t < s"),),
 )
-def check_causal(ctx: CheckContext):
+def check_causal(ctx: CheckContext) -> Iterator[Row]:
     """Decoders (and the decoder side of seq2seq): changing the token at position s must not move
     any output at t < s, in grad mode, under ``no_grad`` and under ``inference_mode``.
 
@@ -62,7 +67,14 @@ def check_causal(ctx: CheckContext):
             yield from _causal_mode(ctx, mode, ids, enc, alt)
 
 
-def _causal_outputs(ctx: CheckContext, mode: str, ids, enc, alt, positions) -> tuple:
+def _causal_outputs(
+    ctx: CheckContext,
+    mode: str,
+    ids: torch.Tensor,
+    enc: Optional[torch.Tensor],
+    alt: torch.Tensor,
+    positions: list[int],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(output of ``ids``, [output with position s changed, for each s]).
 
     A deterministic model whose batch rows are independent gets one forward for all variants (rows
@@ -80,16 +92,20 @@ def _causal_outputs(ctx: CheckContext, mode: str, ids, enc, alt, positions) -> t
     if shared.repeat_difference(ctx) == 0 and shared.rows_independent(ctx):
         stacked = torch.cat(variants)
         first, dec = shared.model_inputs(stacked, None if enc is None else enc.repeat(len(variants), 1))
-        outs = inp.forward(lm, first, decoder_ids=dec, mode=mode, seed=ctx.seed).split(ids.shape[0])
+        out = inp.forward(lm, first, decoder_ids=dec, mode=mode, seed=ctx.seed)
+        outs: Sequence[torch.Tensor] = torch.split(out, ids.shape[0])  # = out.split(...), which torch leaves untyped
     else:
-        outs = []
+        separate: list[torch.Tensor] = []
         for x in variants:
             first, dec = shared.model_inputs(x, enc)
-            outs.append(inp.forward(lm, first, decoder_ids=dec, mode=mode, seed=ctx.seed))
+            separate.append(inp.forward(lm, first, decoder_ids=dec, mode=mode, seed=ctx.seed))
+        outs = separate
     return outs[0], list(outs[1:])
 
 
-def _causal_mode(ctx: CheckContext, mode: str, ids, enc, alt):
+def _causal_mode(
+    ctx: CheckContext, mode: str, ids: torch.Tensor, enc: Optional[torch.Tensor], alt: torch.Tensor
+) -> Iterator[Row]:
     """One grad mode: perturb positions {1, T/2, T-1} one at a time and find the first leak."""
     import torch
 
@@ -127,7 +143,17 @@ def _causal_error(ctx: CheckContext, mode: str, err: Exception) -> str:
     return f"the forward raised under {mode}: {describe_error(err)}{hint}{kind_guess_note(ctx.model)}"
 
 
-def _causal_verdict(ctx: CheckContext, metric, tol, worst, leak, moved_at_s, positions, T, mode):
+def _causal_verdict(
+    ctx: CheckContext,
+    metric: str,
+    tol: float,
+    worst: float,
+    leak: Optional[tuple[int, int, float]],
+    moved_at_s: bool,
+    positions: list[int],
+    T: int,
+    mode: str,
+) -> Row:
     side = "decoder input" if ctx.model.kind == "seq2seq" else "input"
     if leak is not None:
         t, s, d = leak

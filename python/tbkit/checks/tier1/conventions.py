@@ -3,9 +3,11 @@ established (measured by ``checks/measure.py``, declared, or assumed)."""
 
 from __future__ import annotations
 
-from tbkit.checks.base import CheckContext, register
+from collections.abc import Iterator
+
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.tier1.common import PASS, WARN
-from tbkit.sources.conventions import MASK_WORDS
+from tbkit.sources.conventions import MASK_WORDS, Conventions, Fact
 
 _DECLARE = {
     "maximum length": "declare it with the run option max_len (--max-len)",
@@ -18,7 +20,7 @@ _DECLARE = {
 
 
 @register("conventions", tier=1, summary="the length, layout, mask and inputs the checks use, and how each is known")
-def check_conventions(ctx: CheckContext):
+def check_conventions(ctx: CheckContext) -> Iterator[Row]:
     """The conventions every other check feeds the model under, each measured or declared:
     the maximum length (the model's tables and buffers, then a forward at that length, bisected
     down when it raises an index error), the layout (batch-first or sequence-first: attention
@@ -32,7 +34,7 @@ def check_conventions(ctx: CheckContext):
     from tbkit.checks.measure import establish
 
     lm = establish(ctx)
-    conv = lm.conventions
+    conv: Conventions = lm.conventions
     if conv.max_len is not None:
         yield _row(ctx, "maximum length", conv.max_len.value, conv.max_len)
     words = "sequence-first (T, B): inputs transposed" if conv.seq_first else "batch-first (B, T)"
@@ -52,7 +54,7 @@ def check_conventions(ctx: CheckContext):
     yield ctx.row(PASS, "inputs", len(given), "", detail)
 
 
-def _row(ctx: CheckContext, metric: str, value, fact, words: str = ""):
+def _row(ctx: CheckContext, metric: str, value: object, fact: Fact, words: str = "") -> Row:
     detail = f"{words}; {fact.how}" if words else fact.how
     if fact.established:
         return ctx.row(PASS, metric, value, "", detail)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     dtype_scale,
     fmt,
@@ -20,7 +21,7 @@ from tbkit.checks.tier1.common import FAIL, PASS
     summary="two eval forwards on the same input are identical",
     thresholds=(Threshold("max_diff", float, 1e-6, "absolute", "largest allowed |run1 - run2|"),),
 )
-def check_determinism(ctx: CheckContext):
+def check_determinism(ctx: CheckContext) -> Iterator[Row]:
     """Two eval forwards of the same input give the same output.
 
     Why: randomness left on in eval (``F.dropout(..., training=True)``, sampling in forward) makes

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     describe_error,
     fmt,
@@ -16,6 +18,11 @@ from tbkit.checks.numeric import (
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN, forward_pair
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+    from torch import nn
 
 
 def _layer_key(name: str) -> str:
@@ -28,6 +35,11 @@ def _layer_key(name: str) -> str:
     return parts[0] if len(parts) > 1 else "(root)"
 
 
+def _owner(name: str) -> str:
+    """The qualified name of the module holding parameter ``name`` ("" for the root)."""
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
 @register(
     "gradient_flow",
     tier=1,
@@ -38,7 +50,7 @@ def _layer_key(name: str) -> str:
         Threshold("lr", float, 1e-3, "", "learning rate of the one Adam step every parameter must move by"),
     ),
 )
-def check_gradient_flow(ctx: CheckContext):
+def check_gradient_flow(ctx: CheckContext) -> Iterator[Row]:
     """One training-mode forward + backward on an LM loss on the model itself (``restore.preserved``
     puts weights, buffers, .grad, flags and random states back bit for bit), then one Adam step
     (its first step, p - lr g / (|g| + eps), computed out of place). Every trainable parameter must
@@ -68,7 +80,7 @@ def check_gradient_flow(ctx: CheckContext):
     yield from _gradient_step(ctx, facts)
 
 
-def _backward_and_step(ctx: CheckContext) -> dict:
+def _backward_and_step(ctx: CheckContext) -> dict[str, Any]:
     """Inside ``preserved``: the backward, the facts about each gradient, then one Adam step."""
     import torch
 
@@ -77,7 +89,7 @@ def _backward_and_step(ctx: CheckContext) -> dict:
     for p in module.parameters():
         p.grad = None  # the user's own accumulated gradients must not be counted (restored after)
     module.train()  # training is the point here: the same path (dropout on) a real step takes
-    ran: set = set()
+    ran: set[str] = set()
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: ran.add(n)) for n, m in module.named_modules()]
     gen = ctx.generator(8)
     ids = inp.token_ids(lm, 2, shared.probe_length(ctx), gen, dev)
@@ -87,7 +99,7 @@ def _backward_and_step(ctx: CheckContext) -> dict:
         with torch.enable_grad():
             out = lm.forward(enc, decoder_input_ids=dec)
             loss, what = inp.lm_loss(lm, ids, out, gen)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
     except Exception as err:  # the model failing in training mode is the finding
         return {"error": describe_error(err)}
     finally:
@@ -99,19 +111,18 @@ def _backward_and_step(ctx: CheckContext) -> dict:
     return facts
 
 
-def _gradient_facts(module, ran: set) -> dict:
+def _gradient_facts(module: nn.Module, ran: set[str]) -> dict[str, Any]:
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     no_grad = [n for n, p in trainable if p.grad is None]
-    owner = lambda n: n.rsplit(".", 1)[0] if "." in n else ""  # noqa: E731
     with_grad = [(n, p) for n, p in trainable if p.grad is not None]
     # one pass over the gradients: a norm is non-finite exactly when the tensor holds NaN/Inf,
     # and zero exactly when every entry is zero
-    norms = {n: float(p.grad.float().norm()) for n, p in with_grad}
+    norms = {n: float(cast("torch.Tensor", p.grad).float().norm()) for n, p in with_grad}  # grad is not None
     return dict(
         trainable=len(trainable),
         no_grad=no_grad,
-        never_ran=[n for n in no_grad if owner(n) not in ran],
-        elsewhere=[n for n in no_grad if owner(n) in ran],
+        never_ran=[n for n in no_grad if _owner(n) not in ran],
+        elsewhere=[n for n in no_grad if _owner(n) in ran],
         with_grad=with_grad,
         nonfinite=[n for n, v in norms.items() if not math.isfinite(v)],
         zero=[n for n, v in norms.items() if v == 0],
@@ -119,19 +130,20 @@ def _gradient_facts(module, ran: set) -> dict:
     )
 
 
-def _adam_step(ctx: CheckContext, with_grad: list, zero: list) -> dict:
+def _adam_step(ctx: CheckContext, with_grad: list[tuple[str, nn.Parameter]], zero: set[str]) -> dict[str, Any]:
     """Which parameters one Adam step moves. Adam's first step (bias-corrected) is exactly
     p - lr * g / (|g| + eps), so it is computed out of place: the same answer as
     ``torch.optim.Adam(...).step()`` without allocating its state or writing the weights."""
     import torch
 
     lr, eps = ctx.threshold("lr"), 1e-8
-    moved, unchanged = 0, []
+    moved = 0
+    unchanged: list[str] = []
     with torch.no_grad():
         for n, p in with_grad:
             if n in zero:
                 continue  # a zero gradient moves nothing (the all-zero row names it)
-            g = p.grad
+            g = cast("torch.Tensor", p.grad)  # with_grad holds only parameters with a gradient
             # a strided sample (a view, no copy) settles almost every tensor; the whole tensor is
             # computed only when no sampled entry moves
             stride = max(1, p.numel() // 4096)
@@ -145,7 +157,7 @@ def _adam_step(ctx: CheckContext, with_grad: list, zero: list) -> dict:
     return dict(moved=moved, unchanged=unchanged)
 
 
-def _gradient_connectivity(ctx: CheckContext, f: dict):
+def _gradient_connectivity(ctx: CheckContext, f: dict[str, Any]) -> Iterator[Row]:
     metric = "parameters without gradient"
     if f["never_ran"]:
         yield from _never_ran(ctx, f, metric)
@@ -161,17 +173,16 @@ def _gradient_connectivity(ctx: CheckContext, f: dict):
         )
 
 
-def _never_ran(ctx: CheckContext, f: dict, metric: str):
+def _never_ran(ctx: CheckContext, f: dict[str, Any], metric: str) -> Iterator[Row]:
     """Parameters whose modules never ran: WARN when an optional input of forward reaches them (or
     might: one tbkit cannot build), FAIL when no input of the signature can."""
     from tbkit.checks.tier1.reachable import reached_by
 
-    owner = lambda n: n.rsplit(".", 1)[0] if "." in n else ""  # noqa: E731
-    reached, untried = reached_by(ctx, {owner(n) for n in f["never_ran"]})
-    dead = [n for n in f["never_ran"] if owner(n) not in reached]
-    optional = [n for n in f["never_ran"] if owner(n) in reached]
+    reached, untried = reached_by(ctx, {_owner(n) for n in f["never_ran"]})
+    dead = [n for n in f["never_ran"] if _owner(n) not in reached]
+    optional = [n for n in f["never_ran"] if _owner(n) in reached]
     if optional:
-        inputs = sorted({reached[owner(n)] for n in optional})
+        inputs = sorted({reached[_owner(n)] for n in optional})
         why = (
             f"{len(optional)} tensors run only under optional inputs ({'; '.join(inputs)}), which this check does "
             f"not give: {_names(optional)}. They train when those inputs are given"
@@ -193,11 +204,11 @@ def _never_ran(ctx: CheckContext, f: dict, metric: str):
     yield ctx.row(FAIL, metric, len(dead), "0", why)
 
 
-def _names(names: list) -> str:
+def _names(names: list[str]) -> str:
     return ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
 
 
-def _gradient_zero(ctx: CheckContext, f: dict):
+def _gradient_zero(ctx: CheckContext, f: dict[str, Any]) -> Iterator[Row]:
     zero = f["zero"]
     detail = (
         "gradient exactly zero for: " + ", ".join(zero[:20]) + " (dead units, a zero multiplier, or a detached branch)"
@@ -208,14 +219,14 @@ def _gradient_zero(ctx: CheckContext, f: dict):
     yield ctx.row(WARN if zero else PASS, "all-zero gradients", len(zero), "0", detail)
 
 
-def _gradient_norms(ctx: CheckContext, f: dict):
+def _gradient_norms(ctx: CheckContext, f: dict[str, Any]) -> Iterator[Row]:
     norms = f["norms"]
     total = math.sqrt(sum(v * v for v in norms.values()))
     limit, ratio_limit = ctx.threshold("max_total_norm"), ctx.threshold("min_layer_ratio")
     why = "; exploding gradients: lower the init scale or clip" if total > limit else ""
     detail = f"loss {f['loss']:.4g} ({f['what']}){why}"
     yield ctx.row(WARN if total > limit else PASS, "total gradient norm", total, f"<= {limit:g}", detail)
-    layers: dict = {}
+    layers: dict[str, float] = {}
     for n, v in norms.items():
         layers[_layer_key(n)] = layers.get(_layer_key(n), 0.0) + v * v
     layers = {k: math.sqrt(v) for k, v in layers.items()}
@@ -223,7 +234,7 @@ def _gradient_norms(ctx: CheckContext, f: dict):
     if len(positive) >= 2:
         ratio = min(positive) / max(positive)
         lo = min(layers, key=lambda k: layers[k] if layers[k] > 0 else math.inf)
-        hi = max(layers, key=layers.get)
+        hi = max(layers, key=layers.__getitem__)
         detail = f"smallest {lo} ({fmt(layers[lo])}), largest {hi} ({fmt(layers[hi])})"
         detail += "; vanishing gradients in the smallest layer" if ratio < ratio_limit else ""
         status = WARN if ratio < ratio_limit else PASS
@@ -232,11 +243,11 @@ def _gradient_norms(ctx: CheckContext, f: dict):
         _gradient_figure(ctx, layers)
 
 
-def _gradient_figure(ctx: CheckContext, layers: dict) -> None:
+def _gradient_figure(ctx: CheckContext, layers: dict[str, float]) -> None:
     ctx.save_figure(functools.partial(_draw_gradient_norms, layers), "gradient_norms")
 
 
-def _draw_gradient_norms(layers: dict):
+def _draw_gradient_norms(layers: dict[str, float]) -> Figure:
     fig = new_figure(6.4, max(2.5, 0.28 * len(layers) + 1))
     ax = fig.add_subplot()
     names = list(layers)
@@ -249,7 +260,7 @@ def _draw_gradient_norms(layers: dict):
     return fig
 
 
-def _gradient_step(ctx: CheckContext, f: dict):
+def _gradient_step(ctx: CheckContext, f: dict[str, Any]) -> Iterator[Row]:
     n, moved, unchanged = len(f["with_grad"]), f["moved"], f["unchanged"]
     metric = "parameters changed by one Adam step"
     if moved == 0 and n:

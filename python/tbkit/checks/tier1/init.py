@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     fmt,
 )
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-def _is_norm(module) -> bool:
+
+def _is_norm(module: nn.Module) -> bool:
     import torch.nn as nn
 
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)) or (
@@ -32,7 +38,7 @@ def _is_norm(module) -> bool:
         Threshold("max_gain", float, 10.0, "x default init", "weight scale above this multiple WARN"),
     ),
 )
-def check_init(ctx: CheckContext):
+def check_init(ctx: CheckContext) -> Iterator[Row]:
     """The state of a fresh model: finite parameters; loss at init close to ln V; norm layers at
     weight 1 / bias 0 (never flagged) and not all-zero; no weight tensors identical across layers;
     no weight matrix scaled far above the default init.
@@ -51,7 +57,7 @@ def check_init(ctx: CheckContext):
     yield from _init_weight_gain(ctx)
 
 
-def _all_finite(t) -> bool:
+def _all_finite(t: torch.Tensor) -> bool:
     """One pass, no tensor of the same size allocated: min and max are finite only when every
     entry is (NaN propagates through both)."""
     import torch
@@ -64,7 +70,7 @@ def _all_finite(t) -> bool:
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
-def _init_loss(ctx: CheckContext):
+def _init_loss(ctx: CheckContext) -> Iterator[Row]:
     """1. loss at init against the uniform prediction, ln V (on the shared batch of 7)."""
     lm = ctx.model
     T = shared.probe_length(ctx)
@@ -100,7 +106,7 @@ def _init_loss(ctx: CheckContext):
         yield ctx.row(status, "loss at init", L0, f"|L0 - ln V| <= {warn_band:.3f}", detail)
 
 
-def _init_norm_layers(ctx: CheckContext):
+def _init_norm_layers(ctx: CheckContext) -> Iterator[Row]:
     """2. norm layers: weight 1 / bias 0 is the normal fresh state, never flagged."""
     import torch
 
@@ -128,19 +134,19 @@ def _init_norm_layers(ctx: CheckContext):
         yield ctx.row(PASS, "norm layers", len(norms), "", what)
 
 
-def _identical_groups(named) -> list:
+def _identical_groups(named: list[tuple[str, nn.Parameter]]) -> list[list[str]]:
     """Groups of parameter names whose tensors are exactly equal (constant tensors excluded).
     Candidates are grouped by shape, dtype and their first 64 values, so only tensors that already
     agree there are compared in full (a fresh model has almost none)."""
     import torch
 
-    groups: dict = {}
+    groups: dict[tuple[tuple[int, ...], torch.dtype, bytes], list[tuple[str, nn.Parameter]]] = {}
     for n, p in named:
         if p.numel() < 2 or p.dim() == 0:
             continue
         head = p.detach().flatten()[:64]
         groups.setdefault((tuple(p.shape), p.dtype, head.cpu().numpy().tobytes()), []).append((n, p))
-    identical = []
+    identical: list[list[str]] = []
     for members in groups.values():
         if len(members) < 2:
             continue
@@ -154,7 +160,7 @@ def _identical_groups(named) -> list:
     return identical
 
 
-def _init_identical_tensors(ctx: CheckContext):
+def _init_identical_tensors(ctx: CheckContext) -> Iterator[Row]:
     """3. tensors exactly identical across layers (constant tensors such as zero biases and
     LayerNorm ones are excluded: identical by design)."""
     import torch.nn as nn
@@ -182,7 +188,7 @@ def _init_identical_tensors(ctx: CheckContext):
         yield ctx.row(WARN, metric, len(identical), "0", why)
 
 
-def _init_weight_gain(ctx: CheckContext):
+def _init_weight_gain(ctx: CheckContext) -> Iterator[Row]:
     """4. scale of each weight matrix: gain = std * sqrt(fan_in). Default torch init gives ~0.58,
     xavier ~0.7-1, normal(0, 0.02) less. A first cut flagged > 4, but a fresh
     transformers T5 has an LM head of std 1 (gain sqrt(d) = 5.7 at d 32) by design: its forward

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     describe_error,
     new_figure,
@@ -14,8 +16,16 @@ from tbkit.checks.numeric import (
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS
 
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
 
-def _sweep(lm) -> list:
+    from tbkit.sources.loaded import LoadedModel
+
+_Point = tuple[int, int, float]  # (batch, length, activation MB)
+
+
+def _sweep(lm: LoadedModel) -> list[tuple[int, int]]:
     """Length max_len/4 and max_len at batch 1, and max_len at batch 2: the growth with length
     and with batch (activation memory is linear in the batch, so two batch sizes show the slope)."""
     longest = inp.usable_max_len(lm)
@@ -23,7 +33,7 @@ def _sweep(lm) -> list:
     return sorted({(1, short), *((b, longest) for b in shared.MEASURED_BATCHES)})
 
 
-def _memory_method(dev) -> str:
+def _memory_method(dev: torch.device) -> str:
     if dev.type == "cuda":
         return "CUDA peak allocated above the resident model during a grad-mode forward"
     return (
@@ -42,7 +52,7 @@ def _memory_method(dev) -> str:
         ),
     ),
 )
-def check_memory(ctx: CheckContext):
+def check_memory(ctx: CheckContext) -> Iterator[Row]:
     """Parameter and buffer MB, and the activation memory of a grad-mode forward at (batch, length)
     (1, max_len/4), (1, max_len) and (2, max_len) (CUDA: peak allocated; CPU: bytes autograd saves).
 
@@ -56,7 +66,7 @@ def check_memory(ctx: CheckContext):
     buffer_mb = sum(b.numel() * b.element_size() for b in module.buffers()) / 2**20
     detail = f"parameters {param_mb:.3f} MB, buffers {buffer_mb:.3f} MB"
     yield ctx.row(PASS, "parameters + buffers MB", round(param_mb + buffer_mb, 3), "", detail)
-    points = []
+    points: list[_Point] = []
     for B, T in _sweep(lm):
         try:  # at max_len these are the grad-mode forwards shape already ran (see shared.py)
             points.append((B, T, shared.activation_bytes(ctx, B, T) / 2**20))
@@ -68,7 +78,7 @@ def check_memory(ctx: CheckContext):
     _memory_figure(ctx, points)
 
 
-def _memory_verdict(ctx: CheckContext, points: list, model_mb: float):
+def _memory_verdict(ctx: CheckContext, points: list[_Point], model_mb: float) -> Row:
     peak = max(mb for _, _, mb in points)
     sweep = ", ".join(f"B={B} T={T}: {mb:.2f} MB" for B, T, mb in points)
     method = _memory_method(ctx.device)
@@ -82,11 +92,11 @@ def _memory_verdict(ctx: CheckContext, points: list, model_mb: float):
     return ctx.row(status, "peak activation MB", round(peak, 3), f"model + activations <= {budget} MB", why)
 
 
-def _memory_figure(ctx: CheckContext, points: list) -> None:
+def _memory_figure(ctx: CheckContext, points: list[_Point]) -> None:
     ctx.save_figure(functools.partial(_draw_memory, points, ctx.device.type), "memory_sweep")
 
 
-def _draw_memory(points: list, device_type: str):
+def _draw_memory(points: list[_Point], device_type: str) -> Figure:
     fig = new_figure()
     ax = fig.add_subplot()
     for B in sorted({b for b, _, _ in points}):

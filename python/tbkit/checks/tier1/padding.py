@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.measure import establish, measure_mask, register_mask_probe
 from tbkit.checks.numeric import (
     describe_error,
@@ -16,6 +19,12 @@ from tbkit.checks.numeric import (
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
+if TYPE_CHECKING:
+    import torch
+
+# (row alone, padded batch, batch with other pad content): real positions and whole outputs
+_Outputs = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
+
 
 @register(
     "padding",
@@ -26,7 +35,7 @@ from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
         Threshold("warn_rel", float, 1e-3, "relative", "above it FAIL; between pass_rel and it WARN"),
     ),
 )
-def check_padding(ctx: CheckContext):
+def check_padding(ctx: CheckContext) -> Iterator[Row]:
     """Right padding must leave the real positions unchanged, and so must changing the tokens
     under the padding; in grad mode and under no_grad. Decoders: a left-padded input (batched
     generation) must keep real positions finite.
@@ -55,14 +64,14 @@ def check_padding(ctx: CheckContext):
             yield from _padding_left(ctx, case)
 
 
-def measure_convention(ctx: CheckContext) -> list:
+def measure_convention(ctx: CheckContext) -> list[str]:
     """Find the mask encoding under which padding leaves real positions unchanged, on the very
     inputs and no_grad forwards the check judges (cached: no extra forward when the first holds)."""
     if shared.probe_length(ctx) < 2:
         return []
     case = padding_case(ctx)
 
-    def outputs(ctx):
+    def outputs(ctx: CheckContext) -> _Outputs:
         alone, out, out2 = padding_outputs(ctx, case, "no_grad")
         return alone, case["real"](out), case["real"](out2)
 
@@ -80,14 +89,15 @@ def _no_mask_text() -> str:
     )
 
 
-def padding_case(ctx: CheckContext) -> dict:
+def padding_case(ctx: CheckContext) -> dict[str, Any]:
     """The inputs: row 1 keeps L real tokens then padding; the same tokens alone; other pad content."""
     if ("padding_case",) not in ctx.cache:
         ctx.cache[("padding_case",)] = _padding_case(ctx, shared.probe_length(ctx))
-    return ctx.cache[("padding_case",)]
+    case: dict[str, Any] = ctx.cache[("padding_case",)]
+    return case
 
 
-def _padding_case(ctx: CheckContext, T: int) -> dict:
+def _padding_case(ctx: CheckContext, T: int) -> dict[str, Any]:
     import torch
 
     lm, dev = ctx.model, ctx.device
@@ -96,7 +106,7 @@ def _padding_case(ctx: CheckContext, T: int) -> dict:
     L = max(1, T - max(1, T // 3))
     padded, mask = inp.right_pad(lm, ids, [T, L])
     repadded, _ = inp.right_pad(lm, ids, [T, L], fill=inp.different_tokens(lm, ids, gen))
-    case = dict(ids=ids, T=T, L=L, padded=padded, repadded=repadded, mask=mask)
+    case: dict[str, Any] = dict(ids=ids, T=T, L=L, padded=padded, repadded=repadded, mask=mask)
     case["ones"] = torch.ones(1, L, dtype=mask.dtype, device=dev)
     if lm.kind == "seq2seq":  # pad the encoder side; every decoder position must stay the same
         dec = inp.token_ids(lm, 2, inp.clamp_len(lm, 8), gen, dev)
@@ -106,7 +116,7 @@ def _padding_case(ctx: CheckContext, T: int) -> dict:
     return case
 
 
-def _padding_mode(ctx: CheckContext, case: dict, mode: str, name: str):
+def _padding_mode(ctx: CheckContext, case: dict[str, Any], mode: str, name: str) -> Iterator[Row]:
     import torch
 
     lm, c = ctx.model, case
@@ -143,7 +153,7 @@ def _padding_mode(ctx: CheckContext, case: dict, mode: str, name: str):
     yield _padding_verdict(ctx, metric, rel, tol, detail, name)
 
 
-def padding_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
+def padding_outputs(ctx: CheckContext, c: dict[str, Any], mode: str) -> _Outputs:
     """(row alone, padded batch, batch with other pad content) under the run's mask convention,
     computed once per (convention, mode); raises what the model raised."""
     conv = ctx.model.conventions
@@ -155,12 +165,13 @@ def padding_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
             ctx.cache[key] = (alone[0], *_padded_outputs(ctx, c, mode))
         except Exception as err:  # the model's answer under this convention
             ctx.cache[key] = err
-    if isinstance(ctx.cache[key], Exception):
-        raise ctx.cache[key]
-    return ctx.cache[key]
+    value: _Outputs | Exception = ctx.cache[key]
+    if isinstance(value, Exception):
+        raise value
+    return value
 
 
-def _padded_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
+def _padded_outputs(ctx: CheckContext, c: dict[str, Any], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of the padded batch and of the same batch with other tokens under the padding: one
     stacked forward for a deterministic model (rows compared within one call), two seeded forwards
     for a model that is random in eval (so its randomness is not taken for a padding leak)."""
@@ -176,7 +187,7 @@ def _padded_outputs(ctx: CheckContext, c: dict, mode: str) -> tuple:
     return out[: c["padded"].shape[0]], out[c["padded"].shape[0] :]
 
 
-def _padding_verdict(ctx: CheckContext, metric: str, rel: float, tol: float, detail: str, name: str):
+def _padding_verdict(ctx: CheckContext, metric: str, rel: float, tol: float, detail: str, name: str) -> Row:
     # A first cut said atol 1e-5; judged relative to the output scale (see numeric.output_scale),
     # with a WARN band up to warn_rel for kernels that change with the padded length.
     if rel <= tol:
@@ -193,7 +204,7 @@ def _padding_verdict(ctx: CheckContext, metric: str, rel: float, tol: float, det
     return ctx.row(FAIL, metric, rel, f"<= {tol:.0e}", detail + fix)
 
 
-def _padding_left(ctx: CheckContext, case: dict):
+def _padding_left(ctx: CheckContext, case: dict[str, Any]) -> Iterator[Row]:
     """Batched generation pads on the left. Values may legitimately shift there (absolute
     positions move), so only finiteness is judged: causal mask + left padding makes the pad
     queries' rows fully masked, and under no_grad fused paths turn that into NaN that spreads to

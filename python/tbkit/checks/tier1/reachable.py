@@ -9,9 +9,16 @@ can synthesise in one extra forward (only when some modules never ran) and names
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 from tbkit.checks import inputs as inp
 from tbkit.sources.conventions import DECODER_INPUTS, MASK_ARGUMENTS, SYNTHESISED
+
+if TYPE_CHECKING:
+    import torch
+
+    from tbkit.checks.base import CheckContext
+    from tbkit.sources.loaded import LoadedModel
 
 # Optional parameters that feed no parameters of their own (masks, labels, caches, flags, the
 # alternative to input_ids): a module that never ran is not waiting for them.
@@ -43,7 +50,7 @@ _NO_NEW_PATH = {
 }
 
 
-def candidate_inputs(model) -> list:
+def candidate_inputs(model: LoadedModel) -> list[str]:
     """Optional (default None) parameters of forward that could open a path tbkit did not take."""
     try:
         params = inspect.signature(model.module.forward).parameters
@@ -52,7 +59,7 @@ def candidate_inputs(model) -> list:
     return [n for n, p in params.items() if p.default is None and n not in _NO_NEW_PATH]
 
 
-def _hidden_width(model) -> int:
+def _hidden_width(model: LoadedModel) -> int:
     cfg = getattr(model.module, "config", None)
     for key in ("cross_attention_hidden_size", "hidden_size", "d_model", "n_embd"):
         value = getattr(cfg, key, None) if cfg is not None else None
@@ -65,12 +72,12 @@ def _hidden_width(model) -> int:
     return guess[1].embedding_dim if guess else 1
 
 
-def _synthesised(model, names: list, ids) -> dict:
+def _synthesised(model: LoadedModel, names: list[str], ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Values for the optional inputs tbkit knows how to build, by name."""
     import torch
 
     B, T = ids.shape
-    out: dict = {}
+    out: dict[str, torch.Tensor] = {}
     if "encoder_hidden_states" in names:
         dtype = next((p.dtype for p in model.module.parameters() if p.is_floating_point()), torch.float32)
         out["encoder_hidden_states"] = torch.randn(B, T, _hidden_width(model), device=ids.device, dtype=dtype)
@@ -87,7 +94,7 @@ def _synthesised(model, names: list, ids) -> dict:
     return out
 
 
-def reached_by(ctx, owners: set) -> tuple:
+def reached_by(ctx: CheckContext, owners: set[str]) -> tuple[dict[str, str], list[str]]:
     """({module name: input names that made it run}, [candidate inputs not tried]).
 
     One eval forward with every synthesisable optional input at once, hooks recording which of
@@ -103,7 +110,7 @@ def reached_by(ctx, owners: set) -> tuple:
     untried = [n for n in names if n not in extra and not n.startswith("entity_")]
     if not extra:
         return {}, untried
-    ran: set = set()
+    ran: set[str] = set()
     modules = dict(lm.module.named_modules())
     hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: ran.add(n)) for n in owners if n in modules]
     try:

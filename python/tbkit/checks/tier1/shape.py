@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     describe_error,
 )
@@ -13,13 +15,13 @@ from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN, forward_pair
 SHAPE_BATCHES = (1, 2, 7)
 
 
-def _shape_lengths(ctx: CheckContext) -> list:
+def _shape_lengths(ctx: CheckContext) -> list[int]:
     longest = inp.usable_max_len(ctx.model)
     return sorted({n for n in (1, 2, shared.probe_length(ctx), longest) if n <= longest})
 
 
 @register("shape", tier=1, summary="batch {1,2,7} x length {1,2,odd,max_len}: output (B,T,V|H); max_len+1")
-def check_shape(ctx: CheckContext):
+def check_shape(ctx: CheckContext) -> Iterator[Row]:
     """Every batch {1, 2, 7} x length {1, 2, an odd length, max_len} gives an output of shape
     (B, T, V) (logits) or (B, T, H) (hidden states), the same last dimension each time; one token
     past max_len must raise a clear error or work.
@@ -31,7 +33,7 @@ def check_shape(ctx: CheckContext):
     yield from _shape_past_max_len(ctx)
 
 
-def _shape_grid(ctx: CheckContext):
+def _shape_grid(ctx: CheckContext) -> Iterator[Row]:
     lm = ctx.model
     lengths = _shape_lengths(ctx)
     failures, last_dims, tried = [], set(), 0
@@ -64,7 +66,7 @@ def _shape_grid(ctx: CheckContext):
         yield ctx.row(PASS, "shapes correct", f"{tried}/{tried}", "all", detail + note)
 
 
-def _shape_past_max_len(ctx: CheckContext):
+def _shape_past_max_len(ctx: CheckContext) -> Iterator[Row]:
     """One token past the limit must either work or fail with an error: what it must not do is
     return garbage silently. Not tried off-CPU: an out-of-range index on CUDA is a device-side
     assert that leaves CUDA unusable for the rest of the process (the notebook would need a restart)."""

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Optional
 
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared, timing
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     new_figure,
 )
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN, forward_pair
 from tbkit.checks.timing import machine_load
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
+_Point = tuple[int, int, timing.Timing]  # (batch, length, its timings)
 
 SPEED_BATCHES = (1, 2)  # shapes of the shared grid: their shared forward is the warm-up
 
@@ -28,7 +36,7 @@ SPEED_BATCHES = (1, 2)  # shapes of the shared grid: their shared forward is the
         Threshold("min_batch_speedup", float, 0.5, "", "batch 2 tokens/s below this multiple of batch 1 WARN"),
     ),
 )
-def check_speed(ctx: CheckContext):
+def check_speed(ctx: CheckContext) -> Iterator[Row]:
     """Forward latency (eval, no_grad, all torch threads) at batch {1, 2} x the shared odd length
     (17, or less for short models): median of at least ``min_timings`` (6: the fewest for which an
     order-statistic 95% interval of the median exists) timings per shape, more while ``seconds_per_shape``
@@ -54,16 +62,16 @@ def check_speed(ctx: CheckContext):
     _speed_figure(ctx, points, threads)
 
 
-def _time_forwards(ctx: CheckContext, batches, T: int) -> list:
+def _time_forwards(ctx: CheckContext, batches: tuple[int, ...], T: int) -> list[timing.Timing]:
     """A Timing per batch size, measured interleaved (see ``timing.measure_interleaved``)."""
     import torch
 
     lm, dev = ctx.model, ctx.device
 
-    def step_for(B):
+    def step_for(B: int) -> Callable[[], None]:
         first, dec = _speed_inputs(ctx, B, T)
 
-        def step():
+        def step() -> None:
             with torch.no_grad():
                 lm.forward(first, decoder_input_ids=dec)
             if dev.type == "cuda":
@@ -83,14 +91,14 @@ def _time_forwards(ctx: CheckContext, batches, T: int) -> list:
         return timing.measure_interleaved(steps, min_n, budget)
 
 
-def _speed_inputs(ctx: CheckContext, B: int, T: int):
+def _speed_inputs(ctx: CheckContext, B: int, T: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     if B <= shared.MAX_BATCH:
         return shared.model_inputs(*shared.batch(ctx, B, T))
     gen = ctx.generator(10)
     return forward_pair(ctx.model, inp.token_ids(ctx.model, B, T, gen, ctx.device), ctx.device, gen)
 
 
-def _speed_row(ctx: CheckContext, B: int, T: int, t, threads: int):
+def _speed_row(ctx: CheckContext, B: int, T: int, t: timing.Timing, threads: int) -> Row:
     med = t.median
     lo, hi = t.median_ci()
     spread = (hi - lo) / med if med > 0 else 0.0
@@ -110,7 +118,7 @@ def _speed_row(ctx: CheckContext, B: int, T: int, t, threads: int):
     return ctx.row(FAIL if over else PASS, metric, round(med * 1e3, 4), f"<= {budget} ms", detail + why)
 
 
-def _speed_scaling(ctx: CheckContext, points: list):
+def _speed_scaling(ctx: CheckContext, points: list[_Point]) -> Iterator[Row]:
     """A property of the model: tokens/s should not fall when the batch grows. Judged on the
     round-by-round ratios of the interleaved timings (a burst of other work hits both sides of a
     round), and only when even the upper end of the ratio's confidence interval is below
@@ -134,12 +142,12 @@ def _speed_scaling(ctx: CheckContext, points: list):
         yield ctx.row(PASS, metric, round(ratio, 3), f">= {factor:g}", detail)
 
 
-def _speed_figure(ctx: CheckContext, points: list, threads: int) -> None:
+def _speed_figure(ctx: CheckContext, points: list[_Point], threads: int) -> None:
     tokens_per_s = [(f"B{B}xT{T}", B * T / t.median) for B, T, t in points]
     ctx.save_figure(functools.partial(_draw_speed, tokens_per_s, ctx.device.type, threads), "speed_sweep")
 
 
-def _draw_speed(tokens_per_s: list, device_type: str, threads: int):
+def _draw_speed(tokens_per_s: list[tuple[str, float]], device_type: str, threads: int) -> Figure:
     fig = new_figure()
     ax = fig.add_subplot()
     ax.bar([label for label, _ in tokens_per_s], [v for _, v in tokens_per_s], color="#c44e52")

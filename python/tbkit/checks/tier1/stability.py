@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     describe_error,
     new_figure,
 )
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN, forward_pair
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
 
 
 @register(
@@ -21,7 +27,7 @@ from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN, forward_pair
     summary="random ids, one repeated token, length 1 and max_len, bf16 autocast: finite, |logit| < 1e4",
     thresholds=(Threshold("max_abs_output", float, 1e4, "absolute", "max |output| at or above it WARN"),),
 )
-def check_stability(ctx: CheckContext):
+def check_stability(ctx: CheckContext) -> Iterator[Row]:
     """Outputs stay finite and moderate on random ids, one repeated token, length 1, max_len and
     under bf16 autocast.
 
@@ -31,7 +37,7 @@ def check_stability(ctx: CheckContext):
     divisions and masked softmax rows."""
     lm, dev = ctx.model, ctx.device
     longest, T = inp.usable_max_len(lm), shared.probe_length(ctx)
-    state = {"fp32_finite": True, "histogram": None}
+    state: dict[str, Any] = {"fp32_finite": True, "histogram": None}
     yield from _stability_case(ctx, "random ids", lambda: shared.forward(ctx, 2, T), (2, T), state)
     yield from _stability_case(ctx, "one repeated token", lambda: _repeated_token_forward(ctx, T), (1, T), state)
     yield from _stability_case(ctx, "length 1", lambda: shared.forward(ctx, 2, 1), (2, 1), state)
@@ -48,7 +54,7 @@ def check_stability(ctx: CheckContext):
     _stability_histogram(ctx, state["histogram"])
 
 
-def _repeated_token_forward(ctx: CheckContext, T: int):
+def _repeated_token_forward(ctx: CheckContext, T: int) -> torch.Tensor:
     import torch
 
     lm = ctx.model
@@ -59,7 +65,7 @@ def _repeated_token_forward(ctx: CheckContext, T: int):
         return inp.forward(lm, enc, decoder_ids=dec, seed=ctx.seed)
 
 
-def _bf16_autocast(dev):
+def _bf16_autocast(dev: torch.device) -> tuple[Optional[torch.autocast], str]:
     import torch
 
     try:
@@ -68,13 +74,20 @@ def _bf16_autocast(dev):
         return None, describe_error(err)
 
 
-def _autocast_forward(ctx: CheckContext, autocast, T: int):
+def _autocast_forward(ctx: CheckContext, autocast: torch.autocast, T: int) -> torch.Tensor:
     first, dec = shared.model_inputs(*shared.batch(ctx, 1, T))
     with inp.eval_mode(ctx.model.module), autocast:
         return inp.forward(ctx.model, first, decoder_ids=dec, seed=ctx.seed)
 
 
-def _stability_case(ctx: CheckContext, name: str, forward, shape, state: dict, bf16: bool = False):
+def _stability_case(
+    ctx: CheckContext,
+    name: str,
+    forward: Callable[[], torch.Tensor],
+    shape: tuple[int, int],
+    state: dict[str, Any],
+    bf16: bool = False,
+) -> Iterator[Row]:
     import torch
 
     metric, limit = f"max |output|: {name}", ctx.threshold("max_abs_output")
@@ -112,13 +125,13 @@ def _stability_case(ctx: CheckContext, name: str, forward, shape, state: dict, b
         yield ctx.row(PASS, metric, peak, f"< {limit:.0e}", f"finite for {name} (shape {tuple(shape)})")
 
 
-def _stability_histogram(ctx: CheckContext, histogram) -> None:
+def _stability_histogram(ctx: CheckContext, histogram: Optional[torch.Tensor]) -> None:
     if histogram is None or not histogram.numel():
         return
     ctx.save_figure(functools.partial(_draw_histogram, histogram, ctx.generator(5)), "output_distribution")
 
 
-def _draw_histogram(histogram, generator):
+def _draw_histogram(histogram: torch.Tensor, generator: torch.Generator) -> Figure:
     import torch
 
     fig = new_figure()

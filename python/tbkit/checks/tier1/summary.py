@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from tbkit.checks import inputs as inp
-from tbkit.checks.base import CheckContext, register
+from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.tier1.common import PASS
 
 
 @register("summary", tier=1, summary="parameters (total/trainable), size in MB, per-module table")
-def check_summary(ctx: CheckContext):
+def check_summary(ctx: CheckContext) -> Iterator[Row]:
     """Parameter count (total, trainable, frozen), size in MB, a per-module table and the model
     facts the other checks use (kind and how it was decided, vocabulary, maximum length).
 
@@ -38,7 +40,7 @@ def check_summary(ctx: CheckContext):
     yield from _summary_facts(ctx)
 
 
-def _summary_modules(ctx: CheckContext):
+def _summary_modules(ctx: CheckContext) -> Iterator[Row]:
     module = ctx.model.module
     lines = []
     for name, child in module.named_children():
@@ -50,7 +52,7 @@ def _summary_modules(ctx: CheckContext):
     yield ctx.row(PASS, "modules", len(lines), detail="\n".join(lines) or "no submodules")
 
 
-def _summary_facts(ctx: CheckContext):
+def _summary_facts(ctx: CheckContext) -> Iterator[Row]:
     lm = ctx.model
     facts = (
         f"{type(lm.module).__name__}: kind {lm.kind} ({lm.kind_reason}), vocab {lm.vocab_size} "
