@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -76,7 +76,7 @@ def measure(step: Callable[[], object], min_timings: int, budget_s: float, max_t
 
 
 def measure_interleaved(
-    steps: list[Callable[[], object]], min_timings: int, budget_s: float, max_timings: int = 10**6
+    steps: Sequence[Callable[[], object]], min_timings: int, budget_s: float, max_timings: int = 10**6
 ) -> list[Timing]:
     """Time several steps in rounds (a, b, a, b, ...): at least ``min_timings`` rounds, more while
     ``budget_s`` per step lasts. Interleaving makes a burst of other work hit every step alike, so

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from tbkit.checks import attention_capture, inputs
 from tbkit.checks.attention_capture import AttentionMap, CaptureResult
@@ -103,7 +103,8 @@ def _attention_inputs(ctx: CheckContext) -> tuple[torch.Tensor, Optional[torch.T
 
 def _attention_fidelity(ctx: CheckContext, result: CaptureResult, length: int) -> Row:
     change = result.max_output_change
-    scale = max(1.0, float(result.output_without_capture.float().abs().max()))
+    plain = cast("torch.Tensor", result.output_without_capture)  # capture() sets it before anything else
+    scale = max(1.0, float(plain.float().abs().max()))
     limit = ctx.threshold("capture_fidelity")
     sources = sorted({m.source for m in result.maps})
     how = (
