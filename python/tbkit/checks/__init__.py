@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status, register, verdict_of
 from tbkit.checks.options import validate_options
 from tbkit.checks.spec import ALIASES, RUN_OPTIONS, TIER_MODULES, CheckSpec, Option, Threshold
 
 
-def checks_for(tiers) -> list:
+def checks_for(tiers: Iterable[int | str]) -> list[CheckSpec]:
     """The registered checks of the given tiers, in registration order (importing the tier modules)."""
     import importlib
 
@@ -29,6 +31,7 @@ __all__ = [
     "Threshold",
     "Option",
     "RUN_OPTIONS",
+    "TIER_MODULES",
     "ALIASES",
     "validate_options",
 ]

@@ -62,7 +62,7 @@ class Row:
     detail: str = ""
     seconds: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["status"] = self.status.value
         v = self.value
@@ -115,13 +115,13 @@ class CheckContext:
     device: torch.device
     out_dir: Optional[Path] = None
     seed: int = 0
-    options: dict = field(default_factory=dict)  # run options by canonical name (checks/spec.py)
-    figures: list = field(default_factory=list)  # Figure entries, in order
+    options: dict[str, Any] = field(default_factory=dict)  # run options by canonical name (checks/spec.py)
+    figures: list[Figure] = field(default_factory=list)  # Figure entries, in order
     check_id: str = ""
     tier: int = 0
     # per-run memo shared by the checks (shared input batches and their forwards, see
     # checks/shared.py); valid because every check leaves the model as it found it
-    cache: dict = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)
     # the runner renders figures after the checks (so a check's seconds are its own work);
     # checks called directly render at once
     defer_figures: bool = False
@@ -162,7 +162,7 @@ class CheckContext:
         g.manual_seed(self.seed + offset)
         return g
 
-    def save_figure(self, fig, name: str) -> Optional[Path]:
+    def save_figure(self, fig: Any, name: str) -> Optional[Path]:
         """Save a ``matplotlib.figure.Figure`` (build it without pyplot) as PNG; returns the path.
         ``fig`` may also be a function that builds the figure: under the runner it is then called
         after the checks, so drawing is not counted as the check's time.
@@ -190,9 +190,9 @@ def register(
     id: str,
     tier: int,
     summary: str,
-    needs: tuple = (),
-    applies=None,
-    thresholds: Union[None, dict, Iterable[Threshold]] = None,
+    needs: tuple[str, ...] = (),
+    applies: Optional[Callable[[CheckContext], Optional[str]]] = None,
+    thresholds: Union[None, dict[str, Any], Iterable[Threshold]] = None,
     options: Optional[Iterable[Option]] = None,
 ) -> Callable[[CheckFunc], CheckFunc]:
     """Register ``check_<id>`` under its public ``id``. ``thresholds`` are its named, overridable

@@ -71,7 +71,7 @@ def _describe(name: str, o: Option) -> str:
     return f"- `{name}` ({'; '.join(facts)}): {_md(o.help)}"
 
 
-def _section(spec: CheckSpec) -> list:
+def _section(spec: CheckSpec) -> list[str]:
     doc = spec.doc or spec.summary
     first, _, rest = doc.partition("\n\n")
     lines = [f"### `{spec.id}`", "", _md(" ".join(first.split())), ""]
@@ -88,7 +88,7 @@ def _section(spec: CheckSpec) -> list:
     return lines
 
 
-def _run_options() -> list:
+def _run_options() -> list[str]:
     lines = [
         "## Run-level options",
         "",
@@ -107,7 +107,7 @@ def _run_options() -> list:
     return lines + [""]
 
 
-def _specs() -> list:
+def _specs() -> list[CheckSpec]:
     return checks_for(sorted(TIER_MODULES))
 
 
@@ -147,7 +147,7 @@ def readme_with_table(readme: str) -> str:
     return readme[:start] + readme_table() + readme[end + len(README_END) :]
 
 
-def write(root: Path) -> list:
+def write(root: Path) -> list[Path]:
     """Rewrite docs/checks.md and README's table under ``root``; the paths that changed."""
     changed = []
     for path, text in (
@@ -160,7 +160,7 @@ def write(root: Path) -> list:
     return changed
 
 
-def main(argv: list | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tbkit.checks.catalogue", description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help="rewrite docs/checks.md and README.md's check table")
     ap.add_argument("--root", default=".", help="the repository checkout (default: the current folder)")

@@ -91,7 +91,7 @@ def _singular_values(matrices: list[torch.Tensor], batch: list[int], device: tor
             m = m / scale
         grams.append(m.T @ m)
     try:
-        eigenvalues = torch.linalg.eigvalsh(torch.stack(grams))
+        eigenvalues: torch.Tensor = torch.linalg.eigvalsh(torch.stack(grams))
     except RuntimeError:  # torch.linalg.LinAlgError: no convergence
         return None
     return eigenvalues.clamp_min(0).sqrt().to("cpu", torch.float64)

@@ -44,7 +44,7 @@ _ALIAS_NOTE = (
 )
 
 
-def _unknown(unknown: list, ids: list, allowed: Mapping[str, Option]) -> str:
+def _unknown(unknown: list[str], ids: list[str], allowed: Mapping[str, Option]) -> str:
     _register_every_tier()  # to tell "not in this run" from "no such check" (only on this error path)
     elsewhere = []
     for name in unknown:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import IO, Any, Optional
 
 
-def _interactive(stream) -> bool:
+def _interactive(stream: IO[str]) -> bool:
     if "ipykernel" in sys.modules and stream in (sys.stderr, sys.__stderr__, sys.stdout):
         return True  # a notebook cell: the widget bar
     try:
@@ -23,7 +24,7 @@ def _interactive(stream) -> bool:
 class Progress:
     """``started(i, id)`` / ``finished(i, id, statuses, seconds)`` / ``close()`` for ``total`` checks."""
 
-    def __init__(self, total: int, stream=None, enabled: bool = True) -> None:
+    def __init__(self, total: int, stream: Optional[IO[str]] = None, enabled: bool = True) -> None:
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
@@ -32,15 +33,15 @@ class Progress:
             try:
                 from tqdm.auto import tqdm
             except ImportError:  # tqdm is optional: plain lines
-                tqdm = None
-            if tqdm is not None:
+                pass
+            else:
                 self.bar = tqdm(total=total, desc="tbkit", unit="check", leave=True, file=self.stream)
 
     def started(self, index: int, check_id: str) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(check_id)
 
-    def finished(self, index: int, check_id: str, statuses: list, seconds: float) -> None:
+    def finished(self, index: int, check_id: str, statuses: Sequence[str], seconds: float) -> None:
         if not self.enabled:
             return
         if self.bar is not None:

@@ -14,13 +14,19 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit import __version__
 from tbkit.checks import report_html
-from tbkit.checks.base import Row, Status, verdict_of
+from tbkit.checks.base import Figure, Row, Status, verdict_of
 from tbkit.checks.report_folder import atomic_write
 from tbkit.checks.report_html import COLUMNS, rows_html
+
+if TYPE_CHECKING:  # torch and pandas are imported lazily; these are annotations only
+    import pandas as pd
+    import torch
+
+    from tbkit.sources.loaded import LoadedModel
 
 SCHEMA_VERSION = 1
 SUMMARY_DETAIL_CHARS = 240  # a terminal line, not a 20 MB traceback
@@ -28,7 +34,7 @@ SUMMARY_DETAIL_CHARS = 240  # a terminal line, not a 20 MB traceback
 _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|[\x00-\x08\x0b-\x1f\x7f\x9b]")
 
 
-def environment(device=None, dtype=None) -> dict:
+def environment(device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> dict[str, Any]:
     """Facts that explain a number: interpreter, platform, library versions, device."""
     import numpy
     import torch
@@ -53,14 +59,14 @@ def environment(device=None, dtype=None) -> dict:
     }
 
 
-def _load_average():
+def _load_average() -> Optional[list[float]]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):  # not on Windows
         return None
 
 
-def model_facts(model) -> dict:
+def model_facts(model: LoadedModel) -> dict[str, Any]:
     prov = model.provenance
     return {
         "class": type(model.module).__name__,
@@ -81,15 +87,15 @@ class Report:
     ``rows`` (list of Row), ``figures`` (saved plots), ``df``, ``verdict``, ``to_dict()``;
     ``json_path`` / ``html_path`` when the run has an output folder."""
 
-    def __init__(self, model, out_dir: Optional[Path], env: dict, run: dict) -> None:
+    def __init__(self, model: LoadedModel, out_dir: Optional[Path], env: dict[str, Any], run: dict[str, Any]) -> None:
         self.model = model
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.environment = env
         self.run = run
         self.tbkit_version = __version__
         self.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self.rows: list = []
-        self.figures: list = []  # shared with the CheckContext, filled by ctx.save_figure
+        self.rows: list[Row] = []
+        self.figures: list[Figure] = []  # shared with the CheckContext, filled by ctx.save_figure
         self.finished = False
         self.interrupted = False
         self.ended: Optional[str] = None  # why an unfinished run stopped (SIGTERM, a check over its limit, …)
@@ -99,19 +105,19 @@ class Report:
     def verdict(self) -> Status:
         return verdict_of(r.status for r in self.rows)
 
-    def counts(self) -> dict:
+    def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in Status}
         for r in self.rows:
             out[Status(r.status).value] += 1
         return out
 
     @property
-    def df(self):
+    def df(self) -> pd.DataFrame:
         """A pandas DataFrame of the rows (columns ``COLUMNS``); in a notebook its rows are
         coloured by status. Everything else is plain pandas."""
         return _status_frame_class()([r.to_dict() for r in self.rows], columns=COLUMNS)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
             "tbkit_version": self.tbkit_version,
@@ -175,7 +181,7 @@ class Report:
         return summary_of(self.to_dict(), self.html_path, self.json_path)
 
     # ---- HTML --------------------------------------------------------------------------------
-    def _rel(self, path) -> Optional[str]:
+    def _rel(self, path: Optional[Path]) -> Optional[str]:
         if path is None:
             return None
         p = Path(path)
@@ -197,7 +203,7 @@ class Report:
         return f"<div>{report_html.banner_html(d)}{self.rows_table_html()}{figures}</div>"
 
 
-def terminal_text(text, limit: int = SUMMARY_DETAIL_CHARS) -> str:
+def terminal_text(text: object, limit: int = SUMMARY_DETAIL_CHARS) -> str:
     """Model-made text fit for one terminal line: control characters gone, cut to ``limit``."""
     from tbkit.errors import mask_credentials, shorten
 
@@ -205,7 +211,7 @@ def terminal_text(text, limit: int = SUMMARY_DETAIL_CHARS) -> str:
     return shorten(mask_credentials(" ".join(_CONTROL.sub("", text).split())), limit)
 
 
-def summary_of(d: dict, html_path=None, json_path=None) -> str:
+def summary_of(d: dict[str, Any], html_path: Optional[Path] = None, json_path: Optional[Path] = None) -> str:
     """The terminal summary of a report dict: verdict, counts and "N rows from M checks", each
     problem row on one cut line, and where the files are."""
     counts = ", ".join(f"{v} {k}" for k, v in d["counts"].items() if v)
@@ -229,10 +235,10 @@ def summary_of(d: dict, html_path=None, json_path=None) -> str:
     return "\n".join(lines)
 
 
-_STATUS_FRAME = None
+_STATUS_FRAME: Optional[type[pd.DataFrame]] = None
 
 
-def _status_frame_class():
+def _status_frame_class() -> type[pd.DataFrame]:
     """A DataFrame subclass whose notebook display colours rows by status (pandas' Styler would
     need jinja2, which Tier 1 does not require). Built on first use so pandas loads lazily."""
     global _STATUS_FRAME
@@ -241,19 +247,21 @@ def _status_frame_class():
 
         class StatusFrame(pd.DataFrame):
             @property
-            def _constructor(self):
+            def _constructor(self) -> type[StatusFrame]:
                 return StatusFrame
 
-            def _repr_html_(self):
+            def _repr_html_(self) -> Optional[str]:
                 if "status" not in self.columns or len(self) > 500:
-                    return super()._repr_html_()
+                    # pandas-stubs do not declare DataFrame._repr_html_ (pandas has it)
+                    text: Optional[str] = super()._repr_html_()  # type: ignore[misc]
+                    return text
                 return rows_html(self.to_dict("records"), list(self.columns))
 
         _STATUS_FRAME = StatusFrame
     return _STATUS_FRAME
 
 
-def salvage(folder: Path, ended: str, row: Optional[dict] = None) -> Optional[dict]:
+def salvage(folder: Path, ended: str, row: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
     """Close the report a dead or killed run left in ``folder``: add ``row`` (the check it was in),
     mark it interrupted with the reason, and write report.json and report.html from the JSON alone.
     None when the run had not written its report yet (it died while loading)."""
@@ -271,9 +279,10 @@ def salvage(folder: Path, ended: str, row: Optional[dict] = None) -> Optional[di
     return d
 
 
-def load_json(path) -> dict:
+def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a report.json back (for tools and tests)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    d: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    return d
 
 
 __all__ = ["Report", "SCHEMA_VERSION", "COLUMNS", "environment", "model_facts", "load_json", "summary_of"]

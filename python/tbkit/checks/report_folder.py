@@ -27,7 +27,7 @@ REPORT_ENTRIES = ("report.json", "report.html", "plots")
 _STAGING_MARK = ".tbkit-"
 
 
-def resolve_out(out) -> Path:
+def resolve_out(out: str | os.PathLike[str] | None) -> Path:
     """The out folder as an absolute path (``''`` is a usage error, not the current folder)."""
     text = os.fspath(out) if out is not None else ""
     if not str(text).strip():
@@ -70,7 +70,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def output_error(err: OSError, path) -> OutputError:
+def output_error(err: OSError, path: str | os.PathLike[str]) -> OutputError:
     """One paragraph for a write that the environment refused (disk full, permission, not a folder)."""
     import errno
 
@@ -176,7 +176,7 @@ def _exchange(a: Path, b: Path) -> bool:
     return bool(fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0)
 
 
-def leftover_stagings(out: Path) -> list:
+def leftover_stagings(out: Path) -> list[Path]:
     """Staging folders of runs that died (for tests and cleanup)."""
     try:
         return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}{_STAGING_MARK}")]

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 COLUMNS = ["tier", "check", "status", "metric", "value", "threshold", "detail", "seconds"]
 COLOURS = {"PASS": "#d4edda", "WARN": "#fff3cd", "FAIL": "#f8d7da", "ERROR": "#f5c6cb", "SKIP": "#e2e3e5"}
 BANNER = {"PASS": "#28a745", "WARN": "#d39e00", "FAIL": "#c82333"}
 
 
-def banner_html(d: dict) -> str:
+def banner_html(d: dict[str, Any]) -> str:
     v = d["verdict"]
     counts = ", ".join(f"{n} {k}" for k, n in d["counts"].items() if n)
     state = ""
@@ -31,7 +32,7 @@ def banner_html(d: dict) -> str:
     )
 
 
-def figures_html(d: dict, folder: Optional[Path]) -> str:
+def figures_html(d: dict[str, Any], folder: Optional[Path]) -> str:
     """The plots that exist on disk, embedded as PNG data (paths in ``d`` are relative to ``folder``)."""
     parts = []
     for f in d["figures"]:
@@ -49,7 +50,7 @@ def figures_html(d: dict, folder: Optional[Path]) -> str:
     return "".join(parts)
 
 
-def render(d: dict, folder: Optional[Path]) -> str:
+def render(d: dict[str, Any], folder: Optional[Path]) -> str:
     m = d["model"]
     env_rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in d["environment"].items()
@@ -73,7 +74,7 @@ def render(d: dict, folder: Optional[Path]) -> str:
 """
 
 
-def rows_html(records: list, columns: list = COLUMNS) -> str:
+def rows_html(records: Iterable[Mapping[Any, Any]], columns: Sequence[Hashable] = COLUMNS) -> str:
     """An HTML table of row dicts, each row coloured by its status (escaped, no template engine)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = []

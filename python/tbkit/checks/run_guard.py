@@ -19,12 +19,18 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from typing import Optional
+from collections.abc import Callable, Iterator
+from types import FrameType, ModuleType
+from typing import Any, Optional, Union
 
 ENV = "TBKIT_CHECK_TIMEOUT"
 DEFAULT_CHECK_TIMEOUT_S = 1800.0  # a large model's slowest check on a CPU fits well inside
 _BUILTINS = ("open", "print", "input", "__import__", "exit", "quit")
+
+# what signal.signal takes and returns (typeshed's signal._HANDLER)
+_SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers, None]
+# the saved torch module and its globals (``_torch_globals``)
+_TorchState = tuple[ModuleType, dict[str, Any]]
 
 
 class CheckTimeout(BaseException):
@@ -40,7 +46,7 @@ class _State:
     reason: Optional[str] = None
 
 
-def resolve_timeout(seconds) -> Optional[float]:
+def resolve_timeout(seconds: Union[float, str, None]) -> Optional[float]:
     """The per-check limit: the argument, else $TBKIT_CHECK_TIMEOUT, else 1800 s; 0 = none."""
     from tbkit.errors import UsageError
 
@@ -95,7 +101,7 @@ def mark_user_interrupt() -> None:
 
 
 @contextlib.contextmanager
-def user_interrupts(signals: tuple = (signal.SIGINT,)) -> Iterator[None]:
+def user_interrupts(signals: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[None]:
     """While the run lasts, Ctrl-C (and the other ``signals``, e.g. SIGTERM in the CLI's worker) is
     marked as the user's before it raises KeyboardInterrupt (main thread only; elsewhere every
     KeyboardInterrupt is taken as the user's)."""
@@ -104,7 +110,7 @@ def user_interrupts(signals: tuple = (signal.SIGINT,)) -> Iterator[None]:
         _State.user_interrupt = True
         yield
         return
-    saved = {}
+    saved: dict[int, _SignalHandler] = {}
     for signum in signals:
         previous = signal.getsignal(signum)
         if previous is signal.SIG_IGN:  # e.g. a background job: nothing to mark
@@ -118,10 +124,10 @@ def user_interrupts(signals: tuple = (signal.SIGINT,)) -> Iterator[None]:
             signal.signal(signum, previous)
 
 
-def _handler(signum: int, previous):
+def _handler(signum: int, previous: _SignalHandler) -> Callable[[int, Optional[FrameType]], None]:
     name = signal.Signals(signum).name
 
-    def on_signal(sig, frame) -> None:
+    def on_signal(sig: int, frame: Optional[FrameType]) -> None:
         _State.user_interrupt = True
         _State.reason = _State.reason or ("Ctrl-C (SIGINT)" if name == "SIGINT" else name)
         if callable(previous) and previous is not signal.default_int_handler:
@@ -146,9 +152,9 @@ class CheckLimit:
             seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
         )
         self.remaining = seconds or 0.0
-        self.previous = None
+        self.previous: _SignalHandler = None
 
-    def _expire(self, signum, frame) -> None:
+    def _expire(self, signum: int, frame: Optional[FrameType]) -> None:
         raise CheckTimeout(float(self.seconds or 0))
 
     def __enter__(self) -> CheckLimit:
@@ -166,13 +172,13 @@ class CheckLimit:
         if self.usable:
             signal.setitimer(signal.ITIMER_REAL, self.remaining, 0.5)  # repeats: swallowing it does not help
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.usable:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
 
 
-def _torch_globals():
+def _torch_globals() -> Optional[_TorchState]:
     import sys
 
     torch = sys.modules.get("torch")
@@ -190,7 +196,7 @@ def _torch_globals():
     return torch, state
 
 
-def _restore_torch(saved) -> None:
+def _restore_torch(saved: _TorchState) -> None:
     torch, state = saved
     torch.set_default_dtype(state["dtype"])
     torch.set_grad_enabled(state["grad"])
@@ -201,7 +207,7 @@ def _restore_torch(saved) -> None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-def _numpy_state():
+def _numpy_state() -> Optional[tuple[ModuleType, Any]]:
     import sys
 
     np = sys.modules.get("numpy")
@@ -253,11 +259,11 @@ def _cwd() -> Optional[str]:
         return None
 
 
-def snapshot_builtins() -> dict:
+def snapshot_builtins() -> dict[str, Any]:
     return {name: getattr(builtins, name, None) for name in _BUILTINS}
 
 
-def restore_builtins(kept: dict) -> None:
+def restore_builtins(kept: dict[str, Any]) -> None:
     """A model that replaced ``builtins.open`` (or print) must not break the report that follows."""
     for name, value in kept.items():
         if value is not None and getattr(builtins, name, None) is not value:

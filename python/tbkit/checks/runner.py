@@ -15,12 +15,13 @@ What the runner guarantees, whatever a check does:
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import IO, TYPE_CHECKING, Any, Optional, Protocol, Union
 
 from tbkit.checks import report_folder, run_guard
 from tbkit.checks.base import REGISTRY, CheckContext, Row, Status
@@ -29,23 +30,42 @@ from tbkit.checks.numeric import describe_error
 from tbkit.checks.options import validate_options
 from tbkit.checks.progress import Progress
 from tbkit.checks.report import Report, environment
-from tbkit.checks.spec import TIER_MODULES
+from tbkit.checks.spec import TIER_MODULES, CheckSpec
 from tbkit.devices import resolve_device
 from tbkit.errors import TbkitError, UsageError, mask_credentials
 from tbkit.sources.coerce import as_loaded
 from tbkit.sources.loaded import LoadedModel
 
+if TYPE_CHECKING:  # torch is imported lazily; these are annotations only
+    import torch
+    from torch import nn
+
 DEFAULT_OUT_DIR = "tbkit-report"
+
+Tiers = Union[int, str, Iterable[Union[int, str]]]  # (1,), "1,2", [1, 3]
+# a module and its train flag, as found before the run (``_model_on``)
+Flags = list[tuple["nn.Module", bool]]
+
+
+class Listener(Protocol):
+    """What ``execute`` tells about the progress of a run (``Progress``, or the CLI worker's events;
+    one that also has ``body(check_id)`` is told when a check's own time starts)."""
+
+    def started(self, index: int, check_id: str) -> None: ...
+
+    def finished(self, index: int, check_id: str, statuses: list[str], seconds: float) -> None: ...
+
+    def close(self) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------
 # choosing what to run
 # ------------------------------------------------------------------------------------------
-def parse_tiers(tiers) -> tuple:
+def parse_tiers(tiers: Tiers) -> tuple[int, ...]:
     """(1,), "1,2", [1, 3] → a sorted tuple of valid tier numbers; UsageError otherwise."""
     if isinstance(tiers, (int, str)):
         tiers = str(tiers).split(",")
-    out = set()
+    out: set[int] = set()
     for t in tiers:
         text = str(t).strip()
         if not text.isdigit() or int(text) not in TIER_MODULES:
@@ -70,7 +90,7 @@ def _import_tier(tier: int) -> None:
         ) from None
 
 
-def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) -> list:
+def select_checks(tiers: Tiers = (1,), checks: Union[None, str, Iterable[str]] = None) -> list[CheckSpec]:
     """The CheckSpecs to run, in registry order. ``checks`` picks ids from any tier (``tiers`` is
     then not used); unknown ids → UsageError listing the valid ones."""
     if checks is None:
@@ -88,7 +108,7 @@ def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) ->
             pass  # a tier that is not installed simply offers no ids
     unknown = [c for c in ids if c not in REGISTRY]
     if unknown:
-        by_tier = {}
+        by_tier: dict[int, list[str]] = {}
         for s in REGISTRY.values():
             by_tier.setdefault(s.tier, []).append(s.id)
         valid = "; ".join(f"tier {t}: {', '.join(v)}" for t, v in sorted(by_tier.items()))
@@ -103,20 +123,20 @@ def select_checks(tiers=(1,), checks: Union[None, str, Iterable[str]] = None) ->
 # running
 # ------------------------------------------------------------------------------------------
 def run(
-    source_or_model=None,
-    tiers=(1,),
-    checks=None,
+    source_or_model: Any = None,
+    tiers: Tiers = (1,),
+    checks: Union[None, str, Iterable[str]] = None,
     kind: Optional[str] = None,
-    device=None,
-    out_dir=None,
+    device: Union[str, torch.device, None] = None,
+    out_dir: Union[str, os.PathLike[str], None] = None,
     seed: int = 0,
-    options: Optional[dict] = None,
+    options: Optional[dict[str, Any]] = None,
     progress: bool = True,
-    stream=None,
-    load_options: Optional[dict] = None,
-    config=None,
+    stream: Optional[IO[str]] = None,
+    load_options: Optional[dict[str, Any]] = None,
+    config: Union[str, os.PathLike[str], dict[str, Any], None] = None,
     check_timeout: Optional[float] = None,
-):
+) -> Report:
     """Run the checks of ``tiers`` (or the ``checks`` named, from any tier) and return a Report.
 
     ``source_or_model``: anything ``tbkit.load`` accepts (None = the bundled example), or a
@@ -157,12 +177,16 @@ def run(
             report_folder.discard(staging)  # the previous report stays as it was
             raise
         _settle(staging, out, interrupted=False)
-        if out is not None:
+        if out is not None and staging is not None:  # staging is made exactly when out is given
             _rebase(report, staging, out)
         return report
 
 
-def _load_options(source_or_model, load_options: Optional[dict], config) -> Optional[dict]:
+def _load_options(
+    source_or_model: Any,
+    load_options: Optional[dict[str, Any]],
+    config: Union[str, os.PathLike[str], dict[str, Any], None],
+) -> Optional[dict[str, Any]]:
     """``tbkit.load``'s keywords for this run (``config`` among them); a usage error for a model
     that is already loaded."""
     if config is not None:
@@ -175,7 +199,7 @@ def _load_options(source_or_model, load_options: Optional[dict], config) -> Opti
     return load_options
 
 
-def _rebase(report, staging: Path, out: Path) -> None:
+def _rebase(report: Report, staging: Path, out: Path) -> None:
     """After the swap the files live in ``out``: the Report (and its plots) point there."""
     report.out_dir = out
     for figure in report.figures:
@@ -186,10 +210,10 @@ def _rebase(report, staging: Path, out: Path) -> None:
                 pass
 
 
-def _settle(staging, out, interrupted: bool) -> Optional[Path]:
+def _settle(staging: Optional[Path], out: Optional[Path], interrupted: bool) -> Optional[Path]:
     """Swap a staged report in (a partial one only when it was written, marked interrupted);
     the report.json it put in place, if any."""
-    if staging is None:
+    if staging is None or out is None:  # both None, or neither (staging is made exactly when out is given)
         return None
     if interrupted and not (staging / "report.html").is_file():
         report_folder.discard(staging)
@@ -198,7 +222,18 @@ def _settle(staging, out, interrupted: bool) -> Optional[Path]:
     return out / "report.json"
 
 
-def execute(lm, specs, device, folder, seed, options, stream, progress=True, check_timeout=None, listener=None):
+def execute(
+    lm: LoadedModel,
+    specs: Sequence[CheckSpec],
+    device: Union[str, torch.device, None],
+    folder: Optional[Path],
+    seed: int,
+    options: Optional[dict[str, Any]],
+    stream: IO[str],
+    progress: bool = True,
+    check_timeout: Optional[float] = None,
+    listener: Optional[Listener] = None,
+) -> Report:
     """Run ``specs`` on a loaded model, writing the report into ``folder`` (None: no files). On the
     user's interrupt the partial report is finished, marked interrupted, and KeyboardInterrupt re-raised."""
     dev = resolve_device(device, lm.module)
@@ -218,7 +253,14 @@ def execute(lm, specs, device, folder, seed, options, stream, progress=True, che
     return report
 
 
-def _start_report(lm, dev, specs, out: Optional[Path], seed: int, options: Optional[dict]):
+def _start_report(
+    lm: LoadedModel,
+    dev: torch.device,
+    specs: Sequence[CheckSpec],
+    out: Optional[Path],
+    seed: int,
+    options: Optional[dict[str, Any]],
+) -> tuple[Report, CheckContext]:
     """The Report (its JSON written at once) and the CheckContext the checks share."""
     params = list(lm.module.parameters())
     dtype = params[0].dtype if params else None
@@ -236,7 +278,7 @@ def _start_report(lm, dev, specs, out: Optional[Path], seed: int, options: Optio
 
 
 @contextlib.contextmanager
-def _model_on(module, dev):
+def _model_on(module: nn.Module, dev: torch.device) -> Iterator[Flags]:
     """Move a model that lives on one device to ``dev`` for the run (a model spread over several
     devices stays where it is), fork torch's random state, and afterwards put flags and device back."""
     import torch
@@ -257,12 +299,20 @@ def _model_on(module, dev):
             module.to(next(iter(home)))
 
 
-def _render_figures(report) -> None:
+def _render_figures(report: Report) -> None:
     for figure in report.figures:
         figure.render()
 
 
-def _run_specs(specs, ctx: CheckContext, report, flags, listener, stream, check_timeout) -> None:
+def _run_specs(
+    specs: Sequence[CheckSpec],
+    ctx: CheckContext,
+    report: Report,
+    flags: Flags,
+    listener: Listener,
+    stream: IO[str],
+    check_timeout: Optional[float],
+) -> None:
     import torch
 
     torch.manual_seed(ctx.seed)
@@ -300,7 +350,7 @@ class _Stamper:
         self.last = time.perf_counter()
 
 
-def _establish(ctx: CheckContext, check_timeout):
+def _establish(ctx: CheckContext, check_timeout: Optional[float]) -> LoadedModel:
     """The model's conventions, measured once before the checks and under the same time limit: a
     probe that the model makes hang, exit or interrupt is cut off, and the checks run on what could
     be established (they meet the model's behaviour themselves and report it as their ERROR)."""
@@ -319,7 +369,13 @@ def _establish(ctx: CheckContext, check_timeout):
         run_guard.restore_builtins(builtins_kept)  # a model that replaced open() must not break the report
 
 
-def _run_one(spec, ctx: CheckContext, stream, check_timeout=None, on_body=None):
+def _run_one(
+    spec: CheckSpec,
+    ctx: CheckContext,
+    stream: IO[str],
+    check_timeout: Optional[float] = None,
+    on_body: Optional[Callable[[str], object]] = None,
+) -> Iterator[Row]:
     """Yield the rows of one check with their timings; exceptions become rows."""
     stamp = _Stamper()
     if spec.applies is not None:
@@ -337,7 +393,7 @@ def _run_one(spec, ctx: CheckContext, stream, check_timeout=None, on_body=None):
     yield from _check_rows(spec, ctx, stamp, check_timeout)
 
 
-def _requirements(spec, ctx: CheckContext, stream) -> Optional[Row]:
+def _requirements(spec: CheckSpec, ctx: CheckContext, stream: IO[str]) -> Optional[Row]:
     """Get the check's ``needs`` through the install gate; a row when they could not be had."""
     try:
         # the gate (pip, importlib.metadata, subprocess) loads only when a check needs something:
@@ -359,8 +415,10 @@ def _requirements(spec, ctx: CheckContext, stream) -> Optional[Row]:
     return None
 
 
-def _check_rows(spec, ctx: CheckContext, stamp: _Stamper, check_timeout=None):
-    produced = None
+def _check_rows(
+    spec: CheckSpec, ctx: CheckContext, stamp: _Stamper, check_timeout: Optional[float] = None
+) -> Iterator[Row]:
+    produced: Optional[Row] = None
     with run_guard.CheckLimit(check_timeout) as limit:
         try:
             for row in spec.func(ctx):

@@ -34,7 +34,7 @@ class Option:
     default: Any = None
     unit: str = ""
     help: str = ""
-    choices: tuple = ()  # for str options: the only accepted values
+    choices: tuple[str, ...] = ()  # for str options: the only accepted values
     positive: bool = False  # numbers: must be > 0
 
 
@@ -49,7 +49,7 @@ class CheckSpec:
     tier: int
     func: Callable[[CheckContext], Iterable[Row]]
     summary: str
-    needs: tuple = ()  # requirement strings obtained through tbkit.ensure before the check runs
+    needs: tuple[str, ...] = ()  # requirement strings obtained through tbkit.ensure before the check runs
     # ``applies(ctx) -> None | str``: a reason to SKIP, asked before ``needs`` are installed, so
     # that a check which cannot run (no training data, wrong model kind) never costs an install.
     applies: Optional[Callable[[CheckContext], Optional[str]]] = None

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
 @dataclass
 class Timing:
-    times: list  # seconds, in the order measured
+    times: list[float]  # seconds, in the order measured
 
     @property
     def n(self) -> int:
@@ -29,7 +29,7 @@ class Timing:
     def median(self) -> float:
         return statistics.median(self.times)
 
-    def median_ci(self, level: float = 0.95) -> tuple:
+    def median_ci(self, level: float = 0.95) -> tuple[float, float]:
         """(low, high) order-statistic confidence interval of the median; (min, max) when n is
         too small for the level (their coverage is then stated by ``ci_coverage``)."""
         xs = sorted(self.times)
@@ -46,7 +46,8 @@ def _binom_cdf(k: int, n: int) -> float:
     """P(X <= k) for X ~ Binomial(n, 1/2)."""
     if k < 0:
         return 0.0
-    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    outcomes: int = 2**n  # n >= 0: an int (mypy types int ** int as Any)
+    return sum(math.comb(n, i) for i in range(k + 1)) / outcomes
 
 
 def _order_index(n: int, level: float) -> int:
@@ -63,7 +64,7 @@ def _order_index(n: int, level: float) -> int:
 def measure(step: Callable[[], object], min_timings: int, budget_s: float, max_timings: int = 10**6) -> Timing:
     """Time ``step`` at least ``min_timings`` times, then keep going while the budget lasts (the
     budget bounds the time; ``max_timings`` only bounds memory). The caller warms ``step`` up first."""
-    times: list = []
+    times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_timings:
         t = time.perf_counter()
@@ -74,11 +75,13 @@ def measure(step: Callable[[], object], min_timings: int, budget_s: float, max_t
     return Timing(times)
 
 
-def measure_interleaved(steps: list, min_timings: int, budget_s: float, max_timings: int = 10**6) -> list:
+def measure_interleaved(
+    steps: Sequence[Callable[[], object]], min_timings: int, budget_s: float, max_timings: int = 10**6
+) -> list[Timing]:
     """Time several steps in rounds (a, b, a, b, ...): at least ``min_timings`` rounds, more while
     ``budget_s`` per step lasts. Interleaving makes a burst of other work hit every step alike, so
     comparisons between the steps (round by round) stay fair on a busy machine."""
-    times: list = [[] for _ in steps]
+    times: list[list[float]] = [[] for _ in steps]
     start = time.perf_counter()
     while len(times[0]) < max_timings:
         for i, step in enumerate(steps):

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from tbkit.checks import attention_capture, inputs
+from tbkit.checks.attention_capture import AttentionMap, CaptureResult
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier2.common import fmt_list, grad_mode_failure
+
+if TYPE_CHECKING:  # torch is imported lazily; these are annotations only
+    import torch
+
+    from tbkit.sources.loaded import LoadedModel
+
+# one captured map's statistics (``_map_stats``), with its display "label" added by ``_label_repeated_calls``
+MapStats = dict[str, Any]
 
 # Sizes of the probing inputs: small enough for a CPU, long enough for entropy and 1 % to mean
 # something. Each check clamps them to the model's real maximum length.
@@ -75,7 +85,7 @@ def check_attention(ctx: CheckContext) -> Iterator[Row]:
     _attention_heatmaps(ctx, result.maps)
 
 
-def _attention_inputs(ctx: CheckContext) -> tuple:
+def _attention_inputs(ctx: CheckContext) -> tuple[torch.Tensor, Optional[torch.Tensor], set[int], int]:
     """(ids, decoder ids or None, lengths to capture, self-attention length)."""
     model = ctx.model
     batch, length = ATTN_BATCH, _length_unlike_vocab(model, ATTN_LEN)
@@ -91,9 +101,10 @@ def _attention_inputs(ctx: CheckContext) -> tuple:
     return ids, decoder_ids, {src_len, length}, length
 
 
-def _attention_fidelity(ctx: CheckContext, result, length: int) -> Row:
+def _attention_fidelity(ctx: CheckContext, result: CaptureResult, length: int) -> Row:
     change = result.max_output_change
-    scale = max(1.0, float(result.output_without_capture.float().abs().max()))
+    plain = cast("torch.Tensor", result.output_without_capture)  # capture() sets it before anything else
+    scale = max(1.0, float(plain.float().abs().max()))
     limit = ctx.threshold("capture_fidelity")
     sources = sorted({m.source for m in result.maps})
     how = (
@@ -114,7 +125,7 @@ def _attention_fidelity(ctx: CheckContext, result, length: int) -> Row:
     return ctx.row(Status.WARN, "capture_output_change", change, f"<= {limit:g}·max|out|", detail)
 
 
-def _attention_future_mass(ctx: CheckContext, stats: list, self_len: int) -> Row:
+def _attention_future_mass(ctx: CheckContext, stats: list[MapStats], self_len: int) -> Row:
     """Future-key mass: decoders' self-attention (and seq2seq decoder self-attention) only."""
     tol = ctx.threshold("future_mass")
     square = [s for s in stats if s["tq"] == s["tk"] == self_len]
@@ -142,7 +153,7 @@ def _attention_future_mass(ctx: CheckContext, stats: list, self_len: int) -> Row
     return ctx.row(Status.FAIL, "future_key_mass", worst["future_max"], f"<= {tol:g}", why)
 
 
-def _attention_entropy(ctx: CheckContext, stats: list) -> Iterator[Row]:
+def _attention_entropy(ctx: CheckContext, stats: list[MapStats]) -> Iterator[Row]:
     """Entropy and sparsity: information rows, one per captured map."""
     for s in stats:
         yield ctx.row(
@@ -156,11 +167,12 @@ def _attention_entropy(ctx: CheckContext, stats: list) -> Iterator[Row]:
         )
 
 
-def _attention_redundancy(ctx: CheckContext, stats: list, maps: list) -> Row:
+def _attention_redundancy(ctx: CheckContext, stats: list[MapStats], maps: list[AttentionMap]) -> Row:
     """Redundant heads, compared on their departure from uniform attention: untrained heads are all
     near-uniform, and raw maps would then look "redundant" for every freshly built model."""
     cosine = ctx.threshold("redundant_cosine")
-    pairs, uniform = [], []
+    pairs: list[str] = []
+    uniform: list[str] = []
     for s, m in zip(stats, maps):
         p, u = _redundant_pairs(m.weights, cosine)
         pairs += [f"{s['label']} heads {a}&{b} ({c:.3f})" for a, b, c in p]
@@ -176,7 +188,7 @@ def _attention_redundancy(ctx: CheckContext, stats: list, maps: list) -> Row:
     return ctx.row(Status.WARN, "redundant_head_pairs", len(pairs), f"cosine > {cosine}", why)
 
 
-def _length_unlike_vocab(model, wanted: int) -> int:
+def _length_unlike_vocab(model: LoadedModel, wanted: int) -> int:
     """A usable length that differs from the vocabulary size, so a (B, T, V) output softmax can never
     pass for a (query × key) attention square during capture."""
     length = inputs.clamp_len(model, wanted)
@@ -185,19 +197,19 @@ def _length_unlike_vocab(model, wanted: int) -> int:
     return length
 
 
-def _label_repeated_calls(stats) -> None:
+def _label_repeated_calls(stats: list[MapStats]) -> None:
     """A display label per map: the module name, plus "#n" when one module attended several times."""
-    counts: dict = {}
+    counts: dict[str, int] = {}
     for s in stats:
         counts[s["layer"]] = counts.get(s["layer"], 0) + 1
-    seen: dict = {}
+    seen: dict[str, int] = {}
     for s in stats:
         name = s["layer"] or "<root>"
         seen[s["layer"]] = seen.get(s["layer"], 0) + 1
         s["label"] = f"{name}#{seen[s['layer']]}" if counts[s["layer"]] > 1 else name
 
 
-def _map_stats(m) -> dict:
+def _map_stats(m: AttentionMap) -> MapStats:
     import torch
 
     w = m.weights  # (B, H, Tq, Tk)
@@ -214,7 +226,7 @@ def _map_stats(m) -> dict:
     needed = (sorted_w.cumsum(dim=-1) < 0.9).sum(dim=-1) + 1
     sparsity = torch.where(rows, 1.0 - needed.float() / visible.clamp_min(1).float(), torch.zeros_like(norm))
     sparsity_per_head = (sparsity.sum(dim=(0, 2)) / denom).tolist()
-    future = []
+    future: list[float] = []
     if tq == tk:
         upper = torch.ones(tq, tk, dtype=torch.bool).triu(1)
         future = (w * upper).sum(dim=-1).amax(dim=(0, 2)).tolist()  # worst query, per head
@@ -232,14 +244,16 @@ def _map_stats(m) -> dict:
     }
 
 
-def _redundant_pairs(w, cosine: float = REDUNDANT_COSINE):
+def _redundant_pairs(
+    w: torch.Tensor, cosine: float = REDUNDANT_COSINE
+) -> tuple[list[tuple[int, int, float]], list[int]]:
     """Head pairs whose maps' departure from uniform attention has cosine > ``cosine``."""
     visible = (w > 0).float()
     uniform = visible / visible.sum(dim=-1, keepdim=True).clamp_min(1.0)
     dev = (w - uniform).permute(1, 0, 2, 3).reshape(w.shape[1], -1)  # (H, everything)
     norms = dev.norm(dim=1)
     flat = norms <= 1e-4 * math.sqrt(dev.shape[1])
-    pairs = []
+    pairs: list[tuple[int, int, float]] = []
     unit = dev / norms.clamp_min(1e-12).unsqueeze(1)
     sim = unit @ unit.T
     for a in range(w.shape[1]):
@@ -249,7 +263,7 @@ def _redundant_pairs(w, cosine: float = REDUNDANT_COSINE):
     return pairs, [h for h in range(w.shape[1]) if flat[h]]
 
 
-def _attention_heatmaps(ctx: CheckContext, maps) -> None:
+def _attention_heatmaps(ctx: CheckContext, maps: list[AttentionMap]) -> None:
     from matplotlib.figure import Figure
 
     for i, m in enumerate(maps[:MAX_HEATMAP_LAYERS]):

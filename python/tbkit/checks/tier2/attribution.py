@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
@@ -10,6 +11,12 @@ from tbkit.checks.numeric import kind_guess_note
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier2.common import grad_mode_failure
+
+if TYPE_CHECKING:  # torch is imported lazily; these are annotations only
+    import torch
+    from torch import nn
+
+    from tbkit.sources.loaded import LoadedModel
 
 ATTR_BATCH, ATTR_LEN = 2, 16
 
@@ -73,7 +80,7 @@ def check_attribution(ctx: CheckContext) -> Iterator[Row]:
         yield _attribution_future(ctx, setup, per_token, total)
 
 
-def _attribution_setup(ctx: CheckContext) -> dict:
+def _attribution_setup(ctx: CheckContext) -> dict[str, Any]:
     import torch
 
     model = ctx.model
@@ -92,7 +99,7 @@ def _attribution_setup(ctx: CheckContext) -> dict:
     )
 
 
-def _attribution_grad_failure(ctx: CheckContext, setup: dict):
+def _attribution_grad_failure(ctx: CheckContext, setup: dict[str, Any]) -> Optional[Row]:
     """Integrated gradients need autograd: a model that cannot run in grad mode is the finding."""
     import torch
 
@@ -107,7 +114,9 @@ def _attribution_grad_failure(ctx: CheckContext, setup: dict):
     return None
 
 
-def _integrate(ctx: CheckContext, setup: dict, embedding) -> tuple:
+def _integrate(
+    ctx: CheckContext, setup: dict[str, Any], embedding: nn.Module
+) -> tuple[torch.Tensor, list[tuple[int, float]]]:
     """(attributions, [(steps, relative delta), ...]): 50 steps, then 200 if not converged."""
     import torch
     from captum.attr import LayerIntegratedGradients
@@ -120,14 +129,14 @@ def _integrate(ctx: CheckContext, setup: dict, embedding) -> tuple:
     # (the predicted next token for an LM head, the largest feature for hidden states).
     target_unit = out[:, target_pos].argmax(dim=-1)
 
-    def score(input_ids, attention_mask):
+    def score(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         n = input_ids.shape[0]
         dec = None if decoder_ids is None else decoder_ids.repeat(n // batch, 1)
         o = model.forward(input_ids, attention_mask=attention_mask, decoder_input_ids=dec)
         return o[torch.arange(n, device=o.device), target_pos, target_unit.repeat(n // batch)]
 
     lig = LayerIntegratedGradients(score, embedding)
-    attempts = []
+    attempts: list[tuple[int, float]] = []
     for steps in ATTR_STEPS:
         attr, delta = lig.attribute(
             ids, baselines=baseline, additional_forward_args=(mask,), n_steps=steps, return_convergence_delta=True
@@ -140,7 +149,9 @@ def _integrate(ctx: CheckContext, setup: dict, embedding) -> tuple:
     return attr, attempts
 
 
-def _attribution_convergence(ctx: CheckContext, setup: dict, attempts: list, how_found: str) -> Row:
+def _attribution_convergence(
+    ctx: CheckContext, setup: dict[str, Any], attempts: list[tuple[int, float]], how_found: str
+) -> Row:
     limit = ctx.threshold("rel_delta")
     steps, rel = attempts[-1]
     tried = ", ".join(f"{s} steps: {r:.3g}" for s, r in attempts)
@@ -155,7 +166,9 @@ def _attribution_convergence(ctx: CheckContext, setup: dict, attempts: list, how
     return ctx.row(status, "convergence_delta_rel", rel, f"<= {limit}", detail)
 
 
-def _attribution_target_share(ctx: CheckContext, setup: dict, per_token, total) -> Row:
+def _attribution_target_share(
+    ctx: CheckContext, setup: dict[str, Any], per_token: torch.Tensor, total: torch.Tensor
+) -> Row:
     share_self = float((per_token[:, setup["target_pos"]].abs() / total).mean())
     top = per_token[0].abs().argsort(descending=True)[:5].tolist()
     own = (
@@ -170,7 +183,7 @@ def _attribution_target_share(ctx: CheckContext, setup: dict, per_token, total) 
     return ctx.row(Status.PASS, "target_token_share", round(share_self, 4), "info", detail)
 
 
-def _attribution_future(ctx: CheckContext, setup: dict, per_token, total) -> Row:
+def _attribution_future(ctx: CheckContext, setup: dict[str, Any], per_token: torch.Tensor, total: torch.Tensor) -> Row:
     tol, target_pos, length = ctx.threshold("future_share"), setup["target_pos"], setup["length"]
     after = per_token[:, target_pos + 1 :].abs()
     leak = float((after.sum(dim=1) / total).max())
@@ -187,7 +200,7 @@ def _attribution_future(ctx: CheckContext, setup: dict, per_token, total) -> Row
     return ctx.row(Status.FAIL, "future_attribution_share", leak, f"<= {tol:g}", detail)
 
 
-def find_input_embedding(model):
+def find_input_embedding(model: LoadedModel) -> tuple[Optional[nn.Module], str]:
     """(the input nn.Embedding, how it was found) or (None, why not)."""
     import torch
 

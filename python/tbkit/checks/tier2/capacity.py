@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.effective_rank import effective_rank, effective_ranks
 from tbkit.checks.spec import Threshold
+
+if TYPE_CHECKING:  # torch is imported lazily; these are annotations only
+    import torch
+    from torch import nn
+
+    from tbkit.sources.loaded import LoadedModel
 
 __all__ = ["check_capacity", "effective_rank"]
 
@@ -18,6 +25,10 @@ ERANK_RATIO_WARN = 0.1
 
 
 ERANK_COLLAPSE_RATIO = 0.25  # deepest layer's erank below this share of the first layer's
+
+WeightRank = tuple[str, float, float, tuple[int, ...]]  # name, erank, erank / min dimension, shape
+HiddenRank = tuple[str, float, float]  # layer name, erank, erank / min dimension
+Layers = list[tuple[str, "nn.Module"]]
 
 
 @register(
@@ -47,7 +58,7 @@ def check_capacity(ctx: CheckContext) -> Iterator[Row]:
     _capacity_plot(ctx, weights, hidden)
 
 
-def _weight_ranks(model, device) -> list:
+def _weight_ranks(model: LoadedModel, device: torch.device) -> list[WeightRank]:
     """[(name, erank, erank / min dimension, shape)] of every 2-D weight, computed in batches on
     the model's device (checks/effective_rank.py says why float32 is accurate enough)."""
     named = [(n, p.detach()) for n, p in model.module.named_parameters() if p.dim() == 2 and min(p.shape) >= 2]
@@ -55,7 +66,7 @@ def _weight_ranks(model, device) -> list:
     return [(n, er, er / min(p.shape), tuple(p.shape)) for (n, p), er in zip(named, ranks)]
 
 
-def _capacity_weights_row(ctx: CheckContext, weights: list) -> Row:
+def _capacity_weights_row(ctx: CheckContext, weights: list[WeightRank]) -> Row:
     limit = ctx.threshold("min_erank_ratio")
     if not weights:
         return ctx.row(Status.SKIP, "weight_erank_ratio_min", None, "", "the model has no 2-D weight matrices")
@@ -75,7 +86,7 @@ def _capacity_weights_row(ctx: CheckContext, weights: list) -> Row:
     return ctx.row(Status.PASS, "weight_erank_ratio_min", round(worst[2], 4), f">= {limit}", why)
 
 
-def _hidden_ranks(ctx: CheckContext) -> tuple:
+def _hidden_ranks(ctx: CheckContext) -> tuple[list[HiddenRank], str]:
     """([(layer name, erank, erank / min dim), ...], how the layers were found)."""
     import torch
 
@@ -84,10 +95,10 @@ def _hidden_ranks(ctx: CheckContext) -> tuple:
     if not layers:
         return [], how
     ids = inputs.token_ids(model, CAPACITY_BATCH, inputs.clamp_len(model, CAPACITY_LEN), ctx.generator(501), ctx.device)
-    captured: dict = {}
+    captured: dict[str, torch.Tensor] = {}
 
-    def hook_for(name):
-        def hook(module, args, output):
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             t = output[0] if isinstance(output, (tuple, list)) else output
             if isinstance(t, torch.Tensor) and t.dim() >= 2 and name not in captured:
                 captured[name] = t.detach().float().reshape(-1, t.shape[-1])
@@ -106,10 +117,10 @@ def _hidden_ranks(ctx: CheckContext) -> tuple:
     return [(n, er, er / min(captured[n].shape)) for n, er in zip(names, ranks)], how
 
 
-def _capacity_hidden_row(ctx: CheckContext, hidden: list, how: str) -> Row:
+def _capacity_hidden_row(ctx: CheckContext, hidden: list[HiddenRank], how: str) -> Row:
     if not hidden:
-        why = how or "no per-layer hidden states were produced by the layers found"
-        return ctx.row(Status.SKIP, "hidden_erank_ratio_min", None, "", why)
+        reason = how or "no per-layer hidden states were produced by the layers found"
+        return ctx.row(Status.SKIP, "hidden_erank_ratio_min", None, "", reason)
     limit, collapse = ctx.threshold("min_erank_ratio"), ctx.threshold("collapse_ratio")
     low = [h for h in hidden if h[2] < limit]
     first, last = hidden[0], hidden[-1]
@@ -119,7 +130,7 @@ def _capacity_hidden_row(ctx: CheckContext, hidden: list, how: str) -> Row:
         f"effective rank of the {len(hidden)} per-layer hidden states ({how}), tokens × width "
         f"matrices from {CAPACITY_BATCH}×{inputs.clamp_len(ctx.model, CAPACITY_LEN)} inputs: {per_layer}"
     )
-    why = []
+    why: list[str] = []
     if low:
         why.append(f"{', '.join(n for n, _, _ in low)} below {limit:.0%} of the possible rank")
     if collapsing:
@@ -132,7 +143,7 @@ def _capacity_hidden_row(ctx: CheckContext, hidden: list, how: str) -> Row:
     return ctx.row(status, "hidden_erank_ratio_min", value, threshold, detail + (f"; {'; '.join(why)}" if why else ""))
 
 
-def _hidden_layers(root):
+def _hidden_layers(root: nn.Module) -> tuple[Layers, str]:
     """[(name, module)] whose outputs are the per-layer hidden states, and how they were chosen.
 
     Preference: the blocks of a ModuleList/Sequential of repeated same-type modules (nn.Transformer*
@@ -140,7 +151,7 @@ def _hidden_layers(root):
     the normalisation layers in order, which sit between every sub-layer."""
     import torch
 
-    stacks = []
+    stacks: list[Layers] = []
     for name, m in root.named_modules():
         if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)) and len(m) >= 2:
             kids = list(m.named_children())
@@ -166,7 +177,7 @@ def _hidden_layers(root):
     )
 
 
-def _capacity_plot(ctx: CheckContext, weights, hidden) -> None:
+def _capacity_plot(ctx: CheckContext, weights: list[WeightRank], hidden: list[HiddenRank]) -> None:
     from matplotlib.figure import Figure
 
     if not weights and not hidden:

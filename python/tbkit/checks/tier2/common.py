@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Optional
+
 from tbkit.checks import inputs
-from tbkit.checks.base import CheckContext, Status
+from tbkit.checks.base import CheckContext, Row, Status
 
 
-def grad_mode_failure(ctx: CheckContext, err: Exception, what: str):
+def grad_mode_failure(ctx: CheckContext, err: Exception, what: str) -> Optional[Row]:
     """A FAIL row when the forward works under no_grad but raises in grad mode, else None.
 
     The classic case (docs/checks_tier1.md, known traps): ``is_causal=True`` without a mask raises in grad mode,
@@ -46,5 +49,5 @@ def grad_mode_failure(ctx: CheckContext, err: Exception, what: str):
     )
 
 
-def fmt_list(values, digits: int = 2) -> str:
+def fmt_list(values: Iterable[float], digits: int = 2) -> str:
     return "[" + ", ".join(f"{v:.{digits}f}" for v in values) + "]"

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.spec import Threshold
+
+if TYPE_CHECKING:  # torch is imported lazily; these are annotations only
+    import torch
+
+    from tbkit.sources.loaded import LoadedModel
 
 ROBUST_BATCH, ROBUST_LEN = 4, 100  # 100 positions: 1 % is exactly one token per row
 
@@ -15,6 +21,9 @@ ROBUST_PS = (0.01, 0.05, 0.10, 0.20)
 
 
 ROBUST_WARN_AGREEMENT = 0.5
+
+# one point of the degradation curve: (p, k, agreement, KL or nan, positions compared)
+CurvePoint = tuple[float, int, float, float, int]
 
 
 @register(
@@ -46,7 +55,7 @@ def check_robustness(ctx: CheckContext) -> Iterator[Row]:
     _robustness_plot(ctx, curve, logits, length)
 
 
-def _robustness_curve(ctx: CheckContext, length: int) -> tuple:
+def _robustness_curve(ctx: CheckContext, length: int) -> tuple[list[CurvePoint], bool]:
     """([(p, k, agreement, kl, positions compared), ...], output is logits)."""
     model = ctx.model
     ids = inputs.token_ids(model, ROBUST_BATCH, length, ctx.generator(401), ctx.device)
@@ -54,7 +63,7 @@ def _robustness_curve(ctx: CheckContext, length: int) -> tuple:
     with inputs.eval_mode(model.module):
         clean = inputs.forward(model, ids, decoder_ids=decoder_ids).float()
         logits = inputs.output_is_logits(model, clean)
-        curve = []
+        curve: list[CurvePoint] = []
         for i, p in enumerate(ROBUST_PS):
             k = max(1, round(p * length))
             positions, perturbed = substitute(model, ids, k, ctx.generator(410 + i))
@@ -64,7 +73,7 @@ def _robustness_curve(ctx: CheckContext, length: int) -> tuple:
     return curve, logits
 
 
-def _robustness_row(ctx: CheckContext, point: tuple, logits: bool, length: int) -> Row:
+def _robustness_row(ctx: CheckContext, point: CurvePoint, logits: bool, length: int) -> Row:
     model, (p, k, agree, kl, n) = ctx.model, point
     metric = f"{'top1_agreement' if logits else 'cosine_similarity'}@{p:.0%}"
     if n == 0:
@@ -96,7 +105,9 @@ def _robustness_row(ctx: CheckContext, point: tuple, logits: bool, length: int) 
     return ctx.row(status, metric, round(agree, 4), f">= {limit} at 1 %" if logits else "info", detail)
 
 
-def substitute(model, ids, k: int, generator):
+def substitute(
+    model: LoadedModel, ids: torch.Tensor, k: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace exactly ``k`` positions per row, chosen without repetition, by a different token.
 
     Returns (positions (B, k) sorted, perturbed ids)."""
@@ -112,7 +123,7 @@ def substitute(model, ids, k: int, generator):
     return positions, perturbed
 
 
-def _positions_to_compare(kind: str, positions, length: int, out_len: int):
+def _positions_to_compare(kind: str, positions: torch.Tensor, length: int, out_len: int) -> torch.Tensor:
     """(B, T_out) bool: where clean and perturbed outputs are compared."""
     import torch
 
@@ -127,7 +138,7 @@ def _positions_to_compare(kind: str, positions, length: int, out_len: int):
     return keep
 
 
-def _compare(clean, out, keep, logits: bool):
+def _compare(clean: torch.Tensor, out: torch.Tensor, keep: torch.Tensor, logits: bool) -> tuple[float, float, int]:
     """(agreement, mean KL or nan, number of positions compared)."""
     import torch.nn.functional as F
 
@@ -142,7 +153,7 @@ def _compare(clean, out, keep, logits: bool):
     return float(F.cosine_similarity(a, b, dim=-1).mean()), float("nan"), n
 
 
-def _robustness_plot(ctx: CheckContext, curve, logits: bool, length: int) -> None:
+def _robustness_plot(ctx: CheckContext, curve: list[CurvePoint], logits: bool, length: int) -> None:
     from matplotlib.figure import Figure
 
     # x is the share actually substituted (k of T tokens), which differs from p on short inputs
@@ -166,5 +177,5 @@ def _robustness_plot(ctx: CheckContext, curve, logits: bool, length: int) -> Non
         lines += ax2.plot([x for x, _, _ in pts], [k for _, _, k in pts], "s--", color="tab:red", label="KL (nats)")
         ax2.set_ylabel("KL clean‖perturbed (nats)")
     ax.set_title(f"degradation under token substitution ({length} tokens)")
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="lower left", fontsize=8)
+    ax.legend(lines, [str(ln.get_label()) for ln in lines], loc="lower left", fontsize=8)
     ctx.save_figure(fig, "degradation")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.restore import preserved
@@ -15,6 +16,14 @@ from tbkit.training.copies import copy_loaded
 from tbkit.training.data import training_data, uniform_cross_entropy, unigram_cross_entropy
 from tbkit.training.evaluation import evaluate
 from tbkit.training.fit import fit
+
+if TYPE_CHECKING:  # numpy and torch are imported lazily; these are annotations only
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+    from torch import nn
+
+    from tbkit.sources.loaded import LoadedModel
 
 # baseline: the reference must have a parameter count within this ratio of the model's
 PARAM_MATCH_TOL = 0.10
@@ -68,7 +77,7 @@ def check_baseline(ctx: CheckContext) -> Iterator[Row]:
     yield from _baseline_rows(ctx, setup, m, r)
 
 
-def _baseline_setup(ctx: CheckContext) -> dict:
+def _baseline_setup(ctx: CheckContext) -> dict[str, Any]:
     data, synthetic = data_option(ctx)
     model = ctx.model
     # the same tokens, blocks and split as tbkit.train on this data
@@ -99,13 +108,14 @@ def _baseline_setup(ctx: CheckContext) -> dict:
     )
 
 
-def _baseline_losses(ctx: CheckContext, setup: dict) -> tuple:
+def _baseline_losses(ctx: CheckContext, setup: dict[str, Any]) -> tuple[list[float], list[float]]:
     """Validation losses per seed of the model and of the reference, trained on the same budget."""
     import torch
 
     model, fresh, cfg = ctx.model, setup["fresh"], dict(setup["ref_cfg"])
     cfg.pop("params", None)
-    model_losses, ref_losses = [], []
+    model_losses: list[float] = []
+    ref_losses: list[float] = []
     for seed in setup["seeds"]:
         torch.manual_seed(seed)
         if fresh:
@@ -120,7 +130,7 @@ def _baseline_losses(ctx: CheckContext, setup: dict) -> tuple:
     return model_losses, ref_losses
 
 
-def _train_and_evaluate(ctx: CheckContext, setup: dict, lm, seed: int) -> float:
+def _train_and_evaluate(ctx: CheckContext, setup: dict[str, Any], lm: LoadedModel, seed: int) -> float:
     lm.module.to(ctx.device)
     steps = setup["steps"]
     config = TrainConfig(
@@ -137,7 +147,9 @@ def _train_and_evaluate(ctx: CheckContext, setup: dict, lm, seed: int) -> float:
     return evaluate(lm, setup["val"], setup["batch"], device=ctx.device)
 
 
-def _baseline_rows(ctx: CheckContext, setup: dict, m, r) -> Iterator[Row]:
+def _baseline_rows(
+    ctx: CheckContext, setup: dict[str, Any], m: npt.NDArray[np.float64], r: npt.NDArray[np.float64]
+) -> Iterator[Row]:
     import numpy as np
 
     label, n_params, cfg = setup["label"], setup["n_params"], setup["ref_cfg"]
@@ -168,7 +180,9 @@ def _baseline_rows(ctx: CheckContext, setup: dict, m, r) -> Iterator[Row]:
     yield ctx.row(status, "model_vs_unigram", round(float(m.mean()) - setup["unigram"], 4), "< 0", detail)
 
 
-def _baseline_test_row(ctx: CheckContext, setup: dict, m, r) -> Row:
+def _baseline_test_row(
+    ctx: CheckContext, setup: dict[str, Any], m: npt.NDArray[np.float64], r: npt.NDArray[np.float64]
+) -> Row:
     alpha, gap = ctx.threshold("alpha"), ctx.threshold("practical_gap")
     test = paired_t_test(m, r)
     worse = test["p"] < alpha and test["mean"] > gap * float(r.mean())
@@ -184,7 +198,7 @@ def _baseline_test_row(ctx: CheckContext, setup: dict, m, r) -> Row:
     )
 
 
-def _fresh_builder(module):
+def _fresh_builder(module: nn.Module) -> Optional[type[nn.Module]]:
     """A zero-argument constructor for the model's class when calling it rebuilds the SAME
     architecture (every parameter of the same shape), else None: then seeds cannot re-init it.
     A constructor whose defaults differ from how this model was built (sizes from a config) would
@@ -204,14 +218,14 @@ def _fresh_builder(module):
     except Exception:  # a constructor we cannot call on our own: the row says seeds keep the weights
         return None
 
-    def shapes(m):
+    def shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
     return cls if shapes(trial) == shapes(module) else None
 
 
 # ---- the reference decoder -------------------------------------------------------------------
-def _reference_class():
+def _reference_class() -> type[nn.Module]:
     import torch
     import torch.nn as nn
 
@@ -220,7 +234,7 @@ def _reference_class():
         (pre-norm, GELU) with an explicit causal mask (never ``is_causal`` alone: fused paths drop
         it under no_grad), final LayerNorm, untied LM head."""
 
-        def __init__(self, vocab, max_len, d_model, nhead, layers):
+        def __init__(self, vocab: int, max_len: int, d_model: int, nhead: int, layers: int) -> None:
             super().__init__()
             self.tok = nn.Embedding(vocab, d_model)
             self.pos = nn.Embedding(max_len, d_model)
@@ -236,18 +250,19 @@ def _reference_class():
                 for lin in (lyr.linear1, lyr.linear2):
                     lin.reset_parameters()
 
-        def forward(self, input_ids, attention_mask=None):
+        def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
             # right padding only: with the causal mask real positions never see padded keys, so no
             # key-padding mask is needed (and none can fully mask a row into NaN)
             T = input_ids.shape[1]
             x = self.tok(input_ids) + self.pos(torch.arange(T, device=input_ids.device))
             causal = nn.Transformer.generate_square_subsequent_mask(T, device=input_ids.device)
-            return self.head(self.ln(self.encoder(x, mask=causal)))
+            logits: torch.Tensor = self.head(self.ln(self.encoder(x, mask=causal)))
+            return logits
 
     return _Ref
 
 
-def ReferenceDecoder(vocab: int, max_len: int, d_model: int, nhead: int, layers: int, params: int = 0):
+def ReferenceDecoder(vocab: int, max_len: int, d_model: int, nhead: int, layers: int, params: int = 0) -> nn.Module:
     return _reference_class()(vocab, max_len, d_model, nhead, layers)
 
 
@@ -256,9 +271,9 @@ def reference_param_count(vocab: int, max_len: int, d: int, layers: int) -> int:
     return vocab * d + max_len * d + layers * per_layer + 2 * d + d * vocab + vocab
 
 
-def match_reference(n_params: int, vocab: int, max_len: int) -> dict:
+def match_reference(n_params: int, vocab: int, max_len: int) -> dict[str, int]:
     """Reference sizes (d_model multiple of 4 heads, 1-6 layers) whose count is nearest ``n_params``."""
-    best = None
+    best: Optional[tuple[tuple[float, int, float], dict[str, int]]] = None
     for layers in range(1, 7):
         for d in range(8, 2049, 4):
             count = reference_param_count(vocab, max_len, d, layers)
@@ -267,11 +282,12 @@ def match_reference(n_params: int, vocab: int, max_len: int) -> dict:
             key = (round(gap, 2), abs(layers - 2), gap)
             if best is None or key < best[0]:
                 best = (key, {"d_model": d, "nhead": 4, "layers": layers, "params": count})
+    assert best is not None  # the loops above ran
     return dict(best[1])
 
 
 # ---- statistics (numpy only, no scipy) -----------------------------------------------------------
-def paired_t_test(a, b) -> dict:
+def paired_t_test(a: npt.ArrayLike, b: npt.ArrayLike) -> dict[str, float]:
     """Paired t-test of a - b: mean, t, df, two-sided p and a 95% confidence interval."""
     import numpy as np
 

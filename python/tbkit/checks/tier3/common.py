@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from tbkit.checks.base import CheckContext
 
@@ -24,7 +24,7 @@ def why_not_trainable(ctx: CheckContext) -> Optional[str]:
     return None
 
 
-def data_option(ctx: CheckContext):
+def data_option(ctx: CheckContext) -> tuple[Any, bool]:
     """(data, synthetic) for checks that train (``why_not_trainable`` has passed)."""
     return ctx.run_option("data"), bool(ctx.run_option("synthetic"))
 

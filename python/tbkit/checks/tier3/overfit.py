@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tbkit.checks import inputs
 from tbkit.checks.base import CheckContext, Row, Status, register
@@ -11,6 +12,9 @@ from tbkit.checks.numeric import kind_guess_note
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
 from tbkit.training.memorise import memorise
+
+if TYPE_CHECKING:  # torch is imported lazily; this is an annotation only
+    import torch
 
 # overfit: one fixed batch 2 x 64, Adam 1e-3, at most 300 steps, clip 1.0
 OVERFIT_BATCH, OVERFIT_LEN, OVERFIT_STEPS, OVERFIT_LR = 2, 64, 300, 1e-3
@@ -62,7 +66,7 @@ def check_overfit(ctx: CheckContext) -> Iterator[Row]:
     _overfit_figure(ctx, losses)
 
 
-def _memorise(ctx: CheckContext, ids) -> tuple:
+def _memorise(ctx: CheckContext, ids: torch.Tensor) -> tuple[list[float], int, int]:
     """(losses per step, hits, total) of Adam on the fixed batch (inside ``preserved``)."""
     import torch
 
@@ -82,7 +86,7 @@ def _memorise(ctx: CheckContext, ids) -> tuple:
     return done.losses, done.hits, done.total
 
 
-def _overfit_rows(ctx: CheckContext, losses: list, hits: int, total: int, length: int) -> Iterator[Row]:
+def _overfit_rows(ctx: CheckContext, losses: list[float], hits: int, total: int, length: int) -> Iterator[Row]:
     next_token = ctx.model.kind in ("decoder", "seq2seq")
     limit = ctx.threshold("loss_drop")
     steps = len(losses) - 1
@@ -114,7 +118,7 @@ def _overfit_rows(ctx: CheckContext, losses: list, hits: int, total: int, length
     yield ctx.row(rep, label, f"{hits}/{total}", "all", detail)
 
 
-def _overfit_figure(ctx: CheckContext, losses) -> None:
+def _overfit_figure(ctx: CheckContext, losses: list[float]) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5, 3))

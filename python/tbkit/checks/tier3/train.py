@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Optional
 
 from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.restore import preserved
@@ -44,7 +45,7 @@ def check_train(ctx: CheckContext) -> Iterator[Row]:
     ctx.save_figure(loss_curve_figure(result), "loss_curve")
 
 
-def _train(ctx: CheckContext, data, synthetic: bool, ckdir) -> TrainResult:
+def _train(ctx: CheckContext, data: Any, synthetic: bool, ckdir: Optional[Path]) -> TrainResult:
     return train(
         ctx.model,
         data,
@@ -66,7 +67,7 @@ def _train(ctx: CheckContext, data, synthetic: bool, ckdir) -> TrainResult:
     )
 
 
-def _train_rows(ctx: CheckContext, result) -> Iterator[Row]:
+def _train_rows(ctx: CheckContext, result: TrainResult) -> Iterator[Row]:
     label = synthetic_label(result.synthetic)
     for note in result.notes:
         yield ctx.row(Status.PASS, "data", None, "", label + note)
