@@ -47,7 +47,7 @@ EXECUTION = "eager (torch.compile not used: compiling costs more than runs this 
 class TrainResult:
     model: Any  # the trained nn.Module (the caller's own object only with in_place=True)
     metrics: Any  # pandas DataFrame, one row per epoch: epoch, step, train_loss, val_loss, val_ppl
-    checkpoints: list  # Paths of the checkpoint files written
+    checkpoints: list[Path]  # Paths of the checkpoint files written
     best_val_loss: float
     synthetic: bool
     step_metrics: Any = None  # DataFrame, one row per optimizer step: step, train_loss, lr
@@ -58,7 +58,7 @@ class TrainResult:
     resumed_step: Optional[int] = None
     precision: str = "32-true"
     data_description: str = ""
-    notes: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     loaded: Any = None  # the LoadedModel around ``model``
     precision_reason: str = ""
     distribution: str = "1 device"  # how the run was spread (distributed.Plan.describe)
@@ -122,7 +122,7 @@ def _check_decoder(loaded: LoadedModel) -> None:
 
 
 def _train_result(
-    work: LoadedModel, out: FitOutcome, td: TokenData, notes: list, initial: float, final: float
+    work: LoadedModel, out: FitOutcome, td: TokenData, notes: list[str], initial: float, final: float
 ) -> TrainResult:
     import pandas as pd
 

@@ -91,7 +91,7 @@ class SearchConfig:
     synthetic: bool = False
     seed: int = 0
     device: Any = None
-    search_space: Optional[dict] = None
+    search_space: Optional[dict[str, Optional[tuple[float, float, str]]]] = None
     kind: Optional[str] = None
     n_startup_trials: int = 3
     tokenizer_level: str = "char"

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100  # labels at padded positions; never token 0
 
@@ -35,19 +39,19 @@ class TextTokenizer:
     """
 
     level: str  # "char" | "word"
-    symbols: list  # id -> symbol
+    symbols: list[str]  # id -> symbol
     unk_id: Optional[int]
     note: str = ""
 
     def __post_init__(self) -> None:
         self._ids = {s: i for i, s in enumerate(self.symbols)}
 
-    def encode(self, text: str) -> list:
+    def encode(self, text: str) -> list[Optional[int]]:
         units = text if self.level == "char" else text.split()
         unk = self.unk_id
         return [self._ids.get(u, unk) for u in units]
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[int]) -> str:
         out = [self.symbols[i] if i < len(self.symbols) else "<unk>" for i in ids]
         return "".join(out) if self.level == "char" else " ".join(out)
 
@@ -85,11 +89,11 @@ def build_tokenizer(text: str, vocab_size: int, level: str = "char", source: str
 class TokenData:
     """(N, T) token ids and their attention mask (1 real, 0 padding), and what they are."""
 
-    input_ids: Any  # torch.LongTensor (N, T)
-    attention_mask: Any  # torch.LongTensor (N, T)
+    input_ids: torch.Tensor  # torch.LongTensor (N, T)
+    attention_mask: torch.Tensor  # torch.LongTensor (N, T)
     description: str
     synthetic: bool = False
-    notes: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     tokenizer: Optional[TextTokenizer] = None
 
     def __len__(self) -> int:
@@ -99,7 +103,7 @@ class TokenData:
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def subset(self, index) -> TokenData:
+    def subset(self, index: torch.Tensor) -> TokenData:
         return TokenData(
             self.input_ids[index],
             self.attention_mask[index],
@@ -111,7 +115,7 @@ class TokenData:
 
 
 def prepare(
-    data,
+    data: Any,
     *,
     vocab_size: int,
     block_len: int,
@@ -182,7 +186,7 @@ def _from_text_file(path: Path, vocab_size: int, block_len: int, pad_id: int, le
     return td
 
 
-def _from_ids(ids, mask, vocab_size: int, block_len: int, pad_id: int) -> TokenData:
+def _from_ids(ids: Any, mask: Any, vocab_size: int, block_len: int, pad_id: int) -> TokenData:
     t = _as_long_tensor(ids, type(ids).__name__)
     m = _checked_mask(mask, t)
     _check_id_range(t if m is None else t[m != 0], vocab_size)
@@ -198,7 +202,7 @@ def _from_ids(ids, mask, vocab_size: int, block_len: int, pad_id: int) -> TokenD
     return TokenData(out_ids, out_mask, desc)
 
 
-def _as_long_tensor(ids, what: str):
+def _as_long_tensor(ids: Any, what: str) -> torch.Tensor:
     """Integer ids of shape (N, T) or (L,) as a CPU LongTensor; UsageError otherwise."""
     import numpy as np
     import torch
@@ -224,7 +228,7 @@ def _as_long_tensor(ids, what: str):
     return t
 
 
-def _checked_mask(mask, t):
+def _checked_mask(mask: Any, t: torch.Tensor) -> Optional[torch.Tensor]:
     import numpy as np
     import torch
 
@@ -239,7 +243,7 @@ def _checked_mask(mask, t):
     return m
 
 
-def _check_id_range(real, vocab_size: int) -> None:
+def _check_id_range(real: torch.Tensor, vocab_size: int) -> None:
     bad = (real < 0) | (real >= vocab_size)
     if bool(bad.any()):
         raise UsageError(
@@ -249,7 +253,9 @@ def _check_id_range(real, vocab_size: int) -> None:
         )
 
 
-def _row_blocks(t, m, block_len: int, pad_id: int):
+def _row_blocks(
+    t: torch.Tensor, m: Optional[torch.Tensor], block_len: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T) rows -> blocks of at most ``block_len``; rows longer are cut, the tail of each row
     becoming a padded block; blocks with fewer than two real tokens are dropped."""
     import torch
@@ -273,7 +279,7 @@ def _row_blocks(t, m, block_len: int, pad_id: int):
     return out_ids[keep], out_mask[keep]
 
 
-def _blocks(stream, block_len: int, pad_id: int):
+def _blocks(stream: torch.Tensor, block_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A 1-D stream -> (N, block_len) blocks; the last partial block is right-padded (mask 0)."""
     import torch
 
@@ -291,7 +297,7 @@ def _blocks(stream, block_len: int, pad_id: int):
     return torch.cat(ids), torch.cat(mask)
 
 
-def split(data: TokenData, val_fraction: float, seed: int = 0):
+def split(data: TokenData, val_fraction: float, seed: int = 0) -> tuple[TokenData, TokenData]:
     """Seeded split into (train, val) by block; both keep at least one block."""
     import torch
 
@@ -352,7 +358,7 @@ def synthetic_data(vocab_size: int, n_blocks: int, block_len: int, seed: int = 0
 
 
 # ---- losses ------------------------------------------------------------------------------------
-def lm_labels(input_ids, attention_mask=None):
+def lm_labels(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Next-token labels for positions 0..T-2; padded targets are IGNORE_INDEX (not token 0)."""
     labels = input_ids[:, 1:].clone()
     if attention_mask is not None:
@@ -360,7 +366,12 @@ def lm_labels(input_ids, attention_mask=None):
     return labels
 
 
-def lm_loss(logits, input_ids, attention_mask=None, reduction: str = "mean"):
+def lm_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Causal-LM cross entropy: logits at t predict input_ids at t+1; padding is ignored."""
     import torch.nn.functional as F
 
@@ -400,7 +411,9 @@ def block_length(loaded: Any, max_len: Optional[int]) -> int:
     return int(max_len)
 
 
-def training_data(loaded: Any, data: Any, *, max_len, val_fraction, synthetic, seed, level) -> tuple:
+def training_data(
+    loaded: Any, data: Any, *, max_len: Optional[int], val_fraction: float, synthetic: bool, seed: int, level: str
+) -> tuple[TokenData, TokenData, TokenData, int]:
     """(TokenData, train split, validation split, block length) for ``loaded`` from what the user gave."""
     block = block_length(loaded, max_len)
     td = prepare(

@@ -25,6 +25,7 @@ rows of every optimizer step, so one device and several train on the same batche
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
@@ -70,7 +71,7 @@ class Plan:
         )
 
 
-def launched_externally(env=None) -> bool:
+def launched_externally(env: Optional[Mapping[str, str]] = None) -> bool:
     """True when torchrun, SLURM or Lightning's own launcher started this process as one rank."""
     env = os.environ if env is None else env
     return ("LOCAL_RANK" in env and "WORLD_SIZE" in env) or "SLURM_NTASKS" in env
@@ -81,7 +82,7 @@ def plan(
     num_nodes: Optional[int],
     strategy: Optional[str],
     batch_size: int,
-    env=None,
+    env: Optional[Mapping[str, str]] = None,
 ) -> Plan:
     """Check the multi-device arguments and choose the strategy (see the module docstring)."""
     devices = 1 if devices is None else devices

@@ -15,20 +15,28 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit.errors import TbkitError
 from tbkit.sources.loaded import LoadedModel
 from tbkit.training.config import TrainConfig
 from tbkit.training.data import TokenData
+from tbkit.training.distributed import Plan
 from tbkit.training.quiet import quiet_lightning
 from tbkit.training.run_setup import RunSetup, run_setup
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from tbkit.training.history import History
+    from tbkit.training.lightning_module import CausalLM
 
 
 @dataclass
 class FitOutcome:
-    trainer: Any  # lightning.pytorch.Trainer
-    history: Any  # history.History: epochs, steps, global_step
+    trainer: pl.Trainer
+    history: History  # epochs, steps, global_step
     checkpoint_dir: Optional[Path]  # None when no checkpoints were kept
     resumed_from: Optional[Path]
     resumed_step: Optional[int]
@@ -45,7 +53,7 @@ class FitOutcome:
         return self.setup.precision.reason
 
     @property
-    def plan(self) -> Any:
+    def plan(self) -> Plan:
         return self.setup.plan
 
 
@@ -56,7 +64,7 @@ def fit(
     config: TrainConfig,
     *,
     setup: Optional[RunSetup] = None,
-    callbacks: tuple = (),
+    callbacks: tuple[Callback, ...] = (),
     save_checkpoints: bool = True,
 ) -> FitOutcome:
     """Train ``loaded.module`` in place with Lightning, as ``config`` says (its callbacks and
@@ -84,7 +92,9 @@ def fit(
     return outcome
 
 
-def _lightning_module(loaded, train_data, val_data, config: TrainConfig, setup: RunSetup) -> Any:
+def _lightning_module(
+    loaded: LoadedModel, train_data: TokenData, val_data: TokenData, config: TrainConfig, setup: RunSetup
+) -> CausalLM:
     from tbkit.training.lightning_module import CausalLM  # imports lightning: see the module docstring
 
     per_epoch = math.ceil((len(train_data) // setup.plan.world) / setup.plan.per_device_batch)
@@ -93,7 +103,9 @@ def _lightning_module(loaded, train_data, val_data, config: TrainConfig, setup: 
     return CausalLM(loaded, train_data, val_data, config, total, setup.plan.per_device_batch)
 
 
-def _checkpointing(save: bool, checkpoint_dir: Any, every_n_steps: Optional[int]) -> tuple:
+def _checkpointing(
+    save: bool, checkpoint_dir: Any, every_n_steps: Optional[int]
+) -> tuple[Optional[Path], list[ModelCheckpoint]]:
     """(folder or None, ModelCheckpoint callbacks): the latest state (for resume) and the best by val loss."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -109,7 +121,7 @@ def _checkpointing(save: bool, checkpoint_dir: Any, every_n_steps: Optional[int]
     return ckdir, [latest, best]
 
 
-def _resume_point(resume: bool, ckdir: Optional[Path]) -> tuple:
+def _resume_point(resume: bool, ckdir: Optional[Path]) -> tuple[Optional[Path], Optional[int]]:
     """(last.ckpt to resume from or None, its global step)."""
     import torch
 
@@ -122,7 +134,9 @@ def _resume_point(resume: bool, ckdir: Optional[Path]) -> tuple:
     return path, step
 
 
-def _make_trainer(setup: RunSetup, config: TrainConfig, callbacks: list, save_checkpoints: bool, resuming: bool):
+def _make_trainer(
+    setup: RunSetup, config: TrainConfig, callbacks: list[Callback], save_checkpoints: bool, resuming: bool
+) -> pl.Trainer:
     import lightning.pytorch as pl
 
     single = setup.plan.world == 1
@@ -148,7 +162,7 @@ def _make_trainer(setup: RunSetup, config: TrainConfig, callbacks: list, save_ch
         )
 
 
-def _run(trainer: Any, lit: Any, setup: RunSetup, seed: int, resume_path: Optional[Path]) -> None:
+def _run(trainer: pl.Trainer, lit: CausalLM, setup: RunSetup, seed: int, resume_path: Optional[Path]) -> None:
     """trainer.fit, seeded for this run only: the caller's global RNG state (torch, and numpy /
     random, which Lightning's seed_everything would also reset) is left as it was."""
     import torch

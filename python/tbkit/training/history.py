@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
@@ -28,17 +28,21 @@ class History(pl.Callback):
     the parent returns from ``fit``: process 0 writes the history to ``export_path`` at the end
     for the parent to read back (``load_export``)."""
 
-    def __init__(self, export_path: Optional[Path] = None):
-        self.epochs: list = []
-        self.steps: list = []
+    def __init__(self, export_path: Optional[Path] = None) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self.steps: list[dict[str, float]] = []
         self.global_step = 0
         self.export_path = export_path
-        self._pending: list = []  # (step, loss tensor on the device, lr, rows) not read back yet
-        self._epoch_rows: list = []  # (loss, rows) of this epoch's steps, read back
+        # (step, loss tensor on the device, lr, rows) not read back yet
+        self._pending: list[tuple[int, torch.Tensor, float, int]] = []
+        self._epoch_rows: list[tuple[float, int]] = []  # (loss, rows) of this epoch's steps, read back
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         lr = float(trainer.optimizers[0].param_groups[0]["lr"])  # a Python float: no device sync
-        self._pending.append((trainer.global_step, pl_module.global_loss, lr, len(batch[0])))
+        loss = cast("torch.Tensor", pl_module.global_loss)  # CausalLM.training_step set it for this step
+        self._pending.append((trainer.global_step, loss, lr, len(batch[0])))
         if len(self._pending) >= FLUSH_EVERY:
             self._flush()
 
@@ -51,7 +55,7 @@ class History(pl.Callback):
             self._epoch_rows.append((loss, rows))
         self._pending = []
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()
         rows = sum(n for _, n in self._epoch_rows)
         # weighted by rows, as Lightning's epoch mean of a logged loss was
@@ -64,7 +68,7 @@ class History(pl.Callback):
             row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
         self.epochs.append(row)
 
-    def on_fit_end(self, trainer, pl_module):
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()
         self.global_step = int(trainer.global_step)
         if self.export_path is not None and trainer.is_global_zero:
@@ -82,7 +86,7 @@ class History(pl.Callback):
         self._flush()  # a checkpoint (or the export) holds every step so far
         return {"epochs": list(self.epochs), "steps": list(self.steps), "global_step": self.global_step}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epochs = list(state.get("epochs", []))
         self.steps = list(state.get("steps", []))
         self.global_step = int(state.get("global_step", 0))

@@ -12,7 +12,8 @@ losses back in batches); nothing is logged per step unless the progress bar is s
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Optional, TypeVar, Union
 
 import lightning.pytorch as pl
 import torch
@@ -21,8 +22,17 @@ from tbkit.training.config import TrainConfig
 from tbkit.training.data import TokenData, lm_loss
 from tbkit.training.schedule import warmup_cosine
 
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
-class EpochSampler(torch.utils.data.Sampler):
+    from tbkit.sources.loaded import LoadedModel
+
+# one step's rows: (ids, mask)
+Batch = tuple[torch.Tensor, torch.Tensor]
+T = TypeVar("T")
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
     """Epoch ``e`` visits a permutation seeded by (seed, e); process ``rank`` of ``world`` takes
     every ``world``-th index of it, starting at ``rank``.
 
@@ -34,7 +44,7 @@ class EpochSampler(torch.utils.data.Sampler):
     number of steps, which DDP needs.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.epoch = 0
 
@@ -44,18 +54,18 @@ class EpochSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.n // self.world
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
         usable = order[: len(self) * self.world]
         return iter(usable[self.rank :: self.world].tolist())
 
 
-class EpochBatches(torch.utils.data.Sampler):
+class EpochBatches(torch.utils.data.Sampler[torch.Tensor]):
     """``EpochSampler``'s order in batches of ``batch`` indices, as index tensors on ``device``:
     the epoch's order goes to the device once, each step slices it."""
 
-    def __init__(self, order: EpochSampler, batch: int, device: Any):
+    def __init__(self, order: Union[EpochSampler, range], batch: int, device: torch.device) -> None:
         self.order, self.batch, self.device = order, batch, device
 
     def set_epoch(self, epoch: int) -> None:
@@ -65,27 +75,27 @@ class EpochBatches(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[torch.Tensor]:
         # a generator: the order is drawn at the first batch, not when the iterator is made (a
         # resumed run makes it before Lightning sets the epoch, as torch's BatchSampler is lazy too)
         index = torch.tensor(list(self.order), dtype=torch.long).to(self.device)
-        yield from index.split(self.batch)
+        yield from index.split(self.batch)  # type: ignore[no-untyped-call]  # torch leaves Tensor.split unannotated
 
 
-class Blocks(torch.utils.data.Dataset):
+class Blocks(torch.utils.data.Dataset[Batch]):
     """(ids, mask) rows on the device; ``blocks[index_tensor]`` is a whole batch in one gather."""
 
-    def __init__(self, data: TokenData, device: Any):
+    def __init__(self, data: TokenData, device: torch.device) -> None:
         self.ids, self.mask = data.input_ids.to(device), data.attention_mask.to(device)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: torch.Tensor) -> Batch:
         return self.ids[index], self.mask[index]
 
 
-def as_is(batch):
+def as_is(batch: T) -> T:
     """The DataLoader's collate: a batch from ``Blocks`` is already one."""
     return batch
 
@@ -94,36 +104,45 @@ class CausalLM(pl.LightningModule):
     """Wraps the user's module (as ``self.net``) with the causal-LM loss, the optimizer and the
     data loaders (built per process, where rank, world size and device are known)."""
 
-    def __init__(self, loaded, train_data: TokenData, val_data: TokenData, config: TrainConfig, total_steps, batch):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        train_data: TokenData,
+        val_data: TokenData,
+        config: TrainConfig,
+        total_steps: int,
+        batch: int,
+    ) -> None:
         super().__init__()
         self.net = loaded.module
         self.loaded = loaded
         self.train_data, self.val_data = train_data, val_data
         self.config, self.total_steps = config, total_steps
         self.batch = batch  # rows per process per step
-        self.global_loss = None  # this step's loss averaged over all processes (History reads it)
-        self._val_sums: list = []  # per validation batch, on the device: (loss sum, token count)
+        # this step's loss averaged over all processes (History reads it)
+        self.global_loss: Optional[torch.Tensor] = None
+        self._val_sums: list[torch.Tensor] = []  # per validation batch, on the device: (loss sum, token count)
 
-    def _loader(self, data: TokenData, order) -> torch.utils.data.DataLoader:
+    def _loader(self, data: TokenData, order: Union[EpochSampler, range]) -> torch.utils.data.DataLoader[Batch]:
         device = self.trainer.strategy.root_device
         return torch.utils.data.DataLoader(
             Blocks(data, device), batch_size=None, sampler=EpochBatches(order, self.batch, device), collate_fn=as_is
         )
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> torch.utils.data.DataLoader[Batch]:
         world, rank = self.trainer.world_size, self.trainer.global_rank
         return self._loader(self.train_data, EpochSampler(len(self.train_data), self.config.seed, rank, world))
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> torch.utils.data.DataLoader[Batch]:
         # every process evaluates the whole (small) validation set: val_loss is exact and the
         # same on every rank, with nothing to reduce
         return self._loader(self.val_data, range(len(self.val_data)))
 
-    def _loss(self, batch, reduction="mean"):
+    def _loss(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
         ids, mask = batch
         return lm_loss(self.loaded.forward(ids, attention_mask=mask), ids, mask, reduction=reduction)
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         if self.trainer.world_size > 1:
             # one small all-reduce: the step's loss over all processes, so metrics read as on one device
@@ -134,14 +153,14 @@ class CausalLM(pl.LightningModule):
             self.log("train_loss", self.global_loss, on_step=True, prog_bar=True, batch_size=len(batch[0]))
         return loss
 
-    def on_validation_epoch_start(self):
+    def on_validation_epoch_start(self) -> None:
         self._val_sums = []
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         # summed and counted per token, so a padded last block weighs what it holds
         self._val_sums.append(torch.stack([self._loss(batch, reduction="sum"), batch[1][:, 1:].sum().float()]))
 
-    def on_validation_epoch_end(self):
+    def on_validation_epoch_end(self) -> None:
         # one read-back per validation; float64 on the host (MPS has none)
         total, count = torch.stack(self._val_sums).cpu().double().sum(0).tolist() if self._val_sums else (0.0, 0)
         val = total / max(1, int(count))
@@ -149,7 +168,7 @@ class CausalLM(pl.LightningModule):
         self.log("val_loss", val, prog_bar=True, sync_dist=distributed)
         self.log("val_ppl", math.exp(min(val, 50.0)), sync_dist=distributed)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         # no weight decay on biases and norm weights (1-D tensors): the usual AdamW practice
         decay = [p for p in self.net.parameters() if p.requires_grad and p.dim() >= 2]
         other = [p for p in self.net.parameters() if p.requires_grad and p.dim() < 2]

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class Memorised:
-    losses: list = field(default_factory=list)  # per step, up to and including the step that stopped
+    losses: list[float] = field(default_factory=list)  # per step, up to and including the step that stopped
     hits: int = 0  # targets the argmax reproduced at that step
     total: int = 0  # targets
 
@@ -33,7 +36,7 @@ class Memorised:
 def memorise(
     forward: Callable[[Any], Any],
     module: Any,
-    ids: Any,
+    ids: torch.Tensor,
     *,
     steps: int,
     lr: float,
@@ -61,13 +64,15 @@ def memorise(
                 return result
             pending = []
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
     return result
 
 
-def _loss_and_hits(forward: Callable[[Any], Any], ids: Any, next_token: bool) -> tuple:
+def _loss_and_hits(
+    forward: Callable[[Any], Any], ids: torch.Tensor, next_token: bool
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     import torch.nn.functional as F
 
     out = forward(ids).float()
@@ -78,7 +83,9 @@ def _loss_and_hits(forward: Callable[[Any], Any], ids: Any, next_token: bool) ->
     return loss, hits, target.numel()
 
 
-def _read_back(result: Memorised, pending: list, first: int, steps: int, loss_drop: float) -> bool:
+def _read_back(
+    result: Memorised, pending: list[tuple[torch.Tensor, torch.Tensor]], first: int, steps: int, loss_drop: float
+) -> bool:
     """Apply the stopping rule to the pending steps in order (one read-back); True when one stopped."""
     import torch
 

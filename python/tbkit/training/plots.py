@@ -7,10 +7,16 @@ matplotlib and optuna are imported inside each function: ``import tbkit`` stays 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Optional, cast
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.figure import Figure
+
+    from tbkit.training.api import TrainResult
 
 
-def loss_curve_figure(result: Any, title: str = "training loss") -> Any:
+def loss_curve_figure(result: TrainResult, title: str = "training loss") -> Figure:
     """Per-step train loss and per-epoch validation loss of a ``TrainResult``."""
     from matplotlib.figure import Figure
 
@@ -30,7 +36,7 @@ def loss_curve_figure(result: Any, title: str = "training loss") -> Any:
     return fig
 
 
-def history_figure(study: Any, synthetic: bool = False) -> Any:
+def history_figure(study: optuna.Study, synthetic: bool = False) -> Figure:
     """Completed trials, the best so far, and pruned trials at their last reported value."""
     from matplotlib.figure import Figure
     from optuna.trial import TrialState
@@ -40,10 +46,11 @@ def history_figure(study: Any, synthetic: bool = False) -> Any:
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
-        ax.plot([t.number for t in done], [t.value for t in done], "o", label="completed")
+        # a COMPLETE trial has its value
+        ax.plot([t.number for t in done], [cast(float, t.value) for t in done], "o", label="completed")
         best, xs, ys = math.inf, [], []
         for t in done:
-            best = min(best, t.value)
+            best = min(best, cast(float, t.value))
             xs.append(t.number)
             ys.append(best)
         ax.step(xs, ys, where="post", label="best so far")
@@ -64,7 +71,7 @@ def history_figure(study: Any, synthetic: bool = False) -> Any:
     return fig
 
 
-def importance_figure(study: Any) -> tuple:
+def importance_figure(study: optuna.Study) -> tuple[Optional[Figure], str]:
     """(Figure or None, note): fANOVA parameter importances over the completed trials."""
     import optuna
     from matplotlib.figure import Figure

@@ -14,12 +14,18 @@ An explicit ``precision=`` always wins, once checked against what the accelerato
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from tbkit.errors import UsageError
 
+if TYPE_CHECKING:
+    import torch
+
+# Lightning's precision names that tbkit passes to the Trainer
+LightningPrecision = Literal["32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
+
 # what users write -> Lightning's name
-ALIASES = {
+ALIASES: dict[str, LightningPrecision] = {
     "32": "32-true",
     "fp32": "32-true",
     "32-true": "32-true",
@@ -44,7 +50,7 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    precision: str  # Lightning's precision string
+    precision: LightningPrecision  # Lightning's precision string
     reason: str  # one line for the report
 
     def __str__(self) -> str:
@@ -83,7 +89,7 @@ def _checked(caps: Capabilities, requested: str) -> PrecisionChoice:
     return PrecisionChoice(name, "asked for")
 
 
-def device_capabilities(device, fork_safe: bool = False) -> Capabilities:
+def device_capabilities(device: torch.device, fork_safe: bool = False) -> Capabilities:
     """What ``device`` (a torch.device) can do. ``fork_safe=True`` asks without initialising CUDA in
     this process (a CUDA-initialised process cannot fork DDP workers): a short child process looks."""
     import torch

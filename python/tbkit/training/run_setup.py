@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tbkit.devices import resolve_device
 from tbkit.errors import UsageError
@@ -12,10 +12,13 @@ from tbkit.training import distributed
 from tbkit.training.config import TrainConfig
 from tbkit.training.precision import PrecisionChoice, choose_precision, device_capabilities
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass(frozen=True)
 class RunSetup:
-    device: Any  # torch.device of this process
+    device: torch.device  # of this process
     plan: distributed.Plan
     precision: PrecisionChoice
 
@@ -38,7 +41,7 @@ def run_setup(config: TrainConfig, module: Optional[Any] = None) -> RunSetup:
         )
     if plan.world > 1 and device.type == "cuda" and distributed.launched_externally():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # torchrun: one GPU per rank
-    if plan.forks and device.type == "cuda" and torch.cuda.is_initialized():
+    if plan.forks and device.type == "cuda" and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         raise UsageError(
             f"CUDA is already initialised in this process, so Lightning cannot fork the {plan.world} DDP workers",
             "Restart the kernel and call tbkit.train(devices=N) before anything else uses the GPU, or run a "

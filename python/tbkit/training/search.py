@@ -28,7 +28,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
 from tbkit.errors import TbkitError, UsageError
 from tbkit.sources.coerce import as_loaded
@@ -36,12 +36,23 @@ from tbkit.sources.loaded import LoadedModel
 from tbkit.training import workers
 from tbkit.training.config import SearchConfig, from_options
 from tbkit.training.copies import copy_loaded, refuse_lying_copies
-from tbkit.training.data import training_data
+from tbkit.training.data import TokenData, training_data
 from tbkit.training.dependencies import require
 from tbkit.training.fit import fit
 from tbkit.training.plots import history_figure, importance_figure
 
-DEFAULT_SPACE = {
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.figure import Figure
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+# a searched parameter: (low, high, "log" | "linear")
+Range = tuple[float, float, str]
+# a trial's parameters -> the model it trains
+ModelMaker = Callable[[dict[str, float]], LoadedModel]
+
+DEFAULT_SPACE: dict[str, Range] = {
     "lr": (1e-4, 1e-2, "log"),
     "weight_decay": (1e-5, 0.3, "log"),
     "warmup_frac": (0.0, 0.3, "linear"),
@@ -51,21 +62,21 @@ DEFAULT_SPACE = {
 
 @dataclass
 class SearchResult:
-    study: Any  # optuna.Study
+    study: optuna.Study
     trials_df: Any  # pandas DataFrame (study.trials_dataframe())
-    best_params: dict
-    figures: dict  # name -> matplotlib Figure (history, importance)
+    best_params: dict[str, Any]
+    figures: dict[str, Figure]  # name -> matplotlib Figure (history, importance)
     best_value: float = float("nan")
     n_complete: int = 0
     n_pruned: int = 0
     n_failed: int = 0
     synthetic: bool = False
     storage_display: str = "in memory"
-    notes: list = field(default_factory=list)
-    failures: list = field(default_factory=list)  # messages of trials that crashed (this worker)
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # messages of trials that crashed (this worker)
     trials_run_here: int = 0
     n_retried: int = 0  # trials that re-ran the parameters of a trial whose worker died
-    retries: list = field(default_factory=list)  # one line per retry (and per dead trial not retried): why
+    retries: list[str] = field(default_factory=list)  # one line per retry (and per dead trial not retried): why
     heartbeat: str = "no heartbeat"
 
     def summary(self) -> str:
@@ -111,7 +122,14 @@ def _with_driver(url: Optional[str]) -> Optional[str]:
     return "postgresql+psycopg2://" + rest
 
 
-def _open_study(storage: Optional[str], study_name: str, worker: bool, seed: int, n_startup: int, hb=None):
+def _open_study(
+    storage: Optional[str],
+    study_name: str,
+    worker: bool,
+    seed: int,
+    n_startup: int,
+    hb: Optional[workers.Heartbeat] = None,
+) -> optuna.Study:
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=None if worker else seed, n_startup_trials=n_startup)
@@ -119,15 +137,15 @@ def _open_study(storage: Optional[str], study_name: str, worker: bool, seed: int
     shown = display_url(storage)
     storage = _with_driver(storage)
     try:
-        storage = workers.rdb_storage(storage, hb) if storage is not None else None
+        target: Union[str, RDBStorage, None] = workers.rdb_storage(storage, hb) if storage is not None else None
         if worker:
-            if storage is None:
+            if target is None:
                 raise UsageError(
                     "worker=True joins a study kept in a shared storage, but no storage was given",
                     "Pass storage='postgresql://…' (CLI: --storage URL) naming the study's database.",
                 )
             try:
-                return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+                return optuna.load_study(study_name=study_name, storage=target, sampler=sampler, pruner=pruner)
             except KeyError:
                 raise UsageError(
                     f"there is no study named {study_name!r} in {shown} to join",
@@ -135,7 +153,7 @@ def _open_study(storage: Optional[str], study_name: str, worker: bool, seed: int
                 ) from None
         return optuna.create_study(
             study_name=study_name,
-            storage=storage,
+            storage=target,
             sampler=sampler,
             pruner=pruner,
             direction="minimize",
@@ -151,7 +169,7 @@ def _open_study(storage: Optional[str], study_name: str, worker: bool, seed: int
         ) from None
 
 
-def _model_maker(model_factory_or_source, kind: Optional[str]):
+def _model_maker(model_factory_or_source: Any, kind: Optional[str]) -> tuple[ModelMaker, bool, Optional[LoadedModel]]:
     """(make(params) -> LoadedModel, takes_dropout: bool, base LoadedModel or None)."""
     import torch.nn as nn
 
@@ -163,7 +181,7 @@ def _model_maker(model_factory_or_source, kind: Optional[str]):
         except (TypeError, ValueError):
             takes = False
 
-        def make(params):
+        def make(params: dict[str, float]) -> LoadedModel:
             kwargs = {"dropout": params["dropout"]} if takes and "dropout" in params else {}
             return as_loaded(obj(**kwargs), kind)
 
@@ -173,7 +191,7 @@ def _model_maker(model_factory_or_source, kind: Optional[str]):
     refuse_lying_copies(base.module, "Pass a function that builds a fresh model (tbkit.search(lambda: MyModel(), ...))")
     has_dropout = any(isinstance(m, nn.Dropout) for m in base.module.modules())
 
-    def make(params):
+    def make_copy(params: dict[str, float]) -> LoadedModel:
         lm = copy_loaded(base)
         if "dropout" in params:
             for m in lm.module.modules():
@@ -181,19 +199,19 @@ def _model_maker(model_factory_or_source, kind: Optional[str]):
                     m.p = float(params["dropout"])
         return lm
 
-    return make, has_dropout, base
+    return make_copy, has_dropout, base
 
 
 @dataclass
 class _Setup:
     """What every trial of this process shares: the model maker, the data, the searched space."""
 
-    make: Any
-    td: Any
-    train_data: Any
-    val_data: Any
-    space: dict
-    notes: list
+    make: ModelMaker
+    td: TokenData
+    train_data: TokenData
+    val_data: TokenData
+    space: dict[str, Range]
+    notes: list[str]
 
 
 def _prepare(model_factory_or_source: Any, data: Any, cfg: SearchConfig) -> _Setup:
@@ -213,25 +231,25 @@ def _prepare(model_factory_or_source: Any, data: Any, cfg: SearchConfig) -> _Set
         seed=cfg.seed,
         level=cfg.tokenizer_level,
     )
-    space = dict(DEFAULT_SPACE)
+    space: dict[str, Optional[Range]] = dict(DEFAULT_SPACE)
     space.update(cfg.search_space or {})
     notes = list(td.notes)
     if not dropout_ok and space.get("dropout") is not None:
         space["dropout"] = None
         notes.append("dropout not searched: the model has no nn.Dropout and its factory takes no dropout=")
-    space = {k: v for k, v in space.items() if v is not None}
-    return _Setup(make, td, train_data, val_data, space, notes)
+    searched = {k: v for k, v in space.items() if v is not None}
+    return _Setup(make, td, train_data, val_data, searched, notes)
 
 
-def _objective(setup: _Setup, cfg: SearchConfig):
+def _objective(setup: _Setup, cfg: SearchConfig) -> Callable[[optuna.Trial], float]:
     """The function Optuna calls per trial: suggest, train a fresh model, return the best val loss."""
     from optuna_integration import PyTorchLightningPruningCallback
 
     total_steps = math.ceil(len(setup.train_data) / cfg.batch_size) * cfg.epochs
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
-    def objective(trial) -> float:
-        params = {}
+    def objective(trial: optuna.Trial) -> float:
+        params: dict[str, float] = {}
         for key, (low, high, scale) in setup.space.items():
             params[key] = trial.suggest_float(key, low, high, log=(scale == "log"))
         warmup = int(round(params.get("warmup_frac", 0.0) * total_steps))
@@ -274,7 +292,8 @@ def search(
 
     setup = _prepare(model_factory_or_source, data, cfg)
     objective = _objective(setup, cfg)
-    notes, failures = setup.notes, []
+    notes = setup.notes
+    failures: list[str] = []
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one INFO line per trial; restored after
     try:
@@ -287,15 +306,23 @@ def search(
     return _result(study, setup, cfg.storage, hb, notes, failures, ran)
 
 
-def _result(study, setup: _Setup, storage, hb, notes: list, failures: list, ran: int) -> SearchResult:
+def _result(
+    study: optuna.Study,
+    setup: _Setup,
+    storage: Optional[str],
+    hb: Optional[workers.Heartbeat],
+    notes: list[str],
+    failures: list[str],
+    ran: int,
+) -> SearchResult:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     by_state = {
         s: [t for t in trials if t.state == s] for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     }
-    complete = by_state[TrialState.COMPLETE]
-    best = min(complete, key=lambda t: t.value) if complete else None
+    complete = by_state[TrialState.COMPLETE]  # a COMPLETE trial has its value
+    best = min(complete, key=lambda t: cast(float, t.value)) if complete else None
     figures = {"history": history_figure(study, synthetic=setup.td.synthetic)} if trials else {}
     imp_fig, imp_note = importance_figure(study)
     if imp_fig is not None:
@@ -307,7 +334,7 @@ def _result(study, setup: _Setup, storage, hb, notes: list, failures: list, ran:
         trials_df=study.trials_dataframe(),
         best_params=dict(best.params) if best else {},
         figures=figures,
-        best_value=float(best.value) if best else float("nan"),
+        best_value=float(cast(float, best.value)) if best else float("nan"),
         n_complete=len(complete),
         n_pruned=len(by_state[TrialState.PRUNED]),
         n_failed=len(by_state[TrialState.FAIL]),
@@ -322,7 +349,15 @@ def _result(study, setup: _Setup, storage, hb, notes: list, failures: list, ran:
     )
 
 
-def _work(study, objective, n_trials: int, timeout, notes: list, failures: list, hb=None) -> int:
+def _work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    timeout: Optional[float],
+    notes: list[str],
+    failures: list[str],
+    hb: Optional[workers.Heartbeat] = None,
+) -> int:
     """Run trials until the study's ``n_trials`` slots are filled (over all workers) or ``timeout``
     passes; returns how many this process ran."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -338,7 +373,14 @@ def _work(study, objective, n_trials: int, timeout, notes: list, failures: list,
     return ran
 
 
-def _run_trial(study, trial, objective, failures: list, hb, notes: list) -> None:
+def _run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Callable[[optuna.Trial], float],
+    failures: list[str],
+    hb: Optional[workers.Heartbeat],
+    notes: list[str],
+) -> None:
     import optuna
     from optuna.trial import TrialState
 
@@ -359,7 +401,14 @@ def _run_trial(study, trial, objective, failures: list, hb, notes: list) -> None
     _tell(study, trial, notes, value=value)
 
 
-def _tell(study, trial, notes: list, value=None, state=None, error: Optional[str] = None) -> None:
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    notes: list[str],
+    value: Optional[float] = None,
+    state: Optional[TrialState] = None,
+    error: Optional[str] = None,
+) -> None:
     """study.tell, except when other workers already failed the trial as dead (its heartbeat
     stalled although this process lived): then its retry counts, and this result is only noted."""
     import optuna

@@ -27,10 +27,17 @@ import contextlib
 import inspect
 import time
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from tbkit.errors import UsageError
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.storages._heartbeat import BaseHeartbeatThread
+    from optuna.trial import FrozenTrial
 
 DEFAULT_INTERVAL = 60  # seconds between heartbeats when a shared storage is used and none is given
 DEFAULT_MAX_RETRY = 3
@@ -82,7 +89,7 @@ def heartbeat_settings(
     return Heartbeat(interval, grace, max_retry)
 
 
-def rdb_storage(url: str, hb: Optional[Heartbeat]):
+def rdb_storage(url: str, hb: Optional[Heartbeat]) -> Union[str, RDBStorage]:
     """What ``create_study``/``load_study`` get: the URL itself, or an RDBStorage with heartbeats."""
     if hb is None:
         return url
@@ -94,17 +101,16 @@ def rdb_storage(url: str, hb: Optional[Heartbeat]):
     key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return storages.RDBStorage(
-            url, heartbeat_interval=hb.interval, grace_period=hb.grace, **{key: retry(max_retry=hb.max_retry)}
-        )
+        callback: dict[str, Any] = {key: retry(max_retry=hb.max_retry)}  # the name depends on Optuna's version
+        return storages.RDBStorage(url, heartbeat_interval=hb.interval, grace_period=hb.grace, **callback)
 
 
 # ---- slots ---------------------------------------------------------------------------------
-def _retried_numbers(trials) -> set:
+def _retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
-def slots_filled(trials, below: Optional[int] = None) -> int:
+def slots_filled(trials: Sequence[FrozenTrial], below: Optional[int] = None) -> int:
     """Trials filling one of the study's slots (see the module docstring), optionally only those
     numbered below ``below``."""
     from optuna.trial import TrialState
@@ -121,7 +127,7 @@ def slots_filled(trials, below: Optional[int] = None) -> int:
 
 
 # ---- the worker loop -------------------------------------------------------------------------
-def fail_stale(study) -> None:
+def fail_stale(study: optuna.Study) -> None:
     """Optuna's own check: RUNNING trials silent for longer than the grace period become FAIL and
     the storage's retry callback queues them again."""
     import optuna
@@ -131,7 +137,9 @@ def fail_stale(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def next_trial(study, n_trials: int, hb: Optional[Heartbeat], deadline: Optional[float] = None):
+def next_trial(
+    study: optuna.Study, n_trials: int, hb: Optional[Heartbeat], deadline: Optional[float] = None
+) -> Optional[optuna.Trial]:
     """The next trial for this worker to run, or None when the study needs no more from it.
 
     With heartbeats, a worker that finds every slot filled stays (until ``deadline``, a
@@ -168,7 +176,9 @@ def next_trial(study, n_trials: int, hb: Optional[Heartbeat], deadline: Optional
     return None
 
 
-def heartbeat_while(study, trial, hb: Optional[Heartbeat]):
+def heartbeat_while(
+    study: optuna.Study, trial: optuna.Trial, hb: Optional[Heartbeat]
+) -> Union[contextlib.nullcontext[None], BaseHeartbeatThread]:
     """Optuna's heartbeat thread for ``trial`` (the one ``study.optimize`` runs), or a no-op."""
     if hb is None:
         return contextlib.nullcontext()
@@ -177,7 +187,7 @@ def heartbeat_while(study, trial, hb: Optional[Heartbeat]):
     return get_heartbeat_thread(trial._trial_id, study._storage)
 
 
-def retry_report(trials, hb: Optional[Heartbeat]) -> list:
+def retry_report(trials: Sequence[FrozenTrial], hb: Optional[Heartbeat]) -> list[str]:
     """One line per retried trial: which trial it re-ran, whose worker went silent, and why."""
     by_number = {t.number: t for t in trials}
     lines = []
