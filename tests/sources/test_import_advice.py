@@ -246,3 +246,37 @@ def test_conditional_imports_and_imports_after_code_are_left_to_the_real_import(
     assert "imports 'tbkit_missing_after_a_call'" in msg  # named by the real import, only it
     for name in ("apex", "py2_only", "never"):
         assert f"tbkit_missing_{name}" not in msg
+
+
+LIBRARY_MODEL = """
+import torch
+from torch import nn
+
+class LibraryLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(32, 8)
+
+    def forward(self, input_ids):
+        raise ValueError("Input language unknown. Please call set_default_language()")
+"""
+
+
+def test_a_library_model_that_fails_its_first_call_points_at_the_config_not_at_its_code(tmp_path, monkeypatch):
+    """A model class from an installed library (transformers' modeling files): its forward is not the user's
+    to fix, so the advice names the library and the config, not "fix the model's forward"."""
+    site = tmp_path / "lib" / "site-packages"
+    (site / "fakelib").mkdir(parents=True)
+    (site / "fakelib" / "__init__.py").write_text("__version__ = '9.1'\n")
+    (site / "fakelib" / "modeling.py").write_text(LIBRARY_MODEL)
+    monkeypatch.syspath_prepend(str(site))
+    from fakelib.modeling import LibraryLM
+
+    with pytest.raises(SourceError) as caught:
+        tbkit.load(LibraryLM())
+    message = str(caught.value)
+    assert "Input language unknown" in message
+    assert "LibraryLM is fakelib 9.1's own code" in message and "config" in message
+    assert "Fix the model's forward" not in message and "Traceback" not in message
+    for name in [m for m in sys.modules if m.startswith("fakelib")]:
+        monkeypatch.delitem(sys.modules, name)

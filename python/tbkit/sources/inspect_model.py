@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 from tbkit.errors import SourceError
@@ -418,13 +420,14 @@ def _tiny_forward(loaded: LoadedModel, ids: torch.Tensor) -> tuple[torch.Tensor,
             ) from None
         raise SourceError(
             f"calling {cls}.forward on token ids of shape (1, 2) raised TypeError: {' '.join(str(err).split())}",
-            "Make forward(input_ids, attention_mask=None) accept a (batch, seq) LongTensor.",
+            _library_advice(model) or "Make forward(input_ids, attention_mask=None) accept a (batch, seq) LongTensor.",
         ) from None
     except Exception as err:
         raise SourceError(
             f"the load-time forward of {cls} on token ids of shape (1, 2) raised {type(err).__name__}: "
             f"{' '.join(str(err).split())[:300]}{_line_in_model_code(err, model)}",
             _setup_advice(model, err)
+            or _library_advice(model)
             or "Fix the model's forward (it must accept a (batch, seq) LongTensor of token ids); "
             "run it yourself once to see the full traceback.",
         ) from None
@@ -449,9 +452,24 @@ def _setup_advice(model: nn.Module, err: BaseException) -> str:
     )
 
 
+def _library_advice(model: nn.Module) -> str:
+    """Advice for a model class from an installed library (transformers and the like): its forward is
+    not the user's to fix, so what fails is a value in the config or an input that the library expects."""
+    package = type(model).__module__.split(".")[0]
+    filename = getattr(sys.modules.get(package), "__file__", None) or ""
+    if not any(part in ("site-packages", "dist-packages") for part in Path(filename).parts):
+        return ""
+    version = getattr(sys.modules[package], "__version__", "")
+    return (
+        f"{type(model).__name__} is {package} {version}'s own code, so the cause is most likely a config value that "
+        "does not agree with the others (sizes, per-layer lists, token ids) or an input it needs that tbkit does not "
+        f"give (the error names it): check the config against the documentation of {package} for this model type, or "
+        "build and set up the model yourself and pass the object to tbkit.run(model)."
+    )
+
+
 def _line_in_model_code(err: BaseException, model: nn.Module) -> str:
     """' (model.py line N)' for the deepest frame in the model's own file, if there is one."""
-    import sys
     import traceback
 
     filename = getattr(sys.modules.get(type(model).__module__), "__file__", None)
