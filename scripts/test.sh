@@ -72,8 +72,8 @@ echo "== ruff (lint + format)"
 "$VPY" -m ruff check python tests benchmarks
 "$VPY" -m ruff format --check python tests benchmarks
 
-echo "== mypy --strict on tbkit/guard, checks, sources and training"
-"$VPY" -m mypy --strict python/tbkit/guard python/tbkit/checks python/tbkit/sources python/tbkit/training
+echo "== mypy --strict on the tbkit package"
+"$VPY" -m mypy --strict python/tbkit
 
 echo "== cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all --check

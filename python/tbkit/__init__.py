@@ -8,6 +8,8 @@ when a function that needs them is called.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 # One version, one place: rust/probe/Cargo.toml, compiled into the probe (tests/project/test_release_version.py).
 from tbkit._probe import __version__
 from tbkit.guard import integrity, ownership
@@ -29,6 +31,22 @@ def _warn_if_shared() -> None:
 
 
 _warn_if_shared()
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers only (nothing is imported)
+    from tbkit.checks.report import Report as Report
+    from tbkit.checks.runner import run as run
+    from tbkit.errors import InstallFailed as InstallFailed
+    from tbkit.errors import InstallRefused as InstallRefused
+    from tbkit.errors import SourceError as SourceError
+    from tbkit.errors import TbkitError as TbkitError
+    from tbkit.guard.dependencies import NotReady as NotReady
+    from tbkit.guard.dependencies import ensure_requirements as ensure_requirements
+    from tbkit.guard.gate import ensure as ensure
+    from tbkit.guard.gate import install as install
+    from tbkit.sources import load as load
+    from tbkit.sources.loaded import LoadedModel as LoadedModel
+    from tbkit.training.api import train as train
+    from tbkit.training.search import search as search
 
 # Public names resolved on first use, so that `import tbkit` imports no heavy library.
 _LAZY = {
@@ -68,7 +86,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:  # one of the public names above, each its own type
     try:
         module_name, attr = _LAZY[name]
     except KeyError:
@@ -88,14 +106,14 @@ def __getattr__(name: str):
     return value
 
 
-def load_ipython_extension(ipython) -> None:
+def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext tbkit`."""
     from tbkit.guard.notebook import load_ipython_extension as _load
 
     _load(ipython)
 
 
-def unload_ipython_extension(ipython) -> None:
+def unload_ipython_extension(ipython: Any) -> None:
     from tbkit.guard.notebook import unload_ipython_extension as _unload
 
     _unload(ipython)

@@ -7,6 +7,11 @@ Notebook and CLI front ends print ``str(err)`` and no traceback unless asked
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # the gate imports this module: typing only, no import cycle
+    from tbkit.guard.gate.plan import Plan
 
 # A message is read, not scrolled: each part is bounded, and a value quoted in it (a 5 MB config
 # string, an overlong path) is cut in the middle with the omitted length named.
@@ -37,10 +42,11 @@ def mask_credentials(text: str) -> str:
         tail = tail_words[1] if len(tail_words) == 2 else ""
         text = f"{head} …[{len(text) - len(head) - len(tail)} characters omitted]… {tail}"
 
-    def authority(m: re.Match) -> str:
-        host = m["authority"]
+    def authority(m: re.Match[str]) -> str:
+        host: str = m["authority"]
+        scheme: str = m["scheme"]
         at = host.rfind("@")
-        return m["scheme"] + (f"***@{host[at + 1 :]}" if at >= 0 else host)
+        return scheme + (f"***@{host[at + 1 :]}" if at >= 0 else host)
 
     text = _AUTHORITY.sub(authority, text)
     return _SECRET_QUERY.sub(lambda m: f"{m['key']}***", text)
@@ -70,7 +76,7 @@ class TbkitError(Exception):
             text = f"{text.rstrip('.')}. {self.fix}"
         return " ".join(text.split())  # one paragraph, no stray newlines
 
-    def _render_traceback_(self) -> list:
+    def _render_traceback_(self) -> list[str]:
         """IPython/Jupyter show this instead of a traceback (the paragraph alone; TBKIT_DEBUG=1 keeps it)."""
         import os
         import traceback
@@ -87,7 +93,9 @@ class SourceError(TbkitError):
 class InstallRefused(TbkitError):
     """The install gate refused: installing would (or might) break this running process."""
 
-    def __init__(self, cause: str, fix: str = "", *, plan=None, distributions=()) -> None:
+    def __init__(
+        self, cause: str, fix: str = "", *, plan: Optional[Plan] = None, distributions: Iterable[str] = ()
+    ) -> None:
         self.plan = plan
         self.distributions = tuple(distributions)
         super().__init__(cause, fix)

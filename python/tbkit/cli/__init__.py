@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+from types import ModuleType
 
 from tbkit._probe import __version__  # compiled from rust/probe/Cargo.toml: the one version
 from tbkit.errors import TbkitError
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_module(name: str):
+def _command_module(name: str) -> ModuleType:
     return importlib.import_module(f"tbkit.cli.{name}")
 
 

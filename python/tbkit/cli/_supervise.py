@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from types import FrameType, TracebackType
+from typing import Any, Optional
 
 from tbkit.checks import report_folder
 from tbkit.checks.progress import Progress
@@ -32,20 +33,23 @@ from tbkit.checks.run_guard import timeout_detail
 from tbkit.cli._worker import EVENTS_ENV
 
 GRACE_S = 10.0  # after a limit or a forwarded signal: time for the child to stop by itself
-EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_BY_SIGNAL: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class Supervisor:
-    def __init__(self, spec: dict, out: Path, shown_out: str, *, json_out: bool, progress: bool, debug: bool) -> None:
+    def __init__(
+        self, spec: dict[str, Any], out: Path, shown_out: str, *, json_out: bool, progress: bool, debug: bool
+    ) -> None:
         self.spec, self.out, self.shown_out = spec, out, shown_out
         self.staging = Path(spec["staging"])
         self.json_out, self.debug = json_out, debug
         self.info = sys.stderr if json_out else sys.stdout
         self.progress = Progress(len(spec["check_tiers"]), sys.stderr, enabled=progress)
-        self.phase, self.check, self.check_started = "starting", None, 0.0
+        self.phase, self.check_started = "starting", 0.0
+        self.check: Optional[str] = None
         self.load_started = 0.0
-        self.final: Optional[dict] = None
-        self.signals: list = []
+        self.final: Optional[dict[str, Any]] = None
+        self.signals: list[int] = []
         self.forwarded = 0
         self.kill_at: Optional[float] = None
         self.killed_for: Optional[str] = None
@@ -83,7 +87,7 @@ class Supervisor:
         except BrokenPipeError:
             pass
 
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         self.signals.append(signum)
 
     def _loop(self, fd: int) -> None:
@@ -110,7 +114,7 @@ class Supervisor:
                 continue
             self._handle(event)
 
-    def _handle(self, event: dict) -> None:
+    def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "loading":
             self.phase, self.load_started = "loading", time.monotonic()
@@ -200,7 +204,7 @@ class Supervisor:
             )
         return EXIT_BY_SIGNAL.get(signum, 130)
 
-    def _died(self, final: dict) -> int:
+    def _died(self, final: dict[str, Any]) -> int:
         """The child ended without finishing its report: close it here with an ERROR row."""
         if self.killed_for == "check time limit":
             limit = self.spec["check_timeout"]
@@ -222,7 +226,7 @@ class Supervisor:
             )
         return self._publish(1)
 
-    def _row_for_current_check(self, detail: str, metric: str = "interrupted") -> Optional[dict]:
+    def _row_for_current_check(self, detail: str, metric: str = "interrupted") -> Optional[dict[str, Any]]:
         if self.check is None:
             return None
         seconds = round(time.monotonic() - self.check_started, 4)
@@ -251,9 +255,10 @@ class Supervisor:
         return 2
 
 
-def _read(path: Path) -> Optional[dict]:
+def _read(path: Path) -> Optional[dict[str, Any]]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))  # report.json: an object
+        return report
     except (OSError, ValueError):
         return None
 
@@ -282,7 +287,7 @@ def _load_timeout_paragraph(limit: float) -> str:
     )
 
 
-def _path_flags() -> list:
+def _path_flags() -> list[str]:
     """Run the child with the parent's import path: `python -m` puts the working folder first, a
     `tbkit` console script does not (then -P keeps it out)."""
     first = sys.path[0] if sys.path else ""
@@ -297,9 +302,11 @@ class _gone:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> bool:
         return exc_type is not None and issubclass(exc_type, (ProcessLookupError, PermissionError))
 
 
-def supervise(spec: dict, out: Path, shown_out: str, *, json_out: bool, progress: bool, debug: bool) -> int:
+def supervise(spec: dict[str, Any], out: Path, shown_out: str, *, json_out: bool, progress: bool, debug: bool) -> int:
     return Supervisor(spec, out, shown_out, json_out=json_out, progress=progress, debug=debug).run()

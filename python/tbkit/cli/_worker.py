@@ -17,6 +17,11 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # tbkit and torch are imported in the functions that run, after the channel is set up
+    from tbkit.sources.loaded import LoadedModel
 
 EVENTS_ENV = "TBKIT_WORKER_EVENTS"
 # bound before any model code runs: a model that patches os.write or json cannot cut the channel
@@ -29,7 +34,7 @@ class Events:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def send(self, kind: str, **fields) -> None:
+    def send(self, kind: str, **fields: Any) -> None:
         from tbkit.errors import mask_credentials
 
         for key in ("paragraph", "trace"):  # what the parent prints: never a credential
@@ -48,14 +53,14 @@ class Events:
     def body(self, check_id: str) -> None:
         self.send("body", check=check_id)
 
-    def finished(self, index: int, check_id: str, statuses: list, seconds: float) -> None:
+    def finished(self, index: int, check_id: str, statuses: list[str], seconds: float) -> None:
         self.send("finished", index=index, check=check_id, statuses=statuses, seconds=seconds)
 
     def close(self) -> None:
         pass
 
 
-def _end(events: Events, code: int, kind: str, **fields) -> None:
+def _end(events: Events, code: int, kind: str, **fields: Any) -> None:
     events.send(kind, **fields)
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -95,7 +100,7 @@ def _paragraph_of(exc: BaseException) -> str:
     return mask_credentials(shorten(f"loading the model failed: {detail}", 1400))
 
 
-def _load(spec: dict, events: Events):
+def _load(spec: dict[str, Any], events: Events) -> LoadedModel:
     from tbkit.sources.coerce import as_loaded
 
     def say(text: str) -> None:
@@ -109,7 +114,7 @@ def _load(spec: dict, events: Events):
     return lm
 
 
-def work(spec: dict, events: Events) -> None:
+def work(spec: dict[str, Any], events: Events) -> None:
     from tbkit.checks import run_guard, runner
     from tbkit.errors import TbkitError
 
@@ -133,9 +138,7 @@ def work(spec: dict, events: Events) -> None:
     _end(events, 0, "done", verdict=report.verdict.value)
 
 
-def _path(text):
-    from pathlib import Path
-
+def _path(text: Optional[str]) -> Optional[Path]:
     return Path(text) if text is not None else None
 
 

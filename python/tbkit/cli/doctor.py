@@ -13,20 +13,24 @@ the `tbkit` package.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 from tbkit._probe import __version__  # the compiled module: right even if tbkit/__init__.py was replaced
 from tbkit.guard import integrity, ownership
+from tbkit.guard.integrity import IntegrityReport
+from tbkit.guard.ownership import OwnershipReport
 
 
-def configure(parser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--cuda", action="store_true", help="also import torch and report CUDA (takes seconds)")
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     report = integrity.check()  # before any import below
     owners = ownership.check(thorough=True)
     facts = collect_facts(report, owners, cuda=getattr(args, "cuda", False))
@@ -47,7 +51,7 @@ def main(args) -> int:
     return 1 if report.restart_required or not owners.ok else 0
 
 
-def shared_name_note(report, owners) -> str:
+def shared_name_note(report: IntegrityReport, owners: OwnershipReport) -> str:
     """The probe matches the loaded `tbkit` module with the dist-info named `tbkit` (the other project),
     so a second owner also shows up as a version mismatch: say where that finding comes from."""
     names = {o.name.lower() for o in owners.owners}
@@ -59,11 +63,11 @@ def shared_name_note(report, owners) -> str:
     return ""
 
 
-def collect_facts(report, owners, cuda: bool = False) -> dict:
+def collect_facts(report: IntegrityReport, owners: OwnershipReport, cuda: bool = False) -> dict[str, object]:
     import platform
 
     loaded = integrity.loaded_distributions()
-    facts = {
+    facts: dict[str, object] = {
         "tbkit": __version__,
         "tbkit-ml installed": owners.version or f"no dist-info beside {owners.site} (source checkout?)",
         "python": f"{platform.python_version()} ({sys.executable})",
@@ -79,21 +83,21 @@ def collect_facts(report, owners, cuda: bool = False) -> dict:
     return facts
 
 
-def torch_facts(report) -> dict:
+def torch_facts(report: IntegrityReport) -> dict[str, object]:
     if report.restart_required and "torch" not in sys.modules:
         return {"torch": "not imported: restart required first (importing it now could crash)"}
     try:
         import torch
     except Exception as err:
         return {"torch": f"not importable ({type(err).__name__}: {err})"}
-    facts = {"torch": torch.__version__, "cuda available": torch.cuda.is_available()}
+    facts: dict[str, object] = {"torch": torch.__version__, "cuda available": torch.cuda.is_available()}
     facts["cuda (torch built with)"] = torch.version.cuda or "none (CPU build)"
     if torch.cuda.is_available():
         facts["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     return facts
 
 
-def installed_version(name: str):
+def installed_version(name: str) -> Optional[str]:
     """The version in the first ``<name>-*.dist-info/METADATA`` on sys.path: plain file reads, no
     import (NumPy on disk may be the half-replaced thing we are diagnosing)."""
     prefix = name.replace("-", "_").lower() + "-"

@@ -6,10 +6,16 @@ satisfied (or, with --dry-run, the plan is safe), 1 refused or pip failed, 2 a b
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # the gate is imported only when `tbkit install` runs
+    from tbkit.errors import TbkitError
+    from tbkit.guard.gate.plan import Plan
 
 
-def configure(parser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("requirements", nargs="+", metavar="PKG", help='requirements, e.g. "captum>=0.9"')
     parser.add_argument("--dry-run", action="store_true", help="show the plan (pip dry run) and change nothing")
     parser.add_argument("--index-url", help="pip index URL (default: pip's configuration, or $TBKIT_PIP_INDEX_URL)")
@@ -28,7 +34,7 @@ def configure(parser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="do not print the plan and pip's progress")
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     # imported here, not at the top: every `tbkit` command builds all subcommands' parsers, and
     # only `tbkit install` should pay for loading the gate
     from tbkit.errors import InstallFailed, InstallRefused
@@ -69,12 +75,12 @@ def main(args) -> int:
     return 0
 
 
-def _message(err) -> str:
+def _message(err: TbkitError) -> str:
     text = str(err)
     return text if text.startswith("tbkit") else f"tbkit: {text}"
 
 
-def _warn_other_processes(the_plan) -> None:
+def _warn_other_processes(the_plan: Optional[Plan]) -> None:
     """This command only knows its own process: say when the plan replaces installed distributions,
     which any *other* running Python (a notebook kernel) may have imported."""
     replaced = [i for i in getattr(the_plan, "items", ()) if i.action != "new"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 
-def add_config_option(parser) -> None:
+
+def add_config_option(parser: argparse._ActionsContainer) -> None:  # a parser or an argument group
     """``--config FILE``: the model's config for any source form, read instead of any config.json
     (precedence: docs/sources.md, "Configs"); passed to ``tbkit.load`` as ``config=``."""
     parser.add_argument(

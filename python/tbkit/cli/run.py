@@ -9,8 +9,14 @@ Everything is checked here without torch; the model then runs in a child process
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # the checks are imported in main: a wrong path answers before torch loads
+    from tbkit.checks.spec import CheckSpec
 
 EPILOG = """\
 examples:
@@ -24,11 +30,9 @@ cannot break anything already loaded, and otherwise SKIPs those checks with the 
 """
 
 
-def configure(parser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     """Every option of `tbkit run`: the source and how to load it, the checks, Tier 3 training.
     The functions below are the one place where options are defined, group by group."""
-    import argparse
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     _source_options(parser)
@@ -37,7 +41,7 @@ def configure(parser) -> None:
     _tier3_options(parser)
 
 
-def _source_options(parser) -> None:
+def _source_options(parser: argparse.ArgumentParser) -> None:
     from tbkit.cli.options import add_config_option
 
     parser.add_argument(
@@ -81,7 +85,7 @@ def _source_options(parser) -> None:
     source.add_argument("--offline", action="store_true", help="use only cached gist revisions (no network)")
 
 
-def _check_options(parser) -> None:
+def _check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tier", default="1", help="tiers to run, comma separated (default 1)")
     parser.add_argument("--checks", default=None, help="only these check ids, comma separated (any tier)")
     parser.add_argument(
@@ -129,7 +133,7 @@ def _check_options(parser) -> None:
     )
 
 
-def _convention_options(parser) -> None:
+def _convention_options(parser: argparse.ArgumentParser) -> None:
     """Declarations for what tbkit measures about the model's inputs (docs/checks_tier1.md)."""
     conventions = parser.add_argument_group(
         "conventions", "what tbkit measures about the model's inputs; declare one when it cannot be measured"
@@ -155,7 +159,7 @@ def _convention_options(parser) -> None:
     )
 
 
-def _tier3_options(parser) -> None:
+def _tier3_options(parser: argparse.ArgumentParser) -> None:
     # Tier 3 (train, hpo, baseline) needs data; without --data or --synthetic those checks SKIP
     tier3 = parser.add_argument_group("Tier 3 (training)")
     data = tier3.add_mutually_exclusive_group()
@@ -176,7 +180,7 @@ def _tier3_options(parser) -> None:
     tier3.add_argument("--num-nodes", type=int, default=None, help="train: number of machines")
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     """Validate everything that can be checked without torch first (a wrong path answers at once),
     then run the model in a supervised child process."""
     from tbkit.checks import report_folder, run_guard
@@ -202,7 +206,7 @@ def main(args) -> int:
     return supervise(spec, out, args.out, json_out=args.json, progress=not args.no_progress, debug=debug)
 
 
-def _options(args, check_ids: list) -> dict:
+def _options(args: argparse.Namespace, check_ids: list[str]) -> dict[str, Any]:
     """The run's options by canonical name: each flag is the spelling of one declared option, and
     ``--option NAME=VALUE`` sets any; the same option given twice is a usage error."""
     from tbkit.checks.options import parse_cli_option
@@ -267,7 +271,7 @@ def _check_out_dir(out: str) -> Path:
     return path
 
 
-def _check_data_file(data) -> None:
+def _check_data_file(data: Optional[str]) -> None:
     from tbkit.errors import UsageError
     from tbkit.sources.files import what_is
 
@@ -281,7 +285,7 @@ def _check_data_file(data) -> None:
         )
 
 
-def _worker_spec(args, tiers, specs) -> dict:
+def _worker_spec(args: argparse.Namespace, tiers: Sequence[int], specs: Sequence[CheckSpec]) -> dict[str, Any]:
     """What the child process is told: plain JSON values, paths absolute (model code may chdir)."""
     options = dict(args.options)
     load_options = {

@@ -12,12 +12,19 @@ usage or loading errors.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported in main: only `tbkit search` pays for the training stack
+    from tbkit.training.search import SearchResult
 
 
-def configure(parser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     from tbkit.cli.options import add_config_option
 
     parser.add_argument(
@@ -77,7 +84,7 @@ def configure(parser) -> None:
     )
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     # imported here: every `tbkit` command builds this parser, only `tbkit search` needs these
     from tbkit.errors import UsageError
     from tbkit.sources import load
@@ -115,13 +122,13 @@ def main(args) -> int:
     return 0 if result.n_complete >= 1 else 1
 
 
-def _write(out: Path, result) -> None:
+def _write(out: Path, result: SearchResult) -> None:
     """Each file written whole to a temporary name, then renamed: no half-written results."""
     import os
 
     out.mkdir(parents=True, exist_ok=True)
 
-    def put(name: str, write) -> None:
+    def put(name: str, write: Callable[[Path], object]) -> None:
         tmp = out / f".{name}.tmp"
         write(tmp)
         os.replace(tmp, out / name)
@@ -143,4 +150,4 @@ def _write(out: Path, result) -> None:
     }
     put("best_params.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
     for name, fig in result.figures.items():
-        put(f"{name}.png", lambda p, f=fig: f.savefig(p, format="png", dpi=100, bbox_inches="tight"))
+        put(f"{name}.png", partial(fig.savefig, format="png", dpi=100, bbox_inches="tight"))

@@ -12,7 +12,7 @@ DEFAULT = "tiny_gpt"
 _HERE = Path(__file__).resolve().parent
 
 
-def names() -> list:
+def names() -> list[str]:
     """The bundled example names (folders holding a model.py)."""
     return sorted(p.name for p in _HERE.iterdir() if (p / "model.py").is_file())
 

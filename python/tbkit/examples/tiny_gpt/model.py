@@ -13,13 +13,14 @@ Masking is done properly, because this model is what `tbkit run` checks when no 
 """
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 
 class CustomTransformer(nn.Module):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.vocab_size = 512
         self.d_model = 64
@@ -49,13 +50,15 @@ class CustomTransformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * 2))
 
     @staticmethod
-    def _init_weights(module):
+    def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def _attention_mask(self, attention_mask, seq_len, device):
+    def _attention_mask(
+        self, attention_mask: Optional[torch.Tensor], seq_len: int, device: torch.device
+    ) -> torch.Tensor:
         """A boolean mask (True = may not attend) of shape (B * heads, S, S), or (S, S)."""
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
         if attention_mask is None:
@@ -66,13 +69,23 @@ class CustomTransformer(nn.Module):
         blocked = blocked & ~eye  # a query always sees itself: no fully masked row, no NaN
         return blocked.repeat_interleave(self.nhead, dim=0)
 
-    def _block(self, x, norm_a, attn, norm_b, ffn, mask):
-        h = norm_a(x)
+    def _block(
+        self,
+        x: torch.Tensor,
+        norm_a: nn.Module,
+        attn: nn.MultiheadAttention,
+        norm_b: nn.Module,
+        ffn: nn.Module,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        h: torch.Tensor = norm_a(x)
+        a: torch.Tensor
         a, _ = attn(h, h, h, attn_mask=mask, need_weights=False)
         x = x + a
-        return x + ffn(norm_b(x))
+        y: torch.Tensor = ffn(norm_b(x))
+        return x + y
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, seq_len = input_ids.shape
         if seq_len > self.max_len:
             raise ValueError(
@@ -84,4 +97,5 @@ class CustomTransformer(nn.Module):
         mask = self._attention_mask(attention_mask, seq_len, input_ids.device)
         x = self._block(x, self.layernorm_0, self.mhsa_0, self.layernorm_1, self.ffn_0, mask)
         x = self._block(x, self.layernorm_2, self.mhsa_1, self.layernorm_3, self.ffn_1, mask)
-        return self.linear_0_output(self.layernorm_4(x))
+        logits: torch.Tensor = self.linear_0_output(self.layernorm_4(x))
+        return logits
