@@ -49,8 +49,6 @@ LATENT_ATTENTION = {
     "kv_lora_rank": 32,
     "q_lora_rank": 32,
 }
-# per-layer lists a type's defaults give for its full depth, cut to the tiny depth
-PER_LAYER = ("layer_types", "mlp_layer_types")
 # per-type keys that must agree with the tiny sizes
 EXTRA = {
     "reformer": {"axial_pos_embds_dim": [32, 32], "axial_pos_shape": [8, 16], "max_position_embeddings": 128},
@@ -139,10 +137,6 @@ def tiny_config(model_type: str) -> Optional[dict]:
             config[key] = value
     if _has(default, "qk_rope_head_dim"):
         config.update({key: value for key, value in LATENT_ATTENTION.items() if _has(default, key)})
-    for key in PER_LAYER:
-        value = getattr(default, key, None) if _has(default, key) else None
-        if isinstance(value, (list, tuple)) and len(value) > TINY["num_hidden_layers"]:
-            config[key] = list(value[: TINY["num_hidden_layers"]])
     for i, key in enumerate(TOKEN_IDS):
         value = getattr(default, key, None) if _has(default, key) else None
         if isinstance(value, int) and value >= TINY["vocab_size"]:
