@@ -97,6 +97,26 @@ def test_ctrl_c_keeps_the_finished_rows_on_disk(temp_checks, decoder, tmp_path):
     assert all(m.training == M.build(M.HealthyDecoder).training for m in decoder.module.modules())
 
 
+def test_a_users_check_runs_after_tbkits_own_whenever_it_was_registered(temp_checks):
+    """A check registered before tbkit imported its tiers sits first in the registry; the run
+    order is still by tier, tbkit's own checks first (the Ctrl-C test above relied on this)."""
+    from tbkit.checks.runner import select_checks
+
+    temp_checks("t_first", lambda ctx: iter(()))
+    select_checks(tiers=(1, 2))  # the tiers are imported
+    others = [(k, v) for k, v in REGISTRY.items() if k != "t_first"]
+    first = REGISTRY["t_first"]
+    REGISTRY.clear()
+    REGISTRY.update([("t_first", first), *others])  # as if registered before the tiers
+    try:
+        assert [s.id for s in select_checks(checks="t_first,summary,capacity")] == ["summary", "t_first", "capacity"]
+        by_tier = [s.id for s in select_checks(tiers=(1,))]
+        assert by_tier[0] == "summary" and by_tier[-1] == "t_first"
+    finally:
+        REGISTRY.clear()
+        REGISTRY.update([*others, ("t_first", first)])
+
+
 def test_install_refusal_becomes_one_skip_row_with_the_gates_reason(temp_checks, decoder, tmp_path, monkeypatch):
     import tbkit.guard.gate
 

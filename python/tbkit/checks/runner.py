@@ -91,13 +91,13 @@ def _import_tier(tier: int) -> None:
 
 
 def select_checks(tiers: Tiers = (1,), checks: Union[None, str, Iterable[str]] = None) -> list[CheckSpec]:
-    """The CheckSpecs to run, in registry order. ``checks`` picks ids from any tier (``tiers`` is
-    then not used); unknown ids → UsageError listing the valid ones."""
+    """The CheckSpecs to run, in run order (``run_order``). ``checks`` picks ids from any tier
+    (``tiers`` is then not used); unknown ids → UsageError listing the valid ones."""
     if checks is None:
         wanted = parse_tiers(tiers)
         for t in wanted:
             _import_tier(t)
-        return [s for s in REGISTRY.values() if s.tier in wanted]
+        return run_order(s for s in REGISTRY.values() if s.tier in wanted)
     ids = [c.strip() for c in (checks.split(",") if isinstance(checks, str) else checks) if str(c).strip()]
     if not ids:
         raise UsageError("no check id given", "Name checks like --checks causal,padding, or leave the option out.")
@@ -116,7 +116,20 @@ def select_checks(tiers: Tiers = (1,), checks: Union[None, str, Iterable[str]] =
             f"unknown check id{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
             f"Valid ids are {valid}.",
         )
-    return [s for s in REGISTRY.values() if s.id in ids]
+    return run_order(s for s in REGISTRY.values() if s.id in ids)
+
+
+def run_order(specs: Iterable[CheckSpec]) -> list[CheckSpec]:
+    """By tier; within a tier tbkit's own checks in their declared order, then checks registered
+    by the user in the order they were registered. Registration order alone is not enough: a
+    check registered before tbkit imported its tiers would otherwise run before ``summary``."""
+    position = {check_id: i for i, check_id in enumerate(REGISTRY)}
+
+    def key(spec: CheckSpec) -> tuple[int, bool, int]:
+        own = spec.func.__module__.startswith("tbkit.checks.")
+        return spec.tier, not own, position[spec.id]
+
+    return sorted(specs, key=key)
 
 
 # ------------------------------------------------------------------------------------------
