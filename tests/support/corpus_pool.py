@@ -1,7 +1,8 @@
 """Runs the Hugging Face corpus in worker processes, so that the whole sweep fits CI's memory and time.
 
-Run in one process, the sweep grew to 24 GB resident and was killed at its 131st type: each model
-leaves some memory behind. Here each worker (``corpus_worker.py``) runs types one at a time and is
+Run in one process, the sweep once grew to 24 GB resident and was killed at its 131st type: the
+activation measurement kept every forward's graph alive (fixed; ``test_no_leak_across_runs.py``),
+and allocator caches still hold the peak of the largest model so far. Here each worker (``corpus_worker.py``) runs types one at a time and is
 replaced once its resident memory passes a limit; one worker per core (torch on one thread each) halves
 the wall time on two cores. A type that kills its worker or runs past the time limit becomes a ``Crash``
 (the test fails with the worker's last words), and the remaining types go on in a fresh worker.
