@@ -69,6 +69,8 @@ def test_report_json_schema(full_run):
     assert env["device"] == "cpu" and env["dtype"] == "float32"
     assert set(data["rows"][0]) == set(COLUMNS)
     assert data["run"]["seed"] == 0 and data["run"]["tiers"] == [1]
+    # the conventions are measured before any check, so no row holds that time: the run says it
+    assert 0 < data["run"]["conventions_seconds"] < sum(r["seconds"] for r in data["rows"])
 
 
 def test_plots_are_png_files_and_embedded_in_the_html(full_run):
