@@ -12,6 +12,7 @@ import pytest
 import models as M
 import tbkit
 from tbkit.checks.base import Row, Status
+from tbkit.checks.numeric import log_scale, new_figure
 from tbkit.checks.report import COLUMNS, SCHEMA_VERSION, Report, load_json
 
 # platform-independent: also run against each built wheel by the release workflow (-m quick)
@@ -92,6 +93,23 @@ def test_plots_are_png_files_and_embedded_in_the_html(full_run):
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert f"tbkit verdict: {report.verdict.value}" in html
     assert "models:HealthyDecoder" in html  # provenance
+
+
+@pytest.mark.parametrize(
+    ("values", "minor_ticks"), [([1e-4, 3e-3, 0.5], False), ([0.2, 0.35, 0.8], True), ([0.0, 1.0], False)]
+)
+def test_log_axes_have_plain_labels_and_minor_ticks_only_within_two_decades(values, minor_ticks):
+    """The plots' log axes (stability, gradient_flow) skip matplotlib's TeX-typeset labels and its
+    8 minor ticks a decade, the slow parts of drawing them, yet a narrow range still gets labels."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    ax.barh(range(len(values)), [max(v, 1e-30) for v in values])
+    log_scale(ax, "x", values)
+    fig.canvas.draw()  # ticks and labels are made at draw time
+    assert ax.get_xscale() == "log"
+    labels = [t.get_text() for t in ax.xaxis.get_ticklabels() + ax.xaxis.get_ticklabels(minor=True)]
+    assert any(labels) and not any("$" in text for text in labels)  # no mathtext
+    assert bool(ax.xaxis.get_minorticklocs().size) == minor_ticks
 
 
 def test_html_rows_are_coloured_by_status_and_escaped():

