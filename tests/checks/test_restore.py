@@ -120,3 +120,18 @@ def test_a_full_tier1_and_tier2_run_leaves_every_tensor_of_the_model_as_it_was(t
     assert not [r for r in report.rows if r.status.value == "ERROR"], [r.detail for r in report.rows]
     assert any(r.check == "attribution" and r.metric == "convergence_delta_rel" for r in report.rows)
     assert_same(before, state_of(model))
+
+
+def test_a_run_leaves_the_cuda_generators_alone_even_before_cuda_starts():
+    """torch.manual_seed reseeds every GPU, and where CUDA has not started it queues the seed for
+    later: either reaches the caller past the run's fork_rng. The checks seed only the generators
+    they fork. (This machine's CUDA never starts: the queued seed is what a GPU notebook would get.)"""
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA already started: the queue of lazy seeds is not used")
+    model = M.loaded(M.build(M.HealthyDecoder))  # (its construction may seed: not the run's doing)
+    tracker = torch.cuda._lazy_seed_tracker
+    queued = [id(call) for call in tracker.get_calls()]
+    cpu_state = torch.get_rng_state()
+    tbkit.run(model, tiers=[1], device="cpu", out_dir=None, progress=False)
+    assert [id(call) for call in tracker.get_calls()] == queued  # nothing new queued for the caller's GPUs
+    assert torch.equal(torch.get_rng_state(), cpu_state)

@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Optional
 
+from tbkit.devices import rng_devices, seed_forked
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -199,9 +201,8 @@ def forward(
         with grad_mode(mode):
             out = _call(model, ids, mask, decoder_ids)
     else:
-        devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=rng_devices(ids.device)):
+            seed_forked(seed, ids.device)
             with grad_mode(mode):
                 out = _call(model, ids, mask, decoder_ids)
     out = out.detach()

@@ -31,7 +31,7 @@ from tbkit.checks.options import validate_options
 from tbkit.checks.progress import Progress
 from tbkit.checks.report import Report, environment
 from tbkit.checks.spec import TIER_MODULES, CheckSpec
-from tbkit.devices import resolve_device
+from tbkit.devices import resolve_device, rng_devices, seed_forked
 from tbkit.errors import TbkitError, UsageError, mask_credentials
 from tbkit.sources.coerce import as_loaded
 from tbkit.sources.loaded import LoadedModel
@@ -306,7 +306,7 @@ def _model_on(module: nn.Module, dev: torch.device) -> Iterator[Flags]:
     if moved:
         module.to(dev)
     try:
-        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        with torch.random.fork_rng(devices=rng_devices(dev)):
             yield flags
     finally:
         for m, flag in flags:
@@ -329,9 +329,7 @@ def _run_specs(
     stream: IO[str],
     check_timeout: Optional[float],
 ) -> None:
-    import torch
-
-    torch.manual_seed(ctx.seed)
+    seed_forked(ctx.seed, ctx.device)
     builtins_kept = run_guard.snapshot_builtins()
     for index, spec in enumerate(specs):
         listener.started(index, spec.id)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tbkit.checks import inputs as inp
 from tbkit.checks.numeric import max_abs_diff
+from tbkit.devices import rng_devices, seed_forked
 
 if TYPE_CHECKING:
     import torch
@@ -104,10 +105,9 @@ def _measure(ctx: CheckContext, B: int, T: int) -> None:
     import torch
 
     first, dec = model_inputs(*batch(ctx, B, T))
-    devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
     try:
-        with inp.eval_mode(ctx.model.module), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(ctx.seed)
+        with inp.eval_mode(ctx.model.module), torch.random.fork_rng(devices=rng_devices(ctx.device)):
+            seed_forked(ctx.seed, ctx.device)
             nbytes, out = measure_activations(ctx.model, first, dec, ctx.device)
     except Exception as err:  # memory reports it; shape and stability get a no_grad forward instead
         ctx.cache[("activations", B, T)] = err

@@ -19,6 +19,7 @@ from tbkit.checks.numeric import (
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, WARN, forward_pair
+from tbkit.devices import seed_forked
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +97,7 @@ def _backward_and_step(ctx: CheckContext) -> dict[str, Any]:
     ids = inp.token_ids(lm, 2, shared.probe_length(ctx), gen, dev)
     enc, dec = forward_pair(lm, ids, dev, gen)
     try:
-        torch.manual_seed(ctx.seed)
+        seed_forked(ctx.seed, dev)
         with torch.enable_grad():
             out = lm.forward(enc, decoder_input_ids=dec)
             loss, what = inp.lm_loss(lm, ids, out, gen)

@@ -11,6 +11,7 @@ from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Option, Threshold
 from tbkit.checks.tier3.common import data_option, synthetic_label, why_not_trainable
+from tbkit.devices import seed_forked
 from tbkit.training.config import TrainConfig
 from tbkit.training.copies import copy_loaded
 from tbkit.training.data import training_data, uniform_cross_entropy, unigram_cross_entropy
@@ -110,21 +111,19 @@ def _baseline_setup(ctx: CheckContext) -> dict[str, Any]:
 
 def _baseline_losses(ctx: CheckContext, setup: dict[str, Any]) -> tuple[list[float], list[float]]:
     """Validation losses per seed of the model and of the reference, trained on the same budget."""
-    import torch
-
     model, fresh, cfg = ctx.model, setup["fresh"], dict(setup["ref_cfg"])
     cfg.pop("params", None)
     model_losses: list[float] = []
     ref_losses: list[float] = []
     for seed in setup["seeds"]:
-        torch.manual_seed(seed)
+        seed_forked(seed, ctx.device)
         if fresh:
             model_losses.append(_train_and_evaluate(ctx, setup, copy_loaded(model, module=fresh()), seed))
         else:  # the model itself, put back exactly after each seed: every seed starts from its weights
             with preserved(model.module):
                 own = copy_loaded(model, module=model.module)
                 model_losses.append(_train_and_evaluate(ctx, setup, own, seed))
-        torch.manual_seed(seed)
+        seed_forked(seed, ctx.device)
         reference = copy_loaded(model, module=ReferenceDecoder(model.vocab_size, setup["block"], **cfg))
         ref_losses.append(_train_and_evaluate(ctx, setup, reference, seed))
     return model_losses, ref_losses

@@ -11,6 +11,7 @@ from tbkit.checks.base import CheckContext, Row, Status, register
 from tbkit.checks.numeric import kind_guess_note
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
+from tbkit.devices import seed_forked
 from tbkit.training.memorise import memorise
 
 if TYPE_CHECKING:  # torch is imported lazily; this is an annotation only
@@ -68,10 +69,8 @@ def check_overfit(ctx: CheckContext) -> Iterator[Row]:
 
 def _memorise(ctx: CheckContext, ids: torch.Tensor) -> tuple[list[float], int, int]:
     """(losses per step, hits, total) of Adam on the fixed batch (inside ``preserved``)."""
-    import torch
-
     model = ctx.model
-    torch.manual_seed(ctx.seed)
+    seed_forked(ctx.seed, ctx.device)
     # eval mode: dropout off, so the check measures whether the model CAN fit, not the noise
     with inputs.eval_mode(model.module):
         done = memorise(
