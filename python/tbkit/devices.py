@@ -7,6 +7,8 @@ tbkit`` stays light.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from tbkit.errors import UsageError
@@ -78,3 +80,16 @@ def seed_forked(seed: int, device: Any) -> None:
     torch.default_generator.manual_seed(seed)
     for index in rng_devices(device):
         torch.cuda.default_generators[index].manual_seed(seed)
+    if device.type == "mps":  # draws on the device come from its own generator (not forked: torch.mps has no fork)
+        torch.mps.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_fork(seed: int, device: Any) -> Iterator[None]:
+    """Inside: the CPU's and the run device's random streams restarted from ``seed``; after: both
+    as they were (``torch.random.fork_rng``), so two forwards compared by a check see the same draws."""
+    import torch
+
+    with torch.random.fork_rng(devices=rng_devices(device)):
+        seed_forked(seed, device)
+        yield

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Optional
 
-from tbkit.devices import rng_devices, seed_forked
+from tbkit.devices import seeded_fork
 
 if TYPE_CHECKING:
     import torch
@@ -195,16 +195,12 @@ def forward(
     compare two forwards (causal, padding) then see the same random draws in both, so a model that
     is random in eval is judged by ``determinism`` alone, and the caller's RNG state is untouched.
     The result is detached and cloned out of inference mode so callers can compare tensors freely."""
-    import torch
-
     if seed is None:
         with grad_mode(mode):
             out = _call(model, ids, mask, decoder_ids)
     else:
-        with torch.random.fork_rng(devices=rng_devices(ids.device)):
-            seed_forked(seed, ids.device)
-            with grad_mode(mode):
-                out = _call(model, ids, mask, decoder_ids)
+        with seeded_fork(seed, ids.device), grad_mode(mode):
+            out = _call(model, ids, mask, decoder_ids)
     out = out.detach()
     if mode == "inference_mode":
         out = out.clone()  # inference tensors cannot be used in ordinary autograd-tracked code later

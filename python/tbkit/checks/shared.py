@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tbkit.checks import inputs as inp
 from tbkit.checks.numeric import max_abs_diff
-from tbkit.devices import rng_devices, seed_forked
+from tbkit.devices import seeded_fork
 
 if TYPE_CHECKING:
     import torch
@@ -102,12 +102,9 @@ def activation_bytes(ctx: CheckContext, B: int, T: int) -> int:
 
 
 def _measure(ctx: CheckContext, B: int, T: int) -> None:
-    import torch
-
     first, dec = model_inputs(*batch(ctx, B, T))
     try:
-        with inp.eval_mode(ctx.model.module), torch.random.fork_rng(devices=rng_devices(ctx.device)):
-            seed_forked(ctx.seed, ctx.device)
+        with inp.eval_mode(ctx.model.module), seeded_fork(ctx.seed, ctx.device):
             nbytes, out = measure_activations(ctx.model, first, dec, ctx.device)
     except Exception as err:  # memory reports it; shape and stability get a no_grad forward instead
         ctx.cache[("activations", B, T)] = err
