@@ -93,3 +93,28 @@ def test_speed_uses_all_torch_threads_and_reports_tokens_per_second(tmp_path):
     (ratio,) = [r for r in report.rows if r.metric == "tokens/s ratio, larger/smaller batch"]
     assert ratio.value > 0
     assert {r.status.value for r in report.rows} == {"PASS"}
+
+
+class _NudgesOneWeight(M.HealthyDecoder):
+    """Adds 1e-7 to one entry of its LM head on every call, through ``.data`` (autograd's version
+    counter does not see that): the smallest self-update a forward can make."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.head.weight.data[3, 5] += 1e-7
+        return super().forward(input_ids, attention_mask)
+
+
+class _UnusedNaNWeight(M.HealthyDecoder):
+    """Holds a parameter full of NaN that the forward never reads: its outputs are healthy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spare = torch.nn.Parameter(torch.full((4, 4), float("nan")))
+
+
+def test_weight_drift_sees_one_tiny_update_and_not_a_nan_that_stays_nan(tmp_path):
+    nudged = tbkit.run(M.loaded(M.build(_NudgesOneWeight)), checks="causal", out_dir=tmp_path / "a", progress=False)
+    (row,) = nudged.rows
+    assert (row.status.value, row.metric) == ("FAIL", "weights unchanged by forward") and "head.weight" in row.detail
+    quiet = tbkit.run(M.loaded(M.build(_UnusedNaNWeight)), checks="causal", out_dir=tmp_path / "b", progress=False)
+    assert [r.status.value for r in quiet.rows] == ["PASS"] * 3, [r.detail for r in quiet.rows]

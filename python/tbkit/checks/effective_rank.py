@@ -20,6 +20,8 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from tbkit.checks.numeric import read_back
+
 if TYPE_CHECKING:
     import torch
 
@@ -48,8 +50,10 @@ def effective_ranks(matrices: list[torch.Tensor], device: torch.device | None = 
     out: list[float] = [math.nan] * len(matrices)
     groups: dict[int, list[int]] = {}
     with torch.no_grad():
+        # NaN or inf anywhere: NaN (read back for all matrices at once, not one wait per matrix)
+        finite = read_back([torch.isfinite(m.detach().abs().amax()) for m in matrices])
         for i, m in enumerate(matrices):
-            if bool(torch.isfinite(m.detach().abs().amax())):  # NaN or inf anywhere: NaN
+            if finite[i]:
                 groups.setdefault(min(m.shape), []).append(i)
         # On the CPU, LAPACK's eigvalsh on a few hundred rows barely uses a second core: each
         # shape's matrices are split into one batch per thread (torch releases the GIL inside).

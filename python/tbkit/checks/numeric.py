@@ -35,6 +35,21 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("nan")
 
 
+def read_back(scalars: Sequence[torch.Tensor]) -> list[float]:
+    """The values of many 0-d tensors, read back to the host at once: one stack and one copy, where
+    ``float()`` on each would wait for the device once per tensor (a CUDA sync each). Tensors on
+    several devices (a model split across GPUs) are gathered on the CPU first."""
+    import torch
+
+    if not scalars:
+        return []
+    parts = [s.detach().reshape(()).double() for s in scalars]
+    if len({s.device for s in parts}) > 1:
+        parts = [s.cpu() for s in parts]
+    values: list[float] = torch.stack(parts).tolist()
+    return values
+
+
 def output_scale(t: torch.Tensor) -> float:
     """max(1, max |t|): differences are judged relative to the size of the outputs, because
     fp32 rounding in a GEMM grows with the magnitude of what is summed (logits of ±30 differ by

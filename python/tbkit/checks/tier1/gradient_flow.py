@@ -15,6 +15,7 @@ from tbkit.checks.numeric import (
     fmt,
     log_scale,
     new_figure,
+    read_back,
 )
 from tbkit.checks.restore import preserved
 from tbkit.checks.spec import Threshold
@@ -119,7 +120,9 @@ def _gradient_facts(module: nn.Module, ran: set[str]) -> dict[str, Any]:
     with_grad = [(n, p) for n, p in trainable if p.grad is not None]
     # one pass over the gradients: a norm is non-finite exactly when the tensor holds NaN/Inf,
     # and zero exactly when every entry is zero
-    norms = {n: float(cast("torch.Tensor", p.grad).float().norm()) for n, p in with_grad}  # grad is not None
+    # (grad is not None here); read back together: one wait for the device, not one per parameter
+    values = read_back([cast("torch.Tensor", p.grad).float().norm() for _, p in with_grad])
+    norms = {n: v for (n, _), v in zip(with_grad, values)}
     return dict(
         trainable=len(trainable),
         no_grad=no_grad,

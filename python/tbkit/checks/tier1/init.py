@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING
 from tbkit.checks import inputs as inp
 from tbkit.checks import shared
 from tbkit.checks.base import CheckContext, Row, register
-from tbkit.checks.numeric import (
-    fmt,
-)
+from tbkit.checks.numeric import fmt, read_back
 from tbkit.checks.spec import Threshold
 from tbkit.checks.tier1.common import FAIL, PASS, SKIP, WARN
 
@@ -48,7 +46,7 @@ def check_init(ctx: CheckContext) -> Iterator[Row]:
     ln V (0.1) WARN, L0 > ``loss_fail_factor`` x ln V (2) or non-finite FAIL; std x sqrt(fan_in) >
     ``max_gain`` (10) WARN. Fix: a small init such as normal(0, 0.02); re-initialise each layer."""
 
-    bad = [n for n, p in ctx.model.module.named_parameters() if not _all_finite(p)]
+    bad = _non_finite(list(ctx.model.module.named_parameters()))
     if bad:
         yield ctx.row(FAIL, "non-finite parameters", len(bad), "0", "NaN/Inf in: " + ", ".join(bad[:20]))
     yield from _init_loss(ctx)
@@ -57,17 +55,15 @@ def check_init(ctx: CheckContext) -> Iterator[Row]:
     yield from _init_weight_gain(ctx)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """One pass, no tensor of the same size allocated: min and max are finite only when every
-    entry is (NaN propagates through both)."""
+def _non_finite(named: list[tuple[str, nn.Parameter]]) -> list[str]:
+    """Names of the floating-point parameters holding NaN or Inf. Min and max are finite only when
+    every entry is (NaN propagates through both): one pass, no tensor of the same size allocated,
+    and one read-back for all parameters."""
     import torch
 
-    if t.numel() == 0:
-        return True
-    if not t.is_floating_point():
-        return True
-    lo, hi = torch.aminmax(t.detach())
-    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+    floats = [(n, p.detach()) for n, p in named if p.is_floating_point() and p.numel()]
+    flags = read_back([torch.isfinite(torch.stack(torch.aminmax(p))).all() for _, p in floats])
+    return [n for (n, _), finite in zip(floats, flags) if not finite]
 
 
 def _init_loss(ctx: CheckContext) -> Iterator[Row]:
@@ -115,13 +111,15 @@ def _init_norm_layers(ctx: CheckContext) -> Iterator[Row]:
         for n, m in ctx.model.module.named_modules()
         if _is_norm(m) and isinstance(getattr(m, "weight", None), torch.Tensor)
     ]
-    at_default, zeroed = 0, []
-    for n, m in norms:
-        w, b = m.weight, getattr(m, "bias", None)
-        if bool((w == 1).all()) and (b is None or bool((b == 0).all())):
-            at_default += 1
-        elif bool((w == 0).all()):
-            zeroed.append(n)
+    states = []
+    with torch.no_grad():
+        for _, m in norms:
+            w, b = m.weight, getattr(m, "bias", None)
+            fresh = (w == 1).all() if not isinstance(b, torch.Tensor) else (w == 1).all() & (b == 0).all()
+            states += [fresh, (w == 0).all()]
+    flags = read_back(states)  # one read-back for all layers: (fresh, all-zero) per layer
+    at_default = sum(1 for fresh in flags[0::2] if fresh)
+    zeroed = [n for (n, _), fresh, zero in zip(norms, flags[0::2], flags[1::2]) if zero and not fresh]
     if zeroed:
         why = "all-zero weight (the layer outputs only its bias): " + ", ".join(zeroed[:20])
         yield ctx.row(WARN, "norm layers", len(norms), "weight not all zero", why)
@@ -140,12 +138,10 @@ def _identical_groups(named: list[tuple[str, nn.Parameter]]) -> list[list[str]]:
     agree there are compared in full (a fresh model has almost none)."""
     import torch
 
+    candidates = [(n, p) for n, p in named if p.numel() >= 2 and p.dim() > 0]
     groups: dict[tuple[tuple[int, ...], torch.dtype, bytes], list[tuple[str, nn.Parameter]]] = {}
-    for n, p in named:
-        if p.numel() < 2 or p.dim() == 0:
-            continue
-        head = p.detach().flatten()[:64]
-        groups.setdefault((tuple(p.shape), p.dtype, head.cpu().numpy().tobytes()), []).append((n, p))
+    for (n, p), head in zip(candidates, _heads([p for _, p in candidates])):
+        groups.setdefault((tuple(p.shape), p.dtype, head), []).append((n, p))
     identical: list[list[str]] = []
     for members in groups.values():
         if len(members) < 2:
@@ -158,6 +154,25 @@ def _identical_groups(named: list[tuple[str, nn.Parameter]]) -> list[list[str]]:
         if same:
             identical.append([ref_name, *same])
     return identical
+
+
+def _heads(params: list[nn.Parameter]) -> list[bytes]:
+    """The bytes of each tensor's first 64 values, copied to the host once per dtype and device
+    rather than once per tensor (any dtype, bfloat16 included, through a byte view)."""
+    import torch
+
+    by_kind: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, p in enumerate(params):
+        by_kind.setdefault((p.dtype, p.device), []).append(i)
+    heads: list[bytes] = [b""] * len(params)
+    for members in by_kind.values():
+        parts = [params[i].detach().flatten()[:64] for i in members]
+        raw = torch.cat(parts).contiguous().view(torch.uint8).cpu().numpy().tobytes()
+        width, start = parts[0].element_size(), 0
+        for i, part in zip(members, parts):
+            heads[i] = raw[start : start + part.numel() * width]
+            start += part.numel() * width
+    return heads
 
 
 def _init_identical_tensors(ctx: CheckContext) -> Iterator[Row]:
@@ -197,17 +212,16 @@ def _init_weight_gain(ctx: CheckContext) -> Iterator[Row]:
     combined effect of the whole init."""
     import torch.nn as nn
 
-    gains, zero_mats = [], []
+    matrices = []
     for mname, m in ctx.model.module.named_modules():
         for pname, p in m.named_parameters(recurse=False):
             if p.dim() != 2 or isinstance(m, nn.Embedding) or "weight" not in pname:
                 continue
             fan_in = p.shape[0] if type(m).__name__ == "Conv1D" else p.shape[1]  # HF Conv1D stores (in, out)
-            std = float(p.detach().float().std())
-            full = f"{mname}.{pname}" if mname else pname
-            if std == 0:
-                zero_mats.append(full)
-            gains.append((std * math.sqrt(fan_in), std, full))
+            matrices.append((f"{mname}.{pname}" if mname else pname, fan_in, p.detach()))
+    stds = read_back([p.float().std() for _, _, p in matrices])  # one read-back for all matrices
+    zero_mats = [full for (full, _, _), std in zip(matrices, stds) if std == 0]
+    gains = [(std * math.sqrt(fan_in), std, full) for (full, fan_in, _), std in zip(matrices, stds)]
     if not gains:
         return
     gains.sort(reverse=True)

@@ -255,12 +255,13 @@ def _redundant_pairs(
     flat = norms <= 1e-4 * math.sqrt(dev.shape[1])
     pairs: list[tuple[int, int, float]] = []
     unit = dev / norms.clamp_min(1e-12).unsqueeze(1)
-    sim = unit @ unit.T
+    sim: list[list[float]] = (unit @ unit.T).tolist()  # one read-back, not one per pair of heads
+    is_flat: list[bool] = flat.tolist()
     for a in range(w.shape[1]):
         for b in range(a + 1, w.shape[1]):
-            if not flat[a] and not flat[b] and float(sim[a, b]) > cosine:
-                pairs.append((a, b, float(sim[a, b])))
-    return pairs, [h for h in range(w.shape[1]) if flat[h]]
+            if not is_flat[a] and not is_flat[b] and sim[a][b] > cosine:
+                pairs.append((a, b, sim[a][b]))
+    return pairs, [h for h in range(w.shape[1]) if is_flat[h]]
 
 
 def _attention_heatmaps(ctx: CheckContext, maps: list[AttentionMap]) -> None:
