@@ -118,3 +118,11 @@ def test_weight_drift_sees_one_tiny_update_and_not_a_nan_that_stays_nan(tmp_path
     assert (row.status.value, row.metric) == ("FAIL", "weights unchanged by forward") and "head.weight" in row.detail
     quiet = tbkit.run(M.loaded(M.build(_UnusedNaNWeight)), checks="causal", out_dir=tmp_path / "b", progress=False)
     assert [r.status.value for r in quiet.rows] == ["PASS"] * 3, [r.detail for r in quiet.rows]
+
+
+def test_init_judges_a_bfloat16_model_without_crashing(tmp_path):
+    # its identical-tensor search once copied heads through numpy, which has no bfloat16: ERROR
+    lm = M.loaded(M.build(M.HealthyDecoder).to(torch.bfloat16))
+    report = tbkit.run(lm, checks="init", out_dir=tmp_path, progress=False)
+    statuses = {r.metric: r.status.value for r in report.rows}
+    assert statuses["identical tensors across layers"] == "PASS" and "ERROR" not in statuses.values(), statuses
