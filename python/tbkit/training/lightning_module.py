@@ -20,6 +20,7 @@ import torch
 
 from tbkit.training.config import TrainConfig
 from tbkit.training.data import TokenData, lm_loss
+from tbkit.training.optimizers import adamw
 from tbkit.training.schedule import warmup_cosine
 
 if TYPE_CHECKING:
@@ -173,6 +174,6 @@ class CausalLM(pl.LightningModule):
         decay = [p for p in self.net.parameters() if p.requires_grad and p.dim() >= 2]
         other = [p for p in self.net.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": other, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=self.config.lr)
+        opt = adamw(groups, lr=self.config.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.config.warmup_steps, self.total_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

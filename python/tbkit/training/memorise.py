@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from tbkit.training.optimizers import adam
+
 if TYPE_CHECKING:
     import torch
 
@@ -52,7 +54,7 @@ def memorise(
     for p in module.parameters():
         p.grad = None
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = adam(params, lr=lr)
     read_every = read_every or (1 if ids.device.type == "cpu" else 8)
     result, pending = Memorised(), []
     for step in range(steps + 1):
