@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import tbkit
 from gist_server import FakeGitHub
 from tbkit.errors import SourceError
-from tbkit.sources import content_sha256
+from tbkit.sources import cache, content_sha256
 from tbkit.sources.gist import GistClient, parse_ref
 
 EXPORTS = Path(__file__).parents[1] / "fixtures" / "exports"
@@ -259,3 +260,26 @@ def test_credentials_in_a_gist_url_never_reach_logs_provenance_or_report(server,
     written = "".join(p.read_text(errors="replace") for p in (tmp_path / "rep").rglob("*") if p.is_file())
     for text in ("\n".join(lines), str(m.provenance), repr(m.provenance.to_dict()), report.to_json(), written):
         assert password not in text
+
+
+def test_a_cached_revision_that_vanishes_while_it_is_read_is_one_paragraph(server, tmp_path, monkeypatch):
+    server.add_folder(GIST_ID, EXPORTS / "gpt_rotary")
+    tbkit.load(GIST_ID, **kw(server, tmp_path))
+    # another process empties the cache between finding the newest revision and reading it
+    found = cache.newest_cached
+    monkeypatch.setattr(
+        cache, "newest_cached", lambda root, gist_id: [found(root, gist_id), shutil.rmtree(root / gist_id)][0]
+    )
+    with pytest.raises(SourceError) as err:
+        tbkit.load(GIST_ID, offline=True, cache_dir=tmp_path / "cache")
+    assert "disappeared" in str(err.value) and "Load again" in str(err.value)
+
+
+def test_a_cached_revision_whose_metadata_is_not_an_object_is_passed_over(server, tmp_path):
+    sha = server.add_folder(GIST_ID, EXPORTS / "gpt_rotary")
+    tbkit.load(GIST_ID, **kw(server, tmp_path))
+    bogus = cache.revision_dir(tmp_path / "cache", GIST_ID, "f" * 40)
+    bogus.mkdir()
+    (bogus / cache.META_NAME).write_text("[1, 2]")
+    m = tbkit.load(GIST_ID, offline=True, cache_dir=tmp_path / "cache")
+    assert m.provenance.revision == sha

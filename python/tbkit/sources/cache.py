@@ -94,8 +94,8 @@ def newest_cached(root: Path, gist_id: str) -> Optional[str]:
         if not _REVISION.match(sub.name) or not meta_path.is_file():
             continue
         try:
-            fetched = json.loads(meta_path.read_text(encoding="utf-8")).get("fetched_at") or ""
-        except (OSError, ValueError):
+            fetched = str(json.loads(meta_path.read_text(encoding="utf-8")).get("fetched_at") or "")
+        except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or not an object
             continue
         if best is None or fetched > best[0]:
             best = (fetched, sub.name)

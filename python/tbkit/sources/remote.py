@@ -142,7 +142,7 @@ def _fetch_or_cached(
                 "Load it once while online (it is then cached per revision), or turn offline mode off (TBKIT_OFFLINE).",
             )
         notes.append(f"offline mode: used the newest cached revision {newest}")
-        return None, cache.read_revision(root, gist_id, newest)
+        return None, _read_cached(root, gist_id, newest)
     try:
         return client.fetch(gist_id, revision), None
     except gist.GistUnreachable as err:
@@ -153,9 +153,22 @@ def _fetch_or_cached(
             f"GitHub could not be reached ({err.cause}); used the newest cached revision {newest}, "
             "which may be older than the gist's latest"
         )
-        return None, cache.read_revision(root, gist_id, newest)
+        return None, _read_cached(root, gist_id, newest)
     except SourceError as err:  # rate limit, 404, …
         newest = cache.newest_cached(root, gist_id)
         if newest is None:
             raise
         raise SourceError(err.cause, f"{err.fix} A cached revision of this gist exists: revision={newest!r}.") from None
+
+
+def _read_cached(root: Path, gist_id: str, revision: str) -> cache.Cached:
+    """A cached revision that was just found; one paragraph if it vanished in between (another
+    process cleaning the cache), never a crash further on."""
+    cached = cache.read_revision(root, gist_id, revision)
+    if cached is None:
+        folder = cache.revision_dir(root, gist_id, revision)
+        raise SourceError(
+            f"the cached copy of gist {gist_id} at revision {revision} disappeared from {folder} while it was read",
+            "Load again: online, the gist is fetched afresh; offline, an older cached revision is used if one is left.",
+        )
+    return cached
