@@ -6,18 +6,20 @@ tbkit trains eagerly (``TrainResult.execution`` says so), on the grounds that co
 than the runs a notebook does (tens to a few thousand steps) save. This benchmark puts numbers on
 that: for each model, the same loop as benchmarks/bench_training.py (batch 16 x 64, AdamW 1e-3,
 clip 1.0, the precision tbkit chooses on the device, data on the device), once eager and once with
-the model under ``torch.compile`` (default mode). It prints the first step (which compiles),
-the steady milliseconds per step of each (median of ``--rounds`` timed chunks of ``--steps``
-steps, eager and compiled alternating), and the number of steps after which compiling would have
-paid for itself ("never" when the compiled step is not faster).
+the model under ``torch.compile`` (default mode, a fresh compile cache). It prints the first step
+(which compiles), the steady milliseconds per step of each (median of ``--rounds`` timed chunks
+of ``--steps`` steps, eager and compiled alternating), and the number of steps after which
+compiling would have paid for itself ("never" when the compiled step is not faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 def make_step(model, data, device, precision: str):
     """One training step of ``model`` on batches of ``data`` (the loop of bench_training.py)."""
     import torch
-    from bench_training import BATCH, autocast, lm_loss
+    from bench_training import BATCH, plain_step
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mask = torch.ones_like(data)
@@ -37,13 +39,7 @@ def make_step(model, data, device, precision: str):
         start = position[0] % (len(data) - BATCH)
         position[0] += BATCH
         x, m = data[start : start + BATCH], mask[start : start + BATCH]
-        with autocast(device, precision):
-            loss = lm_loss(model(x, attention_mask=m), x, m)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.detach()
+        return plain_step(model, opt, x, m, device, precision).detach()
 
     return step
 
@@ -89,6 +85,11 @@ def measure(name: str, device, args) -> tuple:
 
 
 def main(argv=None) -> None:
+    # a fresh compile cache, as a new notebook runtime has: a warm one (an earlier run of this
+    # script) turns 10-25 s of compiling into 2 s and would flatter torch.compile
+    cache = tempfile.mkdtemp(prefix="bench-compile-cache-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
     import torch
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

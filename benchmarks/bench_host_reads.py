@@ -3,9 +3,9 @@ kernel (a CUDA sync), so a check that reads once per parameter pays one wait per
 
     python benchmarks/bench_host_reads.py [--size 7m|gpt2-small|small|example] [--tiers 1,2]
 
-Counted on any device (the CPU is enough) with a ``TorchFunctionMode`` that sees every
-``item()``, ``float()``, ``int()``, ``bool()``, ``tolist()``, ``numpy()`` and ``.cpu()`` /
-``.to("cpu")`` call on a tensor during one ``tbkit.run``; each is attributed to the check whose
+Counted on any device (the CPU is enough) by tests/support/host_reads.py, a ``TorchFunctionMode``
+that sees every ``item()``, ``float()``, ``int()``, ``bool()``, ``tolist()``, ``numpy()`` and
+``.cpu()`` / ``.to("cpu")`` call on a tensor during one ``tbkit.run``; each is attributed to the check whose
 rows were being produced ("(run)" is the runner's own work: the conventions measurement before
 the checks, the report). The counts are exact, not timings, so they do not depend on the machine's
 load; compare two commits by running this script on each.
@@ -14,7 +14,6 @@ load; compare two commits by running this script on each.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import io
 import shutil
@@ -25,34 +24,6 @@ from pathlib import Path
 from typing import Any
 
 OUTSIDE = "(run)"
-
-
-def counting_mode(counts: collections.Counter, current: list[str]) -> Any:
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    reads = {
-        torch.Tensor.item,
-        torch.Tensor.__float__,
-        torch.Tensor.__int__,
-        torch.Tensor.__index__,
-        torch.Tensor.__bool__,
-        torch.Tensor.tolist,
-        torch.Tensor.numpy,
-        torch.Tensor.cpu,
-    }
-
-    def to_host(args: tuple, kwargs: dict) -> bool:
-        return any(str(a) == "cpu" for a in (*args[1:], *kwargs.values()))
-
-    class CountReads(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func in reads or (func is torch.Tensor.to and to_host(args, kwargs)):
-                counts[current[0]] += 1
-            return func(*args, **kwargs)
-
-    return CountReads()
 
 
 def attributing(spec: Any, current: list[str]) -> Any:
@@ -76,15 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tiers = [int(t) for t in args.tiers.split(",")]
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent / "tests" / "support")]
     from bench_tier1 import build
 
     import tbkit
     import tbkit.checks.tier1
     import tbkit.checks.tier2  # the tiers register their checks on import: before they are wrapped
+    from host_reads import CountReads
     from tbkit.checks import base
 
-    counts: collections.Counter = collections.Counter()
     current = [OUTSIDE]
     for check_id, spec in list(base.REGISTRY.items()):
         base.REGISTRY[check_id] = attributing(spec, current)
@@ -92,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(1 for _ in lm.module.parameters())
     out = Path(tempfile.mkdtemp(prefix="bench-reads-"))
     try:
-        with counting_mode(counts, current):
+        with CountReads(lambda: current[0]) as counter:
             report = tbkit.run(lm, tiers=tiers, device="cpu", out_dir=out, progress=False, stream=io.StringIO())
     finally:
         shutil.rmtree(out, ignore_errors=True)
     print(f"model {args.size}: {n_params} parameter tensors; tiers {args.tiers}; verdict {report.verdict.value}")
     print(f"{'check':<22} {'host reads':>10}")
+    counts = counter.counts
     for check_id, n in counts.most_common():
         print(f"{check_id:<22} {n:>10}")
     print(f"{'total':<22} {sum(counts.values()):>10}")

@@ -93,6 +93,20 @@ def autocast(device, precision: str):
 
 
 # ---- the plain loops ---------------------------------------------------------------------------
+def plain_step(model, opt, x, m, device, precision: str):
+    """One hand-written training step: forward, loss, zero_grad, backward, clip 1.0, step (the
+    loss stays on the device)."""
+    import torch
+
+    with autocast(device, precision):
+        loss = lm_loss(model(x, attention_mask=m), x, m)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
+
+
 def loop_train(lm, ids, device, steps: int, precision: str, lr=1e-3, weight_decay=0.01) -> tuple:
     """What tbkit.train does per step, by hand: AdamW (no decay on 1-D), warmup-cosine, clip 1.0."""
     import torch
@@ -113,13 +127,7 @@ def loop_train(lm, ids, device, steps: int, precision: str, lr=1e-3, weight_deca
     clock = Clock()
     for step in range(steps):
         idx = order[step * BATCH : (step + 1) * BATCH]
-        x, m = data[idx], mask[idx]
-        with autocast(device, precision):
-            loss = lm_loss(model(x, attention_mask=m), x, m)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = plain_step(model, opt, data[idx], mask[idx], device, precision)
         sched.step()
     float(loss.detach())  # the one read-back
     return clock.read()

@@ -1,37 +1,14 @@
 """Checks read results back to the host a fixed number of times, not once per parameter: on a GPU
-each read waits for every queued kernel (a CUDA sync). Counted exactly, on the CPU, by a
-``TorchFunctionMode`` that sees every ``item()`` / ``float()`` / ``bool()`` / ``tolist()`` /
-``.cpu()`` of a tensor (benchmarks/bench_host_reads.py prints the same count per check)."""
+each read waits for every queued kernel (a CUDA sync). Counted exactly, on the CPU
+(tests/support/host_reads.py; benchmarks/bench_host_reads.py prints the count per check)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from torch.overrides import TorchFunctionMode
 
 import models as M
 import tbkit
-
-READS = {
-    torch.Tensor.item,
-    torch.Tensor.__float__,
-    torch.Tensor.__int__,
-    torch.Tensor.__index__,
-    torch.Tensor.__bool__,
-    torch.Tensor.tolist,
-    torch.Tensor.numpy,
-    torch.Tensor.cpu,
-}
-
-
-class CountReads(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.reads += func in READS
-        return func(*args, **(kwargs or {}))
+from host_reads import CountReads
 
 
 def reads_of(check: str, layers: int, tmp_path) -> int:
@@ -40,7 +17,7 @@ def reads_of(check: str, layers: int, tmp_path) -> int:
     with CountReads() as counter:
         report = tbkit.run(lm, checks=check, out_dir=tmp_path / f"{check}-{layers}", progress=False)
     assert {r.status.value for r in report.rows if r.check == check} <= {"PASS", "WARN", "SKIP"}
-    return counter.reads
+    return counter.counts["all"]
 
 
 @pytest.mark.parametrize("check", ["init", "gradient_flow", "causal"])

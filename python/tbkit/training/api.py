@@ -40,8 +40,9 @@ __all__ = [
 
 # why no torch.compile: compiling takes tens of seconds, more than runs of a few hundred steps save,
 # and notebook models often break the graph; AMP (precision.py) is what pays on a GPU.
-# benchmarks/bench_compile.py measures it: on 2 CPU cores the bundled example's step went 17.8 ->
-# 17.3 ms after 9.4 s of compiling (pays after about 17,000 steps), the 7 M decoder's 303 -> 315 ms
+# benchmarks/bench_compile.py measures it (fresh compile cache): on 2 CPU cores the bundled
+# example's step went 20.1 -> 18.1 ms after 18.5 s of compiling (pays after about 9,000 steps),
+# the 7 M decoder's 356 -> 371 ms after 25.6 s (never pays)
 EXECUTION = "eager (torch.compile not used: compiling costs more than runs this short save)"
 
 
