@@ -5,7 +5,7 @@ kernel (a CUDA sync), so a check that reads once per parameter pays one wait per
 
 Counted on any device (the CPU is enough) by tests/support/host_reads.py, a ``TorchFunctionMode``
 that sees every ``item()``, ``float()``, ``int()``, ``bool()``, ``tolist()``, ``numpy()`` and
-``.cpu()`` / ``.to("cpu")`` call on a tensor during one ``tbkit.run``; each is attributed to the check whose
+``.cpu()`` call on a tensor during one ``tbkit.run``; each is attributed to the check whose
 rows were being produced ("(run)" is the runner's own work: the conventions measurement before
 the checks, the report). The counts are exact, not timings, so they do not depend on the machine's
 load; compare two commits by running this script on each.
