@@ -43,7 +43,8 @@ def read_back(scalars: Sequence[torch.Tensor]) -> list[float]:
 
     if not scalars:
         return []
-    parts = [s.detach().reshape(()).double() for s in scalars]
+    wide = torch.float32 if any(s.device.type == "mps" for s in scalars) else torch.float64  # MPS has no float64
+    parts = [s.detach().reshape(()).to(wide) for s in scalars]
     if len({s.device for s in parts}) > 1:
         parts = [s.cpu() for s in parts]
     values: list[float] = torch.stack(parts).tolist()

@@ -185,8 +185,8 @@ def weight_drift(ctx: CheckContext) -> list[str]:
 
 
 def _fingerprints(module: nn.Module) -> Optional[torch.Tensor]:
-    """(parameters, 2) float64: each parameter's sum and sum of |values|, accumulated in float64
-    without a float64 copy, on the parameter's own device; None for a module without parameters.
+    """(parameters, 2): each parameter's sum and sum of |values|, accumulated in float64 (float32
+    on MPS) without a float64 copy, on the parameter's own device; None for a module without parameters.
     One stacked tensor, so comparing two of them reads one result back to the host instead of two
     per parameter (a CUDA sync each)."""
     import torch
@@ -195,12 +195,16 @@ def _fingerprints(module: nn.Module) -> Optional[torch.Tensor]:
     if not params:
         return None
     with torch.no_grad():
-        rows = [
-            torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, 1, dtype=torch.float64)])
-            for p in params
-        ]
+        rows = [torch.stack([p.sum(dtype=_wide(p)), torch.linalg.vector_norm(p, 1, dtype=_wide(p))]) for p in params]
         devices = {r.device for r in rows}
-        return torch.stack(rows if len(devices) == 1 else [r.cpu() for r in rows])  # a model split across devices
+        return torch.stack(rows if len(devices) == 1 else [r.cpu().double() for r in rows])  # split across devices
+
+
+def _wide(t: torch.Tensor) -> torch.dtype:
+    """The accumulation dtype of a fingerprint: float64, or float32 on MPS (which has no float64)."""
+    import torch
+
+    return torch.float32 if t.device.type == "mps" else torch.float64
 
 
 def _changed_rows(before: Optional[torch.Tensor], after: Optional[torch.Tensor]) -> list[int]:
