@@ -112,8 +112,7 @@ def test_integrity_is_clean_under_mypy_strict():
             "-m",
             "mypy",
             "--strict",
-            "--follow-imports=silent",
-            "--no-incremental",
+            "--follow-imports=silent",  # incremental: the test command's own mypy step has warmed the cache (51 s -> 2 s)
             str(ROOT / "python/tbkit/guard/integrity.py"),
             str(STUB),
         ],
